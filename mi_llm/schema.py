@@ -1,0 +1,90 @@
+"""One dialogue schema for every corpus: ordered client/counselor turns plus where they came from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+SPEAKERS = ("client", "counselor")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the record and the field."""
+
+    def __init__(self, file, record, field_name, problem):
+        self.file, self.record, self.field, self.problem = str(file), record, field_name, problem
+        super().__init__(f"{file}: record {record}: field {field_name!r}: {problem}")
+
+
+@dataclass
+class Turn:
+    speaker: str  # "client" | "counselor"
+    text: str
+    annotations: dict = field(default_factory=dict)  # e.g. AnnoMI behaviour codes; empty elsewhere
+
+
+@dataclass
+class Dialogue:
+    id: str  # unique within the corpus
+    corpus: str  # registry name, e.g. "cpsycound"
+    turns: list[Turn]
+    meta: dict = field(default_factory=dict)  # topic, category, system prompt, quality label, ...
+    source: dict = field(default_factory=dict)  # {"file": ..., "record": ...}
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable dict (the JSONL form)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Dialogue":
+        """Inverse of to_dict."""
+        turns = [Turn(**t) for t in d["turns"]]
+        return cls(d["id"], d["corpus"], turns, d.get("meta", {}), d.get("source", {}))
+
+    def content_hash(self) -> str:
+        """sha256 of the turns (speaker + text) alone: the identity of the dialogue's content."""
+        payload = json.dumps([[t.speaker, t.text] for t in self.turns], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def to_messages(self, system: str | None = None) -> list[dict]:
+        """Chat-messages form: client -> user, counselor -> assistant."""
+        msgs = [{"role": "system", "content": system}] if system else []
+        role = {"client": "user", "counselor": "assistant"}
+        return msgs + [{"role": role[t.speaker], "content": t.text} for t in self.turns]
+
+
+def validate(d: Dialogue, file=None, record=None) -> Dialogue:
+    """Raise DataError unless the dialogue has known speakers and non-empty text."""
+    where = file or d.source.get("file", "?")
+    rec = record if record is not None else d.source.get("record", d.id)
+    if not d.turns:
+        raise DataError(where, rec, "turns", "dialogue has no turns")
+    for i, t in enumerate(d.turns):
+        if t.speaker not in SPEAKERS:
+            raise DataError(where, rec, f"turns[{i}].speaker", f"unknown speaker {t.speaker!r}")
+        if not isinstance(t.text, str) or not t.text.strip():
+            raise DataError(where, rec, f"turns[{i}].text", "empty or not a string")
+    return d
+
+
+def write_jsonl(dialogues: Iterable[Dialogue], path: str | Path) -> None:
+    """Write dialogues one JSON object per line (UTF-8, not ASCII-escaped)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for d in dialogues:
+            f.write(json.dumps(d.to_dict(), ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | Path) -> Iterator[Dialogue]:
+    """Read dialogues written by write_jsonl."""
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if line.strip():
+                try:
+                    yield Dialogue.from_dict(json.loads(line))
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise DataError(path, i, "line", f"not a dialogue record: {e}") from e

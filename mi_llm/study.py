@@ -1,0 +1,97 @@
+"""The study runner: execute the numbered notebooks of a run, in order, with papermill."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from . import params as params_mod
+from .params import ROOT
+
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def stages() -> list[Path]:
+    """The numbered notebooks (NN_name.ipynb) in order."""
+    return sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select(only: list[str] | None) -> list[Path]:
+    """Stages whose number or name matches one of `only` (all when None)."""
+    all_ = stages()
+    if not only:
+        return all_
+    chosen = [nb for nb in all_ if any(nb.stem == o or nb.stem.startswith(f"{o}_") or nb.stem[:2] == o.zfill(2) for o in only)]
+    if not chosen:
+        raise SystemExit(f"--only {only}: no such stage; stages are {[nb.stem for nb in all_]}")
+    return chosen
+
+
+def run(params_file: str, only: list[str] | None = None, progress: bool = True) -> Path:
+    """Execute the stages for a params file into runs/<name>/notebooks/; stop at the first failure."""
+    import papermill as pm
+    from tqdm.auto import tqdm
+
+    p = params_mod.load(params_file)
+    with open(params_mod.path(params_file), encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    out_dir = p.run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = select(only)
+    bar = tqdm(todo, desc=f"study {p.name}", unit="stage", disable=not progress, file=sys.stdout)
+    for nb in bar:
+        bar.set_postfix_str(nb.stem)
+        out = out_dir / nb.name
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(nb), str(out), parameters=raw, cwd=str(ROOT), kernel_name="python3",
+                progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+            )
+        except pm.PapermillExecutionError as e:
+            bar.close()
+            msg = (f"\n[mi_llm] stage {nb.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+                   f"[mi_llm] the partly executed notebook is {out}\n")
+            sys.stderr.write(msg)
+            raise SystemExit(1) from None
+        tqdm.write(f"[mi_llm] {nb.stem} done in {time.perf_counter() - t0:.0f} s -> {out.relative_to(ROOT)}")
+    return p.run_dir
+
+
+# ----------------------------------------------------------------------------- parameters cells
+def parameters_source(params_file: str = "params/smoke.yaml") -> str:
+    """The source of a notebook parameters cell holding a params file's values as literals."""
+    p = params_mod.load(params_file)
+    d = p.to_dict()
+    lines = ["# Parameters (papermill): the smoke defaults; a run's params file replaces them.",
+             "# Every key is documented in mi_llm/params.py."]
+    for key in params_mod.SECTIONS:
+        lines.append(f"{key} = {d[key]!r}")
+    return "\n".join(lines)
+
+
+def parameters_cell(nb) -> "nbformat.NotebookNode":
+    """The cell tagged `parameters` of a notebook."""
+    for cell in nb.cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return cell
+    raise ValueError("notebook has no cell tagged 'parameters'")
+
+
+def sync_parameters(params_file: str = "params/smoke.yaml") -> list[Path]:
+    """Rewrite every notebook's parameters cell from the smoke params (keeps them in sync)."""
+    src = parameters_source(params_file)
+    changed = []
+    for nb_path in stages():
+        nb = nbformat.read(nb_path, as_version=4)
+        cell = parameters_cell(nb)
+        if cell.source != src:
+            cell.source = src
+            nbformat.write(nb, nb_path)
+            changed.append(nb_path)
+    return changed
