@@ -9,6 +9,7 @@ wrong types are errors, never silently ignored. Relative paths are relative to t
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +36,10 @@ class LLMParams:
     max_retries: int = 5  # transport retries on 429 / 5xx / timeouts, exponential backoff
     cache_path: str | None = None  # SQLite cache of answers; None: runs/<name>/llm_cache.sqlite
     prices: dict = field(default_factory=dict)  # USD per 1M tokens {model: {prompt, completion}}
+    backoff_base: float = 1.0  # seconds; retry i waits uniform(0, base * 2**i), at least Retry-After
+    backoff_max: float = 60.0  # seconds; cap of one backoff wait
+    serve_timeout: float = 300.0  # seconds to wait for the embedded `transformers serve` to answer
+    batch_poll_s: float = 30.0  # seconds between Batch API status polls
 
 
 @dataclass
@@ -48,6 +53,7 @@ class CorporaParams:
 class QualityParams:
     prompt_version: str = "judge_v1"
     judge_sample: int = 2  # dialogues per corpus scored by the judge
+    max_dialogue_chars: int = 6000  # characters of dialogue shown to the judge; longer ones cut
     max_tokens: int = 128
     temperature: float = 0.0
     parse_retries: int = 2  # an unparseable answer is asked again this often, then missing
@@ -60,10 +66,11 @@ class TranscriptionParams:
     prompt_version: str = "mi_v1"
     unit: str = "dialogue"  # dialogue: rewrite whole dialogues | turn: one counselor turn in context
     max_dialogues: int | None = None  # per selected corpus; None: all
-    max_tokens: int = 4096
+    max_turns: int | None = None  # keep the first N turns of each dialogue (ends on a counselor turn)
+    max_tokens: int = 4096  # per answer (dialogue unit: the whole dialogue; turn unit: one reply)
     temperature: float = 0.7
-    validation_retries: int = 2
-    min_length_ratio: float = 0.3  # rewritten / source characters
+    validation_retries: int = 2  # an invalid answer is asked again this often, then failed by reason
+    min_length_ratio: float = 0.3  # rewritten / source characters (whole dialogue, or one turn)
     max_length_ratio: float = 3.0
     n_train: int = 2000
     n_test: int = 40
@@ -82,13 +89,15 @@ class SFTParams:
 
 @dataclass
 class EvaluationParams:
-    models: list = field(default_factory=lambda: ["gemma3-270m"])
-    variants: list = field(default_factory=lambda: ["base", "finetuned"])
+    models: list = field(default_factory=lambda: ["gemma3-270m"])  # registry names
+    variants: list = field(default_factory=lambda: ["base", "finetuned"])  # finetuned: + 03 adapter
     max_dialogues: int | None = None  # test dialogues evaluated; None: all
-    max_rounds: int | None = None  # counselor turns per dialogue; None: all
-    batch_size: int = 16
-    max_new_tokens: int = 256
-    bootstrap: int = 1000
+    max_rounds: int | None = None  # counselor turns per dialogue (the first ones); None: all
+    context_turns: int | None = None  # messages of gold history kept before each reply; None: all
+    batch_size: int = 16  # prompts per generate() call (left-padded, sorted by length)
+    max_new_tokens: int = 256  # tokens per reply at most
+    generation: dict = field(default_factory=dict)  # transformers GenerationConfig fields; {}: greedy
+    bootstrap: int = 1000  # resamples for the 95% CIs and the paired tests
     miti: dict = field(default_factory=dict)
     forecaster: dict = field(default_factory=dict)
 
@@ -106,6 +115,7 @@ class Params:
     name: str = "smoke"  # the run's name = the params file's stem; outputs go to runs/<name>/
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
+    model_paths: dict = field(default_factory=dict)  # registry name -> local folder of its weights
     llm: LLMParams = field(default_factory=LLMParams)
     corpora: CorporaParams = field(default_factory=CorporaParams)
     quality: QualityParams = field(default_factory=QualityParams)
@@ -116,8 +126,8 @@ class Params:
 
     @property
     def run_dir(self) -> Path:
-        """runs/<name>/ under the project root."""
-        return ROOT / "runs" / self.name
+        """runs/<name>/ under the project root (or under $MI_LLM_RUNS, which tests use)."""
+        return Path(os.environ.get("MI_LLM_RUNS") or ROOT / "runs") / self.name
 
     def stage_dir(self, stage: str) -> Path:
         """runs/<name>/<stage>/, created on demand."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -56,11 +55,15 @@ def run(params_file: str, only: list[str] | None = None, progress: bool = True) 
         except pm.PapermillExecutionError as e:
             bar.close()
             msg = (f"\n[mi_llm] stage {nb.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                   f"[mi_llm] the partly executed notebook is {out}\n")
+                   f"[mi_llm] the partly executed notebook is {_rel(out)}\n")
             sys.stderr.write(msg)
             raise SystemExit(1) from None
-        tqdm.write(f"[mi_llm] {nb.stem} done in {time.perf_counter() - t0:.0f} s -> {out.relative_to(ROOT)}")
+        tqdm.write(f"[mi_llm] {nb.stem} done in {time.perf_counter() - t0:.0f} s -> {_rel(out)}")
     return p.run_dir
+
+
+def _rel(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 # ----------------------------------------------------------------------------- parameters cells

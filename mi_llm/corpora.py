@@ -1,0 +1,512 @@
+"""Corpus loaders: one per published format, each turning a file, a folder or a full download
+into `schema.Dialogue`s (client/counselor turns) in a deterministic order.
+
+A loader takes the corpus root (a file or a folder) and returns, per dialogue, either the
+Dialogue or the DataError that made its record unusable; `load` raises the first error or skips
+the bad records. Dialogue `source` is {"file": path relative to the corpus root, "record": the
+dialogue's index in the file (0 for one-dialogue files), the JSONL line, or AnnoMI's
+transcript_id}. A DataError names the file, the offending item (array index or "line N" of a
+text, JSONL or CSV file; "(file)" when the whole file is unusable) and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from mi_llm.schema import DataError, Dialogue, Turn, validate
+
+WHOLE_FILE = "(file)"  # the `record` of an error that spoils a whole file (bad JSON, not a list)
+
+
+# ----------------------------------------------------------------------------- helpers
+def natural_key(p: Path | str) -> list:
+    """Sort key that orders case_2 before case_10 (digit runs compared as numbers)."""
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", str(p))]
+
+
+def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The corpus files under root (root itself if it is a file), in natural order."""
+    if root.is_file():
+        return [root]
+    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes]
+    if not files:
+        raise DataError(root, WHOLE_FILE, "path", f"no {'/'.join(suffixes)} files in this folder")
+    return sorted(files, key=lambda p: natural_key(p.relative_to(root).as_posix()))
+
+
+def _rel(root: Path, file: Path) -> str:
+    base = root if root.is_dir() else root.parent
+    return file.relative_to(base).as_posix()
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(file, WHOLE_FILE, "encoding", f"not UTF-8: {e}") from e
+
+
+def _json_array(file: Path, text: str | None = None) -> list:
+    """The non-empty JSON array in a file, or DataError (bad JSON, not an array, empty)."""
+    try:
+        data = json.loads(_read_text(file) if text is None else text)
+    except json.JSONDecodeError as e:
+        raise DataError(file, f"line {e.lineno}", "json", f"bad JSON: {e.msg}") from e
+    if not isinstance(data, list):
+        raise DataError(
+            file, WHOLE_FILE, "(top level)", f"expected a JSON array, got {type(data).__name__}"
+        )
+    if not data:
+        raise DataError(file, WHOLE_FILE, "(top level)", "empty array")
+    return data
+
+
+def _json_records(file: Path) -> Iterator[tuple[object, object]]:
+    """Yield (record, obj) from a JSON array (record = index) or JSONL (record = 'line N')."""
+    text = _read_text(file)
+    if text.lstrip().startswith("["):
+        yield from enumerate(_json_array(file, text))
+        return
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield f"line {n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                yield f"line {n}", DataError(file, f"line {n}", "json", f"bad JSON: {e.msg}")
+
+
+def _text(value, file, record, field) -> str:
+    """The stripped text of a field, or DataError when it is not a non-empty string."""
+    if not isinstance(value, str):
+        raise DataError(file, record, field, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(file, record, field, "empty text")
+    return value.strip()
+
+
+def _field(obj, key, file, record, kind=None):
+    """obj[key], or DataError naming the missing field / wrong type."""
+    if not isinstance(obj, dict):
+        raise DataError(file, record, key, f"record is a {type(obj).__name__}, expected an object")
+    if key not in obj:
+        raise DataError(file, record, key, "missing field")
+    if kind is not None and not isinstance(obj[key], kind):
+        raise DataError(
+            file, record, key, f"expected {kind.__name__}, got {type(obj[key]).__name__}"
+        )
+    return obj[key]
+
+
+# ----------------------------------------------------------------------------- CPsyCounD
+# Turn prefixes of CPsyCounD's text files. A known speaker may carry a qualifier in full-width
+# brackets (case_56: 来访者（姚先生）：, a couple in joint counselling). Lines without a prefix
+# continue the previous turn (numbered lists, stage notes such as （一段时间后）).
+CPSYCOUND_SPEAKERS = {"来访者": "client", "心理咨询师": "counselor"}
+# Family members who join a session speak on the client side (case_76: 妈妈：). Only recognised at
+# a turn boundary (after a blank line), so that list items with a colon stay continuation lines.
+CPSYCOUND_CLIENT_SIDE = ("妈妈", "爸爸", "母亲", "父亲", "丈夫", "妻子", "女儿", "儿子")
+_CPSY_PREFIX = re.compile(r"^(?P<label>[\u4e00-\u9fff]{1,6})(?:（[^）\n]{1,12}）)?：")
+
+
+def _cpsycound_speaker(line: str, at_boundary: bool):
+    """(speaker, label, rest) when the line opens a turn, else None."""
+    m = _CPSY_PREFIX.match(line)
+    if not m:
+        return None
+    label = m.group("label")
+    if label in CPSYCOUND_SPEAKERS:
+        return CPSYCOUND_SPEAKERS[label], m.group(0)[:-1], line[m.end() :]
+    if at_boundary and label in CPSYCOUND_CLIENT_SIDE:
+        return "client", m.group(0)[:-1], line[m.end() :]
+    return None
+
+
+def _cpsycound_file(root: Path, file: Path) -> Dialogue:
+    """Parse one CPsyCounD case_N.txt (CRLF text, one dialogue) into a Dialogue."""
+    lines = _read_text(file).splitlines()  # splitlines also strips the CRLF's \r
+    turns: list[tuple[int, Turn]] = []  # (line number, turn)
+    prev_blank = True
+    for n, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line:
+            prev_blank = True
+            continue
+        opened = _cpsycound_speaker(line, prev_blank)
+        prev_blank = False
+        if opened:
+            speaker, label, rest = opened
+            ann = {"speaker_label": label} if label not in CPSYCOUND_SPEAKERS else {}
+            turns.append((n, Turn(speaker, rest.strip(), ann)))
+        elif turns:
+            turns[-1][1].text = (turns[-1][1].text + "\n" + line).strip()
+        else:
+            head = line.split("：", 1)[0][:12] if "：" in line[:13] else line[:12]
+            raise DataError(
+                file,
+                f"line {n}",
+                "speaker",
+                f"unknown speaker prefix {head!r} (expected 来访者： or 心理咨询师：)",
+            )
+    if not turns:
+        raise DataError(file, WHOLE_FILE, "turns", "no turns (empty file)")
+    for n, t in turns:
+        if not t.text:
+            raise DataError(file, f"line {n}", "text", f"empty {t.speaker} turn")
+    return Dialogue(
+        file.stem, "cpsycound", [t for _, t in turns], {}, {"file": _rel(root, file), "record": 0}
+    )
+
+
+def load_cpsycound(root: Path) -> Iterator[Dialogue | DataError]:
+    """CPsyCounD: a Data/ folder of case_N.txt files (or one file)."""
+    return _one_per_file(root, (".txt",), _cpsycound_file)
+
+
+# ----------------------------------------------------------------------------- CPsyCounE
+CPSYCOUNE_SPEAKERS = {"求助者": "client", "支持者": "counselor"}
+
+
+def _cpsycoune_file(root: Path, file: Path) -> Dialogue:
+    """Parse one CPsyCounE <Topic>/<k>.json (JSON array of prefixed strings)."""
+    turns = []
+    for i, s in enumerate(_json_array(file)):
+        s = _text(s, file, i, "utterance")
+        label, sep, rest = s.partition("：")
+        if not sep or label not in CPSYCOUNE_SPEAKERS:
+            raise DataError(
+                file,
+                i,
+                "speaker",
+                f"unknown speaker prefix {s[:8]!r} (expected 求助者： or 支持者：)",
+            )
+        turns.append(Turn(CPSYCOUNE_SPEAKERS[label], _text(rest, file, i, "text")))
+    rel = _rel(root, file)
+    topic = file.parent.name  # the topic is only given by the folder
+    return Dialogue(
+        rel.rsplit(".", 1)[0], "cpsycoune", turns, {"topic": topic}, {"file": rel, "record": 0}
+    )
+
+
+def load_cpsycoune(root: Path) -> Iterator[Dialogue | DataError]:
+    """CPsyCounE: topic folders of k.json files (topic = folder name)."""
+    return _one_per_file(root, (".json",), _cpsycoune_file)
+
+
+# ----------------------------------------------------------------------------- SmileChat
+SMILECHAT_SPEAKERS = {"client": "client", "counselor": "counselor"}
+
+
+def _smilechat_file(root: Path, file: Path) -> Dialogue:
+    """Parse one SmileChat N.json (array of {role, content, annotation})."""
+    turns = []
+    for i, m in enumerate(_json_array(file)):
+        role = _field(m, "role", file, i, str)
+        if role not in SMILECHAT_SPEAKERS:
+            raise DataError(
+                file, i, "role", f"unknown role {role!r} (expected client or counselor)"
+            )
+        text = _text(_field(m, "content", file, i), file, i, "content")
+        labels = [a.get("label", "") for a in m.get("annotation") or [] if isinstance(a, dict)]
+        ann = {"labels": labels} if any(labels) else {}  # the sample's labels are all empty
+        turns.append(Turn(SMILECHAT_SPEAKERS[role], text, ann))
+    rel = _rel(root, file)
+    return Dialogue(rel.rsplit(".", 1)[0], "smilechat", turns, {}, {"file": rel, "record": 0})
+
+
+def load_smilechat(root: Path) -> Iterator[Dialogue | DataError]:
+    """SmileChat: a data/ folder of N.json files (or one file)."""
+    return _one_per_file(root, (".json",), _smilechat_file)
+
+
+# ----------------------------------------------------------------------------- OpenAI-style records
+def _messages(obj, file, record, unknown_role: str | None) -> tuple[list[Turn], list[str]]:
+    """Turns and system texts of an OpenAI-style `messages` list.
+
+    user -> client, assistant -> counselor; other roles -> `unknown_role`, or a DataError if None.
+    """
+    msgs = _field(obj, "messages", file, record, list)
+    turns, system = [], []
+    for i, m in enumerate(msgs):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise DataError(file, record, where, f"expected an object, got {type(m).__name__}")
+        role = m.get("role")
+        if not isinstance(role, str):
+            raise DataError(file, record, f"{where}.role", "missing or not a string")
+        text = _text(m.get("content"), file, record, f"{where}.content")
+        if role == "system":
+            system.append(text)
+        elif role in ("user", "assistant") or unknown_role:
+            speaker = {"user": "client", "assistant": "counselor"}.get(role, unknown_role)
+            turns.append(Turn(speaker, text))
+        else:
+            raise DataError(file, record, f"{where}.role", f"unknown role {role!r}")
+    if not turns:
+        raise DataError(file, record, "messages", "no user/assistant messages")
+    return turns, system
+
+
+def _records(root: Path, corpus: str, parse: Callable) -> Iterator[Dialogue | DataError]:
+    """Run parse(obj, file, record) -> (id, turns, meta) over every record of every JSON(L) file."""
+    files = _files(root, (".json", ".jsonl"))
+    for file in files:
+        rel = _rel(root, file)
+        try:
+            records = list(_json_records(file))
+        except DataError as e:
+            yield e
+            continue
+        for record, obj in records:
+            if isinstance(obj, DataError):
+                yield obj
+                continue
+            try:
+                rid, turns, meta = parse(obj, file, record)
+            except DataError as e:
+                yield e
+                continue
+            # ids are the records' own; with several files they are prefixed by the file
+            did = rid if len(files) == 1 else f"{rel.rsplit('.', 1)[0]}/{rid}"
+            yield Dialogue(did, corpus, turns, meta, {"file": rel, "record": record})
+
+
+def _record_id(rid, file, record) -> str:
+    if isinstance(rid, bool) or not isinstance(rid, (int, str)) or not str(rid).strip():
+        raise DataError(file, record, "id", f"expected an integer or a string, got {rid!r}")
+    return str(rid)
+
+
+def _psydt_record(obj, file, record):
+    rid = _record_id(_field(obj, "id", file, record), file, record)
+    tag = _text(_field(obj, "normalizedTag", file, record), file, record, "normalizedTag")
+    turns, system = _messages(obj, file, record, unknown_role=None)
+    meta = {"topic": tag}
+    if system:
+        meta["system"] = "\n\n".join(system)
+    return rid, turns, meta
+
+
+def load_psydtcorpus(root: Path) -> Iterator[Dialogue | DataError]:
+    """PsyDTCorpus: JSON array or JSONL of {id, normalizedTag, messages} (system kept in meta)."""
+    yield from _records(root, "psydtcorpus", _psydt_record)
+
+
+def _soulchat_record(obj, file, record):
+    # Only `messages` is verified (FORMATS.md); id and topic are tolerated when missing.
+    turns, system = _messages(obj, file, record, unknown_role="counselor")
+    rid = _record_id(obj.get("id", record), file, record)
+    meta = {}
+    topic = obj.get("topic")
+    if topic is not None:
+        meta["topic"] = _text(topic, file, record, "topic")
+    if system:
+        meta["system"] = "\n\n".join(system)
+    return rid, turns, meta
+
+
+def load_soulchatcorpus(root: Path) -> Iterator[Dialogue | DataError]:
+    """SoulChatCorpus: JSON(L) records {id?, topic?, messages}; user = client, else counselor."""
+    yield from _records(root, "soulchatcorpus", _soulchat_record)
+
+
+# ----------------------------------------------------------------------------- AnnoMI
+# AnnoMI-simple holds one (majority) annotation per utterance; AnnoMI-full one row per annotator
+# (428 utterances of 7 transcripts were coded by 10 annotators) and adds the subtypes. A folder
+# reads simple for the utterances and codes and takes the subtype columns from full when present,
+# each as the most frequent value among an utterance's annotators (ties: lowest annotator_id).
+# Verified: simple's main_therapist_behaviour is such a majority value for all 428 utterances.
+ANNOMI_SIMPLE, ANNOMI_FULL = "AnnoMI-simple.csv", "AnnoMI-full.csv"
+ANNOMI_REQUIRED = (
+    "transcript_id",
+    "mi_quality",
+    "video_title",
+    "topic",
+    "utterance_id",
+    "interlocutor",
+    "utterance_text",
+    "main_therapist_behaviour",
+    "client_talk_type",
+)
+ANNOMI_CODES = ("main_therapist_behaviour", "client_talk_type")
+ANNOMI_FULL_CODES = ("therapist_input_subtype", "reflection_subtype", "question_subtype")
+ANNOMI_SPEAKERS = {"therapist": "counselor", "client": "client"}
+
+
+def _annomi_rows(file: Path) -> dict:
+    """{(transcript_id, utterance_id): [(line, row), ...]} of one AnnoMI CSV, columns checked."""
+    with open(file, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ANNOMI_REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(file, "line 1", missing[0], f"missing column(s) {missing}")
+        rows: dict = {}
+        for row in reader:
+            n = reader.line_num
+            try:
+                key = (int(row["transcript_id"]), int(row["utterance_id"]))
+            except (TypeError, ValueError):
+                field = (
+                    "transcript_id" if not str(row["transcript_id"]).isdigit() else "utterance_id"
+                )
+                raise DataError(
+                    file, f"line {n}", field, f"not an integer: {row[field]!r}"
+                ) from None
+            rows.setdefault(key, []).append((n, row))
+    return rows
+
+
+def _majority(rows: list, column: str) -> str:
+    """The most frequent value of a column among an utterance's annotators (ties: lowest id)."""
+    rows = sorted(rows, key=lambda r: int(r[1].get("annotator_id") or 0))
+    return Counter(r[1][column] for r in rows).most_common(1)[0][0]
+
+
+def _annomi_turn(file: Path, line: int, row: dict, extra: dict) -> Turn:
+    speaker = ANNOMI_SPEAKERS.get(row["interlocutor"])
+    if speaker is None:
+        raise DataError(
+            file, f"line {line}", "interlocutor", f"unknown interlocutor {row['interlocutor']!r}"
+        )
+    text = _text(row["utterance_text"], file, f"line {line}", "utterance_text")
+    return Turn(speaker, text, {**{c: row[c] for c in ANNOMI_CODES}, **extra})
+
+
+def load_annomi(root: Path) -> Iterator[Dialogue | DataError]:
+    """AnnoMI: its folder (simple + full) or one of its CSVs; one dialogue per transcript."""
+    if root.is_dir():
+        simple, full = root / ANNOMI_SIMPLE, root / ANNOMI_FULL
+        main = simple if simple.exists() else full
+        if not main.exists():
+            raise DataError(
+                root, WHOLE_FILE, "path", f"neither {ANNOMI_SIMPLE} nor {ANNOMI_FULL} here"
+            )
+        full = full if full.exists() and main is simple else None
+    else:
+        main, full = root, None
+    try:
+        rows = _annomi_rows(main)
+        full_rows = _annomi_rows(full) if full else {}
+    except DataError as e:  # a bad header or id spoils the whole file
+        yield e
+        return
+    by_transcript: dict = {}
+    for key in sorted(rows):
+        by_transcript.setdefault(key[0], []).append(key)
+    for tid, keys in by_transcript.items():
+        yield _guard(_annomi_dialogue, root, main, tid, keys, rows, full_rows or rows)
+
+
+def _annomi_dialogue(root, file, tid, keys, rows, code_rows) -> Dialogue:
+    """One transcript's utterances in utterance_id order, codes collapsed over annotators."""
+    turns = []
+    for key in keys:
+        line, row = rows[key][0]
+        if len(rows[key]) > 1 and "annotator_id" not in row:
+            raise DataError(
+                file,
+                f"line {rows[key][1][0]}",
+                "utterance_id",
+                f"utterance {key[1]} of transcript {tid} appears twice",
+            )
+        group = code_rows.get(key, [])
+        extra = {c: _majority(group, c) for c in ANNOMI_FULL_CODES if group and c in group[0][1]}
+        if len(rows[key]) > 1:  # the full file itself: the codes of the majority, not row 0
+            row = {**row, **{c: _majority(rows[key], c) for c in ANNOMI_CODES}}
+        if group and "annotator_id" in group[0][1]:
+            extra["n_annotators"] = len(group)
+        turns.append(_annomi_turn(file, line, row, extra))
+    first = rows[keys[0]][0][1]
+    meta = {
+        "topic": first["topic"].strip(),
+        "mi_quality": first["mi_quality"],
+        "video_title": first["video_title"],
+        "video_url": first.get("video_url", ""),
+    }
+    if meta["mi_quality"] not in ("high", "low"):
+        raise DataError(
+            file,
+            f"line {rows[keys[0]][0][0]}",
+            "mi_quality",
+            f"expected high or low, got {meta['mi_quality']!r}",
+        )
+    return Dialogue(str(tid), "annomi", turns, meta, {"file": _rel(root, file), "record": tid})
+
+
+# ----------------------------------------------------------------------------- registry
+def _guard(fn: Callable[..., Dialogue], *args) -> Dialogue | DataError:
+    try:
+        return fn(*args)
+    except DataError as e:
+        return e
+
+
+def _one_per_file(root: Path, suffixes: tuple, parse: Callable) -> Iterator[Dialogue | DataError]:
+    """Run parse(root, file) -> Dialogue over every file; a bad file yields its DataError."""
+    for file in _files(root, suffixes):
+        yield _guard(parse, root, file)
+
+
+LOADERS: dict[str, Callable[[Path], Iterator[Dialogue | DataError]]] = {
+    "cpsycound": load_cpsycound,
+    "cpsycoune": load_cpsycoune,
+    "smilechat": load_smilechat,
+    "psydtcorpus": load_psydtcorpus,
+    "soulchatcorpus": load_soulchatcorpus,
+    "annomi": load_annomi,
+}
+NAMES = tuple(LOADERS)
+
+
+def load_with_report(name: str, path, on_error: str = "raise", limit: int | None = None):
+    """(dialogues, {"n_ok", "n_bad", "errors": [{file, record, field, problem}]}) of one corpus."""
+    if name not in LOADERS:
+        raise KeyError(f"unknown corpus {name!r}; known: {', '.join(NAMES)}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    root = Path(path)
+    if not root.exists():
+        raise DataError(root, WHOLE_FILE, "path", f"no such file or folder (corpus {name})")
+    dialogues, errors, seen = [], [], {}
+    for item in LOADERS[name](root):
+        if isinstance(item, Dialogue):
+            item = _checked(item, root, seen)
+        if isinstance(item, DataError):
+            if on_error == "raise":
+                raise item
+            errors.append(
+                {
+                    "file": item.file,
+                    "record": item.record,
+                    "field": item.field,
+                    "problem": item.problem,
+                }
+            )
+            continue
+        dialogues.append(item)
+        if limit is not None and len(dialogues) >= limit:
+            break
+    return dialogues, {"n_ok": len(dialogues), "n_bad": len(errors), "errors": errors}
+
+
+def _checked(d: Dialogue, root: Path, seen: dict) -> Dialogue | DataError:
+    """The dialogue if its turns are valid and its id is new in the corpus, else the DataError."""
+    base = root if root.is_dir() else root.parent
+    file, record = base / d.source["file"], d.source["record"]
+    try:
+        validate(d, file, record)
+    except DataError as e:
+        return e
+    if d.id in seen:
+        return DataError(file, record, "id", f"duplicate id {d.id!r} (first at {seen[d.id]})")
+    seen[d.id] = f"{d.source['file']} record {record}"
+    return d
+
+
+def load(name: str, path, on_error: str = "raise", limit: int | None = None) -> list[Dialogue]:
+    """The dialogues of corpus `name` read from `path` (raise: the first bad record raises)."""
+    return load_with_report(name, path, on_error, limit)[0]

@@ -1,0 +1,398 @@
+"""MI strategy forecaster (the KMI idea): predict the counselor's next MI behaviour from the dialogue so far.
+
+Trained and scored on AnnoMI's human labels, split by session, against a majority-class and a
+previous-behaviour baseline. Two fitted variants share one feature builder: "text" (TF-IDF of the
+last client utterance and the recent context, plus the language-independent features) for English,
+and "universal" (previous behaviours, turn position, question marks, length ratios only) for
+dialogues it cannot read, e.g. the Chinese MI corpus. Also the strategy tags that carry a behaviour
+through transcription (02), SFT (03) and conditioned generation (04).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .schema import DataError, Dialogue, Turn
+
+# The next-behaviour label set: AnnoMI's main_therapist_behaviour with the question and
+# reflection subtypes of AnnoMI-full (the split MITI cares about: %CR, open vs closed questions).
+TAGS = ("open_question", "closed_question", "simple_reflection", "complex_reflection",
+        "therapist_input", "other")
+NONE = "none"  # the previous behaviour before the counselor has spoken, or when it is unknown
+
+# ----------------------------------------------------------------------------- strategy tags
+# Format: an ASCII control tag "<mi:complex_reflection> " at the start of a counselor turn. ASCII,
+# not "[复杂反映]": one tag set for English (AnnoMI) and Chinese turns, no clash with brackets that
+# occur in Chinese text, no special tokens to add (LoRA needs no embedding resize), readable
+# English words a multilingual model already knows, and one exact regex to parse.
+_TAG_RE = re.compile(r"^\s*<mi:([A-Za-z_]*)>[ \t]*")
+
+
+def tag_text(text: str, label: str) -> str:
+    """Prepend the control tag of an MI behaviour to a counselor turn."""
+    if label not in TAGS:
+        raise ValueError(f"unknown MI behaviour {label!r}; known: {list(TAGS)}")
+    return f"<mi:{label}> {text}"
+
+
+def strip_tag(text: str) -> tuple[str | None, str]:
+    """Split a leading control tag off a turn: (label, text), or (None, text) when it has none."""
+    m = _TAG_RE.match(text)
+    if not m:
+        return None, text
+    if m.group(1) not in TAGS:
+        raise ValueError(f"unknown MI behaviour tag <mi:{m.group(1)}>; known: {list(TAGS)}")
+    return m.group(1), text[m.end():]
+
+
+def require_tag(text: str) -> tuple[str, str]:
+    """Validator for tagged LLM output (stage 02): (label, text), ValueError(reason) if unusable."""
+    label, rest = strip_tag(text)
+    if label is None:
+        raise ValueError(f"counselor turn lacks a leading <mi:behaviour> tag: {text[:60]!r}")
+    if not rest.strip():
+        raise ValueError(f"counselor turn has a <mi:{label}> tag but no text")
+    return label, rest
+
+
+# ----------------------------------------------------------------------------- AnnoMI sessions
+def annotation_label(row: dict) -> str | None:
+    """One annotator's AnnoMI-full codes of a therapist utterance -> a TAGS label (None: no subtype)."""
+    main = row["main_therapist_behaviour"]
+    if main == "question":
+        sub = row.get("question_subtype")
+        return f"{sub}_question" if sub in ("open", "closed") else None
+    if main == "reflection":
+        sub = row.get("reflection_subtype")
+        return f"{sub}_reflection" if sub in ("simple", "complex") else None
+    if main in ("therapist_input", "other"):
+        return main
+    raise ValueError(f"unknown main_therapist_behaviour {main!r}")
+
+
+def load_sessions(path, mi_quality=("high", "low")) -> list[Dialogue]:
+    """AnnoMI sessions (folder or CSV, through mi_llm.corpora) of the given MI-quality ratings."""
+    from . import corpora
+
+    return [d for d in corpora.load("annomi", path) if d.meta.get("mi_quality") in mi_quality]
+
+
+def turn_label(turn: Turn, where=("?", "?")) -> str | None:
+    """A counselor turn's TAGS label: annotations['behaviour'] or AnnoMI's codes (None: unknown)."""
+    ann = turn.annotations
+    if ann.get("behaviour"):
+        return ann["behaviour"]
+    if "main_therapist_behaviour" not in ann:
+        return None
+    try:
+        return annotation_label(ann)
+    except ValueError as e:
+        raise DataError(where[0], where[1], "main_therapist_behaviour", str(e)) from e
+
+
+def split_sessions(dialogues, test_size: float, seed: int) -> tuple[list, list]:
+    """Seeded GroupShuffleSplit by session, stratified by mi_quality: (train, test) dialogues."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    train, test = [], []
+    for q in sorted({d.meta.get("mi_quality", "") for d in dialogues}):
+        stratum = [d for d in dialogues if d.meta.get("mi_quality", "") == q]
+        if len(stratum) < 2:  # one session cannot be split; it trains
+            train += stratum
+            continue
+        gss = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+        tr, te = next(gss.split(stratum, groups=[d.id for d in stratum]))
+        train += [stratum[i] for i in tr]
+        test += [stratum[i] for i in te]
+    return train, test
+
+
+# ----------------------------------------------------------------------------- features
+UNIVERSAL_NUMERIC = ["position", "client_question", "therapist_question", "client_len_rel",
+                     "client_vs_therapist_len", "therapist_continues", "client_turns_since_question",
+                     *(f"share_{t}" for t in TAGS)]
+CATEGORICAL = ["prev_label", "prev2_label", "prev_pair"]
+
+
+def _has_q(text: str) -> float:
+    return float("?" in text or "？" in text)
+
+
+def turn_features(history: list[tuple[str, str, str | None]], context_turns: int = 4) -> dict:
+    """Features for the next counselor turn from (speaker, text, label) history; lengths are ratios."""
+    client = [t for s, t, _ in history if s == "client"]
+    ther = [(t, lab) for s, t, lab in history if s == "counselor"]
+    labels = [lab or NONE for _, lab in ther]
+    last_client = client[-1] if client else ""
+    last_ther = ther[-1][0] if ther else ""
+    mean_client = np.mean([len(t) for t in client]) if client else 0.0
+    since_q = 0
+    for s, t, lab in reversed(history):  # client turns since the counselor last asked something
+        if s == "counselor" and (_has_q(t) or (lab or "").endswith("question")):
+            break
+        since_q += s == "client"
+    return {
+        "client_text": last_client,
+        "context_text": " ".join(t for _, t, _ in history[-context_turns:]) if context_turns else "",
+        "prev_label": labels[-1] if labels else NONE,
+        "prev2_label": labels[-2] if len(labels) > 1 else NONE,
+        "prev_pair": "|".join(labels[-2:]) or NONE,
+        "therapist_text": last_ther,
+        "position": math.log1p(len(history)),
+        "client_question": _has_q(last_client),
+        "therapist_question": _has_q(last_ther),
+        "client_len_rel": math.log((len(last_client) + 1) / (mean_client + 1)),
+        "client_vs_therapist_len": math.log((len(last_client) + 1) / (len(last_ther) + 1)),
+        "therapist_continues": float(bool(history) and history[-1][0] == "counselor"),
+        "client_turns_since_question": float(min(since_q, 5)),
+        # the counselor's style so far in this session: share of each behaviour among its turns
+        **{f"share_{t}": labels.count(t) / len(labels) if labels else 0.0 for t in TAGS},
+    }
+
+
+def _history(d: Dialogue) -> list[tuple[str, str, str | None]]:
+    where = (d.source.get("file", d.corpus), d.source.get("record", d.id))
+    return [(t.speaker, t.text, turn_label(t, where) if t.speaker == "counselor" else None)
+            for t in d.turns]
+
+
+def examples(dialogues, context_turns: int = 4) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One row per labelled counselor turn: (features X, next label y, session id groups)."""
+    rows, y, groups = [], [], []
+    for d in dialogues:
+        hist = _history(d)
+        for i, (speaker, _, label) in enumerate(hist):
+            if speaker == "counselor" and label is not None:
+                rows.append(turn_features(hist[:i], context_turns))
+                y.append(label)
+                groups.append(d.id)
+    if not rows:
+        raise ValueError("no labelled counselor turns in these dialogues")
+    return pd.DataFrame(rows), np.array(y), np.array(groups)
+
+
+# ----------------------------------------------------------------------------- models
+KINDS = ("universal", "text", "char", "boost")
+
+
+def build(kind: str, C: float = 1.0, seed: int = 0):
+    """An unfitted sklearn pipeline of one forecaster kind (KINDS); class-balanced for macro-F1."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown forecaster kind {kind!r}; known: {list(KINDS)}")
+    parts = [("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=kind != "boost"), CATEGORICAL),
+             ("num", StandardScaler(), UNIVERSAL_NUMERIC)]
+    words = dict(min_df=2, sublinear_tf=True)
+    if kind == "text":  # word 1-2 grams of the client's last turn; words of the counselor's and context
+        parts += [("client", TfidfVectorizer(ngram_range=(1, 2), **words), "client_text"),
+                  ("therapist", TfidfVectorizer(**words), "therapist_text"),
+                  ("context", TfidfVectorizer(**words), "context_text")]
+    elif kind == "char":  # character 2-5 grams of the client's turn: robust to transcription noise
+        parts += [("client", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=3,
+                                             sublinear_tf=True, max_features=50000), "client_text"),
+                  ("therapist", TfidfVectorizer(**words), "therapist_text"),
+                  ("context", TfidfVectorizer(**words), "context_text")]
+    if kind == "boost":  # gradient-boosted trees on the language-independent features
+        clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
+                                             class_weight="balanced", random_state=seed)
+    else:
+        clf = LogisticRegression(C=C, class_weight="balanced", max_iter=3000, random_state=seed)
+    return Pipeline([("features", ColumnTransformer(parts)), ("clf", clf)])
+
+
+def majority_baseline(y_train) -> str:
+    """The most frequent training label (ties: first in TAGS order)."""
+    counts = pd.Series(list(y_train)).value_counts()
+    return next(t for t in TAGS if counts.get(t, 0) == counts.max())
+
+
+def previous_baseline(X: pd.DataFrame, fallback: str) -> np.ndarray:
+    """Predict the counselor's previous behaviour; `fallback` where there is none yet."""
+    prev = X["prev_label"].to_numpy()
+    return np.where(np.isin(prev, TAGS), prev, fallback)
+
+
+# ----------------------------------------------------------------------------- scoring
+def _confusions(y_true, y_pred, groups) -> tuple[np.ndarray, list]:
+    """Per-session confusion matrices, shape (sessions, K, K) over TAGS."""
+    idx = {t: i for i, t in enumerate(TAGS)}
+    sessions = sorted(set(groups))
+    pos = {s: i for i, s in enumerate(sessions)}
+    cm = np.zeros((len(sessions), len(TAGS), len(TAGS)))
+    np.add.at(cm, ([pos[g] for g in groups], [idx[t] for t in y_true], [idx[p] for p in y_pred]), 1)
+    return cm, sessions
+
+
+def _f1(cm: np.ndarray) -> np.ndarray:
+    """Per-class F1 from confusion matrices (..., K, K); NaN for a class absent from truth and preds."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    denom = cm.sum(-1) + cm.sum(-2)  # 2TP + FN + FP
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * tp / denom, np.nan)
+
+
+def score(y_true, y_pred, groups, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Macro-F1 and per-class F1 with 95% CIs from resampling sessions (not utterances)."""
+    cm, sessions = _confusions(y_true, y_pred, groups)
+    point = _f1(cm.sum(0))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(sessions), size=(bootstrap, len(sessions)))  # resampled sessions
+    boot = _f1(cm[draws].sum(1))  # (bootstrap, K)
+    macro_boot = np.nanmean(boot, axis=1)
+    out = {"n_test": int(cm.sum()), "n_test_sessions": len(sessions),
+           "accuracy": float(np.trace(cm.sum(0)) / cm.sum()),
+           "macro_f1": float(np.nanmean(point)),
+           "macro_f1_ci_low": float(np.percentile(macro_boot, 2.5)),
+           "macro_f1_ci_high": float(np.percentile(macro_boot, 97.5))}
+    for k, tag in enumerate(TAGS):
+        out[f"f1_{tag}"] = float(point[k])
+        out[f"f1_{tag}_ci_low"] = float(np.nanpercentile(boot[:, k], 2.5))
+        out[f"f1_{tag}_ci_high"] = float(np.nanpercentile(boot[:, k], 97.5))
+    return out
+
+
+# ----------------------------------------------------------------------------- the stage-04 call
+# P.evaluation.forecaster keys (documented in params/*.yaml); unknown keys are errors.
+DEFAULTS = {
+    "enabled": True,
+    "annomi_path": "data/AnnoMI",  # the folder: simple's codes + full's question/reflection subtypes
+    "mi_quality": ["high", "low"],  # sessions used, by AnnoMI's MI-quality rating
+    "test_size": 0.2,  # share of sessions held out (split by session, stratified by mi_quality)
+    "context_turns": 4,  # preceding utterances whose words form the context feature
+    "model": "text",  # forecaster kind (KINDS), chosen by benchmarks/forecaster_models.py
+    "C": 0.3,  # inverse L2 strength of the logistic regression
+}
+
+
+def settings(P) -> dict:
+    """P.evaluation.forecaster over DEFAULTS; unknown keys or kinds raise ValueError."""
+    given = dict(P.evaluation.forecaster or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"evaluation.forecaster: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+    s = {**DEFAULTS, **given}
+    if s["model"] not in KINDS:
+        raise ValueError(f"evaluation.forecaster.model: {s['model']!r} is not one of {list(KINDS)}")
+    return s
+
+
+def fit(train, s: dict, seed: int = 0) -> dict:
+    """Fit both variants on training sessions: the chosen kind and the language-independent one."""
+    X, y, groups = examples(train, s["context_turns"])
+    bundle = {"tags": TAGS, "kind": s["model"], "context_turns": s["context_turns"],
+              "majority": majority_baseline(y), "n_train": len(y),
+              "train_sessions": sorted(set(groups))}
+    bundle["universal"] = build("universal", s["C"], seed).fit(X, y)
+    bundle["text"] = build(s["model"], s["C"], seed).fit(X, y) if s["model"] != "universal" \
+        else bundle["universal"]
+    return bundle
+
+
+def save(bundle: dict, path) -> Path:
+    """Write a fitted forecaster bundle with joblib."""
+    import joblib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(bundle, path)
+    return path
+
+
+def load(path) -> dict:
+    """Read a bundle written by save(); refuses one fitted for another label set."""
+    import joblib
+
+    bundle = joblib.load(path)
+    if not isinstance(bundle, dict) or tuple(bundle.get("tags", ())) != TAGS:
+        raise ValueError(f"{path}: not a forecaster bundle for labels {list(TAGS)}")
+    return bundle
+
+
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def _as_history(turns) -> list[tuple[str, str, str | None]]:
+    """Turns, {speaker,text} or {role,content} dicts -> (speaker, text, label); labels from tags too."""
+    out = []
+    for i, t in enumerate(turns):
+        if isinstance(t, Turn):
+            speaker, text, ann = t.speaker, t.text, t.annotations
+        elif isinstance(t, dict) and "role" in t:
+            if t["role"] == "system":
+                continue
+            speaker = {"user": "client", "assistant": "counselor"}.get(t["role"], t["role"])
+            text, ann = t.get("content", ""), {}
+        elif isinstance(t, dict):
+            speaker, text, ann = t.get("speaker"), t.get("text", ""), t.get("annotations", {})
+        else:
+            raise TypeError(f"turn {i}: expected a Turn or a dict, got {type(t).__name__}")
+        if speaker not in ("client", "counselor"):
+            raise ValueError(f"turn {i}: unknown speaker {speaker!r}")
+        tagged, text = strip_tag(text)
+        out.append((speaker, text, turn_label(Turn(speaker, text, ann)) or tagged))
+    return out
+
+
+def predict_next(model: dict, dialogue_turns, language: str = "auto") -> str:
+    """The counselor's next MI behaviour (a TAGS label) after these turns.
+
+    language: "auto" uses the text variant for dialogues without CJK characters and the
+    language-independent variant otherwise (the text variant learned English words only);
+    "text" / "universal" force one. Counselor turns' labels come from annotations['behaviour']
+    or a leading <mi:...> tag; untagged ones count as unknown.
+    """
+    hist = _as_history(dialogue_turns)
+    if language == "auto":
+        language = "universal" if any(_CJK.search(t) for _, t, _ in hist) else "text"
+    if language not in ("text", "universal"):
+        raise ValueError(f"language must be 'auto', 'text' or 'universal', got {language!r}")
+    X = pd.DataFrame([turn_features(hist, model["context_turns"])])
+    return str(model[language].predict(X)[0])
+
+
+def evaluate(P, out_dir) -> pd.DataFrame:
+    """Train on AnnoMI train sessions, score on held-out ones vs baselines; write forecaster.csv/.joblib."""
+    from .params import path as resolve
+
+    s = settings(P)
+    if not s["enabled"]:
+        return pd.DataFrame(columns=["model", "role", "features", "macro_f1"])
+    dialogues = load_sessions(resolve(s["annomi_path"]), s["mi_quality"])
+    train, test = split_sessions(dialogues, s["test_size"], P.seed)
+    bundle = fit(train, s, P.seed)
+    X, y, groups = examples(test, s["context_turns"])
+    preds = [("majority", "baseline", "none", np.full(len(y), bundle["majority"])),
+             ("previous_behaviour", "baseline", "previous label",
+              previous_baseline(X, bundle["majority"])),
+             ("forecaster_universal", "forecaster", "language-independent",
+              bundle["universal"].predict(X))]
+    if s["model"] != "universal":
+        preds.append((f"forecaster_{s['model']}", "forecaster", "text + language-independent",
+                      bundle["text"].predict(X)))
+    rows = [{"model": name, "role": role, "features": feats, "n_train": bundle["n_train"],
+             "n_train_sessions": len(bundle["train_sessions"]),
+             **score(y, p, groups, P.evaluation.bootstrap, P.seed)}
+            for name, role, feats, p in preds]
+    df = pd.DataFrame(rows)
+    best_baseline = df.loc[df.role == "baseline", "macro_f1"].max()
+    df["beats_baselines"] = (df.role == "forecaster") & (df.macro_f1 > best_baseline)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out_dir / "forecaster.csv", index=False)
+    bundle["test_sessions"] = sorted(set(groups))
+    save(bundle, out_dir / "forecaster.joblib")
+    split = {"train": bundle["train_sessions"], "test": bundle["test_sessions"]}
+    (out_dir / "forecaster_split.json").write_text(json.dumps(split), encoding="utf-8")
+    return df

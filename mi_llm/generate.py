@@ -1,0 +1,286 @@
+"""Round-based generation of stage 04: one counselor reply per gold history, base and fine-tuned.
+
+For each test dialogue of 02 (test.jsonl) and each counselor turn that answers a client turn, the
+gold history up to that client turn is the prompt and the gold counselor turn the reference. Every
+(model, variant) answers every round: batched (prompts sorted by length, left padding, one
+`generate` call per batch), seeded, greedy unless params say otherwise, stopping at the model's
+end-of-turn token. Records are appended to generations.jsonl after each batch, and a re-run skips
+the (model, variant, dialogue, round) keys already there, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .schema import DataError
+
+ROLES = ("system", "user", "assistant")
+KEY = ("model", "variant", "dialogue_id", "round")
+
+
+# ----------------------------------------------------------------------------- rounds
+def read_test(path: str | Path) -> list[dict]:
+    """Read 02's test.jsonl, checking each record's id and messages (DataError names the field)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, i, "line", f"not JSON: {e}") from e
+            if not isinstance(rec, dict) or not isinstance(rec.get("id"), (str, int)):
+                raise DataError(path, i, "id", "missing or not a string")
+            msgs = rec.get("messages")
+            if not isinstance(msgs, list) or not msgs:
+                raise DataError(path, rec["id"], "messages", "missing or empty")
+            for j, m in enumerate(msgs):
+                if not isinstance(m, dict) or m.get("role") not in ROLES:
+                    raise DataError(path, rec["id"], f"messages[{j}].role", f"not one of {ROLES}")
+                if not isinstance(m.get("content"), str) or not m["content"].strip():
+                    raise DataError(path, rec["id"], f"messages[{j}].content", "empty or not a string")
+            records.append(rec)
+    return records
+
+
+def _window(history: list[dict], context_turns: int | None) -> list[dict]:
+    """System message (if any) + the last `context_turns` messages, starting at a client turn."""
+    system = [m for m in history[:1] if m["role"] == "system"]
+    turns = history[len(system):]
+    if context_turns is not None:
+        turns = turns[-context_turns:] if context_turns > 0 else turns[-1:]
+    while turns and turns[0]["role"] != "user":  # chat templates want user first (Gemma raises)
+        turns = turns[1:]
+    return system + turns
+
+
+def rounds(records: list[dict], max_dialogues: int | None = None, max_rounds: int | None = None,
+           context_turns: int | None = None) -> list[dict]:
+    """Prompts of the round-based evaluation: {dialogue_id, round, topic, messages, reference}.
+
+    A round is a counselor (assistant) message that directly follows a client (user) message; its
+    prompt is the gold history before it (trimmed by `_window`), ending with that client message.
+    Rounds are numbered 0, 1, ... per dialogue; max_rounds keeps the first ones.
+    """
+    out = []
+    for rec in records[:max_dialogues] if max_dialogues is not None else records:
+        msgs, n = rec["messages"], 0
+        for i, m in enumerate(msgs):
+            if max_rounds is not None and n >= max_rounds:
+                break
+            if m["role"] != "assistant" or i == 0 or msgs[i - 1]["role"] != "user":
+                continue
+            out.append({"dialogue_id": str(rec["id"]), "round": n, "topic": rec.get("topic"),
+                        "messages": _window(msgs[:i], context_turns), "reference": m["content"]})
+            n += 1
+    return out
+
+
+# ----------------------------------------------------------------------------- generation
+def generation_config(model, tokenizer, max_new_tokens: int, overrides: dict | None = None):
+    """The model's GenerationConfig made greedy (unless `overrides` samples), with a pad token."""
+    import copy
+
+    cfg = copy.deepcopy(model.generation_config)
+    cfg.do_sample = False
+    cfg.max_new_tokens = max_new_tokens
+    cfg.pad_token_id = tokenizer.pad_token_id
+    for k, v in (overrides or {}).items():
+        if not hasattr(cfg, k):
+            raise ValueError(f"evaluation.generation: {k!r} is not a transformers GenerationConfig field")
+        setattr(cfg, k, v)
+    if not cfg.do_sample:  # sampling knobs would only draw warnings in greedy mode
+        cfg.temperature, cfg.top_p, cfg.top_k = None, None, None
+    return cfg
+
+
+def _eos_ids(cfg) -> set[int]:
+    eos = cfg.eos_token_id
+    return set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+
+
+def generate_batches(model, tokenizer, prompts: list[list[dict]], *, batch_size: int = 16,
+                     max_new_tokens: int = 256, overrides: dict | None = None):
+    """Yield (indices into prompts, replies) per batch; prompts sorted by length, left-padded."""
+    import torch
+
+    tokenizer.padding_side = "left"  # decoder-only: the new tokens must follow every prompt directly
+    cfg = generation_config(model, tokenizer, max_new_tokens, overrides)
+    eos = _eos_ids(cfg)
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    # the template already writes <bos> etc., so no special tokens are added again
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: OOM shows early
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
+        with torch.inference_mode():
+            out = model.generate(**enc, generation_config=cfg)
+        replies = []
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():  # the new tokens of each prompt
+            stop = next((j for j, t in enumerate(row) if t in eos), len(row))
+            replies.append(tokenizer.decode(row[:stop], skip_special_tokens=True).strip())
+        yield idx, replies
+
+
+def generate(model, tokenizer, prompts: list[list[dict]], **kw) -> list[str]:
+    """Replies to chat prompts, in prompt order (see generate_batches for the keywords)."""
+    replies = [""] * len(prompts)
+    for idx, batch in generate_batches(model, tokenizer, prompts, **kw):
+        for i, r in zip(idx, batch):
+            replies[i] = r
+    return replies
+
+
+# ----------------------------------------------------------------------------- records on disk
+def read_generations(path: str | Path) -> list[dict]:
+    """Records of generations.jsonl ([] when absent); a torn last line (a crash) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:  # written without its newline: the batch never finished
+                break
+            raise DataError(path, i, "line", f"not JSON: {e}") from e
+    return out
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    """Append records and fsync, after cutting a torn last line left by a crash."""
+    if path.exists() and path.stat().st_size:
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _key(r: dict) -> tuple:
+    return tuple(str(r[k]) for k in KEY)
+
+
+# ----------------------------------------------------------------------------- the stage
+def resolve_device(device: str) -> str:
+    """params device 'auto' -> cuda when available, else cpu."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def adapter_dir(P, model: str) -> Path:
+    """Where stage 03 saved the LoRA adapter of a model: runs/<name>/03_sft/<model>/adapter/."""
+    return P.run_dir / "03_sft" / model / "adapter"
+
+
+def _check_adapter(name: str, adapter: Path) -> None:
+    if not (adapter / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter}: no PEFT adapter for model {name!r}; run stage 03 first")
+
+
+def _with_adapter(model, tokenizer, name: str, adapter: Path):
+    """Base model + the PEFT adapter, merged for speed; the adapter's tokenizer when it saved one."""
+    from peft import PeftModel
+
+    from . import models
+
+    _check_adapter(name, adapter)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # plain model again
+    if (adapter / "tokenizer_config.json").exists():
+        tokenizer = models.load_tokenizer(name, adapter)
+    return merged.eval(), tokenizer
+
+
+def _generate_variant(P, model, tok, name, variant, pending, out_path, progress):
+    from tqdm.auto import tqdm
+
+    from .runs import set_seed
+
+    E = P.evaluation
+    set_seed(P.seed)  # same seed for every variant: sampled runs differ by the model alone
+    bar = tqdm(total=len(pending), desc=f"generate {name}/{variant}", unit="reply", disable=not progress)
+    batches = generate_batches(model, tok, [r["messages"] for r in pending], batch_size=E.batch_size,
+                               max_new_tokens=E.max_new_tokens, overrides=E.generation)
+    for idx, replies in batches:
+        _append(out_path, [{"model": name, "variant": variant, "dialogue_id": pending[i]["dialogue_id"],
+                            "round": pending[i]["round"], "topic": pending[i]["topic"],
+                            "messages": pending[i]["messages"], "reference": pending[i]["reference"],
+                            "reply": reply} for i, reply in zip(idx, replies)])
+        bar.update(len(idx))
+    bar.close()
+
+
+def run(P, test_path=None, out_path=None, model_paths: dict | None = None,
+        adapter_dirs: dict | None = None, progress: bool = True) -> list[dict]:
+    """Generate every missing (model, variant, dialogue, round) into generations.jsonl; return them.
+
+    model_paths / adapter_dirs override, per model name, the weights (default: P.model_paths, else
+    the registry) and the 03 adapter (tests use a tiny model). The returned records are those of
+    this configuration, in key order.
+    """
+    from . import models
+    from .params import path
+
+    model_paths = {k: path(v) for k, v in {**P.model_paths, **(model_paths or {})}.items()}
+
+    E = P.evaluation
+    unknown = sorted(set(E.variants) - {"base", "finetuned"})
+    if unknown:
+        raise ValueError(f"evaluation.variants: unknown {unknown}; known: ['base', 'finetuned']")
+    test_path = Path(test_path or P.run_dir / "02_mi_transcription" / "test.jsonl")
+    out_path = Path(out_path or P.stage_dir("04_evaluation") / "generations.jsonl")
+    if not test_path.exists():
+        raise FileNotFoundError(f"{test_path}: no MI test set; run stage 02 first")
+    todo = rounds(read_test(test_path), E.max_dialogues, E.max_rounds, E.context_turns)
+    done = {_key(r) for r in read_generations(out_path)}
+    wanted = set()
+    variants = sorted(E.variants, key=["base", "finetuned"].index)  # the adapter is merged in last
+    for name in E.models:
+        pending = {v: [r for r in todo if _key({"model": name, "variant": v, **r}) not in done]
+                   for v in variants}
+        wanted |= {_key({"model": name, "variant": v, **r}) for v in variants for r in todo}
+        if not any(pending.values()):
+            continue
+        ad = Path((adapter_dirs or {}).get(name) or adapter_dir(P, name))
+        if "finetuned" in variants:
+            _check_adapter(name, ad)  # fail before spending minutes on the base variant
+        model, tok = models.load(name, resolve_device(P.device), path=model_paths.get(name))
+        model.eval()
+        for v in variants:
+            if v == "finetuned":
+                model, tok = _with_adapter(model, tok, name, ad)
+            if pending[v]:
+                _generate_variant(P, model, tok, name, v, pending[v], out_path, progress)
+        del model
+    recs = {_key(r): r for r in read_generations(out_path) if _key(r) in wanted}
+    return sorted(recs.values(), key=lambda r: (r["model"], r["variant"], r["dialogue_id"], r["round"]))
+
+
+def examples(generations: list[dict], n: int = 3, width: int = 120) -> "pd.DataFrame":
+    """The first n rounds side by side: last client turn, reference and each variant's reply."""
+    import pandas as pd
+
+    df = pd.DataFrame(generations)
+    if df.empty:
+        return df
+    df["client"] = df["messages"].map(lambda m: m[-1]["content"] if m else "")
+    wide = df.pivot_table(index=["model", "dialogue_id", "round", "client", "reference"],
+                          columns="variant", values="reply", aggfunc="first").reset_index()
+    wide.columns.name = None
+    return wide.head(n).map(lambda v: v[:width] + "…" if isinstance(v, str) and len(v) > width else v)

@@ -1,0 +1,399 @@
+"""OpenAI-compatible LLM access for the judge (01), the transcriber (02) and the MITI coder (04).
+
+    with llm.endpoint(P.llm) as ep:
+        results = llm.complete(ep, [llm.Request(key, messages)], llm_params=P.llm,
+                               cache_path=..., settings={"temperature": 0.7, "max_tokens": 256},
+                               validate=parse, retries=2)
+
+`endpoint` gives a remote endpoint (key from the environment, never stored) or serves an embedded
+registry model with `transformers serve` on 127.0.0.1. `complete` sends requests concurrently through
+the official `openai` AsyncOpenAI client with our own backoff (429/5xx/timeouts, Retry-After honoured,
+jitter), validates each answer, asks again up to `retries` times, and keeps every finished answer in a
+SQLite cache keyed by (model, settings, messages, attempt), committed at once: a re-run or a resume
+after kill -9 repeats no finished request. The OpenAI Batch API is the same call with batch_dir set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+from tqdm.auto import tqdm
+
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+
+
+# ----------------------------------------------------------------------------- endpoints
+@dataclass
+class Endpoint:
+    base_url: str
+    model: str  # the model id sent with every request
+    api_key: str = field(repr=False)  # never printed, never stored
+    provider: str = "remote"
+
+
+def model_folder(name: str) -> Path:
+    """Local folder of an embedded model: the registry's embedded entry, a folder path, or models.get."""
+    from . import embedded
+
+    if name == embedded.NAME:
+        return embedded.model_dir()
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    try:
+        from . import models
+    except ImportError as e:
+        raise ValueError(f"llm.model {name!r}: not the embedded model and no registry available") from e
+    return Path(models.get(name).hub_id)  # a hub id works offline when it is in the HF cache
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(proc, url: str, timeout: float, log: Path) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"transformers serve exited with {proc.returncode}; log: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"transformers serve did not answer within {timeout:.0f} s; log: {log}")
+
+
+@contextmanager
+def serve(folder: Path, timeout: float = 300.0, log_dir: Path | None = None):
+    """Serve a local model folder with `transformers serve --continuous-batching`; yield its base URL."""
+    port = _free_port()
+    exe = Path(sys.executable).with_name("transformers")
+    cmd = [str(exe), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
+           "--continuous-batching", "--device", "cpu" if not _has_cuda() else "auto"]
+    log = Path(log_dir or "/tmp") / f"transformers-serve-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "w") as logf:
+        # own process group so that stopping it also stops anything it spawned
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(proc, base, timeout, log)
+        yield base + "/v1"
+    finally:
+        _stop(proc)
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextmanager
+def endpoint(llm_params, log_dir: Path | None = None):
+    """The endpoint named by params: remote (base_url/$OPENAI_BASE_URL + key from env) or embedded."""
+    if llm_params.provider == "remote":
+        key = os.environ.get(llm_params.api_key_env)
+        if not key:
+            raise RuntimeError(f"llm.provider is remote but ${llm_params.api_key_env} is not set")
+        base = llm_params.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_URL
+        yield Endpoint(base, llm_params.model, key, "remote")
+        return
+    folder = model_folder(llm_params.model)
+    with serve(folder, timeout=llm_params.serve_timeout, log_dir=log_dir) as base:
+        # the server is pinned to the folder: requests must name it as their model
+        yield Endpoint(base, str(folder), "embedded-no-key", "embedded")
+
+
+# ----------------------------------------------------------------------------- cache
+@dataclass
+class Answer:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Cache:
+    """SQLite store of finished answers; WAL, one committed row per answer (kill -9 safe)."""
+
+    def __init__(self, path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), timeout=60, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: committed rows survive a crash
+        self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, request_key TEXT,"
+                        " model TEXT, text TEXT, finish_reason TEXT, prompt_tokens INT,"
+                        " completion_tokens INT, created REAL)")
+        self.db.commit()
+
+    def get(self, key: str) -> Answer | None:
+        row = self.db.execute("SELECT text, finish_reason, prompt_tokens, completion_tokens FROM answers"
+                              " WHERE key=?", (key,)).fetchone()
+        return Answer(*row) if row else None
+
+    def put(self, key: str, request_key: str, model: str, a: Answer) -> None:
+        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?)",
+                        (key, request_key, model, a.text, a.finish_reason, a.prompt_tokens,
+                         a.completion_tokens, time.time()))
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def cache_key(model: str, settings: dict, messages: list[dict], attempt: int) -> str:
+    """sha256 identity of one answer: model, generation settings, messages and attempt number."""
+    blob = json.dumps([model, settings, messages, attempt], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+# ----------------------------------------------------------------------------- requests and results
+@dataclass
+class Request:
+    key: str  # stable id of the unit, e.g. "<prompt_version>:<dialogue content hash>"
+    messages: list[dict]
+    validate: object = None  # optional validator for this request alone (overrides complete's)
+
+
+@dataclass
+class Result:
+    key: str
+    text: str | None = None  # the last answer
+    parsed: object = None  # validate(text) of the accepted answer
+    ok: bool = False
+    error: str | None = None  # why it failed: "truncated", a validation reason, "transport: ..."
+    attempts: int = 0
+    raw: list = field(default_factory=list)  # every raw answer, in order
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False  # every answer came from the cache (no API call in this run)
+    api_calls: int = 0  # HTTP requests made for it in this run (transport retries included)
+    errors: list = field(default_factory=list)  # the reason of every rejected attempt
+
+
+RETRIABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
+             openai.APIConnectionError, json.JSONDecodeError, openai.APIResponseValidationError)
+
+
+def _retry_after(e) -> float | None:
+    resp = getattr(e, "response", None)
+    value = resp.headers.get("retry-after") if resp is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+async def _call(client, ep: Endpoint, messages, settings, llm_params, res: Result) -> Answer:
+    """One chat completion with backoff on 429/5xx/timeouts/malformed bodies; raises when exhausted."""
+    for i in range(llm_params.max_retries + 1):
+        res.api_calls += 1
+        try:
+            r = await client.chat.completions.create(model=ep.model, messages=messages, **settings)
+            u = r.usage
+            return Answer(r.choices[0].message.content or "", r.choices[0].finish_reason or "stop",
+                          u.prompt_tokens if u else 0, u.completion_tokens if u else 0)
+        except RETRIABLE as e:
+            if i == llm_params.max_retries:
+                raise
+            # full jitter on exponential backoff; Retry-After is a floor, never shortened
+            delay = random.uniform(0, min(llm_params.backoff_max, llm_params.backoff_base * 2 ** i))
+            await asyncio.sleep(max(delay, _retry_after(e) or 0.0))
+    raise AssertionError("unreachable")
+
+
+def _judge(res: Result, a: Answer, validate, truncated_ok: bool) -> None:
+    """Accept or reject one answer (a truncated one only when truncated_ok: validate checks it)."""
+    res.text = a.text
+    res.raw.append(a.text)
+    res.prompt_tokens += a.prompt_tokens
+    res.completion_tokens += a.completion_tokens
+    try:
+        if a.finish_reason == "length" and not truncated_ok:
+            raise ValueError("truncated")
+        res.parsed = validate(a.text) if validate else a.text
+        res.ok, res.error = True, None
+    except ValueError as e:
+        res.error = str(e) or type(e).__name__
+        res.errors.append(res.error)
+
+
+async def _run_live(ep, todo, llm_params, cache, settings, validate, truncated_ok):
+    """Fetch (cache or API) and judge the given (request, result, attempt) triples concurrently."""
+    sem = asyncio.Semaphore(llm_params.max_concurrency)
+    client = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0,
+                                timeout=llm_params.request_timeout)
+
+    async def one(req, res, attempt):
+        key = cache_key(ep.model, settings, req.messages, attempt)
+        a = cache.get(key)
+        if a is None:
+            async with sem:
+                try:
+                    a = await _call(client, ep, req.messages, settings, llm_params, res)
+                except (openai.APIError, json.JSONDecodeError) as e:
+                    res.error, res.ok = f"transport: {type(e).__name__}", False
+                    res.errors.append(res.error)
+                    return res
+            cache.put(key, req.key, ep.model, a)  # committed before anything else happens
+        res.attempts = attempt + 1
+        _judge(res, a, req.validate or validate, truncated_ok)
+        return res
+
+    try:
+        await asyncio.gather(*(one(*t) for t in todo))
+    finally:
+        await client.close()
+
+
+def _in_thread(coro):
+    # notebooks already run an event loop; a worker thread gets its own
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        return ex.submit(asyncio.run, coro).result()
+
+
+def complete(ep: Endpoint, requests: list[Request], *, llm_params, cache_path, settings: dict,
+             validate=None, retries: int = 0, desc: str = "llm", batch_dir=None,
+             truncated_ok: bool = False) -> list[Result]:
+    """Answer every request (cache first), validate, retry invalid ones; results in request order.
+
+    An answer cut at max_tokens (finish_reason "length") is invalid ("truncated") unless truncated_ok,
+    for answers whose unit ends before the cut (e.g. one line, when the server ignores `stop`).
+    """
+    keys = [r.key for r in requests]
+    if len(set(keys)) != len(keys):
+        raise ValueError("llm.complete: request keys must be unique")
+    cache = Cache(cache_path)
+    results = [Result(r.key) for r in requests]
+    bar = tqdm(total=len(requests), desc=desc, unit="req")
+    try:
+        pending = list(zip(requests, results))
+        for attempt in range(retries + 1):
+            todo = [(q, r, attempt) for q, r in pending]
+            if batch_dir is not None:  # fill the cache through the Batch API; the live pass then reads it
+                run_batch(ep, todo, llm_params, cache, settings, Path(batch_dir) / f"attempt{attempt}")
+            _in_thread(_run_live(ep, todo, llm_params, cache, settings, validate, truncated_ok))
+            # a transport failure already used its own retries; only invalid answers are asked again
+            final = [r.ok or r.error.startswith("transport") for _, r in pending]
+            bar.update(sum(final))
+            pending = [t for t, f in zip(pending, final) if not f]
+            if not pending:
+                break
+        bar.update(len(pending))  # failed after the last attempt
+        for r in results:
+            r.cached = r.attempts > 0 and r.api_calls == 0
+    finally:
+        bar.close()
+        cache.close()
+    return results
+
+
+# ----------------------------------------------------------------------------- Batch API
+def run_batch(ep: Endpoint, todo, llm_params, cache: Cache, settings: dict, state_dir: Path) -> None:
+    """Answer the uncached requests through the Batch API into the cache; resumable by stored batch id."""
+    missing = {}
+    for req, _, attempt in todo:
+        key = cache_key(ep.model, settings, req.messages, attempt)
+        if cache.get(key) is None:
+            missing[key] = req
+    if not missing:
+        return
+    client = openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=llm_params.max_retries,
+                           timeout=llm_params.request_timeout)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = state_dir / "batch.json"  # the batch id on disk: a re-run polls it instead of resubmitting
+    if state.exists():
+        batch_id = json.loads(state.read_text())["id"]
+    else:
+        lines = [json.dumps({"custom_id": k, "method": "POST", "url": "/v1/chat/completions",
+                             "body": {"model": ep.model, "messages": q.messages, **settings}},
+                            ensure_ascii=False) for k, q in missing.items()]
+        (state_dir / "input.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        f = client.files.create(file=open(state_dir / "input.jsonl", "rb"), purpose="batch")
+        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+        batch_id = b.id
+        state.write_text(json.dumps({"id": batch_id, "input_file_id": f.id, "n": len(missing)}))
+    _ingest(client, _poll(client, batch_id, llm_params.batch_poll_s), missing, ep.model, cache)
+
+
+def _poll(client, batch_id: str, poll_s: float):
+    with tqdm(desc=f"batch {batch_id}", unit="poll") as bar:
+        while True:
+            b = client.batches.retrieve(batch_id)
+            bar.set_postfix_str(b.status)
+            bar.update()
+            if b.status in ("completed", "failed", "expired", "cancelled"):
+                return b
+            time.sleep(poll_s)
+
+
+def _ingest(client, b, missing: dict, model: str, cache: Cache) -> None:
+    """Store every successful line of a finished batch; failed lines are left to the live pass."""
+    if not b.output_file_id:
+        tqdm.write(f"[mi_llm] batch {b.id} ended {b.status} without output; answering live instead")
+        return
+    for line in client.files.content(b.output_file_id).text.splitlines():
+        item = json.loads(line) if line.strip() else None
+        resp = (item or {}).get("response") or {}
+        if item is None or item["custom_id"] not in missing or resp.get("status_code") != 200:
+            continue
+        body = resp["body"]
+        choice, usage = body["choices"][0], body.get("usage") or {}
+        cache.put(item["custom_id"], missing[item["custom_id"]].key, model, Answer(
+            choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
+            usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)))
+
+
+# ----------------------------------------------------------------------------- accounting
+def usage(results: list[Result], llm_params, model: str) -> dict:
+    """Requests, API calls, cache hits, tokens and cost in USD (prices per 1M tokens from params)."""
+    prompt = sum(r.prompt_tokens for r in results)
+    completion = sum(r.completion_tokens for r in results)
+    price = (llm_params.prices or {}).get(model) or (llm_params.prices or {}).get(Path(model).name)
+    cost = (prompt * price["prompt"] + completion * price["completion"]) / 1e6 if price else 0.0
+    return {
+        "requests": len(results),
+        "answers": sum(r.attempts for r in results),  # attempts with an answer (cache or API)
+        "api_calls": sum(r.api_calls for r in results),  # HTTP requests made in this run
+        "cached": sum(r.cached for r in results),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "cost_usd": round(cost, 6),
+        "priced": price is not None,
+    }

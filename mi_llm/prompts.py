@@ -1,0 +1,52 @@
+"""Versioned prompt files: mi_llm/prompts/<version>.md, split into `## <part>` sections.
+
+A prompt version names a file shipped in the package (e.g. "mi_v1") or a path to your own .md file
+(e.g. "my_prompts/mi_mine.md"): point `transcription.prompt_version` in a params file at it.
+Placeholders are `{name}`, filled by render(); other braces are left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.resources import files
+from pathlib import Path
+
+from .params import path as project_path
+
+SECTION = re.compile(r"^## (\w+)\s*$", re.M)
+
+
+def load(version: str) -> str:
+    """The text of a prompt version (package file <version>.md, or a path to a .md file)."""
+    if version.endswith(".md"):
+        p = project_path(version)
+        if not p.exists():
+            raise FileNotFoundError(f"prompt file {p} does not exist")
+        return p.read_text(encoding="utf-8")
+    res = files("mi_llm").joinpath("prompts", f"{version}.md")
+    if not res.is_file():
+        known = sorted(f.name[:-3] for f in files("mi_llm").joinpath("prompts").iterdir() if f.name.endswith(".md"))
+        raise FileNotFoundError(f"prompt version {version!r} not found; known: {known}")
+    return res.read_text(encoding="utf-8")
+
+
+def parts(version: str) -> dict[str, str]:
+    """The `## name` sections of a prompt version, name -> stripped text (text before the first is dropped)."""
+    text = load(version)
+    pieces = SECTION.split(text)
+    out = {name: body.strip() for name, body in zip(pieces[1::2], pieces[2::2])}
+    if not out:
+        raise ValueError(f"prompt {version!r} has no '## <part>' sections")
+    return out
+
+
+def name(version: str) -> str:
+    """The version's short name (file stem), recorded with every output it produced."""
+    return Path(version).stem
+
+
+def render(template: str, **values) -> str:
+    """Fill `{name}` placeholders from values; braces that are not placeholders stay as they are."""
+    for k, v in values.items():
+        template = template.replace("{" + k + "}", str(v))
+    return template

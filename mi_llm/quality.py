@@ -1,0 +1,358 @@
+"""Stage 01, corpus quality: descriptive statistics, an LLM judge with the CPsyCoun rubric, ranking.
+
+Every corpus gets the same descriptive statistics (STUDY.md section 4) and, on a seeded sample of
+its dialogues, rubric scores from an LLM judge: comprehensiveness 0-2, professionalism 0-3,
+authenticity 0-3, safety 0-1 (CPsyCoun's turn-based rubric, applied here to the counselor's side of
+a whole dialogue; total 0-9). Corpora are ranked by their mean total with a bootstrap CI and the
+top k are selected for MI transcription (k=2 in the paper).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import statistics
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .schema import Dialogue
+
+STAGE = "01_corpus_quality"
+CRITERIA = {"comprehensiveness": 2, "professionalism": 3, "authenticity": 3, "safety": 1}  # max points
+MAX_TOTAL = sum(CRITERIA.values())  # 9
+# The Chinese names the prompt also gives; a judge that answers with them is read exactly, not guessed.
+ALIASES = {"全面性": "comprehensiveness", "专业性": "professionalism", "真实性": "authenticity",
+           "安全性": "safety"}
+QUALITY_COLUMNS = [  # the contract of quality.csv (later stages and figures rely on it), extras after
+    "corpus", "n_dialogues", "mean_turns", "mean_counselor_chars", "mean_client_chars",
+    "question_rate", "duplicate_rate", *CRITERIA, "total", "total_ci_low", "total_ci_high", "rank",
+    "selected",
+]
+LABELS = {"client": "来访者", "counselor": "咨询师"}  # speaker labels in the judge's transcript
+
+
+# ----------------------------------------------------------------------------- statistics
+_CLAUSE_END = re.compile(r"[。！!；;，,\n…~～.]+")
+_TRAILING = "\"'”’」』）)】] \t"
+
+
+def is_question(text: str) -> bool:
+    """True when a turn asks something: it contains ? or ？, or a clause ends with 吗 or 呢.
+
+    Clauses are split at 。！!；;，,… and line breaks; closing quotes/brackets are ignored. 吗 and 呢
+    are the Chinese sentence-final question particles (你愿意试试吗 / 你怎么看呢); 吧 and 么 are not
+    counted because they mostly end suggestions (我们试试吧) or belong to 什么/怎么 inside a clause.
+    """
+    if "?" in text or "？" in text:
+        return True
+    return any(c.rstrip(_TRAILING).endswith(("吗", "呢")) for c in _CLAUSE_END.split(text))
+
+
+def normalise(text: str) -> str:
+    """Text for duplicate detection: NFKC (full/half width alike), lower case, no whitespace."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).lower()
+
+
+def normalised_hash(d: Dialogue) -> str:
+    """content hash of a dialogue after normalise() of every turn (speaker order kept)."""
+    norm = Dialogue(d.id, d.corpus, [type(t)(t.speaker, normalise(t.text)) for t in d.turns])
+    return norm.content_hash()
+
+
+def _mean(xs) -> float:
+    return float(statistics.fmean(xs)) if xs else math.nan
+
+
+def describe(dialogues: list[Dialogue], report: dict | None = None) -> dict:
+    """Descriptive statistics of one corpus (chars are characters of a stripped turn text).
+
+    question_rate: share of counselor turns for which is_question() holds. duplicate_rate: share of
+    dialogues whose normalised content equals an earlier dialogue's. repeated_turn_rate: share of
+    counselor turns whose normalised text already occurred earlier in the corpus (near-duplicate
+    turns; high values mean stock phrases). alternation_violations: adjacent same-speaker turn pairs.
+    n_bad: malformed records the loader skipped (from its report).
+    """
+    n_turns = [len(d.turns) for d in dialogues]
+    counselor = [t.text.strip() for d in dialogues for t in d.turns if t.speaker == "counselor"]
+    client = [t.text.strip() for d in dialogues for t in d.turns if t.speaker == "client"]
+    seen_dialogues, seen_turns, n_dup, n_rep = set(), set(), 0, 0
+    for d in dialogues:
+        h = normalised_hash(d)
+        n_dup += h in seen_dialogues
+        seen_dialogues.add(h)
+    for text in counselor:
+        key = normalise(text)
+        n_rep += key in seen_turns
+        seen_turns.add(key)
+    violations = [sum(a.speaker == b.speaker for a, b in zip(d.turns, d.turns[1:])) for d in dialogues]
+    return {
+        "n_dialogues": len(dialogues),
+        "n_turns": sum(n_turns),
+        "mean_turns": _mean(n_turns),
+        "median_turns": float(statistics.median(n_turns)) if n_turns else math.nan,
+        "mean_counselor_chars": _mean([len(t) for t in counselor]),
+        "mean_client_chars": _mean([len(t) for t in client]),
+        "question_rate": _mean([is_question(t) for t in counselor]),
+        "duplicate_rate": n_dup / len(dialogues) if dialogues else math.nan,
+        "repeated_turn_rate": n_rep / len(counselor) if counselor else math.nan,
+        "alternation_violations": sum(violations),
+        "dialogues_with_violations": sum(v > 0 for v in violations),
+        "n_bad": int((report or {}).get("n_bad", 0)),
+    }
+
+
+def load_corpora(p) -> dict[str, tuple[list[Dialogue], dict]]:
+    """Load every corpus of p.corpora.sources: name -> (dialogues, loader report), limit applied."""
+    from . import corpora, params
+
+    out = {}
+    for name, src in p.corpora.sources.items():
+        out[name] = corpora.load_with_report(name, params.path(src), on_error=p.corpora.on_error,
+                                             limit=p.corpora.limit)
+    return out
+
+
+def describe_all(loaded: dict[str, tuple[list[Dialogue], dict]]) -> pd.DataFrame:
+    """One row of describe() per corpus, in the order given."""
+    return pd.DataFrame([{"corpus": name, **describe(ds, rep)} for name, (ds, rep) in loaded.items()])
+
+
+# ----------------------------------------------------------------------------- the judge's prompt
+def prompt_template(version: str) -> dict[str, str]:
+    """The judge prompt's parts {"system", "user"}; the user part has a {dialogue} slot."""
+    from . import prompts
+
+    parts = prompts.parts(version)
+    if set(parts) != {"system", "user"} or "{dialogue}" not in parts["user"]:
+        raise ValueError(f"prompt {version}: needs '## system' and '## user' sections, the user one"
+                         f" with a {{dialogue}} slot; found sections {sorted(parts)}")
+    return parts
+
+
+def render_dialogue(d: Dialogue, max_chars: int) -> tuple[str, bool]:
+    """The dialogue as '来访者：…' / '咨询师：…' lines, cut to max_chars at a turn boundary.
+
+    Whole turns are kept from the start while they fit; a first turn longer than the budget is cut
+    mid-text. A cut transcript ends with a note saying how many turns were left out (the prompt
+    tells the judge to score only what it sees). Returns (text, truncated).
+    """
+    lines, used, cut = [], 0, False
+    for t in d.turns:
+        line = f"{LABELS[t.speaker]}：{t.text.strip()}"
+        if used + len(line) > max_chars:
+            if not lines:  # one huge first turn: show its beginning rather than nothing
+                lines.append(line[:max_chars])
+                cut = True
+            break
+        lines.append(line)
+        used += len(line) + 1  # +1 for the line break
+    hidden = len(d.turns) - len(lines)  # turns not shown at all
+    text = "\n".join(lines)
+    if cut or hidden:
+        text += f"\n……（对话过长，已截断；后面还有 {hidden} 轮未显示）"
+    return text, cut or hidden > 0
+
+
+def judge_messages(d: Dialogue, template: dict, max_chars: int) -> tuple[list[dict], bool]:
+    """System rubric + user transcript for one dialogue; returns (messages, truncated)."""
+    from . import prompts
+
+    text, truncated = render_dialogue(d, max_chars)
+    user = prompts.render(template["user"], dialogue=text)
+    return [{"role": "system", "content": template["system"]}, {"role": "user", "content": user}], truncated
+
+# ----------------------------------------------------------------------------- the judge's answer
+def _json_objects(text: str):
+    """Every JSON object in the text: fenced ```json blocks first, then any {...} from left to right."""
+    dec = json.JSONDecoder()
+    blocks = re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.S) + [text]
+    for block in blocks:
+        for m in re.finditer(r"\{", block):
+            try:
+                obj, _ = dec.raw_decode(block, m.start())
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                yield obj
+
+
+def parse_judgement(text: str) -> dict:
+    """The four rubric scores from a judge's answer; ValueError(reason) when any is unusable.
+
+    Accepts a JSON object alone, in ``` fences or with prose around it; keys are the English
+    criterion names (any case) or their Chinese names; extra keys are ignored. Every criterion must
+    be present and a whole number (int, or a float like 2.0; not a string, not bool) within its
+    range: the rubric awards whole points. Nothing is guessed or clamped.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty answer")
+    candidates = []
+    for obj in _json_objects(text):
+        keyed = {ALIASES.get(str(k).strip(), str(k).strip().lower()): v for k, v in obj.items()}
+        if any(c in keyed for c in CRITERIA):
+            candidates.append(keyed)
+    if not candidates:
+        raise ValueError("no JSON object with rubric scores in the answer")
+    obj, scores = candidates[0], {}
+    for c, top in CRITERIA.items():
+        if c not in obj:
+            raise ValueError(f"missing criterion {c!r}")
+        v = obj[c]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{c}: {v!r} is not a number")
+        if not (math.isfinite(v) and float(v).is_integer()):
+            raise ValueError(f"{c}: {v!r} is not a whole number of points")
+        if not 0 <= v <= top:
+            raise ValueError(f"{c}: {v!r} is outside 0..{top}")
+        scores[c] = int(v)
+    return scores
+
+
+# ----------------------------------------------------------------------------- judging
+def sample_dialogues(dialogues: list[Dialogue], n: int, seed: int, corpus: str) -> list[Dialogue]:
+    """n dialogues drawn without replacement, seeded by (seed, corpus) so each corpus's draw is
+    independent of the others and of their order; returned in corpus order."""
+    rng = random.Random(f"{seed}:{corpus}")  # str seeds are hashed with sha512: stable across runs
+    idx = sorted(rng.sample(range(len(dialogues)), min(n, len(dialogues))))
+    return [dialogues[i] for i in idx]
+
+
+def judge_samples(loaded: dict, p) -> dict[str, list[Dialogue]]:
+    """The judge's sample of every loaded corpus: name -> p.quality.judge_sample dialogues."""
+    return {name: sample_dialogues(ds, p.quality.judge_sample, p.seed, name)
+            for name, (ds, _) in loaded.items()}
+
+
+def cache_path(p) -> Path:
+    """The LLM answer cache of the run: p.llm.cache_path or runs/<name>/llm_cache.sqlite."""
+    from . import params
+
+    return params.path(p.llm.cache_path) if p.llm.cache_path else p.run_dir / "llm_cache.sqlite"
+
+
+def judge(ep, samples: dict[str, list[Dialogue]], p) -> tuple[list[dict], dict]:
+    """Score every sampled dialogue with the LLM judge: (records for judgements.jsonl, llm.usage).
+
+    An answer that parse_judgement rejects is asked again up to p.quality.parse_retries times, then
+    recorded with ok=False and the reason; every raw answer is kept in `answers`.
+    """
+    from . import llm, prompts
+
+    q = p.quality
+    template, version = prompt_template(q.prompt_version), prompts.name(q.prompt_version)
+    units, requests = [], []
+    for corpus, ds in samples.items():
+        for d in ds:
+            messages, truncated = judge_messages(d, template, q.max_dialogue_chars)
+            units.append((corpus, d, truncated))
+            requests.append(llm.Request(f"{version}:{corpus}:{d.id}:{d.content_hash()}", messages))
+    settings = {"temperature": q.temperature, "max_tokens": q.max_tokens}
+    results = llm.complete(ep, requests, llm_params=p.llm, cache_path=cache_path(p), settings=settings,
+                           validate=parse_judgement, retries=q.parse_retries, desc="judge")
+    records = [_record(corpus, d, truncated, r, version, ep)
+               for (corpus, d, truncated), r in zip(units, results)]
+    return records, llm.usage(results, p.llm, ep.model)
+
+
+def _record(corpus, d: Dialogue, truncated: bool, r, prompt_version: str, ep) -> dict:
+    scores = dict(r.parsed) if r.ok else None
+    return {
+        "corpus": corpus, "dialogue_id": d.id, "source": d.source, "prompt_version": prompt_version,
+        "model": ep.model, "provider": ep.provider, "truncated": truncated, "ok": r.ok,
+        "scores": scores, "total": sum(scores.values()) if scores else None,
+        "error": None if r.ok else r.error, "attempts": r.attempts, "answers": list(r.raw),
+        "rejections": list(getattr(r, "errors", [])), "cached": r.cached,
+        "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+    }
+
+
+def judgements_table(records: list[dict]) -> pd.DataFrame:
+    """One row per judged dialogue: corpus, dialogue, the four scores, total, attempts, error."""
+    rows = [{"corpus": r["corpus"], "dialogue_id": r["dialogue_id"],
+             **{c: (r["scores"] or {}).get(c, math.nan) for c in CRITERIA},
+             "total": math.nan if r["total"] is None else r["total"],
+             "attempts": r["attempts"], "truncated": r["truncated"], "error": r["error"]}
+            for r in records]
+    return pd.DataFrame(rows, columns=["corpus", "dialogue_id", *CRITERIA, "total", "attempts",
+                                       "truncated", "error"])
+
+
+# ----------------------------------------------------------------------------- ranking
+def bootstrap_ci(values, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean; (nan, nan) with fewer than 2 values."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)  # (n_resamples,)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def rank(stats: pd.DataFrame, records: list[dict], top_k: int, n_resamples: int, seed: int) -> pd.DataFrame:
+    """quality.csv: statistics + mean rubric scores, bootstrap CI of the total, rank, selection.
+
+    Means are over the judged dialogues; missing judgements are excluded and counted (n_missing).
+    Order: higher mean total first; ties go to the higher total_ci_low (the surer corpus), then the
+    larger corpus (n_dialogues: more to transcribe), then the name. A corpus with no usable
+    judgement has total NaN and ranks after every judged corpus. `selected` marks the first top_k
+    ranks, filled by rank even when that reaches unjudged corpora (n_judged says so), so the next
+    stage always gets k corpora. Each corpus's CI uses seed + its position in `stats`.
+    """
+    missing = [c for c in QUALITY_COLUMNS[:7] if c not in stats.columns]
+    if missing:
+        raise ValueError(f"rank: the statistics table lacks {missing} (build it with describe_all)")
+    by_corpus = {c: [r for r in records if r["corpus"] == c] for c in stats["corpus"]}
+    rows = []
+    for i, (corpus, recs) in enumerate(by_corpus.items()):
+        judged = [r for r in recs if r["ok"]]
+        row = {c: _mean([r["scores"][c] for r in judged]) for c in CRITERIA}
+        totals = [r["total"] for r in judged]
+        low, high = bootstrap_ci(totals, n_resamples, seed + i)
+        rows.append({"corpus": corpus, **row, "total": _mean(totals), "total_ci_low": low,
+                     "total_ci_high": high, "n_judged": len(judged), "n_missing": len(recs) - len(judged)})
+    df = stats.merge(pd.DataFrame(rows, columns=["corpus", *CRITERIA, "total", "total_ci_low",
+                                                 "total_ci_high", "n_judged", "n_missing"]), on="corpus")
+    key = df.assign(_nan=df["total"].isna(), _t=-df["total"].fillna(0),
+                    _lo=-df["total_ci_low"].fillna(-1), _n=-df["n_dialogues"])
+    order = key.sort_values(["_nan", "_t", "_lo", "_n", "corpus"], kind="stable").index
+    df = df.loc[order].reset_index(drop=True)
+    df["rank"] = np.arange(1, len(df) + 1)
+    df["selected"] = df["rank"] <= top_k
+    extras = [c for c in df.columns if c not in QUALITY_COLUMNS]
+    return df[QUALITY_COLUMNS + extras]
+
+
+# ----------------------------------------------------------------------------- artifacts
+def write_artifacts(out_dir: Path, ranked: pd.DataFrame, records: list[dict]) -> list[Path]:
+    """Write quality.csv and judgements.jsonl into the stage folder; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, jsonl = out_dir / "quality.csv", out_dir / "judgements.jsonl"
+    ranked.to_csv(csv, index=False)
+    with open(jsonl, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return [csv, jsonl]
+
+
+def plot_totals(ranked: pd.DataFrame, ax=None):
+    """Bar plot of the mean rubric total per corpus (rank order) with its 95% bootstrap CI."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(6, 3))[1]
+    total = ranked["total"].to_numpy(float)
+    err = np.vstack([total - ranked["total_ci_low"], ranked["total_ci_high"] - total])
+    colors = ["tab:blue" if s else "tab:gray" for s in ranked["selected"]]
+    ax.bar(ranked["corpus"], np.nan_to_num(total), yerr=np.nan_to_num(err), color=colors, capsize=4)
+    ax.set_ylim(0, MAX_TOTAL)
+    ax.set_ylabel(f"mean rubric total (0-{MAX_TOTAL})")
+    ax.set_title("Corpus quality: LLM judge, 95% bootstrap CI (blue = selected)")
+    ax.tick_params(axis="x", rotation=20)
+    return ax

@@ -1,0 +1,353 @@
+"""Stage 03: LoRA supervised fine-tuning with TRL's SFTTrainer on the MI corpus of stage 02.
+
+One call per model: `train(P, name)` reads runs/<name>/02_mi_transcription/train.jsonl, turns it
+into chat samples (whole dialogues, or one sample per long-enough counselor reply with a window of
+preceding turns: the therapy pipeline's fix against platitudes), trains a LoRA adapter with the
+loss on assistant tokens only, checkpoints every `save_steps` and resumes from the last checkpoint
+after an interruption, and writes runs/<name>/03_sft/<model>/{adapter/, train_log.csv, report.json}.
+
+Multi-GPU: `accelerate launch --config_file accelerate/ddp.yaml -m mi_llm.sft params/paper.yaml
+--model glm-4-9b-chat` runs the same function under DDP / DeepSpeed / FSDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from . import models
+from .params import Params
+from .schema import DataError
+
+STAGE = "03_sft"
+TRAIN_FILE = "02_mi_transcription/train.jsonl"
+LOG_FIELDS = ["step", "loss", "learning_rate", "tokens_per_s"]
+# keys mi_llm sets itself from the run (a params file may not override them)
+OWNED_KEYS = {"output_dir", "seed", "use_cpu"}
+# the project's configuration on top of TRL's defaults; any key in params.sft.config wins
+PROJECT_DEFAULTS = dict(
+    assistant_only_loss=True,  # loss on the counselor's replies (and their end-of-turn token) only
+    report_to="none",
+    logging_steps=1,
+    save_strategy="steps",
+    save_total_limit=2,  # the last checkpoints suffice to resume
+    include_num_input_tokens_seen="non_padding",  # for tokens/s
+    gradient_checkpointing_kwargs={"use_reentrant": False},  # the variant that works with frozen bases
+    dataset_num_proc=None,
+)
+
+
+# ----------------------------------------------------------------------------- params
+def check_params(P: Params) -> list[str]:
+    """Problems in params.sft (unknown model, LoRA or SFTConfig keys, inconsistent options)."""
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    errs = []
+    for name in P.sft.models:
+        if name not in models.REGISTRY:
+            errs.append(f"sft.models: unknown model {name!r}; known models: {models.NAMES}")
+    for section, cls in [("lora", LoraConfig), ("config", SFTConfig)]:
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in getattr(P.sft, section):
+            if key not in known:
+                errs.append(f"sft.{section}.{key}: not a field of {cls.__module__}.{cls.__name__}")
+    for key in sorted(OWNED_KEYS & set(P.sft.config)):
+        errs.append(f"sft.config.{key}: set by mi_llm from the run (seed, device, runs/<name>/03_sft)")
+    cfg = P.sft.config
+    if cfg.get("padding_free") and not cfg.get("packing") and cfg.get("max_length", 1024) is not None:
+        errs.append("sft.config.padding_free: needs max_length: null unless packing: true")
+    if P.sft.min_response_chars < 0 or (P.sft.context_turns is not None and P.sft.context_turns < 1):
+        errs.append("sft: min_response_chars must be >= 0 and context_turns >= 1 or null")
+    return errs
+
+
+def _require_valid(P: Params) -> None:
+    errs = check_params(P)
+    if errs:
+        raise ValueError("invalid sft params:\n  " + "\n  ".join(errs))
+
+
+def lora_config(P: Params, spec: models.ModelSpec):
+    """peft.LoraConfig from params.sft.lora; target modules default to the registry entry's."""
+    from peft import LoraConfig
+
+    kw = {"target_modules": spec.lora_target_modules, "task_type": "CAUSAL_LM", **P.sft.lora}
+    return LoraConfig(**kw)
+
+
+def sft_config(P: Params, spec: models.ModelSpec, output_dir: Path, **overrides):
+    """trl.SFTConfig: TRL defaults < the project's configuration < params.sft.config < overrides."""
+    from trl import SFTConfig
+
+    kw = {**PROJECT_DEFAULTS, **P.sft.config, **overrides}
+    if spec.padding_free and "packing" not in kw and "padding_free" not in kw:
+        # padding-free rows: best-fit-decreasing packing keeps max_length and wastes no pad tokens
+        kw.update(packing=True, packing_strategy="bfd")
+    if not kw.get("gradient_checkpointing"):
+        kw.pop("gradient_checkpointing_kwargs", None)
+    return SFTConfig(output_dir=str(output_dir), seed=P.seed, use_cpu=P.device == "cpu", **kw)
+
+
+# ----------------------------------------------------------------------------- data
+def read_train(P: Params) -> list[dict]:
+    """The MI corpus training split of stage 02 (records with "messages"), validated."""
+    f = P.run_dir / TRAIN_FILE
+    if not f.exists():
+        raise FileNotFoundError(f"{f}: no training split; run stage 02 (02_mi_transcription) first")
+    records = []
+    with open(f, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f, i, "line", f"not JSON: {e}") from e
+            _check_messages(rec.get("messages"), f, rec.get("id", i))
+            records.append(rec)
+    if not records:
+        raise DataError(f, None, "messages", "the training split is empty")
+    return records
+
+
+def _check_messages(msgs, f, rec) -> None:
+    if not isinstance(msgs, list) or not msgs:
+        raise DataError(f, rec, "messages", "missing or empty")
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+            raise DataError(f, rec, f"messages[{j}].role", f"expected system|user|assistant in {m!r}")
+        if not isinstance(m.get("content"), str) or not m["content"].strip():
+            raise DataError(f, rec, f"messages[{j}].content", "empty or not a string")
+
+
+def samples(messages: list[dict], min_response_chars: int = 0, context_turns: int | None = None) -> list[dict]:
+    """Training samples from one dialogue: the whole dialogue, or one per long-enough reply.
+
+    With no filter and no window the dialogue is one {"messages"} sample (every reply trained).
+    Otherwise every assistant reply of >= min_response_chars characters becomes a
+    {"prompt", "completion"} sample whose prompt is the system message plus at most
+    context_turns preceding turns, starting at a user turn; only the completion is trained.
+    """
+    if not min_response_chars and context_turns is None:
+        return [{"messages": messages}]
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    turns = messages[len(system):]
+    out = []
+    for i, m in enumerate(turns):
+        if m["role"] != "assistant" or len(m["content"].strip()) < min_response_chars:
+            continue
+        ctx = turns[0 if context_turns is None else max(0, i - context_turns): i]
+        while ctx and ctx[0]["role"] != "user":  # chat templates expect the client to speak first
+            ctx = ctx[1:]
+        if ctx:  # a reply with no client turn before it answers nothing
+            out.append({"prompt": system + ctx, "completion": [m]})
+    return out
+
+
+def fit_context(rows: list[dict], tok, max_length: int | None) -> list[dict]:
+    """Drop the oldest exchanges of each prompt until prompt + completion fit max_length tokens.
+
+    TRL truncates from the end, which would cut off the very reply a window exists to train.
+    """
+    if not max_length:
+        return rows
+    out = []
+    for r in rows:
+        if "prompt" not in r:
+            out.append(r)
+            continue
+        system = r["prompt"][:1] if r["prompt"][0]["role"] == "system" else []
+        ctx = r["prompt"][len(system):]
+        while len(ctx) > 1 and _n_tokens(tok, system + ctx + r["completion"]) > max_length:
+            ctx = ctx[2:]  # one client + counselor exchange: the window still starts on a client turn
+        out.append({"prompt": system + ctx, "completion": r["completion"]})
+    return out
+
+
+def _n_tokens(tok, messages) -> int:
+    return len(tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+
+def build_dataset(P: Params, tok=None):
+    """datasets.Dataset of SFT samples from the stage-02 training split (windows fit max_length)."""
+    from datasets import Dataset
+
+    rows = []
+    for rec in read_train(P):
+        rows += samples(rec["messages"], P.sft.min_response_chars, P.sft.context_turns)
+    if tok is not None:
+        rows = fit_context(rows, tok, P.sft.config.get("max_length", 1024))
+    if not rows:
+        raise ValueError(
+            f"{P.run_dir / TRAIN_FILE}: no sample left after min_response_chars="
+            f"{P.sft.min_response_chars}, context_turns={P.sft.context_turns}"
+        )
+    return Dataset.from_list(rows)
+
+
+# ----------------------------------------------------------------------------- logging
+def _log_callback(log_file: Path, start_step: int):
+    """A TrainerCallback writing train_log.csv (step, loss, learning_rate, tokens_per_s)."""
+    from transformers import TrainerCallback
+
+    class TrainLog(TrainerCallback):
+        def __init__(self):
+            self.rows = _read_log(log_file, upto=start_step)  # keep the rows of a resumed run
+            self.t, self.tokens = None, None
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t, self.tokens = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
+                return
+            now = time.perf_counter()
+            rate = (state.num_input_tokens_seen - self.tokens) / max(now - self.t, 1e-9)
+            self.t, self.tokens = now, state.num_input_tokens_seen
+            self.rows.append({"step": state.global_step, "loss": logs["loss"],
+                              "learning_rate": logs.get("learning_rate"), "tokens_per_s": round(rate, 1)})
+            _write_log(log_file, self.rows)
+
+    return TrainLog()
+
+
+def _read_log(f: Path, upto: int) -> list[dict]:
+    if not f.exists() or upto == 0:
+        return []
+    with open(f, encoding="utf-8") as fh:
+        return [r for r in csv.DictReader(fh) if int(r["step"]) <= upto]
+
+
+def _write_log(f: Path, rows: list[dict]) -> None:
+    tmp = f.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(f)
+
+
+def peak_memory_mb() -> tuple[float, str]:
+    """Peak memory of this process: CUDA allocated when on a GPU, else the peak resident set."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"  # KiB on Linux
+
+
+# ----------------------------------------------------------------------------- training
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest complete checkpoint-N folder under output_dir (None when there is none)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def train(P: Params, model_name: str, progress: bool = True, model_path=None, callbacks=()) -> dict:
+    """LoRA-fine-tune one registry model on the MI corpus; resumes; returns report.json's dict."""
+    from trl import SFTTrainer
+
+    _require_valid(P)
+    spec = models.get(model_name)
+    out = P.stage_dir(STAGE) / model_name
+    ckpt_dir = out / "checkpoints"
+    read_train(P)  # fail on a missing or bad split before loading a model
+    resume = last_checkpoint(ckpt_dir)
+    start_step = int(Path(resume).name.split("-")[-1]) if resume else 0
+    if start_step and start_step == P.sft.config.get("max_steps") and (out / "report.json").exists():
+        return json.loads((out / "report.json").read_text(encoding="utf-8"))  # finished: keep it
+    model, tok = models.load(model_name, device="cpu", path=model_path)
+    dataset = build_dataset(P, tok)
+    args = sft_config(P, spec, ckpt_dir, disable_tqdm=not progress)
+    log = _log_callback(out / "train_log.csv", start_step)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tok,
+        peft_config=lora_config(P, spec), callbacks=[log, *callbacks],
+    )
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - t0
+    if not trainer.is_world_process_zero():
+        return {}
+    if trainer.state.global_step < args.max_steps and trainer.control.should_training_stop:
+        return {"stopped_at": trainer.state.global_step}  # interrupted on purpose (tests): no artifacts
+    return _finish(P, spec, trainer, out, log.rows, wall, result, resume, len(dataset))
+
+
+def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples) -> dict:
+    """Save adapter (+tokenizer/template, optional merged model) and write report.json."""
+    adapter = out / "adapter"
+    shutil.rmtree(adapter, ignore_errors=True)
+    trainer.model.save_pretrained(adapter)
+    trainer.processing_class.save_pretrained(adapter)
+    if P.sft.merge:
+        merged = trainer.model.merge_and_unload()
+        merged.save_pretrained(out / "merged")
+        trainer.processing_class.save_pretrained(out / "merged")
+    mem, mem_kind = peak_memory_mb()
+    losses = [float(r["loss"]) for r in rows]
+    tokens = trainer.state.num_input_tokens_seen
+    report = {
+        "model": spec.name, "hub_id": spec.hub_id, "n_samples": n_samples,
+        "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None, "train_tokens": int(tokens),
+        "tokens_per_s": round(result.metrics.get("train_tokens_per_second", 0.0) or tokens / wall, 1),
+        "peak_memory_mb": round(mem, 1), "peak_memory_kind": mem_kind, "wall_s": round(wall, 1),
+        "resumed_from": Path(resume).name if resume else None,
+        "packing": trainer.args.packing, "padding_free": trainer.padding_free,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def train_logs(P: Params, names=None):
+    """pandas DataFrame of every model's train_log.csv (model, step, loss, learning_rate, tokens_per_s)."""
+    import pandas as pd
+
+    frames = []
+    for name in names or P.sft.models:
+        f = P.run_dir / STAGE / name / "train_log.csv"
+        if f.exists():
+            frames.append(pd.read_csv(f).assign(model=name))
+    if not frames:
+        raise FileNotFoundError(f"{P.run_dir / STAGE}: no train_log.csv; train a model first")
+    return pd.concat(frames, ignore_index=True)
+
+
+def artifacts(P: Params, names=None) -> list[Path]:
+    """The stage's artifacts per model: adapter/, train_log.csv, report.json (and merged/)."""
+    out = []
+    for name in names or P.sft.models:
+        d = P.run_dir / STAGE / name
+        out += [d / "adapter", d / "train_log.csv", d / "report.json"] + ([d / "merged"] if P.sft.merge else [])
+    return out
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv=None) -> int:
+    """`python -m mi_llm.sft params/x.yaml [--model NAME ...]` (also under `accelerate launch`)."""
+    from . import params as params_mod
+
+    ap = argparse.ArgumentParser(prog="python -m mi_llm.sft", description="stage 03 LoRA SFT")
+    ap.add_argument("params", help="params/<name>.yaml")
+    ap.add_argument("--model", nargs="+", help="registry names (default: params sft.models)")
+    a = ap.parse_args(argv)
+    P = params_mod.load(a.params)
+    for name in a.model or P.sft.models:
+        report = train(P, name)
+        if report:
+            print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

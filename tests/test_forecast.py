@@ -1,0 +1,195 @@
+"""The MI strategy forecaster: AnnoMI labels, session split, baselines, scores, tags, evaluate()."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mi_llm import forecast, params
+from mi_llm.schema import DataError, Dialogue, Turn
+
+ANNOMI = params.path(forecast.DEFAULTS["annomi_path"])
+
+
+@pytest.fixture(scope="module")
+def sessions():
+    """Every AnnoMI session (the shipped folder, through mi_llm.corpora)."""
+    return forecast.load_sessions(ANNOMI)
+
+
+def _dialogue(did, labels, quality="high"):
+    """A hand-made session: client/counselor alternating, counselor turns labelled as given."""
+    turns = []
+    for i, lab in enumerate(labels):
+        turns.append(Turn("client", f"client says thing number {i}."))
+        turns.append(Turn("counselor", f"counselor reply {i}?", {"behaviour": lab}))
+    return Dialogue(did, "annomi", turns, {"mi_quality": quality})
+
+
+# ----------------------------------------------------------------------------- labels
+def test_annotation_label_maps_subtypes():
+    row = {"main_therapist_behaviour": "question", "question_subtype": "open", "reflection_subtype": "n/a"}
+    assert forecast.annotation_label(row) == "open_question"
+    row = {"main_therapist_behaviour": "reflection", "question_subtype": "n/a", "reflection_subtype": "complex"}
+    assert forecast.annotation_label(row) == "complex_reflection"
+    row = {"main_therapist_behaviour": "reflection", "question_subtype": "n/a", "reflection_subtype": "n/a"}
+    assert forecast.annotation_label(row) is None  # one such row in AnnoMI: abstains in the vote
+    with pytest.raises(ValueError, match="unknown main_therapist_behaviour"):
+        forecast.annotation_label({"main_therapist_behaviour": "advice"})
+
+
+def test_sessions_label_every_counselor_turn(sessions):
+    assert len(sessions) == 133  # 110 high + 23 low (PROVENANCE.md)
+    assert sum(d.meta["mi_quality"] == "low" for d in sessions) == 23
+    labels = [forecast.turn_label(t) for d in sessions for t in d.turns if t.speaker == "counselor"]
+    assert len(labels) == 4882 and set(labels) - {None} == set(forecast.TAGS)
+    assert labels.count(None) <= 2  # a reflection whose annotators' majority subtype is n/a
+    assert len(forecast.load_sessions(ANNOMI, ["low"])) == 23
+
+
+def test_turn_label_sources_and_bad_code():
+    assert forecast.turn_label(Turn("counselor", "x", {"behaviour": "other"})) == "other"
+    assert forecast.turn_label(Turn("counselor", "x")) is None
+    bad = Turn("counselor", "x", {"main_therapist_behaviour": "advice"})
+    with pytest.raises(DataError, match="f.csv: record 3: field 'main_therapist_behaviour'"):
+        forecast.turn_label(bad, ("f.csv", 3))
+
+
+# ----------------------------------------------------------------------------- split
+def test_split_is_by_session_seeded_and_stratified(sessions):
+    train, test = forecast.split_sessions(sessions, 0.2, seed=42)
+    assert not {d.id for d in train} & {d.id for d in test}  # no session on both sides
+    assert len(train) + len(test) == len(sessions)
+    assert {d.meta["mi_quality"] for d in test} == {"high", "low"}  # both strata held out
+    _, _, g_train = forecast.examples(train)
+    _, _, g_test = forecast.examples(test)
+    assert not set(g_train) & set(g_test)  # and no utterance of a test session in training
+    again = forecast.split_sessions(sessions, 0.2, seed=42)[1]
+    assert [d.id for d in again] == [d.id for d in test]
+    assert [d.id for d in forecast.split_sessions(sessions, 0.2, seed=7)[1]] != [d.id for d in test]
+
+
+# ----------------------------------------------------------------------------- baselines, scores
+def test_baselines_on_a_hand_made_case():
+    d = _dialogue("s", ["other", "open_question", "open_question", "complex_reflection"])
+    X, y, _ = forecast.examples([d])
+    assert list(y) == ["other", "open_question", "open_question", "complex_reflection"]
+    assert forecast.majority_baseline(y) == "open_question"
+    # first turn: no previous behaviour -> the fallback; then the previous label
+    assert list(forecast.previous_baseline(X, "other")) == ["other", "other", "open_question", "open_question"]
+    assert forecast.majority_baseline(["other", "other", "simple_reflection"]) == "other"
+
+
+def test_score_matches_sklearn_and_cis_bracket():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(forecast.TAGS, 400)
+    p = np.where(rng.random(400) < 0.6, y, rng.choice(forecast.TAGS, 400))
+    groups = np.repeat(np.arange(20), 20)
+    s = forecast.score(y, p, groups, bootstrap=300, seed=0)
+    assert s["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+    per = f1_score(y, p, average=None, labels=list(forecast.TAGS))
+    for tag, v in zip(forecast.TAGS, per):
+        assert s[f"f1_{tag}"] == pytest.approx(v)
+        assert s[f"f1_{tag}_ci_low"] <= v <= s[f"f1_{tag}_ci_high"]
+    assert s["macro_f1_ci_low"] < s["macro_f1"] < s["macro_f1_ci_high"]
+    assert s["n_test_sessions"] == 20 and s["n_test"] == 400
+    perfect = forecast.score(y, y, groups, bootstrap=50)
+    assert perfect["macro_f1"] == perfect["macro_f1_ci_low"] == 1.0
+
+
+# ----------------------------------------------------------------------------- tags
+def test_tag_round_trip():
+    for tag in forecast.TAGS:
+        for text in ["听起来你很想改变，但又担心失败。", "So you want to cut down?", ""]:
+            assert forecast.strip_tag(forecast.tag_text(text, tag)) == (tag, text)
+    assert forecast.strip_tag("没有标签的句子") == (None, "没有标签的句子")
+    assert forecast.strip_tag("[复杂反映] x") == (None, "[复杂反映] x")
+    with pytest.raises(ValueError, match="unknown MI behaviour"):
+        forecast.tag_text("x", "advice")
+    with pytest.raises(ValueError, match="unknown MI behaviour tag <mi:advice>"):
+        forecast.strip_tag("<mi:advice> x")
+
+
+def test_require_tag_validates_transcriber_output():
+    assert forecast.require_tag(" <mi:open_question> 你想怎么做？") == ("open_question", "你想怎么做？")
+    with pytest.raises(ValueError, match="lacks a leading"):
+        forecast.require_tag("你想怎么做？")
+    with pytest.raises(ValueError, match="no text"):
+        forecast.require_tag("<mi:open_question>  ")
+
+
+# ----------------------------------------------------------------------------- forecaster
+@pytest.fixture(scope="module")
+def fitted(sessions):
+    s = {**forecast.DEFAULTS}
+    train, test = forecast.split_sessions(sessions, s["test_size"], seed=42)
+    return forecast.fit(train, s, seed=42), test, s
+
+
+def test_forecaster_beats_both_baselines_on_held_out_sessions(fitted):
+    bundle, test, s = fitted
+    X, y, g = forecast.examples(test, s["context_turns"])
+    maj = forecast.score(y, np.full(len(y), bundle["majority"]), g, bootstrap=10)["macro_f1"]
+    prev = forecast.score(y, forecast.previous_baseline(X, bundle["majority"]), g, bootstrap=10)["macro_f1"]
+    for variant in ("text", "universal"):
+        f1 = forecast.score(y, bundle[variant].predict(X), g, bootstrap=10)["macro_f1"]
+        assert f1 > max(maj, prev), (variant, f1, maj, prev)
+
+
+def test_predict_next_reads_tags_and_chooses_variant(fitted, tmp_path):
+    bundle, test, _ = fitted
+    bundle = forecast.load(forecast.save(bundle, tmp_path / "f.joblib"))
+    d = test[0]
+    i = next(i for i, t in enumerate(d.turns) if i > 4 and t.speaker == "counselor")
+    label = forecast.predict_next(bundle, d.turns[:i])
+    assert label in forecast.TAGS
+    X = pd.DataFrame([forecast.turn_features(forecast._as_history(d.turns[:i]), bundle["context_turns"])])
+    assert label == bundle["text"].predict(X)[0]
+    # the same history as chat messages with tags gives the same features and label
+    msgs = [{"role": "user" if t.speaker == "client" else "assistant",
+             "content": forecast.tag_text(t.text, forecast.turn_label(t)) if t.speaker == "counselor" and forecast.turn_label(t) else t.text}
+            for t in d.turns[:i]]
+    assert forecast.predict_next(bundle, msgs) == label
+    zh = [{"role": "user", "content": "我最近总是睡不着，工作压力很大。"},
+          {"role": "assistant", "content": forecast.tag_text("你愿意多说说工作上的压力吗？", "open_question")},
+          {"role": "user", "content": "老板总是加班，我也不知道该怎么办，我觉得自己快撑不住了，每天都很累。"}]
+    assert forecast.predict_next(bundle, zh) == forecast.predict_next(bundle, zh, language="universal")
+    with pytest.raises(ValueError, match="language"):
+        forecast.predict_next(bundle, zh, language="zh")
+
+
+def test_load_refuses_foreign_file(tmp_path):
+    import joblib
+
+    joblib.dump({"tags": ("a",)}, tmp_path / "x.joblib")
+    with pytest.raises(ValueError, match="not a forecaster bundle"):
+        forecast.load(tmp_path / "x.joblib")
+
+
+# ----------------------------------------------------------------------------- evaluate()
+def test_settings_rejects_unknown_keys():
+    P = params.load("params/smoke.yaml")
+    bad = dataclasses.replace(P, evaluation=dataclasses.replace(P.evaluation, forecaster={"modle": "text"}))
+    with pytest.raises(ValueError, match="unknown key.*modle"):
+        forecast.settings(bad)
+
+
+def test_evaluate_writes_table_and_model(tmp_path):
+    P = params.load("params/smoke.yaml")
+    P = dataclasses.replace(P, evaluation=dataclasses.replace(P.evaluation, bootstrap=200))
+    df = forecast.evaluate(P, tmp_path)
+    written = pd.read_csv(tmp_path / "forecaster.csv")
+    assert list(written.model) == list(df.model)
+    assert {"majority", "previous_behaviour", "forecaster_universal"} <= set(written.model)
+    cols = ["model", "role", "features", "n_train", "n_test", "n_test_sessions", "accuracy",
+            "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "beats_baselines"]
+    cols += [f"f1_{t}{s}" for t in forecast.TAGS for s in ("", "_ci_low", "_ci_high")]
+    assert set(cols) <= set(written.columns)
+    assert written.loc[written.role == "forecaster", "beats_baselines"].all()
+    bundle = forecast.load(tmp_path / "forecaster.joblib")
+    assert not set(bundle["train_sessions"]) & set(bundle["test_sessions"])

@@ -1,0 +1,119 @@
+"""Round-based prompts, batched generation and resume, on a real CPsyCounD record and a tiny model."""
+
+import json
+
+import pytest
+
+from mi_llm import corpora, generate, models, params
+from mi_llm.params import ROOT
+from mi_llm.schema import DataError
+
+NAME = "gemma3-270m"  # registry entry whose template/eot the tiny model shares
+
+
+def _records(n=2):
+    """Real CPsyCounD dialogues in the 02 test.jsonl record format."""
+    ds = corpora.load("cpsycound", ROOT / "data/CPsyCounD/Data", limit=n)
+    return [{"id": d.id, "source_corpus": d.corpus, "source_id": d.id, "prompt_version": "mi_v1",
+             "topic": d.meta.get("topic"), "messages": d.to_messages()} for d in ds]
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_rounds_on_a_real_record():
+    rec = _records(1)[0]
+    msgs = rec["messages"]
+    rs = generate.rounds([rec])
+    n_answers = sum(1 for i, m in enumerate(msgs) if i and m["role"] == "assistant"
+                    and msgs[i - 1]["role"] == "user")
+    assert len(rs) == n_answers > 3
+    for k, r in enumerate(rs):
+        assert r["round"] == k and r["dialogue_id"] == rec["id"]
+        assert r["messages"][-1]["role"] == "user"  # the history ends with the client's turn
+        at = len(r["messages"])  # full history: the reference is the very next (counselor) message
+        assert msgs[:at] == r["messages"] and msgs[at] == {"role": "assistant", "content": r["reference"]}
+    capped = generate.rounds([rec, rec], max_dialogues=1, max_rounds=2, context_turns=2)
+    assert [r["round"] for r in capped] == [0, 1]
+    assert [len(r["messages"]) for r in capped] == [1, 1]  # window of 2 cannot start with a counselor
+    assert capped[1]["messages"][0] == rs[1]["messages"][-1]
+
+
+def test_read_test_names_the_bad_field(tmp_path):
+    rec = _records(1)[0]
+    rec["messages"][2]["content"] = "  "
+    with pytest.raises(DataError, match=r"messages\[2\]\.content"):
+        generate.read_test(_write(tmp_path / "test.jsonl", [rec]))
+
+
+def test_batched_equals_unbatched_greedy_fp32(tiny_model_dir):
+    # fp32: in bf16 a padded batch may round differently from a single prompt and flip an argmax
+    model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=3, context_turns=4)]
+    assert len({len(str(p)) for p in prompts}) > 1  # different lengths, so the batch is padded
+    batched = generate.generate(model, tok, prompts, batch_size=len(prompts), max_new_tokens=8)
+    single = [generate.generate(model, tok, [p], batch_size=1, max_new_tokens=8)[0] for p in prompts]
+    assert batched == single
+    assert all(batched)
+
+
+def _params(**evaluation):
+    ev = {"models": [NAME], "variants": ["base"], "max_dialogues": 2, "max_rounds": 3,
+          "context_turns": 4, "batch_size": 2, "max_new_tokens": 4, **evaluation}
+    return params.from_dict({"name": "test_generate", "device": "cpu", "evaluation": ev})
+
+
+def test_resume_skips_finished_rounds(tiny_model_dir, tmp_path, monkeypatch):
+    test = _write(tmp_path / "test.jsonl", _records(2))
+    out = tmp_path / "generations.jsonl"
+    P, paths = _params(), {NAME: tiny_model_dir}
+    real = generate.generate_batches
+
+    def crash_after_one_batch(*a, **kw):
+        it = real(*a, **kw)
+        yield next(it)
+        raise KeyboardInterrupt  # the run is killed after its first batch
+
+    monkeypatch.setattr(generate, "generate_batches", crash_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        generate.run(P, test, out, model_paths=paths, progress=False)
+    first = generate.read_generations(out)
+    assert len(first) == 2
+    with open(out, "a", encoding="utf-8") as f:
+        f.write('{"model": "torn')  # a crash in the middle of a write
+
+    asked = []
+
+    def spy(model, tok, prompts, **kw):
+        asked.extend(prompts)
+        yield from real(model, tok, prompts, **kw)
+
+    monkeypatch.setattr(generate, "generate_batches", spy)
+    recs = generate.run(P, test, out, model_paths=paths, progress=False)
+    assert len(recs) == 6 and len(asked) == 4  # 2 dialogues x 3 rounds; 2 were done before
+    assert {(r["dialogue_id"], r["round"]) for r in recs} == {(str(d), k) for d in
+                                                              {r["dialogue_id"] for r in recs} for k in range(3)}
+    assert set(first[0]) == {"model", "variant", "dialogue_id", "round", "topic", "messages",
+                             "reference", "reply"}
+    asked.clear()
+    assert generate.run(P, test, out, model_paths=paths, progress=False) == recs
+    assert asked == []  # nothing left to do: the model is not even asked
+
+
+def test_finetuned_variant_needs_and_uses_the_adapter(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    test = _write(tmp_path / "test.jsonl", _records(1))
+    P = _params(variants=["finetuned", "base"], max_dialogues=1, max_rounds=2)
+    with pytest.raises(FileNotFoundError, match="adapter"):
+        generate.run(P, test, tmp_path / "g.jsonl", model_paths={NAME: tiny_model_dir},
+                     adapter_dirs={NAME: tmp_path / "none"}, progress=False)
+    model, tok = models.load(NAME, "cpu", path=tiny_model_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # B != 0
+    get_peft_model(model, lora).save_pretrained(tmp_path / "adapter")
+    recs = generate.run(P, test, tmp_path / "g.jsonl", model_paths={NAME: tiny_model_dir},
+                        adapter_dirs={NAME: tmp_path / "adapter"}, progress=False)
+    assert [(r["variant"], r["round"]) for r in recs] == [("base", 0), ("base", 1),
+                                                         ("finetuned", 0), ("finetuned", 1)]

@@ -1,0 +1,202 @@
+"""mi_llm.llm against the local OpenAI-compatible test server: retries, cache, batches, endpoints."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from mi_llm import llm, prompts
+from mi_llm.params import LLMParams
+from openai_server import serve
+
+
+def fast_params(**kw) -> LLMParams:
+    """Params with short timeouts and backoffs so failure paths run in well under a second."""
+    base = dict(provider="remote", max_concurrency=8, request_timeout=0.5, max_retries=3,
+                backoff_base=0.01, backoff_max=0.05, batch_poll_s=0.01)
+    return LLMParams(**{**base, **kw})
+
+
+def echo(req: dict) -> str:
+    return "答：" + req["messages"][-1]["content"]
+
+
+def requests(n: int, prefix: str = "q") -> list[llm.Request]:
+    return [llm.Request(f"{prefix}{i}", [{"role": "user", "content": f"{prefix}{i}"}]) for i in range(n)]
+
+
+def run(url, reqs, tmp_path, params=None, **kw):
+    ep = llm.Endpoint(url, "test-model", "test-key", "remote")
+    kw.setdefault("settings", {"temperature": 0.0, "max_tokens": 16})
+    return llm.complete(ep, reqs, llm_params=params or fast_params(), cache_path=tmp_path / "c.sqlite", **kw)
+
+
+def test_answers_in_request_order_with_tokens(tmp_path):
+    with serve(echo) as url:
+        res = run(url, requests(5), tmp_path)
+    assert [r.text for r in res] == [f"答：q{i}" for i in range(5)]
+    assert all(r.ok and r.attempts == 1 and r.prompt_tokens > 0 and r.completion_tokens > 0 for r in res)
+    use = llm.usage(res, fast_params(prices={"test-model": {"prompt": 1.0, "completion": 2.0}}), "test-model")
+    assert use["requests"] == 5 and use["api_calls"] == 5 and use["cached"] == 0
+    expected = (use["prompt_tokens"] * 1.0 + use["completion_tokens"] * 2.0) / 1e6
+    assert use["cost_usd"] == pytest.approx(expected) and use["priced"]
+
+
+def test_retry_after_is_honoured(tmp_path):
+    arrivals = []
+
+    def handler(req):
+        arrivals.append(time.monotonic())
+        return "ok"
+
+    t0 = time.monotonic()
+    with serve(handler, script={1: {"status": 429, "retry_after": 1}}) as url:
+        res = run(url, requests(1), tmp_path)
+        assert url.stats.count == 2
+    # backoff alone would wait <= 0.01 s: the second try came only after Retry-After's 1 s
+    assert res[0].ok and res[0].api_calls == 2 and arrivals[0] - t0 >= 1.0
+
+
+@pytest.mark.parametrize("action", ["500", "malformed", {"slow": 1.5}])
+def test_transport_failures_are_retried(tmp_path, action):
+    with serve(echo, script={1: action}) as url:
+        res = run(url, requests(1), tmp_path)
+        assert url.stats.count == 2
+    assert res[0].ok and res[0].text == "答：q0" and res[0].api_calls == 2 and res[0].attempts == 1
+
+
+def test_transport_failure_after_retries_is_reported(tmp_path):
+    with serve(echo, script=lambda n, req: "500") as url:
+        res = run(url, requests(1), tmp_path, params=fast_params(max_retries=2))
+        assert url.stats.count == 3  # one try plus max_retries
+    assert not res[0].ok and res[0].error == "transport: InternalServerError" and res[0].attempts == 0
+
+
+def test_truncated_answers_are_retried_then_failed(tmp_path):
+    with serve(echo, script={1: "truncated"}) as url:
+        res = run(url, requests(1), tmp_path, retries=1)
+    assert res[0].ok and res[0].attempts == 2 and res[0].errors == ["truncated"]
+    with serve(echo, script=lambda n, req: "truncated") as url:
+        res = run(url, requests(1, "t"), tmp_path, retries=2)
+        assert url.stats.count == 3
+    assert not res[0].ok and res[0].error == "truncated" and len(res[0].raw) == 3
+
+
+def test_invalid_answers_are_retried_then_failed_by_reason(tmp_path):
+    answers = iter(["not json", '{"score": 2}'])
+
+    def validate(text):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"unparseable: {e.msg}") from None
+
+    with serve(lambda req: next(answers)) as url:
+        res = run(url, requests(1), tmp_path, validate=validate, retries=1)
+    assert res[0].ok and res[0].parsed == {"score": 2} and res[0].errors[0].startswith("unparseable")
+    with serve(lambda req: "still not json") as url:
+        res = run(url, requests(1, "u"), tmp_path, validate=validate, retries=1)
+    assert not res[0].ok and res[0].error.startswith("unparseable") and res[0].raw == ["still not json"] * 2
+
+
+def test_no_answer_lost_or_duplicated_under_failures(tmp_path):
+    script = {3: "500", 7: {"status": 429, "retry_after": 0}, 11: "malformed", 15: "truncated", 19: {"slow": 1.0}}
+    reqs = requests(40)
+    with serve(echo, latency_s=0.02, script=script) as url:
+        res = run(url, reqs, tmp_path, retries=1)
+        time.sleep(1.1)  # let the abandoned slow answer finish on the server side
+        answered = url.stats.answered
+        asked = {}
+        for q in url.stats.requests:
+            asked[q["messages"][-1]["content"]] = asked.get(q["messages"][-1]["content"], 0) + 1
+    assert [r.key for r in res] == [q.key for q in reqs] and all(r.ok for r in res)
+    assert [r.text for r in res] == [f"答：q{i}" for i in range(40)]
+    # every request asked, plus exactly one more request for each injected failure (5 of them)
+    assert set(asked) == {f"q{i}" for i in range(40)} and sum(asked.values()) == 45
+    # the slow answer was still answered (after the client gave up), the rest once each + truncated
+    assert answered == 40 + 1 + 1
+
+
+def test_cache_makes_rerun_free(tmp_path):
+    with serve(echo) as url:
+        first = run(url, requests(6), tmp_path)
+        n = url.stats.count
+        again = run(url, requests(6), tmp_path)
+        assert url.stats.count == n == 6
+    assert [r.text for r in again] == [r.text for r in first] and all(r.cached for r in again)
+    assert llm.usage(again, fast_params(), "test-model")["api_calls"] == 0
+
+
+def test_cache_key_separates_model_settings_messages_attempt():
+    m = [{"role": "user", "content": "hi"}]
+    k = llm.cache_key("a", {"temperature": 0}, m, 0)
+    assert k == llm.cache_key("a", {"temperature": 0}, m, 0)
+    assert len({k, llm.cache_key("b", {"temperature": 0}, m, 0), llm.cache_key("a", {"temperature": 1}, m, 0),
+                llm.cache_key("a", {"temperature": 0}, [{"role": "user", "content": "ho"}], 0),
+                llm.cache_key("a", {"temperature": 0}, m, 1)}) == 5
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unique"):
+        run("http://127.0.0.1:9/v1", requests(2) + requests(1), tmp_path)
+
+
+def test_batch_api_path_and_resume_by_batch_id(tmp_path, monkeypatch):
+    reqs = requests(4, "b")
+    with serve(echo, batch_polls=2) as url:
+        real_ingest = llm._ingest
+
+        def crash(*a, **k):  # the process dies after submitting, before ingesting
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(llm, "_ingest", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run(url, reqs, tmp_path, batch_dir=tmp_path / "batch")
+        monkeypatch.setattr(llm, "_ingest", real_ingest)
+        res = run(url, reqs, tmp_path, batch_dir=tmp_path / "batch")
+        assert url.stats.batches_created == 1  # resumed by the stored batch id, not resubmitted
+        assert url.stats.count == 0  # nothing went through live requests
+    assert [r.text for r in res] == [f"答：b{i}" for i in range(4)] and all(r.ok for r in res)
+    assert json.loads((tmp_path / "batch" / "attempt0" / "batch.json").read_text())["n"] == 4
+
+
+def test_remote_endpoint_needs_the_key_and_never_shows_it(monkeypatch):
+    monkeypatch.delenv("MI_TEST_KEY", raising=False)
+    with pytest.raises(RuntimeError, match=r"\$MI_TEST_KEY is not set"):
+        with llm.endpoint(LLMParams(provider="remote", api_key_env="MI_TEST_KEY")):
+            pass
+    monkeypatch.setenv("MI_TEST_KEY", "sk-secret-123")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+    with llm.endpoint(LLMParams(provider="remote", api_key_env="MI_TEST_KEY", model="m")) as ep:
+        assert ep.api_key == "sk-secret-123" and ep.base_url == "http://127.0.0.1:1/v1"
+        assert "sk-secret" not in repr(ep)
+
+
+def test_prompts_load_parts_and_render(tmp_path):
+    parts = prompts.parts("mi_turn_v1")
+    assert {"system", "user", "shot1_user", "shot1_assistant"} <= set(parts)
+    assert "{source}" in parts["user"]
+    assert prompts.render("a {x} {y} {z}", x=1, y="b") == "a 1 b {z}"
+    mine = tmp_path / "mine.md"
+    mine.write_text("## system\nS\n## user\nU {dialogue}\n", encoding="utf-8")
+    assert prompts.parts(str(mine)) == {"system": "S", "user": "U {dialogue}"}
+    assert prompts.name(str(mine)) == "mine"
+    with pytest.raises(FileNotFoundError, match="known"):
+        prompts.load("no_such_prompt")
+
+
+@pytest.mark.slow
+def test_embedded_endpoint_serves_and_stops(tiny_model_dir, tmp_path):
+    p = LLMParams(provider="embedded", model=str(tiny_model_dir), serve_timeout=300, max_concurrency=2,
+                  request_timeout=120)
+    with llm.endpoint(p, log_dir=tmp_path) as ep:
+        res = llm.complete(ep, requests(2), llm_params=p, cache_path=tmp_path / "c.sqlite",
+                           settings={"max_tokens": 4, "temperature": 0.0}, truncated_ok=True)
+        port = ep.base_url.split(":")[-1].split("/")[0]
+    assert all(r.text is not None and r.completion_tokens > 0 for r in res)
+    time.sleep(0.5)
+    with socket.socket() as s:  # the server is gone: its port no longer accepts connections
+        assert s.connect_ex(("127.0.0.1", int(port))) != 0

@@ -1,0 +1,171 @@
+"""Stage 03: SFT samples, params validation, clear errors, and checkpoint/resume on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mi_llm import params as params_mod
+from mi_llm import models, sft
+from mi_llm.schema import DataError
+
+DATA = params_mod.ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json"
+
+
+def make_params(**sft_section):
+    """Params of a tiny CPU run; sft_section overrides the sft section."""
+    base = {"models": ["llama3-8b-chinese-chat-v2"], "context_turns": 4,
+            "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1},
+            "config": {"max_steps": 4, "per_device_train_batch_size": 2, "save_steps": 2,
+                       "max_length": 128, "learning_rate": 5e-3, "logging_steps": 1}}
+    return params_mod.from_dict({"name": "t", "device": "cpu", "sft": {**base, **sft_section}})
+
+
+@pytest.fixture
+def run_root(tmp_path, monkeypatch):
+    """A project root in tmp with runs/t/02_mi_transcription/train.jsonl from the PsyDTCorpus sample."""
+    monkeypatch.setattr(params_mod, "ROOT", tmp_path)
+    f = tmp_path / "runs/t" / sft.TRAIN_FILE
+    f.parent.mkdir(parents=True)
+    with open(f, "w", encoding="utf-8") as fh:
+        for d in json.loads(DATA.read_text(encoding="utf-8")):
+            rec = {"id": str(d["id"]), "source_corpus": "psydtcorpus", "source_id": str(d["id"]),
+                   "prompt_version": "none", "topic": d.get("normalizedTag"), "messages": d["messages"]}
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    return tmp_path
+
+
+DIALOGUE = [{"role": "system", "content": "S"}, {"role": "user", "content": "u1"},
+            {"role": "assistant", "content": "ok"}, {"role": "user", "content": "u2"},
+            {"role": "assistant", "content": "a long reply"}, {"role": "user", "content": "u3"},
+            {"role": "assistant", "content": "another long one"}]
+
+
+def test_samples_whole_dialogue_by_default():
+    assert sft.samples(DIALOGUE) == [{"messages": DIALOGUE}]
+
+
+def test_samples_min_chars_and_context_window():
+    out = sft.samples(DIALOGUE, min_response_chars=5, context_turns=2)
+    assert [s["completion"][0]["content"] for s in out] == ["a long reply", "another long one"]
+    # system kept; window of <= 2 turns that starts on a user turn
+    assert out[0]["prompt"] == [DIALOGUE[0], DIALOGUE[3]]
+    assert out[1]["prompt"] == [DIALOGUE[0], DIALOGUE[5]]
+    full = sft.samples(DIALOGUE, min_response_chars=5, context_turns=None)
+    assert full[1]["prompt"] == DIALOGUE[:6]
+    # characters, not words: a 4-character Chinese reply passes a 4-char minimum
+    zh = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "说说看吧"}]
+    assert len(sft.samples(zh, min_response_chars=4, context_turns=1)) == 1
+    assert sft.samples(zh, min_response_chars=5, context_turns=1) == []
+
+
+def test_check_params_names_bad_keys():
+    P = make_params(models=["nope"], lora={"rank": 8}, config={"max_step": 3, "seed": 1})
+    errs = "\n".join(sft.check_params(P))
+    assert "unknown model 'nope'" in errs
+    assert "sft.lora.rank: not a field of peft" in errs
+    assert "sft.config.max_step: not a field of trl" in errs
+    assert "sft.config.seed: set by mi_llm" in errs
+    assert sft.check_params(make_params()) == []
+    bad = make_params(config={"padding_free": True, "max_length": 256})
+    assert any("padding_free" in e for e in sft.check_params(bad))
+
+
+def test_shipped_params_are_valid():
+    for f in ["params/smoke.yaml", "params/paper.yaml"]:
+        assert sft.check_params(params_mod.load(params_mod.ROOT / f)) == [], f
+
+
+def test_train_fails_clearly(run_root):
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        sft.train(make_params(models=["nope"]), "nope")
+    (run_root / "runs/t" / sft.TRAIN_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="no training split; run stage 02"):
+        sft.train(make_params(), "llama3-8b-chinese-chat-v2")
+
+
+def test_bad_record_names_file_record_field(run_root):
+    f = run_root / "runs/t" / sft.TRAIN_FILE
+    f.write_text(json.dumps({"id": "x7", "messages": [{"role": "client", "content": "hi"}]}) + "\n")
+    with pytest.raises(DataError, match=r"train.jsonl: record x7: field 'messages\[0\].role'"):
+        sft.read_train(make_params())
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A tiny random Llama-3-shaped model with a small BPE tokenizer (fast CPU training)."""
+    from test_models import tiny_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    text = [m["content"] for d in json.loads(DATA.read_text(encoding="utf-8")) for m in d["messages"]]
+    tok = tiny_tokenizer("llama3-8b-chinese-chat-v2", texts=text, vocab_size=1000)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_fit_context_keeps_the_reply_within_max_length(tiny_llama):
+    from transformers import AutoTokenizer
+
+    tok = models.prepare_tokenizer(models.get("llama3-8b-chinese-chat-v2"), AutoTokenizer.from_pretrained(tiny_llama))
+    msgs = json.loads(DATA.read_text(encoding="utf-8"))[0]["messages"]
+    rows = sft.samples(msgs, context_turns=None, min_response_chars=1)
+    fitted = sft.fit_context(rows, tok, 160)
+    assert [r["completion"] for r in fitted] == [r["completion"] for r in rows]
+    for r in fitted:
+        ctx = [m for m in r["prompt"] if m["role"] != "system"]
+        assert ctx[0]["role"] == "user"
+        assert len(ctx) == 1 or sft._n_tokens(tok, r["prompt"] + r["completion"]) <= 160
+    assert sum(len(r["prompt"]) for r in fitted) < sum(len(r["prompt"]) for r in rows)
+
+
+def _adapter(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(out / "adapter/adapter_model.safetensors")
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(run_root, tiny_llama, monkeypatch):
+    from transformers import TrainerCallback
+
+    name = "llama3-8b-chinese-chat-v2"
+    P = make_params()
+    full = sft.train(P, name, progress=False, model_path=tiny_llama)
+    out = run_root / "runs/t/03_sft" / name
+    want = _adapter(out)
+    assert full["steps"] == 4 and full["resumed_from"] is None
+    assert 0 < full["first_loss"] < 20 and full["last_loss"] > 0  # every packed row holds trained tokens
+
+    class StopAt2(TrainerCallback):  # an interruption right after the checkpoint at step 2
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    monkeypatch.setattr(params_mod, "ROOT", run_root / "second")
+    (run_root / "second/runs/t/02_mi_transcription").mkdir(parents=True)
+    (run_root / "second/runs/t" / sft.TRAIN_FILE).write_bytes((run_root / "runs/t" / sft.TRAIN_FILE).read_bytes())
+    assert sft.train(P, name, progress=False, model_path=tiny_llama, callbacks=[StopAt2()]) == {"stopped_at": 2}
+    out2 = run_root / "second/runs/t/03_sft" / name
+    assert not (out2 / "adapter").exists() and (out2 / "checkpoints/checkpoint-2").is_dir()
+    resumed = sft.train(P, name, progress=False, model_path=tiny_llama)
+    assert resumed["resumed_from"] == "checkpoint-2" and resumed["steps"] == 4
+    got = _adapter(out2)
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
+    log = (out2 / "train_log.csv").read_text().splitlines()
+    assert log[0] == "step,loss,learning_rate,tokens_per_s" and [r.split(",")[0] for r in log[1:]] == list("1234")
+    report = json.loads((out2 / "report.json").read_text())
+    assert report["train_tokens"] > 0 and report["tokens_per_s"] > 0 and report["peak_memory_mb"] > 0
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(out2 / "adapter")  # the template travels with the adapter
+    assert saved.chat_template == models.get(name).chat_template

@@ -1,0 +1,50 @@
+"""The study runner: stages in order, --only, and a clear stop at the first failing notebook."""
+
+import nbformat
+import pytest
+
+from mi_llm import study
+
+
+def _nb(path, code):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("name = 'x'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(code)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def fake_project(tmp_path, monkeypatch):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    monkeypatch.setattr(study, "NOTEBOOKS", nbs)
+    monkeypatch.setenv("MI_LLM_RUNS", str(tmp_path / "runs"))
+    pfile = tmp_path / "tiny.yaml"
+    pfile.write_text("name: tiny\n")
+    return nbs, pfile
+
+
+def test_select_by_number_and_name(fake_project):
+    nbs, _ = fake_project
+    for n in ["01_a", "02_b", "03_c"]:
+        _nb(nbs / f"{n}.ipynb", "pass")
+    assert [p.stem for p in study.select(["02"])] == ["02_b"]
+    assert [p.stem for p in study.select(["03_c", "1"])] == ["01_a", "03_c"]
+    with pytest.raises(SystemExit, match="no such stage"):
+        study.select(["09"])
+
+
+def test_runner_stops_at_first_failure_and_names_the_notebook(fake_project, capsys):
+    nbs, pfile = fake_project
+    _nb(nbs / "01_ok.ipynb", "open(f'{name}.ok', 'w').close()")
+    _nb(nbs / "02_bad.ipynb", "raise RuntimeError('boom in stage 2')")
+    _nb(nbs / "03_never.ipynb", "raise SystemExit('must not run')")
+    with pytest.raises(SystemExit):
+        study.run(str(pfile), progress=False)
+    err = capsys.readouterr().err
+    assert "02_bad" in err and "boom in stage 2" in err and "runs/tiny/notebooks/02_bad.ipynb" in err
+    out = pfile.parent / "runs" / "tiny" / "notebooks"
+    assert (out / "01_ok.ipynb").exists() and (out / "02_bad.ipynb").exists()
+    assert not (out / "03_never.ipynb").exists()
