@@ -14,8 +14,7 @@ from mi_llm import forecast, params
 
 P = params.load("params/smoke.yaml")
 FC = forecast.settings(P)
-CANDIDATES = [("universal", 0.1), ("universal", 1.0), ("boost", None),
-              ("text", 0.1), ("text", 0.3), ("text", 1.0), ("char", 0.3)]
+CANDIDATES = [("universal", 0.3), ("boost", None), ("text", 0.1), ("text", 0.3), ("char", 0.3)]
 
 
 def main(path):
@@ -48,4 +47,7 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else FC["annomi_path"])
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # as forecast.fit does
+        main(sys.argv[1] if len(sys.argv) > 1 else FC["annomi_path"])

@@ -290,7 +290,14 @@ def settings(P) -> dict:
 
 def fit(train, s: dict, seed: int = 0) -> dict:
     """Fit both variants on training sessions: the chosen kind and the language-independent one."""
+    from threadpoolctl import threadpool_limits
+
     X, y, groups = examples(train, s["context_turns"])
+    with threadpool_limits(1):  # small sparse problem: BLAS threads cost 8x on a busy 2-core box
+        return _fit(X, y, groups, s, seed)
+
+
+def _fit(X, y, groups, s, seed) -> dict:
     bundle = {"tags": TAGS, "kind": s["model"], "context_turns": s["context_turns"],
               "majority": majority_baseline(y), "n_train": len(y),
               "train_sessions": sorted(set(groups))}
@@ -341,7 +348,8 @@ def _as_history(turns) -> list[tuple[str, str, str | None]]:
         if speaker not in ("client", "counselor"):
             raise ValueError(f"turn {i}: unknown speaker {speaker!r}")
         tagged, text = strip_tag(text)
-        out.append((speaker, text, turn_label(Turn(speaker, text, ann)) or tagged))
+        label = turn_label(Turn(speaker, text, ann)) if speaker == "counselor" else None
+        out.append((speaker, text, label or tagged))
     return out
 
 

@@ -5,7 +5,9 @@ gold history up to that client turn is the prompt and the gold counselor turn th
 (model, variant) answers every round: batched (prompts sorted by length, left padding, one
 `generate` call per batch), seeded, greedy unless params say otherwise, stopping at the model's
 end-of-turn token. Records are appended to generations.jsonl after each batch, and a re-run skips
-the (model, variant, dialogue, round) keys already there, so an interrupted run resumes.
+the (model, variant, dialogue, round) keys already there, so an interrupted run resumes. Each
+record carries a fingerprint of what made it (weights, adapter bytes, generation settings, context
+window); resuming onto records with another fingerprint is an error, never a silent mix.
 """
 
 from __future__ import annotations
@@ -207,7 +209,30 @@ def _with_adapter(model, tokenizer, name: str, adapter: Path):
     return merged.eval(), tokenizer
 
 
-def _generate_variant(P, model, tok, name, variant, pending, out_path, progress):
+def fingerprint(P, name: str, variant: str, weights, adapter: Path | None) -> str:
+    """Short hash of what determines a variant's replies (a re-run must match it to resume)."""
+    import hashlib
+
+    from .runs import sha256_file
+
+    E = P.evaluation
+    facts = {"model": name, "weights": str(weights or ""), "variant": variant, "seed": P.seed,
+             "max_new_tokens": E.max_new_tokens, "generation": E.generation,
+             "context_turns": E.context_turns,
+             "adapter": sha256_file(adapter / "adapter_model.safetensors")
+             if variant == "finetuned" and adapter and (adapter / "adapter_model.safetensors").exists() else None}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_fingerprints(out_path: Path, existing: list[dict], name: str, variant: str, fp: str) -> None:
+    stale = {r.get("settings") for r in existing if r["model"] == name and r["variant"] == variant} - {fp}
+    if stale:
+        raise ValueError(f"{out_path}: replies of {name}/{variant} were made with other settings "
+                         f"({sorted(map(str, stale))} != {fp}: weights, adapter or generation params "
+                         "changed); delete the file or use a new run name")
+
+
+def _generate_variant(P, model, tok, name, variant, pending, out_path, progress, fp):
     from tqdm.auto import tqdm
 
     from .runs import set_seed
@@ -221,9 +246,32 @@ def _generate_variant(P, model, tok, name, variant, pending, out_path, progress)
         _append(out_path, [{"model": name, "variant": variant, "dialogue_id": pending[i]["dialogue_id"],
                             "round": pending[i]["round"], "topic": pending[i]["topic"],
                             "messages": pending[i]["messages"], "reference": pending[i]["reference"],
-                            "reply": reply} for i, reply in zip(idx, replies)])
+                            "reply": reply, "settings": fp} for i, reply in zip(idx, replies)])
         bar.update(len(idx))
     bar.close()
+
+
+def _run_model(P, name, variants, todo, existing, out_path, weights, ad, progress) -> None:
+    """Generate the missing rounds of one model: base first, then base + adapter."""
+    from . import models
+
+    done = {_key(r) for r in existing}
+    pending = {v: [r for r in todo if _key({"model": name, "variant": v, **r}) not in done]
+               for v in variants}
+    if "finetuned" in variants:
+        _check_adapter(name, ad)  # fail before spending minutes on the base variant
+    fps = {v: fingerprint(P, name, v, weights, ad) for v in variants}
+    for v in variants:
+        _check_fingerprints(out_path, existing, name, v, fps[v])
+    if not any(pending.values()):
+        return
+    model, tok = models.load(name, resolve_device(P.device), path=weights)
+    model.eval()
+    for v in variants:
+        if v == "finetuned":
+            model, tok = _with_adapter(model, tok, name, ad)
+        if pending[v]:
+            _generate_variant(P, model, tok, name, v, pending[v], out_path, progress, fps[v])
 
 
 def run(P, test_path=None, out_path=None, model_paths: dict | None = None,
@@ -234,7 +282,6 @@ def run(P, test_path=None, out_path=None, model_paths: dict | None = None,
     the registry) and the 03 adapter (tests use a tiny model). The returned records are those of
     this configuration, in key order.
     """
-    from . import models
     from .params import path
 
     model_paths = {k: path(v) for k, v in {**P.model_paths, **(model_paths or {})}.items()}
@@ -248,26 +295,12 @@ def run(P, test_path=None, out_path=None, model_paths: dict | None = None,
     if not test_path.exists():
         raise FileNotFoundError(f"{test_path}: no MI test set; run stage 02 first")
     todo = rounds(read_test(test_path), E.max_dialogues, E.max_rounds, E.context_turns)
-    done = {_key(r) for r in read_generations(out_path)}
-    wanted = set()
+    existing = read_generations(out_path)
     variants = sorted(E.variants, key=["base", "finetuned"].index)  # the adapter is merged in last
     for name in E.models:
-        pending = {v: [r for r in todo if _key({"model": name, "variant": v, **r}) not in done]
-                   for v in variants}
-        wanted |= {_key({"model": name, "variant": v, **r}) for v in variants for r in todo}
-        if not any(pending.values()):
-            continue
         ad = Path((adapter_dirs or {}).get(name) or adapter_dir(P, name))
-        if "finetuned" in variants:
-            _check_adapter(name, ad)  # fail before spending minutes on the base variant
-        model, tok = models.load(name, resolve_device(P.device), path=model_paths.get(name))
-        model.eval()
-        for v in variants:
-            if v == "finetuned":
-                model, tok = _with_adapter(model, tok, name, ad)
-            if pending[v]:
-                _generate_variant(P, model, tok, name, v, pending[v], out_path, progress)
-        del model
+        _run_model(P, name, variants, todo, existing, out_path, model_paths.get(name), ad, progress)
+    wanted = {_key({"model": m, "variant": v, **r}) for m in E.models for v in variants for r in todo}
     recs = {_key(r): r for r in read_generations(out_path) if _key(r) in wanted}
     return sorted(recs.values(), key=lambda r: (r["model"], r["variant"], r["dialogue_id"], r["round"]))
 

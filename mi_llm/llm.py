@@ -82,25 +82,43 @@ def _wait_ready(proc, url: str, timeout: float, log: Path) -> None:
     raise TimeoutError(f"transformers serve did not answer within {timeout:.0f} s; log: {log}")
 
 
+PAGE_TOKENS = 256  # transformers' continuous-batching page size (tokens per cache block)
+
+
 @contextmanager
-def serve(folder: Path, timeout: float = 300.0, log_dir: Path | None = None):
+def serve(folder: Path, timeout: float = 300.0, log_dir: Path | None = None,
+          kv_tokens: int = 8192, batch_tokens: int = 2048):
     """Serve a local model folder with `transformers serve --continuous-batching`; yield its base URL."""
     port = _free_port()
     exe = Path(sys.executable).with_name("transformers")
+    # an explicit KV cache size: by default it claims 90% of free memory (12 GB on CPU: OOM-killed
+    # beside other jobs); 8192 tokens of Gemma 3 270M KV are ~150 MB
     cmd = [str(exe), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
-           "--continuous-batching", "--device", "cpu" if not _has_cuda() else "auto"]
+           "--continuous-batching", "--device", "cpu" if not _has_cuda() else "auto",
+           "--cb-num-blocks", str(-(-kv_tokens // PAGE_TOKENS)), "--cb-max-batch-tokens", str(batch_tokens)]
     log = Path(log_dir or "/tmp") / f"transformers-serve-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as logf:
         # own process group so that stopping it also stops anything it spawned
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=_die_with_parent)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, base, timeout, log)
         yield base + "/v1"
     finally:
         _stop(proc)
+
+
+def _die_with_parent() -> None:
+    # Linux: the server gets SIGTERM when the process that started it dies (even by kill -9)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _has_cuda() -> bool:
@@ -134,7 +152,8 @@ def endpoint(llm_params, log_dir: Path | None = None):
         yield Endpoint(base, llm_params.model, key, "remote")
         return
     folder = model_folder(llm_params.model)
-    with serve(folder, timeout=llm_params.serve_timeout, log_dir=log_dir) as base:
+    with serve(folder, timeout=llm_params.serve_timeout, log_dir=log_dir,
+               kv_tokens=llm_params.serve_kv_tokens, batch_tokens=llm_params.serve_batch_tokens) as base:
         # the server is pinned to the folder: requests must name it as their model
         yield Endpoint(base, str(folder), "embedded-no-key", "embedded")
 
@@ -174,6 +193,13 @@ class Cache:
 
     def close(self) -> None:
         self.db.close()
+
+
+def cache_path(P) -> Path:
+    """The run's answer cache: P.llm.cache_path, or runs/<name>/llm_cache.sqlite."""
+    from .params import path
+
+    return path(P.llm.cache_path) if P.llm.cache_path else P.run_dir / "llm_cache.sqlite"
 
 
 def cache_key(model: str, settings: dict, messages: list[dict], attempt: int) -> str:
@@ -253,7 +279,7 @@ def _judge(res: Result, a: Answer, validate, truncated_ok: bool) -> None:
         res.errors.append(res.error)
 
 
-async def _run_live(ep, todo, llm_params, cache, settings, validate, truncated_ok):
+async def _run_live(ep, todo, llm_params, cache, settings, validate, truncated_ok, bar, last):
     """Fetch (cache or API) and judge the given (request, result, attempt) triples concurrently."""
     sem = asyncio.Semaphore(llm_params.max_concurrency)
     client = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0,
@@ -269,10 +295,13 @@ async def _run_live(ep, todo, llm_params, cache, settings, validate, truncated_o
                 except (openai.APIError, json.JSONDecodeError) as e:
                     res.error, res.ok = f"transport: {type(e).__name__}", False
                     res.errors.append(res.error)
+                    bar.update(1)
                     return res
             cache.put(key, req.key, ep.model, a)  # committed before anything else happens
         res.attempts = attempt + 1
         _judge(res, a, req.validate or validate, truncated_ok)
+        if res.ok or last:
+            bar.update(1)  # this request is final
         return res
 
     try:
@@ -282,9 +311,18 @@ async def _run_live(ep, todo, llm_params, cache, settings, validate, truncated_o
 
 
 def _in_thread(coro):
-    # notebooks already run an event loop; a worker thread gets its own
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:
-        return ex.submit(asyncio.run, coro).result()
+    """Run a coroutine on its own loop in a worker thread (notebooks already run a loop here)."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(coro)
+    ex = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return ex.submit(loop.run_until_complete, task).result()
+    except BaseException:  # Ctrl-C / kernel interrupt: cancel the requests in flight, then leave
+        loop.call_soon_threadsafe(task.cancel)
+        raise
+    finally:
+        ex.shutdown(wait=True)
+        loop.close()
 
 
 def complete(ep: Endpoint, requests: list[Request], *, llm_params, cache_path, settings: dict,
@@ -307,14 +345,12 @@ def complete(ep: Endpoint, requests: list[Request], *, llm_params, cache_path, s
             todo = [(q, r, attempt) for q, r in pending]
             if batch_dir is not None:  # fill the cache through the Batch API; the live pass then reads it
                 run_batch(ep, todo, llm_params, cache, settings, Path(batch_dir) / f"attempt{attempt}")
-            _in_thread(_run_live(ep, todo, llm_params, cache, settings, validate, truncated_ok))
+            _in_thread(_run_live(ep, todo, llm_params, cache, settings, validate, truncated_ok, bar,
+                                 attempt == retries))
             # a transport failure already used its own retries; only invalid answers are asked again
-            final = [r.ok or r.error.startswith("transport") for _, r in pending]
-            bar.update(sum(final))
-            pending = [t for t, f in zip(pending, final) if not f]
+            pending = [(q, r) for q, r in pending if not (r.ok or r.error.startswith("transport"))]
             if not pending:
                 break
-        bar.update(len(pending))  # failed after the last attempt
         for r in results:
             r.cached = r.attempts > 0 and r.api_calls == 0
     finally:

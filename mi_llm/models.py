@@ -69,6 +69,7 @@ class ModelSpec:
     chat_template: str | None = None  # training template set on the tokenizer (None: keep its own)
     eot_token: str = "</s>"  # the token that ends an assistant turn (generation stops on it)
     special_tokens: tuple = ()  # tokens the template uses that must never be split
+    pad_token: str | None = None  # padding token when the tokenizer has none (never the eot token)
     lora_target_modules: list | str = field(default_factory=lambda: list(LLAMA_LINEAR))
     dtype: str = "bfloat16"  # torch dtype the weights are loaded in
     convert: str | None = None  # conversion before loading: None | "baichuan_to_llama"
@@ -82,16 +83,17 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="gemma3-270m", hub_id="google/gemma-3-270m", chat_template=GEMMA3_TEMPLATE,
             eot_token="<end_of_turn>", special_tokens=("<start_of_turn>", "<end_of_turn>"),
-            embedded=True,
+            pad_token="<pad>", embedded=True,
         ),
         ModelSpec(
             name="baichuan2-7b-chat", hub_id="baichuan-inc/Baichuan2-7B-Chat",
             chat_template=BAICHUAN2_TEMPLATE, eot_token="</s>",
-            special_tokens=("<reserved_106>", "<reserved_107>"), convert="baichuan_to_llama",
+            special_tokens=("<reserved_106>", "<reserved_107>"), pad_token="<unk>",
+            convert="baichuan_to_llama",
         ),
         ModelSpec(
             name="glm-4-9b-chat", hub_id="THUDM/glm-4-9b-chat-hf", chat_template=GLM4_TEMPLATE,
-            eot_token="<|user|>",
+            eot_token="<|user|>", pad_token="<|endoftext|>",
             special_tokens=("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"),
             # Glm4 fuses gate and up projections into one Linear
             lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"],
@@ -99,6 +101,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(
             name="llama3-8b-chinese-chat-v2", hub_id="shenzhi-wang/Llama3-8B-Chinese-Chat",
             revision="v2", chat_template=LLAMA3_TEMPLATE, eot_token="<|eot_id|>",
+            pad_token="<|end_of_text|>",
             special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
         ),
     ]
@@ -146,8 +149,9 @@ def prepare_tokenizer(spec: ModelSpec, tok):
         tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     if spec.chat_template is not None:
         tok.chat_template = spec.chat_template
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    if tok.pad_token is None or tok.pad_token == spec.eot_token:
+        # a pad equal to the eot token would be masked out of the loss and of the token counts
+        tok.pad_token = spec.pad_token if spec.pad_token in tok.get_vocab() else tok.eos_token
     if spec.eot_token not in tok.get_vocab():
         raise ValueError(f"model {spec.name}: end-of-turn token {spec.eot_token!r} is not in the tokenizer")
     return tok

@@ -39,6 +39,8 @@ class LLMParams:
     backoff_base: float = 1.0  # seconds; retry i waits uniform(0, base * 2**i), at least Retry-After
     backoff_max: float = 60.0  # seconds; cap of one backoff wait
     serve_timeout: float = 300.0  # seconds to wait for the embedded `transformers serve` to answer
+    serve_kv_tokens: int = 8192  # embedded: KV cache capacity in tokens (else it takes 90% of RAM)
+    serve_batch_tokens: int = 2048  # embedded: most tokens in one continuous-batching step
     batch_poll_s: float = 30.0  # seconds between Batch API status polls
 
 

@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import json
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,6 @@ PROJECT_DEFAULTS = dict(
     save_total_limit=2,  # the last checkpoints suffice to resume
     include_num_input_tokens_seen="non_padding",  # for tokens/s
     gradient_checkpointing_kwargs={"use_reentrant": False},  # the variant that works with frozen bases
-    dataset_num_proc=None,
 )
 
 
@@ -276,20 +274,18 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - t0
-    if not trainer.is_world_process_zero():
-        return {}
     if trainer.state.global_step < args.max_steps and trainer.control.should_training_stop:
         return {"stopped_at": trainer.state.global_step}  # interrupted on purpose (tests): no artifacts
+    # every rank takes part: under ZeRO-3 / FSDP the adapter is gathered from the shards
+    trainer.save_model(str(out / "adapter"))  # PEFT adapter + tokenizer with the training template
+    if not trainer.is_world_process_zero():
+        return {}
     return _finish(P, spec, trainer, out, log.rows, wall, result, resume, len(dataset))
 
 
 def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples) -> dict:
-    """Save adapter (+tokenizer/template, optional merged model) and write report.json."""
-    adapter = out / "adapter"
-    shutil.rmtree(adapter, ignore_errors=True)
-    trainer.model.save_pretrained(adapter)
-    trainer.processing_class.save_pretrained(adapter)
-    if P.sft.merge:
+    """Save the optional merged model and write report.json (main process only)."""
+    if P.sft.merge:  # single-process runs: a sharded model cannot be merged in place
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(out / "merged")
         trainer.processing_class.save_pretrained(out / "merged")

@@ -25,7 +25,7 @@ LABEL = {"client": "来访者", "counselor": "咨询师"}
 SPEAKER_OF = {"来访者": "client", "咨询师": "counselor", "心理咨询师": "counselor"}
 LINE = re.compile(r"^\s*(来访者|心理咨询师|咨询师)\s*[：:]\s*(.*)$")
 CJK = re.compile(r"[\u3400-\u9fff]")
-END = tuple("。？！?!…~～」”）)")  # a complete reply ends with one of these
+END = tuple("。？！?!…~～」”）).")  # a complete reply ends with one of these
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -65,6 +65,16 @@ def load_sources(P, corpora: list[str]) -> list[Dialogue]:
         kept = [t for t in (trim(d, tp.max_turns) for d in ds) if t is not None]
         out += kept[: tp.max_dialogues] if tp.max_dialogues else kept
     return out
+
+
+def sources_table(dialogues: list[Dialogue]) -> pd.DataFrame:
+    """Per corpus: dialogues to rewrite, their turns and counselor turns (the units of `turn` mode)."""
+    rows = [{"corpus": d.corpus, "turns": len(d.turns),
+             "counselor_turns": sum(t.speaker == "counselor" for t in d.turns),
+             "chars": sum(len(t.text) for t in d.turns)} for d in dialogues]
+    df = pd.DataFrame(rows, columns=["corpus", "turns", "counselor_turns", "chars"])
+    return df.groupby("corpus").agg(dialogues=("turns", "size"), turns=("turns", "sum"),
+                                    counselor_turns=("counselor_turns", "sum"), chars=("chars", "sum"))
 
 
 # ----------------------------------------------------------------------------- formats
@@ -224,6 +234,8 @@ def _by_dialogue(ep, dialogues, P, cache_path, batch_dir):
 
 def transcribe(ep, dialogues: list[Dialogue], P, cache_path, batch_dir=None) -> tuple[list, list, dict]:
     """Rewrite, validate and account: (records, failures, report)."""
+    if batch_dir is not None and ep.provider != "remote":
+        raise ValueError("transcription.batch_api needs llm.provider: remote (the Batch API is OpenAI's)")
     t0 = time.perf_counter()
     rows = _by_dialogue(ep, dialogues, P, cache_path, batch_dir)
     wall = time.perf_counter() - t0
@@ -303,4 +315,33 @@ def save(out_dir, train: list[dict], test: list[dict], report: dict, failures: l
     dd.save_to_disk(str(out_dir / "mi_corpus"))
     rep = {**report, "n_train": len(train), "n_test": len(test)}
     (out_dir / "report.json").write_text(json.dumps(rep, indent=2, ensure_ascii=False), encoding="utf-8")
+    if not train:  # written first, so that report.json and failures.jsonl say why
+        raise RuntimeError(f"no valid MI dialogue to train on; failures by reason: {report.get('failed_by_reason')}"
+                           f" (see {out_dir / 'failures.jsonl'})")
     return files + [out_dir / "mi_corpus", out_dir / "report.json"]
+
+
+def report_table(report: dict) -> pd.DataFrame:
+    """The report's scalar figures as a two-column table (by-reason counts flattened)."""
+    rows = []
+    for k, v in report.items():
+        if isinstance(v, dict):
+            rows += [(f"{k}.{kk}", vv) for kk, vv in v.items() if not isinstance(vv, dict)]
+            rows += [(f"{k}.{kk}.{x}", y) for kk, vv in v.items() if isinstance(vv, dict) for x, y in vv.items()]
+        else:
+            rows.append((k, v))
+    return pd.DataFrame(rows, columns=["figure", "value"]).set_index("figure")
+
+
+def side_by_side(dialogues: list[Dialogue], record: dict) -> pd.DataFrame:
+    """One MI record next to its source dialogue, turn by turn."""
+    src = next(d for d in dialogues if d.corpus == record["source_corpus"] and str(d.id) == record["source_id"])
+    return pd.DataFrame({"speaker": [t.speaker for t in src.turns], "source": [t.text for t in src.turns],
+                         "mi_rewrite": [m["content"] for m in record["messages"]]})
+
+
+def split_table(train: list[dict], test: list[dict]) -> pd.DataFrame:
+    """Dialogues per source corpus in train and test."""
+    rows = [{"split": s, "source_corpus": r["source_corpus"]} for s, rs in (("train", train), ("test", test)) for r in rs]
+    df = pd.DataFrame(rows, columns=["split", "source_corpus"])
+    return df.value_counts().unstack("split", fill_value=0).reindex(columns=["train", "test"], fill_value=0)

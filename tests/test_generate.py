@@ -96,10 +96,13 @@ def test_resume_skips_finished_rounds(tiny_model_dir, tmp_path, monkeypatch):
     assert {(r["dialogue_id"], r["round"]) for r in recs} == {(str(d), k) for d in
                                                               {r["dialogue_id"] for r in recs} for k in range(3)}
     assert set(first[0]) == {"model", "variant", "dialogue_id", "round", "topic", "messages",
-                             "reference", "reply"}
+                             "reference", "reply", "settings"}
     asked.clear()
     assert generate.run(P, test, out, model_paths=paths, progress=False) == recs
     assert asked == []  # nothing left to do: the model is not even asked
+    assert {r["settings"] for r in recs} == {generate.fingerprint(P, NAME, "base", tiny_model_dir, None)}
+    with pytest.raises(ValueError, match="other settings"):  # never mix replies of two settings
+        generate.run(_params(max_new_tokens=5), test, out, model_paths=paths, progress=False)
 
 
 def test_finetuned_variant_needs_and_uses_the_adapter(tiny_model_dir, tmp_path):

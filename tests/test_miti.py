@@ -70,7 +70,7 @@ def _params(tmp_path, **miti_cfg):
     p = params.load("params/smoke.yaml")
     p.llm.cache_path = str(tmp_path / "cache.sqlite")
     p.llm.max_retries = 0
-    p.evaluation.miti = {**p.evaluation.miti, **miti_cfg}
+    p.evaluation.miti = {**p.evaluation.miti, "max_utterances": None, **miti_cfg}
     return p
 
 

@@ -135,6 +135,7 @@ def test_loss_mask_is_exactly_the_assistant_replies(tokenizers, name):
     assert [tok.decode(r) for r in runs] == ASSISTANT_SPANS[name]
     eot = tok.convert_tokens_to_ids(spec.eot_token)
     assert all(eot in r for r in runs)  # the model learns to stop
+    assert tok.pad_token != spec.eot_token  # padding never hides the eot token from the loss
     unmasked = tok.decode([i for i, m in zip(ids, mask) if not m])
     assert A1 not in unmasked and A2 not in unmasked and S in unmasked and U2 in unmasked
 

@@ -169,3 +169,23 @@ def test_resume_after_interruption_matches_uninterrupted_run(run_root, tiny_llam
 
     saved = AutoTokenizer.from_pretrained(out2 / "adapter")  # the template travels with the adapter
     assert saved.chat_template == models.get(name).chat_template
+
+
+@pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("deepspeed_zero2", "DEEPSPEED"),
+                                       ("deepspeed_zero3", "DEEPSPEED"), ("fsdp", "FSDP")])
+def test_accelerate_configs_parse(name, kind):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(params_mod.ROOT / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type.name == kind and cfg.mixed_precision == "bf16"
+    if name.startswith("deepspeed"):
+        assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_command_line_entry_point_rejects_unknown_model(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "mi_llm.sft", "params/smoke.yaml", "--model", "nope"],
+                       cwd=params_mod.ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "unknown model 'nope'" in r.stderr

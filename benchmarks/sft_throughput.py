@@ -1,0 +1,252 @@
+"""LoRA SFT throughput: TRL's defaults against the project's configuration, same model, same data.
+
+    .venv/bin/python benchmarks/sft_throughput.py            # CPU: a small random Llama
+    .venv/bin/python benchmarks/sft_throughput.py --model gemma3-270m   # CPU: the embedded model
+    python benchmarks/sft_throughput.py --gpu                # GPU: an 8B Llama-3-shaped random model
+
+Both configurations train the same LoRA (r=16, all linear layers) with the loss on assistant tokens
+on the same samples (the shipped PsyDTCorpus dialogues, one sample per counselor reply with 6 turns
+of context) and the same rows per step. They differ only in what the project switches on:
+  defaults: TRL's SFTConfig as is (rows padded to the longest in the batch, no packing)
+  project : padding-free best-fit-decreasing packing (sft.sft_config), FlashAttention-2 when the
+            flash_attn package is installed (else SDPA), Liger fused kernels when liger_kernel is
+            installed (GPU).
+Each configuration runs in its own subprocess so that peak memory is its own.
+
+Tokens are real (non-padding) tokens. FLOPs per real token, counted as model FLOPs (a
+multiply-add = 2 FLOPs; recomputation under gradient checkpointing is not counted):
+  4 * N_matmul        forward (2N) + backward for activation gradients (2N); the base weights are
+                      frozen, so the weight-gradient matmuls (another 2N of full fine-tuning's 6N) are skipped
+  + 6 * N_lora        LoRA weights: forward, activation and weight gradients
+  + 12 * L * d_attn * c   attention scores and values: forward 4*L*d*c (QK^T and AV), backward 2x,
+                      c = mean number of keys a query attends to (causal: (len+1)/2 per sequence)
+where N_matmul counts the weights of every Linear layer incl. the output layer (not the embedding
+lookup), L layers, d_attn = heads * head_dim. MFU = achieved FLOP/s / peak FLOP/s; the peak is the
+datasheet's dense bf16 figure on known GPUs, else (CPU) a measured large bf16 matmul.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+SHAPES = {  # random-weight Llama shapes (no download)
+    "cpu": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                num_key_value_heads=8, vocab_size=32000),
+    "gpu": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256),  # Llama-3-8B
+}
+
+
+def data_rows() -> list[dict]:
+    """Prompt/completion samples from the shipped PsyDTCorpus dialogues (real text)."""
+    from mi_llm import sft
+
+    dialogues = json.loads((ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json").read_text(encoding="utf-8"))
+    return [r for d in dialogues for r in sft.samples(d["messages"], 1, 6)]
+
+
+def bpe_tokenizer(rows, vocab_size=8000):
+    """A byte-level BPE tokenizer trained on the samples, with Llama 3's chat special tokens."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    tk = Tokenizer(BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    text = [m["content"] for r in rows for m in r["prompt"] + r["completion"]]
+    tk.train_from_iterator(text, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=specials[0], eos_token=specials[4],
+                                   pad_token=specials[1])
+
+
+def build_model(args, attn: str):
+    """(model, tokenizer, registry spec): the embedded Gemma or a random Llama from a config."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from mi_llm import models
+
+    if args.model:
+        model, tok = models.load(args.model, dtype="bfloat16")  # SDPA
+        return model, tok, models.get(args.model)
+    spec = models.get("llama3-8b-chinese-chat-v2")  # its template and LoRA targets
+    tok = models.prepare_tokenizer(spec, bpe_tokenizer(data_rows()))
+    cfg = LlamaConfig(**SHAPES["gpu" if args.gpu else "cpu"], max_position_embeddings=8192,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, attn_implementation=attn)
+    torch.manual_seed(0)
+    with torch.device("cuda" if args.gpu else "cpu"):  # initialised in place, in bf16 (16 GB at 8B)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    return model, tok, spec
+
+
+def flops_per_token(model, mean_ctx: float) -> tuple[float, int, int]:
+    """(model FLOPs per real token for LoRA SFT, N_matmul, N_lora) as in the module docstring."""
+    import torch
+
+    n_matmul = n_lora = 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and "lora_" not in name:
+            n_matmul += mod.weight.numel()
+    n_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    cfg = model.config.get_text_config()
+    d_attn = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+    attn = 12 * cfg.num_hidden_layers * d_attn * mean_ctx
+    return 4 * n_matmul + 6 * n_lora + attn, n_matmul, n_lora
+
+
+def peak_flops(gpu: bool) -> tuple[float, str]:
+    """Peak dense bf16 FLOP/s: the datasheet figure of a known GPU, else a measured matmul."""
+    import torch
+
+    if gpu:
+        name = torch.cuda.get_device_name()
+        for key, val in GPU_PEAK_BF16.items():
+            if key in name:
+                return val, f"{name} datasheet dense bf16"
+    n, dev = (8192, "cuda") if gpu else (2048, "cpu")
+    a = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
+    b = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
+    for _ in range(2):
+        a @ b
+    reps, t0 = 5, time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if gpu:
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0), f"measured {n}^3 bf16 matmul on {dev}"
+
+
+def has(package: str) -> bool:
+    """Whether an optional package is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
+def run_one(args, which: str) -> dict:
+    """Train `which` ('defaults' | 'project') for warmup + measured steps; return its figures."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from mi_llm import params, sft
+
+    project = which == "project"
+    attn = "flash_attention_2" if project and args.gpu and has("flash_attn") and not args.model else "sdpa"
+    model, tok, spec = build_model(args, attn)
+    rows = data_rows()
+    lens = [min(len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True)
+                    ["input_ids"]), args.seq) for r in rows]
+    mean_ctx = sum(n * (n + 1) / 2 for n in lens) / sum(lens)  # keys per query, token-weighted
+    common = dict(max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch,
+                  max_length=args.seq, learning_rate=1e-4, bf16=True, logging_steps=1, save_strategy="no",
+                  report_to="none", assistant_only_loss=True, include_num_input_tokens_seen="non_padding",
+                  disable_tqdm=True, gradient_checkpointing=args.grad_ckpt)
+    out_dir = tempfile.mkdtemp(prefix=f"sft-bench-{which}-")
+    if project:
+        P = params.from_dict({"name": "bench", "device": "cuda" if args.gpu else "cpu", "seed": 0,
+                              "sft": {"config": {**common, "use_liger_kernel": args.gpu and has("liger_kernel")}}})
+        cfg = sft.sft_config(P, spec, out_dir)
+    else:
+        cfg = SFTConfig(output_dir=out_dir, seed=0, use_cpu=not args.gpu, **common)
+    P = params.from_dict({"name": "bench", "sft": {"lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0}}})
+    timer = {}
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            if state.global_step == args.warmup:
+                if args.gpu:
+                    torch.cuda.synchronize()
+                timer.update(t0=time.perf_counter(), tok0=state.num_input_tokens_seen)
+
+        def on_step_end(self, a, state, control, **kw):
+            if args.gpu:
+                torch.cuda.synchronize()
+            timer.update(t1=time.perf_counter(), tok1=state.num_input_tokens_seen)
+
+    data = Dataset.from_list(rows * max(1, (args.batch * (args.warmup + args.steps) * 2) // len(rows) + 1))
+    trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,
+                         peft_config=sft.lora_config(P, spec), callbacks=[Timer()])
+    if args.gpu:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    secs, tokens = timer["t1"] - timer["t0"], timer["tok1"] - timer["tok0"]
+    fpt, n_matmul, n_lora = flops_per_token(trainer.model, mean_ctx)
+    peak, peak_src = peak_flops(args.gpu)
+    mem = (torch.cuda.max_memory_allocated() / 2**20 if args.gpu
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"config": which, "attn": attn, "packing": bool(cfg.packing), "liger": bool(cfg.use_liger_kernel),
+            "tokens_per_s": tokens / secs, "s_per_step": secs / args.steps, "tokens_per_step": tokens / args.steps,
+            "tflops": tokens / secs * fpt / 1e12, "mfu": tokens / secs * fpt / peak, "peak_mem_mb": mem,
+            "flops_per_token": fpt, "n_matmul": n_matmul, "n_lora": n_lora, "mean_ctx": mean_ctx,
+            "peak_flops": peak, "peak_src": peak_src}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--gpu", action="store_true", help="8B Llama-shaped model on CUDA")
+    ap.add_argument("--model", help="a registry model instead of a random Llama (e.g. gemma3-270m)")
+    ap.add_argument("--batch", type=int, help="rows per step (default 2 on CPU, 4 on GPU)")
+    ap.add_argument("--seq", type=int, help="max_length in tokens (default 512 on CPU, 2048 on GPU)")
+    ap.add_argument("--steps", type=int, default=4, help="measured steps")
+    ap.add_argument("--warmup", type=int, default=2, help="steps before timing starts")
+    ap.add_argument("--grad-ckpt", type=int, help="gradient checkpointing 0/1 (default: 1 on GPU, 0 on CPU)")
+    ap.add_argument("--one", choices=["defaults", "project"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    a.batch = a.batch or (4 if a.gpu else 2)
+    a.seq = a.seq or (2048 if a.gpu else 512)
+    a.grad_ckpt = bool(a.gpu if a.grad_ckpt is None else a.grad_ckpt)  # 8B x 8k tokens/step needs it
+    if a.one:
+        Path(a.out).write_text(json.dumps(run_one(a, a.one)))
+        return 0
+    results = []
+    for which in ["defaults", "project"]:  # separate processes: each its own peak memory
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            cmd = [sys.executable, __file__, "--one", which, "--out", f.name, "--batch", str(a.batch),
+                   "--seq", str(a.seq), "--steps", str(a.steps), "--warmup", str(a.warmup), "--grad-ckpt", str(int(a.grad_ckpt))]
+            cmd += ["--gpu"] * a.gpu + (["--model", a.model] if a.model else [])
+            subprocess.run(cmd, check=True)
+            results.append(json.loads(Path(f.name).read_text()))
+    print_table(a, results)
+    return 0
+
+
+def print_table(a, results) -> None:
+    """The comparison table and the project/defaults ratio."""
+    r0 = results[0]
+    print(f"\nLoRA SFT throughput: {a.model or ('Llama-3-8B-shaped' if a.gpu else 'small Llama')} "
+          f"random weights={not a.model}, N_matmul={r0['n_matmul'] / 1e6:.1f}M, N_lora={r0['n_lora'] / 1e6:.2f}M, "
+          f"{a.batch} rows x <= {a.seq} tokens, mean attended keys {r0['mean_ctx']:.0f}, "
+          f"gradient checkpointing {a.grad_ckpt} (recompute not counted)")
+    print(f"FLOPs/token = 4*N_matmul + 6*N_lora + 12*L*d_attn*ctx = {r0['flops_per_token'] / 1e9:.3f} GFLOP; "
+          f"peak {r0['peak_flops'] / 1e12:.2f} TFLOP/s ({r0['peak_src']})")
+    print(f"{'config':9} {'attn':18} {'packing':7} {'liger':5} {'tok/step':>8} {'s/step':>7} {'tok/s':>9} "
+          f"{'TFLOP/s':>8} {'MFU':>6} {'peak MB':>8}")
+    for r in results:
+        print(f"{r['config']:9} {r['attn']:18} {str(r['packing']):7} {str(r['liger']):5} {r['tokens_per_step']:8.0f} "
+              f"{r['s_per_step']:7.2f} {r['tokens_per_s']:9.1f} {r['tflops']:8.3f} {r['mfu']:6.1%} {r['peak_mem_mb']:8.0f}")
+    print(f"project / defaults tokens/s: {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

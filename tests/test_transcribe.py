@@ -1,0 +1,257 @@
+"""Stage 02: validation, requests, transcription against the test server, split, save, kill -9 resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mi_llm import corpora, llm, params, transcribe
+from mi_llm.params import ROOT
+from mi_llm.schema import DataError, Dialogue, Turn
+from openai_server import serve
+
+TP = params.TranscriptionParams(min_length_ratio=0.3, max_length_ratio=3.0)
+
+
+def dlg(*texts, corpus="cpsycound", id="d1", first="client") -> Dialogue:
+    other = {"client": "counselor", "counselor": "client"}
+    sp, turns = first, []
+    for t in texts:
+        turns.append(Turn(sp, t))
+        sp = other[sp]
+    return Dialogue(id, corpus, turns, {"topic": "情绪"}, {"file": "f", "record": id})
+
+
+SRC = dlg("我最近总是失眠，很焦虑。", "你应该早点睡觉，别想太多。", "可是我做不到。", "那就去看医生吧。")
+
+
+# ----------------------------------------------------------------------------- validation
+def test_parse_and_validate_a_good_dialogue():
+    text = ("来访者：我最近总是失眠，很焦虑。\n咨询师：听起来失眠让你很辛苦，\n能多说说吗？\n"
+            "来访者：可是我做不到。\n心理咨询师：你已经试过很多办法了，你觉得什么对你最重要？")
+    turns = transcribe.validate_dialogue(text, SRC, TP)
+    assert [t.speaker for t in turns] == ["client", "counselor", "client", "counselor"]
+    assert turns[1].text == "听起来失眠让你很辛苦，能多说说吗？"  # continuation line joined
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("好的，我来改写这段对话。", "unparseable"),
+    ("咨询师：你好。\n来访者：我最近总是失眠，很焦虑，睡不着。", "first_speaker"),
+    ("来访者：我最近总是失眠，很焦虑。\n来访者：可是我做不到，真的很难受啊。", "not_alternating"),
+    ("来访者：我最近总是失眠，很焦虑，可是我做不到，真的很难受。", "no_counselor"),
+    ("来访者：I cannot sleep at night.\n咨询师：It sounds hard, tell me more about it?", "language"),
+    ("来访者：失眠。\n咨询师：嗯。", "too_short"),
+    ("来访者：我最近总是失眠。\n咨询师：" + "听起来你很辛苦。" * 20, "too_long"),
+])
+def test_invalid_dialogues_fail_by_reason(text, reason):
+    with pytest.raises(ValueError, match=f"^{reason}"):
+        transcribe.validate_dialogue(text, SRC, TP)
+
+
+def test_validate_turn_takes_the_first_line_and_checks_it():
+    src, ctx = SRC.turns[1].text, SRC.turns[:1]
+    got = transcribe.validate_turn("咨询师：失眠让你很焦虑，你最担心的是什么？\n来访者接着说：……", src, ctx, TP)
+    assert got == "失眠让你很焦虑，你最担心的是什么？"
+    for text, reason in [("来访者：我睡不着。", "wrong_speaker"), ("失眠让你很焦虑，你最担心的", "incomplete"),
+                         (src, "copied"), (SRC.turns[0].text, "copied"), ("", "empty"),
+                         ("Sounds hard. What worries you?", "language"), ("嗯。", "too_short")]:
+        with pytest.raises(ValueError, match=f"^{reason}"):
+            transcribe.validate_turn(text, src, ctx, TP)
+
+
+def test_cjk_share_and_format_roundtrip():
+    assert transcribe.cjk_share("你好ab") == 0.5 and transcribe.cjk_share("") == 0.0
+    assert [(t.speaker, t.text) for t in transcribe.parse_dialogue(transcribe.format_turns(SRC.turns))] == \
+        [(t.speaker, t.text) for t in SRC.turns]
+
+
+def test_trim_ends_on_a_counselor_turn():
+    assert [t.speaker for t in transcribe.trim(SRC, 3).turns] == ["client", "counselor"]
+    assert transcribe.trim(dlg("只有来访者"), 4) is None
+    assert len(transcribe.trim(SRC, None).turns) == 4
+
+
+def test_turn_requests_are_few_shot_in_context_and_stable():
+    parts = {"system": "S", "shot1_user": "U1", "shot1_assistant": "A1",
+             "user": "对话：\n{context}\n原回复：{source}\n来访者接着说：{next_client}\n改写："}
+    items = transcribe.turn_requests(SRC, parts, "mi_turn_v1")
+    assert [i for i, _ in items] == [1, 3]
+    msgs = items[0][1].messages
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    assert "来访者：我最近总是失眠，很焦虑。" in msgs[-1]["content"] and "原回复：你应该早点睡觉" in msgs[-1]["content"]
+    assert "来访者接着说：可是我做不到。" in msgs[-1]["content"]
+    assert "（对话结束）" in items[1][1].messages[-1]["content"]
+    again = transcribe.turn_requests(SRC, parts, "mi_turn_v1")
+    assert [r.key for _, r in items] == [r.key for _, r in again] and len({r.key for _, r in items}) == 2
+
+
+def test_selected_corpora_reads_quality_csv(tmp_path):
+    f = tmp_path / "quality.csv"
+    f.write_text("corpus,rank,selected\nsmilechat,3,False\npsydtcorpus,2,True\ncpsycound,1,True\n")
+    assert transcribe.selected_corpora(f) == ["cpsycound", "psydtcorpus"]
+    f.write_text("corpus,rank\ncpsycound,1\n")
+    with pytest.raises(DataError, match="selected"):
+        transcribe.selected_corpora(f)
+
+
+# ----------------------------------------------------------------------------- split
+def records(n_by_corpus: dict) -> list[dict]:
+    return [{"id": f"{c}-{i}", "source_corpus": c, "source_id": str(i), "prompt_version": "v", "topic": None,
+             "messages": []} for c, n in n_by_corpus.items() for i in range(n)]
+
+
+def test_split_is_deterministic_stratified_and_disjoint():
+    recs = records({"a": 30, "b": 10})
+    train, test = transcribe.split(recs, 20, 8, seed=1)
+    assert len(train) == 20 and len(test) == 8
+    assert not {r["id"] for r in train} & {r["id"] for r in test}
+    assert sum(r["source_corpus"] == "a" for r in test) == 6  # 8 x 30/40
+    assert sum(r["source_corpus"] == "a" for r in train) == 15  # 20 x 24/32 of the rest
+    again = transcribe.split(list(reversed(recs)), 20, 8, seed=1)
+    assert again == (train, test)  # same seed, any input order: same split
+    assert transcribe.split(recs, 20, 8, seed=2)[1] != test
+
+
+def test_split_keeps_training_data_when_short():
+    train, test = transcribe.split(records({"a": 3, "b": 2}), 6, 2, seed=42)
+    assert len(test) == 2 and len(train) == 3
+    assert transcribe.split(records({"a": 1}), 6, 2, seed=42) == (records({"a": 1}), [])
+
+
+# ----------------------------------------------------------------------------- against the test server
+def mi_model(req: dict) -> str:
+    """Answers like a model that follows the prompts: one MI reply (turn) or labelled lines (dialogue)."""
+    last = req["messages"][-1]["content"]
+    if "原回复：" in last:
+        src = re.search(r"原回复：(.*)", last).group(1)
+        return f"听起来这件事让你很在意，{src[:12]}……你愿意多说说吗？\n来访者接着说：嗯。"
+    lines = re.search(r"原始对话：\n(.*?)\n\n", last, re.S).group(1).splitlines()
+    return "\n".join(x if x.startswith("来访者") else "咨询师：听起来你很在意这件事，" + x[4:] for x in lines)
+
+
+def smoke_params(**tp) -> params.Params:
+    P = params.load(ROOT / "params/smoke.yaml")
+    llm_p = dataclasses.replace(P.llm, provider="remote", request_timeout=10, backoff_base=0.01, backoff_max=0.05)
+    return dataclasses.replace(P, llm=llm_p, transcription=dataclasses.replace(P.transcription, **tp))
+
+
+def sample_dialogues(n=3) -> list[Dialogue]:
+    P = params.load(ROOT / "params/smoke.yaml")
+    out = []
+    for name in ("cpsycound", "psydtcorpus"):
+        ds = corpora.load(name, params.path(P.corpora.sources[name]))[:n]
+        out += [transcribe.trim(d, 4) for d in ds]
+    return out
+
+
+@pytest.mark.parametrize("unit, version", [("turn", "mi_turn_v1"), ("dialogue", "mi_v1")])
+def test_transcribe_shipped_samples(tmp_path, unit, version):
+    P = smoke_params(unit=unit, prompt_version=version, max_length_ratio=5.0)
+    ds = sample_dialogues()
+    with serve(mi_model) as url:
+        ep = llm.Endpoint(url, "test-model", "k", "remote")
+        recs, fails, rep = transcribe.transcribe(ep, ds, P, tmp_path / "c.sqlite")
+        n = url.stats.count
+        recs2, _, rep2 = transcribe.transcribe(ep, ds, P, tmp_path / "c.sqlite")
+        assert url.stats.count == n  # the cache answers a re-run
+    assert not fails and rep["valid"] == rep["attempted"] == 6 and rep2["api_calls"] == 0 and recs2 == recs
+    r = recs[0]
+    assert r["source_corpus"] == "cpsycound" and r["prompt_version"] == version and r["id"] == f"cpsycound-{ds[0].id}"
+    assert [m["role"] for m in r["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert r["messages"][0]["content"] == ds[0].turns[0].text  # the client's words are kept
+    assert r["messages"][1]["content"].startswith("听起来") and r["messages"][1]["content"] != ds[0].turns[1].text
+    assert recs[3]["topic"] == ds[3].meta["topic"]
+
+
+def test_a_failing_turn_fails_its_dialogue_by_reason(tmp_path):
+    P = smoke_params(unit="turn", prompt_version="mi_turn_v1", validation_retries=1)
+    ds = sample_dialogues(2)
+    bad = ds[0].turns[3].text[:12]  # the second counselor turn of the first dialogue
+
+    def model(req):
+        return "Sorry, I can't." if bad in req["messages"][-1]["content"] else mi_model(req)
+
+    with serve(model) as url:
+        recs, fails, rep = transcribe.transcribe(llm.Endpoint(url, "m", "k"), ds, P, tmp_path / "c.sqlite")
+    assert len(recs) == 3 and [f["source_id"] for f in fails] == [ds[0].id]
+    assert fails[0]["reason"] == "language" and "turn 3" in fails[0]["error"]
+    assert rep["failed_by_reason"] == {"language": 1} and rep["units_retried"] == 1
+    assert rep["rejected_answers_by_reason"] == {"language": 2} and rep["pass_rate"] == 0.75
+
+
+def test_save_writes_jsonl_and_datasets(tmp_path):
+    from datasets import load_from_disk
+
+    train, test = transcribe.split(records({"a": 4, "b": 2}), 4, 2, seed=0)
+    files = transcribe.save(tmp_path, train, test, {"valid": 6}, [])
+    assert {f.name for f in files} >= {"train.jsonl", "test.jsonl", "report.json", "mi_corpus"}
+    dd = load_from_disk(str(tmp_path / "mi_corpus"))
+    assert dd["train"].num_rows == 4 and dd["test"].num_rows == 2
+    assert [json.loads(x)["id"] for x in (tmp_path / "test.jsonl").read_text().splitlines()] == dd["test"]["id"]
+    assert json.loads((tmp_path / "report.json").read_text())["n_train"] == 4
+
+
+# ----------------------------------------------------------------------------- kill -9 resume
+WORKER = """
+import dataclasses, json, sys
+sys.path.insert(0, {tests!r})
+from test_transcribe import sample_dialogues, smoke_params
+from mi_llm import llm, transcribe
+P = smoke_params(unit="turn", prompt_version="mi_turn_v1")
+P = dataclasses.replace(P, llm=dataclasses.replace(P.llm, max_concurrency=2))
+recs, fails, rep = transcribe.transcribe(llm.Endpoint(sys.argv[1], "m", "k"), sample_dialogues(5), P, sys.argv[2])
+open(sys.argv[3], "w").write(json.dumps(recs, ensure_ascii=False))
+"""
+
+
+def _rows(db: Path) -> set[str]:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+            return {k for (k,) in c.execute("SELECT request_key FROM answers")}
+    except sqlite3.OperationalError:  # not created yet
+        return set()
+
+
+def _worker(tmp_path, url, db, out):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(script), url, str(db), str(out)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_kill_9_resume_loses_and_repeats_nothing(tmp_path):
+    with serve(mi_model, latency_s=0.15) as url:
+        ref = _worker(tmp_path, url, tmp_path / "ref.sqlite", tmp_path / "ref.json")
+        assert ref.wait(120) == 0, ref.stderr.read().decode()[-2000:]
+        n_units = url.stats.count  # 10 dialogues x 2 counselor turns, one request each
+
+        db, out = tmp_path / "run.sqlite", tmp_path / "run.json"
+        p = _worker(tmp_path, url, db, out)
+        t0 = time.monotonic()
+        while len(_rows(db)) < 5 and time.monotonic() - t0 < 120 and p.poll() is None:
+            time.sleep(0.02)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        done = _rows(db)
+        assert 5 <= len(done) < n_units and not out.exists()  # killed mid-run
+        before = len(url.stats.requests)
+        q = _worker(tmp_path, url, db, out)
+        assert q.wait(120) == 0, q.stderr.read().decode()[-2000:]
+        resumed = url.stats.requests[before:]
+    keys = {json.dumps(r.messages, ensure_ascii=False): r.key for d in sample_dialogues(5)
+            for _, r in transcribe.turn_requests(d, transcribe.prompts.parts("mi_turn_v1"), "mi_turn_v1")}
+    asked_again = {keys[json.dumps(r["messages"], ensure_ascii=False)] for r in resumed}
+    assert not asked_again & done  # no finished answer was requested again
+    assert asked_again | done == _rows(db) and len(_rows(db)) == n_units  # nothing lost
+    assert json.loads(out.read_text()) == json.loads((tmp_path / "ref.json").read_text())
