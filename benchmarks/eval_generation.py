@@ -52,7 +52,7 @@ def main() -> None:
     ps = prompts(args.n, args.context_turns)
     lens = [len(tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)) for p in ps]
     print(f"model {args.model} ({model.dtype}, {args.device}), {len(ps)} prompts, "
-          f"prompt chars {min(lens)}-{max(lens)}, max_new_tokens {args.max_new_tokens}")
+          f"prompt chars {min(lens)}-{max(lens)}, max_new_tokens {args.max_new_tokens}", flush=True)
     kw = dict(max_new_tokens=args.max_new_tokens)
     generate.generate(model, tok, ps[:2], batch_size=2, max_new_tokens=4)  # warm-up (allocations)
 
@@ -63,7 +63,8 @@ def main() -> None:
         return sum(len(tok(r, add_special_tokens=False)["input_ids"]) for r in replies)
 
     for name, replies, t in [("batched", batched, t_b), ("one at a time", single, t_s)]:
-        print(f"{name:>14}: {len(ps) / t:6.2f} replies/s  {ntok(replies) / t:7.1f} new tok/s  ({t:.1f} s)")
+        print(f"{name:>14}: {len(ps) / t:6.2f} replies/s  {ntok(replies) / t:7.1f} new tok/s  "
+              f"({t:.1f} s)", flush=True)
     same = sum(a == b for a, b in zip(batched, single))
     print(f"speed-up batched / one at a time: {t_s / t_b:.1f}x  (target >= 5x on CPU); "
           f"identical replies: {same}/{len(ps)} (bf16 padding may change a few)")

@@ -1,7 +1,8 @@
-"""Which forecaster? Grouped 5-fold CV on AnnoMI's training sessions (the test sessions stay unseen).
+"""Which forecaster? Grouped 5-fold CV on AnnoMI's training sessions (test sessions stay unseen).
 
 Prints macro-F1 (mean and spread over folds) and fit time per candidate, against the majority-class
-and previous-behaviour baselines. Run: .venv/bin/python benchmarks/forecaster_models.py [AnnoMI folder]
+and previous-behaviour baselines.
+Run: .venv/bin/python benchmarks/forecaster_models.py [AnnoMI folder]
 """
 
 import sys
@@ -14,7 +15,14 @@ from mi_llm import forecast, params
 
 P = params.load("params/smoke.yaml")
 FC = forecast.settings(P)
-CANDIDATES = [("universal", 0.3), ("boost", None), ("text", 0.1), ("text", 0.3), ("char", 0.3)]
+CANDIDATES = [
+    ("universal", 0.1),
+    ("universal", 0.3),
+    ("boost", None),
+    ("text", 0.1),
+    ("text", 0.3),
+    ("char", 0.3),
+]
 
 
 def main(path):
@@ -25,8 +33,10 @@ def main(path):
         scores = {}
         for fold, (tr, va) in enumerate(GroupKFold(n_splits=5).split(X, y, g)):
             maj = forecast.majority_baseline(y[tr])
-            preds = {"majority": np.full(len(va), maj),
-                     "previous": forecast.previous_baseline(X.iloc[va], maj)}
+            preds = {
+                "majority": np.full(len(va), maj),
+                "previous": forecast.previous_baseline(X.iloc[va], maj),
+            }
             for kind, C in CANDIDATES:
                 t0 = time.perf_counter()
                 m = forecast.build(kind, C or 1.0, P.seed).fit(X.iloc[tr], y[tr])
@@ -41,9 +51,12 @@ def main(path):
             if name.endswith("fit_s"):
                 continue
             fit = scores.get(f"{name} fit_s")
-            print(f"  {name:20s} macro-F1 {np.mean(v):.3f} +- {np.std(v):.3f}  "
-                  f"x{np.mean(v) / base:.2f} best baseline" + (f"  fit {np.mean(fit):.1f} s" if fit else ""),
-                  flush=True)
+            print(
+                f"  {name:20s} macro-F1 {np.mean(v):.3f} +- {np.std(v):.3f}  "
+                f"x{np.mean(v) / base:.2f} best baseline"
+                + (f"  fit {np.mean(fit):.1f} s" if fit else ""),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -243,7 +243,7 @@ def print_table(a, results) -> None:
     print(f"{'config':9} {'attn':18} {'packing':7} {'liger':5} {'tok/step':>8} {'s/step':>7} {'tok/s':>9} "
           f"{'TFLOP/s':>8} {'MFU':>6} {'peak MB':>8}")
     for r in results:
-        print(f"{r['config']:9} {r['attn']:18} {str(r['packing']):7} {str(r['liger']):5} {r['tokens_per_step']:8.0f} "
+        print(f"{r['config']:9} {r['attn']:18} {r['packing']!s:7} {r['liger']!s:5} {r['tokens_per_step']:8.0f} "
               f"{r['s_per_step']:7.2f} {r['tokens_per_s']:9.1f} {r['tflops']:8.3f} {r['mfu']:6.1%} {r['peak_mem_mb']:8.0f}")
     print(f"project / defaults tokens/s: {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
 

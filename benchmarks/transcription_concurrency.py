@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from openai_server import serve  # noqa: E402
+from openai_server import serve
 
-from mi_llm import llm  # noqa: E402
-from mi_llm.params import LLMParams  # noqa: E402
+from mi_llm import llm
+from mi_llm.params import LLMParams
 
 LATENCY_S = 0.2  # server-side delay per request
 N = {1: 20, 16: 160}  # requests per run: ~4 s at concurrency 1, 10 waves at 16

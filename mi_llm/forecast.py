@@ -1,4 +1,4 @@
-"""MI strategy forecaster (the KMI idea): predict the counselor's next MI behaviour from the dialogue so far.
+"""MI strategy forecaster (the KMI idea): the counselor's next MI behaviour from the dialogue.
 
 Trained and scored on AnnoMI's human labels, split by session, against a majority-class and a
 previous-behaviour baseline. Two fitted variants share one feature builder: "text" (TF-IDF of the
@@ -22,14 +22,20 @@ from .schema import DataError, Dialogue, Turn
 
 # The next-behaviour label set: AnnoMI's main_therapist_behaviour with the question and
 # reflection subtypes of AnnoMI-full (the split MITI cares about: %CR, open vs closed questions).
-TAGS = ("open_question", "closed_question", "simple_reflection", "complex_reflection",
-        "therapist_input", "other")
+TAGS = (
+    "open_question",
+    "closed_question",
+    "simple_reflection",
+    "complex_reflection",
+    "therapist_input",
+    "other",
+)
 NONE = "none"  # the previous behaviour before the counselor has spoken, or when it is unknown
 
 # ----------------------------------------------------------------------------- strategy tags
 # Format: an ASCII control tag "<mi:complex_reflection> " at the start of a counselor turn. ASCII,
-# not "[复杂反映]": one tag set for English (AnnoMI) and Chinese turns, no clash with brackets that
-# occur in Chinese text, no special tokens to add (LoRA needs no embedding resize), readable
+# not "[复杂反映]": one tag set for English (AnnoMI) and Chinese turns, no clash with brackets
+# that occur in Chinese text, no special tokens to add (LoRA needs no embedding resize), readable
 # English words a multilingual model already knows, and one exact regex to parse.
 _TAG_RE = re.compile(r"^\s*<mi:([A-Za-z_]*)>[ \t]*")
 
@@ -48,7 +54,7 @@ def strip_tag(text: str) -> tuple[str | None, str]:
         return None, text
     if m.group(1) not in TAGS:
         raise ValueError(f"unknown MI behaviour tag <mi:{m.group(1)}>; known: {list(TAGS)}")
-    return m.group(1), text[m.end():]
+    return m.group(1), text[m.end() :]
 
 
 def require_tag(text: str) -> tuple[str, str]:
@@ -63,7 +69,7 @@ def require_tag(text: str) -> tuple[str, str]:
 
 # ----------------------------------------------------------------------------- AnnoMI sessions
 def annotation_label(row: dict) -> str | None:
-    """One annotator's AnnoMI-full codes of a therapist utterance -> a TAGS label (None: no subtype)."""
+    """AnnoMI codes of a therapist utterance -> a TAGS label (None: reflection without subtype)."""
     main = row["main_therapist_behaviour"]
     if main == "question":
         sub = row.get("question_subtype")
@@ -114,9 +120,16 @@ def split_sessions(dialogues, test_size: float, seed: int) -> tuple[list, list]:
 
 
 # ----------------------------------------------------------------------------- features
-UNIVERSAL_NUMERIC = ["position", "client_question", "therapist_question", "client_len_rel",
-                     "client_vs_therapist_len", "therapist_continues", "client_turns_since_question",
-                     *(f"share_{t}" for t in TAGS)]
+UNIVERSAL_NUMERIC = [
+    "position",
+    "client_question",
+    "therapist_question",
+    "client_len_rel",
+    "client_vs_therapist_len",
+    "therapist_continues",
+    "client_turns_since_question",
+    *(f"share_{t}" for t in TAGS),
+]
 CATEGORICAL = ["prev_label", "prev2_label", "prev_pair"]
 
 
@@ -124,8 +137,8 @@ def _has_q(text: str) -> float:
     return float("?" in text or "？" in text)
 
 
-def turn_features(history: list[tuple[str, str, str | None]], context_turns: int = 4) -> dict:
-    """Features for the next counselor turn from (speaker, text, label) history; lengths are ratios."""
+def turn_features(history: list[tuple[str, str, str | None]], context_turns: int = 2) -> dict:
+    """Features of the next counselor turn from a (speaker, text, label) history; lengths as ratios."""
     client = [t for s, t, _ in history if s == "client"]
     ther = [(t, lab) for s, t, lab in history if s == "counselor"]
     labels = [lab or NONE for _, lab in ther]
@@ -139,7 +152,9 @@ def turn_features(history: list[tuple[str, str, str | None]], context_turns: int
         since_q += s == "client"
     return {
         "client_text": last_client,
-        "context_text": " ".join(t for _, t, _ in history[-context_turns:]) if context_turns else "",
+        "context_text": " ".join(t for _, t, _ in history[-context_turns:])
+        if context_turns
+        else "",
         "prev_label": labels[-1] if labels else NONE,
         "prev2_label": labels[-2] if len(labels) > 1 else NONE,
         "prev_pair": "|".join(labels[-2:]) or NONE,
@@ -158,11 +173,13 @@ def turn_features(history: list[tuple[str, str, str | None]], context_turns: int
 
 def _history(d: Dialogue) -> list[tuple[str, str, str | None]]:
     where = (d.source.get("file", d.corpus), d.source.get("record", d.id))
-    return [(t.speaker, t.text, turn_label(t, where) if t.speaker == "counselor" else None)
-            for t in d.turns]
+    return [
+        (t.speaker, t.text, turn_label(t, where) if t.speaker == "counselor" else None)
+        for t in d.turns
+    ]
 
 
-def examples(dialogues, context_turns: int = 4) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def examples(dialogues, context_turns: int = 2) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """One row per labelled counselor turn: (features X, next label y, session id groups)."""
     rows, y, groups = [], [], []
     for d in dialogues:
@@ -192,21 +209,43 @@ def build(kind: str, C: float = 1.0, seed: int = 0):
 
     if kind not in KINDS:
         raise ValueError(f"unknown forecaster kind {kind!r}; known: {list(KINDS)}")
-    parts = [("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=kind != "boost"), CATEGORICAL),
-             ("num", StandardScaler(), UNIVERSAL_NUMERIC)]
-    words = dict(min_df=2, sublinear_tf=True)
-    if kind == "text":  # word 1-2 grams of the client's last turn; words of the counselor's and context
-        parts += [("client", TfidfVectorizer(ngram_range=(1, 2), **words), "client_text"),
-                  ("therapist", TfidfVectorizer(**words), "therapist_text"),
-                  ("context", TfidfVectorizer(**words), "context_text")]
+    parts = [
+        ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=kind != "boost"), CATEGORICAL),
+        ("num", StandardScaler(), UNIVERSAL_NUMERIC),
+    ]
+    words = {"min_df": 2, "sublinear_tf": True}
+    if (
+        kind == "text"
+    ):  # word 1-2 grams of the client's last turn; words of the counselor's and context
+        parts += [
+            ("client", TfidfVectorizer(ngram_range=(1, 2), **words), "client_text"),
+            ("therapist", TfidfVectorizer(**words), "therapist_text"),
+            ("context", TfidfVectorizer(**words), "context_text"),
+        ]
     elif kind == "char":  # character 2-5 grams of the client's turn: robust to transcription noise
-        parts += [("client", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=3,
-                                             sublinear_tf=True, max_features=50000), "client_text"),
-                  ("therapist", TfidfVectorizer(**words), "therapist_text"),
-                  ("context", TfidfVectorizer(**words), "context_text")]
+        parts += [
+            (
+                "client",
+                TfidfVectorizer(
+                    analyzer="char_wb",
+                    ngram_range=(2, 5),
+                    min_df=3,
+                    sublinear_tf=True,
+                    max_features=50000,
+                ),
+                "client_text",
+            ),
+            ("therapist", TfidfVectorizer(**words), "therapist_text"),
+            ("context", TfidfVectorizer(**words), "context_text"),
+        ]
     if kind == "boost":  # gradient-boosted trees on the language-independent features
-        clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
-                                             class_weight="balanced", random_state=seed)
+        clf = HistGradientBoostingClassifier(
+            max_iter=200,
+            learning_rate=0.05,
+            max_leaf_nodes=15,
+            class_weight="balanced",
+            random_state=seed,
+        )
     else:
         clf = LogisticRegression(C=C, class_weight="balanced", max_iter=3000, random_state=seed)
     return Pipeline([("features", ColumnTransformer(parts)), ("clf", clf)])
@@ -236,26 +275,39 @@ def _confusions(y_true, y_pred, groups) -> tuple[np.ndarray, list]:
 
 
 def _f1(cm: np.ndarray) -> np.ndarray:
-    """Per-class F1 from confusion matrices (..., K, K); NaN for a class absent from truth and preds."""
+    """Per-class F1 of confusion matrices (..., K, K); NaN for a class absent from truth and preds."""
     tp = np.diagonal(cm, axis1=-2, axis2=-1)
     denom = cm.sum(-1) + cm.sum(-2)  # 2TP + FN + FP
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, 2 * tp / denom, np.nan)
 
 
-def score(y_true, y_pred, groups, bootstrap: int = 1000, seed: int = 0) -> dict:
-    """Macro-F1 and per-class F1 with 95% CIs from resampling sessions (not utterances)."""
+def score(y_true, y_pred, groups, bootstrap: int = 1000, seed: int = 0, reference=None) -> dict:
+    """Macro-F1 and per-class F1 with 95% CIs from resampling sessions (not utterances).
+
+    reference: another model's predictions on the same turns; adds the paired difference in
+    macro-F1 (this minus reference) with its CI over the same resampled sessions.
+    """
     cm, sessions = _confusions(y_true, y_pred, groups)
     point = _f1(cm.sum(0))
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(sessions), size=(bootstrap, len(sessions)))  # resampled sessions
     boot = _f1(cm[draws].sum(1))  # (bootstrap, K)
     macro_boot = np.nanmean(boot, axis=1)
-    out = {"n_test": int(cm.sum()), "n_test_sessions": len(sessions),
-           "accuracy": float(np.trace(cm.sum(0)) / cm.sum()),
-           "macro_f1": float(np.nanmean(point)),
-           "macro_f1_ci_low": float(np.percentile(macro_boot, 2.5)),
-           "macro_f1_ci_high": float(np.percentile(macro_boot, 97.5))}
+    out = {
+        "n_test": int(cm.sum()),
+        "n_test_sessions": len(sessions),
+        "accuracy": float(np.trace(cm.sum(0)) / cm.sum()),
+        "macro_f1": float(np.nanmean(point)),
+        "macro_f1_ci_low": float(np.percentile(macro_boot, 2.5)),
+        "macro_f1_ci_high": float(np.percentile(macro_boot, 97.5)),
+    }
+    if reference is not None:
+        ref_cm, _ = _confusions(y_true, reference, groups)
+        delta = macro_boot - np.nanmean(_f1(ref_cm[draws].sum(1)), axis=1)
+        out["delta_macro_f1"] = out["macro_f1"] - float(np.nanmean(_f1(ref_cm.sum(0))))
+        out["delta_macro_f1_ci_low"] = float(np.percentile(delta, 2.5))
+        out["delta_macro_f1_ci_high"] = float(np.percentile(delta, 97.5))
     for k, tag in enumerate(TAGS):
         out[f"f1_{tag}"] = float(point[k])
         out[f"f1_{tag}_ci_low"] = float(np.nanpercentile(boot[:, k], 2.5))
@@ -267,12 +319,12 @@ def score(y_true, y_pred, groups, bootstrap: int = 1000, seed: int = 0) -> dict:
 # P.evaluation.forecaster keys (documented in params/*.yaml); unknown keys are errors.
 DEFAULTS = {
     "enabled": True,
-    "annomi_path": "data/AnnoMI",  # the folder: simple's codes + full's question/reflection subtypes
+    "annomi_path": "data/AnnoMI",  # folder: simple's codes + full's question/reflection subtypes
     "mi_quality": ["high", "low"],  # sessions used, by AnnoMI's MI-quality rating
     "test_size": 0.2,  # share of sessions held out (split by session, stratified by mi_quality)
-    "context_turns": 4,  # preceding utterances whose words form the context feature
+    "context_turns": 2,  # preceding utterances whose words form the context feature
     "model": "text",  # forecaster kind (KINDS), chosen by benchmarks/forecaster_models.py
-    "C": 0.3,  # inverse L2 strength of the logistic regression
+    "C": 0.1,  # inverse L2 strength of the logistic regression
 }
 
 
@@ -281,7 +333,9 @@ def settings(P) -> dict:
     given = dict(P.evaluation.forecaster or {})
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"evaluation.forecaster: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+        raise ValueError(
+            f"evaluation.forecaster: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}"
+        )
     s = {**DEFAULTS, **given}
     if s["model"] not in KINDS:
         raise ValueError(f"evaluation.forecaster.model: {s['model']!r} is not one of {list(KINDS)}")
@@ -298,12 +352,20 @@ def fit(train, s: dict, seed: int = 0) -> dict:
 
 
 def _fit(X, y, groups, s, seed) -> dict:
-    bundle = {"tags": TAGS, "kind": s["model"], "context_turns": s["context_turns"],
-              "majority": majority_baseline(y), "n_train": len(y),
-              "train_sessions": sorted(set(groups))}
+    bundle = {
+        "tags": TAGS,
+        "kind": s["model"],
+        "context_turns": s["context_turns"],
+        "majority": majority_baseline(y),
+        "n_train": len(y),
+        "train_sessions": sorted(set(groups)),
+    }
     bundle["universal"] = build("universal", s["C"], seed).fit(X, y)
-    bundle["text"] = build(s["model"], s["C"], seed).fit(X, y) if s["model"] != "universal" \
+    bundle["text"] = (
+        build(s["model"], s["C"], seed).fit(X, y)
+        if s["model"] != "universal"
         else bundle["universal"]
+    )
     return bundle
 
 
@@ -331,7 +393,7 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
 def _as_history(turns) -> list[tuple[str, str, str | None]]:
-    """Turns, {speaker,text} or {role,content} dicts -> (speaker, text, label); labels from tags too."""
+    """Turns or {speaker,text} / {role,content} dicts -> (speaker, text, label); tags give labels."""
     out = []
     for i, t in enumerate(turns):
         if isinstance(t, Turn):
@@ -371,7 +433,7 @@ def predict_next(model: dict, dialogue_turns, language: str = "auto") -> str:
 
 
 def evaluate(P, out_dir) -> pd.DataFrame:
-    """Train on AnnoMI train sessions, score on held-out ones vs baselines; write forecaster.csv/.joblib."""
+    """Train on AnnoMI train sessions, score held-out ones vs baselines; write forecaster.csv/.joblib."""
     from .params import path as resolve
 
     s = settings(P)
@@ -381,21 +443,49 @@ def evaluate(P, out_dir) -> pd.DataFrame:
     train, test = split_sessions(dialogues, s["test_size"], P.seed)
     bundle = fit(train, s, P.seed)
     X, y, groups = examples(test, s["context_turns"])
-    preds = [("majority", "baseline", "none", np.full(len(y), bundle["majority"])),
-             ("previous_behaviour", "baseline", "previous label",
-              previous_baseline(X, bundle["majority"])),
-             ("forecaster_universal", "forecaster", "language-independent",
-              bundle["universal"].predict(X))]
+    preds = [
+        ("majority", "baseline", "none", np.full(len(y), bundle["majority"])),
+        (
+            "previous_behaviour",
+            "baseline",
+            "previous label",
+            previous_baseline(X, bundle["majority"]),
+        ),
+        (
+            "forecaster_universal",
+            "forecaster",
+            "language-independent",
+            bundle["universal"].predict(X),
+        ),
+    ]
     if s["model"] != "universal":
-        preds.append((f"forecaster_{s['model']}", "forecaster", "text + language-independent",
-                      bundle["text"].predict(X)))
-    rows = [{"model": name, "role": role, "features": feats, "n_train": bundle["n_train"],
-             "n_train_sessions": len(bundle["train_sessions"]),
-             **score(y, p, groups, P.evaluation.bootstrap, P.seed)}
-            for name, role, feats, p in preds]
+        preds.append(
+            (
+                f"forecaster_{s['model']}",
+                "forecaster",
+                "text + language-independent",
+                bundle["text"].predict(X),
+            )
+        )
+    base = {
+        name: score(y, p, groups, 1)["macro_f1"] for name, role, _, p in preds if role == "baseline"
+    }
+    best = max(base, key=base.get)  # the paired differences are against the stronger baseline
+    ref = next(p for name, *_, p in preds if name == best)
+    rows = [
+        {
+            "model": name,
+            "role": role,
+            "features": feats,
+            "n_train": bundle["n_train"],
+            "n_train_sessions": len(bundle["train_sessions"]),
+            "reference": best,
+            **score(y, p, groups, P.evaluation.bootstrap, P.seed, reference=ref),
+        }
+        for name, role, feats, p in preds
+    ]
     df = pd.DataFrame(rows)
-    best_baseline = df.loc[df.role == "baseline", "macro_f1"].max()
-    df["beats_baselines"] = (df.role == "forecaster") & (df.macro_f1 > best_baseline)
+    df["beats_baselines"] = (df.role == "forecaster") & (df.macro_f1 > max(base.values()))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(out_dir / "forecaster.csv", index=False)

@@ -82,8 +82,10 @@ def rounds(records: list[dict], max_dialogues: int | None = None, max_rounds: in
 
 
 # ----------------------------------------------------------------------------- generation
-def generation_config(model, tokenizer, max_new_tokens: int, overrides: dict | None = None):
-    """The model's GenerationConfig made greedy (unless `overrides` samples), with a pad token."""
+def generation_config(model, tokenizer, max_new_tokens: int, overrides: dict | None = None,
+                      stop_tokens=()):
+    """The model's GenerationConfig made greedy (unless `overrides` samples), with a pad token,
+    stopping at its eos ids and at `stop_tokens` (the chat template's turn markers)."""
     import copy
 
     cfg = copy.deepcopy(model.generation_config)
@@ -94,6 +96,10 @@ def generation_config(model, tokenizer, max_new_tokens: int, overrides: dict | N
         if not hasattr(cfg, k):
             raise ValueError(f"evaluation.generation: {k!r} is not a transformers GenerationConfig field")
         setattr(cfg, k, v)
+    # a reply also ends where the model opens a new turn (a base model writes <start_of_turn>user
+    # rather than <end_of_turn>): stopping there changes no token before it and saves the rest
+    stops = _eos_ids(cfg) | {tokenizer.convert_tokens_to_ids(t) for t in stop_tokens}
+    cfg.eos_token_id = sorted(i for i in stops if i is not None and i != tokenizer.unk_token_id)
     if not cfg.do_sample:  # sampling knobs would only draw warnings in greedy mode
         cfg.temperature, cfg.top_p, cfg.top_k = None, None, None
     return cfg
@@ -105,12 +111,12 @@ def _eos_ids(cfg) -> set[int]:
 
 
 def generate_batches(model, tokenizer, prompts: list[list[dict]], *, batch_size: int = 16,
-                     max_new_tokens: int = 256, overrides: dict | None = None):
+                     max_new_tokens: int = 256, overrides: dict | None = None, stop_tokens=()):
     """Yield (indices into prompts, replies) per batch; prompts sorted by length, left-padded."""
     import torch
 
     tokenizer.padding_side = "left"  # decoder-only: the new tokens must follow every prompt directly
-    cfg = generation_config(model, tokenizer, max_new_tokens, overrides)
+    cfg = generation_config(model, tokenizer, max_new_tokens, overrides, stop_tokens)
     eos = _eos_ids(cfg)
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
     # the template already writes <bos> etc., so no special tokens are added again
@@ -235,13 +241,15 @@ def _check_fingerprints(out_path: Path, existing: list[dict], name: str, variant
 def _generate_variant(P, model, tok, name, variant, pending, out_path, progress, fp):
     from tqdm.auto import tqdm
 
+    from . import models
     from .runs import set_seed
 
     E = P.evaluation
     set_seed(P.seed)  # same seed for every variant: sampled runs differ by the model alone
     bar = tqdm(total=len(pending), desc=f"generate {name}/{variant}", unit="reply", disable=not progress)
     batches = generate_batches(model, tok, [r["messages"] for r in pending], batch_size=E.batch_size,
-                               max_new_tokens=E.max_new_tokens, overrides=E.generation)
+                               max_new_tokens=E.max_new_tokens, overrides=E.generation,
+                               stop_tokens=models.get(name).special_tokens)
     for idx, replies in batches:
         _append(out_path, [{"model": name, "variant": variant, "dialogue_id": pending[i]["dialogue_id"],
                             "round": pending[i]["round"], "topic": pending[i]["topic"],

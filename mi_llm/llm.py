@@ -102,7 +102,7 @@ def serve(folder: Path, timeout: float = 300.0, log_dir: Path | None = None,
     with open(log, "w") as logf:
         # own process group so that stopping it also stops anything it spawned
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=_die_with_parent)  # noqa: PLW1509 (one prctl call, no locks)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, base, timeout, log)
@@ -380,7 +380,8 @@ def run_batch(ep: Endpoint, todo, llm_params, cache: Cache, settings: dict, stat
                              "body": {"model": ep.model, "messages": q.messages, **settings}},
                             ensure_ascii=False) for k, q in missing.items()]
         (state_dir / "input.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        f = client.files.create(file=open(state_dir / "input.jsonl", "rb"), purpose="batch")
+        with open(state_dir / "input.jsonl", "rb") as fh:
+            f = client.files.create(file=fh, purpose="batch")
         b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
         batch_id = b.id

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .params import path as project_path
 
-SECTION = re.compile(r"^## (\w+)\s*$", re.M)
+SECTION = re.compile(r"^## (\w+)\s*$", re.MULTILINE)
 
 
 def load(version: str) -> str:

@@ -170,7 +170,7 @@ def judge_messages(d: Dialogue, template: dict, max_chars: int) -> tuple[list[di
 def _json_objects(text: str):
     """Every JSON object in the text: fenced ```json blocks first, then any {...} from left to right."""
     dec = json.JSONDecoder()
-    blocks = re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.S) + [text]
+    blocks = re.findall(r"```(?:json)?\s*(.*?)```", text, flags=re.DOTALL) + [text]
     for block in blocks:
         for m in re.finditer(r"\{", block):
             try:
@@ -204,7 +204,7 @@ def parse_judgement(text: str) -> dict:
             raise ValueError(f"missing criterion {c!r}")
         v = obj[c]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"{c}: {v!r} is not a number")
+            raise ValueError(f"{c}: {v!r} is not a number")  # noqa: TRY004 (llm.complete retries on ValueError)
         if not (math.isfinite(v) and float(v).is_integer()):
             raise ValueError(f"{c}: {v!r} is not a whole number of points")
         if not 0 <= v <= top:
@@ -337,8 +337,7 @@ def write_artifacts(out_dir: Path, ranked: pd.DataFrame, records: list[dict]) ->
     csv, jsonl = out_dir / "quality.csv", out_dir / "judgements.jsonl"
     ranked.to_csv(csv, index=False)
     with open(jsonl, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     return [csv, jsonl]
 
 

@@ -261,8 +261,11 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     read_train(P)  # fail on a missing or bad split before loading a model
     resume = last_checkpoint(ckpt_dir)
     start_step = int(Path(resume).name.split("-")[-1]) if resume else 0
-    if start_step and start_step == P.sft.config.get("max_steps") and (out / "report.json").exists():
-        return json.loads((out / "report.json").read_text(encoding="utf-8"))  # finished: keep it
+    done = out / "report.json"
+    if resume and done.exists():  # a finished run (notebook after `accelerate launch`): keep it
+        report = json.loads(done.read_text(encoding="utf-8"))
+        if report["steps"] == start_step == P.sft.config.get("max_steps", start_step):
+            return report
     model, tok = models.load(model_name, device="cpu", path=model_path)
     dataset = build_dataset(P, tok)
     args = sft_config(P, spec, ckpt_dir, disable_tqdm=not progress)

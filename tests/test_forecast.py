@@ -31,11 +31,23 @@ def _dialogue(did, labels, quality="high"):
 
 # ----------------------------------------------------------------------------- labels
 def test_annotation_label_maps_subtypes():
-    row = {"main_therapist_behaviour": "question", "question_subtype": "open", "reflection_subtype": "n/a"}
+    row = {
+        "main_therapist_behaviour": "question",
+        "question_subtype": "open",
+        "reflection_subtype": "n/a",
+    }
     assert forecast.annotation_label(row) == "open_question"
-    row = {"main_therapist_behaviour": "reflection", "question_subtype": "n/a", "reflection_subtype": "complex"}
+    row = {
+        "main_therapist_behaviour": "reflection",
+        "question_subtype": "n/a",
+        "reflection_subtype": "complex",
+    }
     assert forecast.annotation_label(row) == "complex_reflection"
-    row = {"main_therapist_behaviour": "reflection", "question_subtype": "n/a", "reflection_subtype": "n/a"}
+    row = {
+        "main_therapist_behaviour": "reflection",
+        "question_subtype": "n/a",
+        "reflection_subtype": "n/a",
+    }
     assert forecast.annotation_label(row) is None  # one such row in AnnoMI: abstains in the vote
     with pytest.raises(ValueError, match="unknown main_therapist_behaviour"):
         forecast.annotation_label({"main_therapist_behaviour": "advice"})
@@ -79,7 +91,12 @@ def test_baselines_on_a_hand_made_case():
     assert list(y) == ["other", "open_question", "open_question", "complex_reflection"]
     assert forecast.majority_baseline(y) == "open_question"
     # first turn: no previous behaviour -> the fallback; then the previous label
-    assert list(forecast.previous_baseline(X, "other")) == ["other", "other", "open_question", "open_question"]
+    assert list(forecast.previous_baseline(X, "other")) == [
+        "other",
+        "other",
+        "open_question",
+        "open_question",
+    ]
     assert forecast.majority_baseline(["other", "other", "simple_reflection"]) == "other"
 
 
@@ -100,6 +117,21 @@ def test_score_matches_sklearn_and_cis_bracket():
     assert s["n_test_sessions"] == 20 and s["n_test"] == 400
     perfect = forecast.score(y, y, groups, bootstrap=50)
     assert perfect["macro_f1"] == perfect["macro_f1_ci_low"] == 1.0
+    same = forecast.score(y, p, groups, bootstrap=50, reference=p)
+    assert (
+        same["delta_macro_f1"]
+        == same["delta_macro_f1_ci_low"]
+        == same["delta_macro_f1_ci_high"]
+        == 0.0
+    )
+    better = forecast.score(y, y, groups, bootstrap=200, reference=p)
+    assert better["delta_macro_f1"] == pytest.approx(1.0 - s["macro_f1"])
+    assert (
+        0
+        < better["delta_macro_f1_ci_low"]
+        <= better["delta_macro_f1"]
+        <= better["delta_macro_f1_ci_high"]
+    )
 
 
 # ----------------------------------------------------------------------------- tags
@@ -116,7 +148,10 @@ def test_tag_round_trip():
 
 
 def test_require_tag_validates_transcriber_output():
-    assert forecast.require_tag(" <mi:open_question> 你想怎么做？") == ("open_question", "你想怎么做？")
+    assert forecast.require_tag(" <mi:open_question> 你想怎么做？") == (
+        "open_question",
+        "你想怎么做？",
+    )
     with pytest.raises(ValueError, match="lacks a leading"):
         forecast.require_tag("你想怎么做？")
     with pytest.raises(ValueError, match="no text"):
@@ -135,7 +170,9 @@ def test_forecaster_beats_both_baselines_on_held_out_sessions(fitted):
     bundle, test, s = fitted
     X, y, g = forecast.examples(test, s["context_turns"])
     maj = forecast.score(y, np.full(len(y), bundle["majority"]), g, bootstrap=10)["macro_f1"]
-    prev = forecast.score(y, forecast.previous_baseline(X, bundle["majority"]), g, bootstrap=10)["macro_f1"]
+    prev = forecast.score(y, forecast.previous_baseline(X, bundle["majority"]), g, bootstrap=10)[
+        "macro_f1"
+    ]
     for variant in ("text", "universal"):
         f1 = forecast.score(y, bundle[variant].predict(X), g, bootstrap=10)["macro_f1"]
         assert f1 > max(maj, prev), (variant, f1, maj, prev)
@@ -148,17 +185,35 @@ def test_predict_next_reads_tags_and_chooses_variant(fitted, tmp_path):
     i = next(i for i, t in enumerate(d.turns) if i > 4 and t.speaker == "counselor")
     label = forecast.predict_next(bundle, d.turns[:i])
     assert label in forecast.TAGS
-    X = pd.DataFrame([forecast.turn_features(forecast._as_history(d.turns[:i]), bundle["context_turns"])])
+    X = pd.DataFrame(
+        [forecast.turn_features(forecast._as_history(d.turns[:i]), bundle["context_turns"])]
+    )
     assert label == bundle["text"].predict(X)[0]
     # the same history as chat messages with tags gives the same features and label
-    msgs = [{"role": "user" if t.speaker == "client" else "assistant",
-             "content": forecast.tag_text(t.text, forecast.turn_label(t)) if t.speaker == "counselor" and forecast.turn_label(t) else t.text}
-            for t in d.turns[:i]]
+    msgs = [
+        {
+            "role": "user" if t.speaker == "client" else "assistant",
+            "content": forecast.tag_text(t.text, forecast.turn_label(t))
+            if t.speaker == "counselor" and forecast.turn_label(t)
+            else t.text,
+        }
+        for t in d.turns[:i]
+    ]
     assert forecast.predict_next(bundle, msgs) == label
-    zh = [{"role": "user", "content": "我最近总是睡不着，工作压力很大。"},
-          {"role": "assistant", "content": forecast.tag_text("你愿意多说说工作上的压力吗？", "open_question")},
-          {"role": "user", "content": "老板总是加班，我也不知道该怎么办，我觉得自己快撑不住了，每天都很累。"}]
-    assert forecast.predict_next(bundle, zh) == forecast.predict_next(bundle, zh, language="universal")
+    zh = [
+        {"role": "user", "content": "我最近总是睡不着，工作压力很大。"},
+        {
+            "role": "assistant",
+            "content": forecast.tag_text("你愿意多说说工作上的压力吗？", "open_question"),
+        },
+        {
+            "role": "user",
+            "content": "老板总是加班，我也不知道该怎么办，我觉得自己快撑不住了，每天都很累。",
+        },
+    ]
+    assert forecast.predict_next(bundle, zh) == forecast.predict_next(
+        bundle, zh, language="universal"
+    )
     with pytest.raises(ValueError, match="language"):
         forecast.predict_next(bundle, zh, language="zh")
 
@@ -174,7 +229,9 @@ def test_load_refuses_foreign_file(tmp_path):
 # ----------------------------------------------------------------------------- evaluate()
 def test_settings_rejects_unknown_keys():
     P = params.load("params/smoke.yaml")
-    bad = dataclasses.replace(P, evaluation=dataclasses.replace(P.evaluation, forecaster={"modle": "text"}))
+    bad = dataclasses.replace(
+        P, evaluation=dataclasses.replace(P.evaluation, forecaster={"modle": "text"})
+    )
     with pytest.raises(ValueError, match="unknown key.*modle"):
         forecast.settings(bad)
 
@@ -186,10 +243,29 @@ def test_evaluate_writes_table_and_model(tmp_path):
     written = pd.read_csv(tmp_path / "forecaster.csv")
     assert list(written.model) == list(df.model)
     assert {"majority", "previous_behaviour", "forecaster_universal"} <= set(written.model)
-    cols = ["model", "role", "features", "n_train", "n_test", "n_test_sessions", "accuracy",
-            "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "beats_baselines"]
+    cols = [
+        "model",
+        "role",
+        "features",
+        "n_train",
+        "n_test",
+        "n_test_sessions",
+        "accuracy",
+        "macro_f1",
+        "macro_f1_ci_low",
+        "macro_f1_ci_high",
+        "beats_baselines",
+        "reference",
+        "delta_macro_f1",
+        "delta_macro_f1_ci_low",
+        "delta_macro_f1_ci_high",
+    ]
     cols += [f"f1_{t}{s}" for t in forecast.TAGS for s in ("", "_ci_low", "_ci_high")]
     assert set(cols) <= set(written.columns)
     assert written.loc[written.role == "forecaster", "beats_baselines"].all()
+    assert written.reference.iloc[0] in ("majority", "previous_behaviour")
+    forecasters = written[written.role == "forecaster"]
+    baseline_best = written.loc[written.role == "baseline", "macro_f1"].max()
+    assert (forecasters.delta_macro_f1 - (forecasters.macro_f1 - baseline_best)).abs().max() < 1e-9
     bundle = forecast.load(tmp_path / "forecaster.joblib")
     assert not set(bundle["train_sessions"]) & set(bundle["test_sessions"])

@@ -57,6 +57,9 @@ def test_batched_equals_unbatched_greedy_fp32(tiny_model_dir):
     single = [generate.generate(model, tok, [p], batch_size=1, max_new_tokens=8)[0] for p in prompts]
     assert batched == single
     assert all(batched)
+    cfg = generate.generation_config(model, tok, 8, stop_tokens=models.get(NAME).special_tokens)
+    assert tok.convert_tokens_to_ids("<start_of_turn>") in cfg.eos_token_id  # a new turn ends a reply
+    assert tok.convert_tokens_to_ids("<end_of_turn>") in cfg.eos_token_id and not cfg.do_sample
 
 
 def _params(**evaluation):

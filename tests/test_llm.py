@@ -7,16 +7,16 @@ import socket
 import time
 
 import pytest
+from openai_server import serve
 
 from mi_llm import llm, prompts
 from mi_llm.params import LLMParams
-from openai_server import serve
 
 
 def fast_params(**kw) -> LLMParams:
     """Params with short timeouts and backoffs so failure paths run in well under a second."""
-    base = dict(provider="remote", max_concurrency=8, request_timeout=0.5, max_retries=3,
-                backoff_base=0.01, backoff_max=0.05, batch_poll_s=0.01)
+    base = {"provider": "remote", "max_concurrency": 8, "request_timeout": 0.5, "max_retries": 3,
+            "backoff_base": 0.01, "backoff_max": 0.05, "batch_poll_s": 0.01}
     return LLMParams(**{**base, **kw})
 
 
@@ -165,9 +165,9 @@ def test_batch_api_path_and_resume_by_batch_id(tmp_path, monkeypatch):
 
 def test_remote_endpoint_needs_the_key_and_never_shows_it(monkeypatch):
     monkeypatch.delenv("MI_TEST_KEY", raising=False)
-    with pytest.raises(RuntimeError, match=r"\$MI_TEST_KEY is not set"):
-        with llm.endpoint(LLMParams(provider="remote", api_key_env="MI_TEST_KEY")):
-            pass
+    with pytest.raises(RuntimeError, match=r"\$MI_TEST_KEY is not set"), \
+            llm.endpoint(LLMParams(provider="remote", api_key_env="MI_TEST_KEY")):
+        pass
     monkeypatch.setenv("MI_TEST_KEY", "sk-secret-123")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
     with llm.endpoint(LLMParams(provider="remote", api_key_env="MI_TEST_KEY", model="m")) as ep:

@@ -307,7 +307,7 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     text[0], text[1] = json.dumps(rec, ensure_ascii=False), json.dumps(rec2, ensure_ascii=False)
     generations = tmp_path / "generations.jsonl"
     generations.write_text("\n".join(text) + "\n", encoding="utf-8")
-    p = _params(tmp_path, annomi_sample=6, parse_retries=1)
+    p = _params(tmp_path, annomi_sample=6, parse_retries=1, rate_globals=True)
     out = tmp_path / "out"
     out.mkdir()
     seen = {}

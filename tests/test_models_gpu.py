@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-
-from mi_llm import models, params as params_mod, sft
 from test_sft import make_params, run_root, tiny_llama  # noqa: F401  (fixtures)
+
+from mi_llm import models, sft
+from mi_llm import params as params_mod
 
 
 def test_sft_trains_on_cuda(run_root, tiny_llama):  # noqa: F811

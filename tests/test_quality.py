@@ -204,8 +204,9 @@ def _judge_handler(calls: dict):
 
 
 def test_judge_run_retries_and_keeps_raw_answers(tmp_path, monkeypatch):
-    from mi_llm import llm
     from openai_server import serve
+
+    from mi_llm import llm
 
     corpora = {
         "alpha": [dlg("good1", ("c", "病例good1 我失眠"), ("s", "你愿意说说吗？"), corpus="alpha"),

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_llm import params as params_mod
 from mi_llm import models, sft
+from mi_llm import params as params_mod
 from mi_llm.schema import DataError
 
 DATA = params_mod.ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json"
@@ -187,5 +187,13 @@ def test_command_line_entry_point_rejects_unknown_model(tmp_path):
     import sys
 
     r = subprocess.run([sys.executable, "-m", "mi_llm.sft", "params/smoke.yaml", "--model", "nope"],
-                       cwd=params_mod.ROOT, capture_output=True, text=True, timeout=300)
+                       check=False, cwd=params_mod.ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "unknown model 'nope'" in r.stderr
+
+
+def test_finished_run_is_kept(run_root, tiny_llama):
+    P = make_params(config={**make_params().sft.config, "max_steps": 2})
+    name = "llama3-8b-chinese-chat-v2"
+    first = sft.train(P, name, progress=False, model_path=tiny_llama)
+    again = sft.train(P, name, progress=False, model_path=tiny_llama)  # no retraining, same report
+    assert again == first and first["steps"] == 2

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from openai_server import serve
 
 from mi_llm import corpora, llm, params, transcribe
 from mi_llm.params import ROOT
 from mi_llm.schema import DataError, Dialogue, Turn
-from openai_server import serve
 
 TP = params.TranscriptionParams(min_length_ratio=0.3, max_length_ratio=3.0)
 
@@ -120,6 +120,7 @@ def test_split_is_deterministic_stratified_and_disjoint():
     again = transcribe.split(list(reversed(recs)), 20, 8, seed=1)
     assert again == (train, test)  # same seed, any input order: same split
     assert transcribe.split(recs, 20, 8, seed=2)[1] != test
+    assert transcribe.split_table(train, test).to_dict() == {"train": {"a": 15, "b": 5}, "test": {"a": 6, "b": 2}}
 
 
 def test_split_keeps_training_data_when_short():
@@ -135,7 +136,7 @@ def mi_model(req: dict) -> str:
     if "原回复：" in last:
         src = re.search(r"原回复：(.*)", last).group(1)
         return f"听起来这件事让你很在意，{src[:12]}……你愿意多说说吗？\n来访者接着说：嗯。"
-    lines = re.search(r"原始对话：\n(.*?)\n\n", last, re.S).group(1).splitlines()
+    lines = re.search(r"原始对话：\n(.*?)\n\n", last, re.DOTALL).group(1).splitlines()
     return "\n".join(x if x.startswith("来访者") else "咨询师：听起来你很在意这件事，" + x[4:] for x in lines)
 
 
@@ -171,6 +172,13 @@ def test_transcribe_shipped_samples(tmp_path, unit, version):
     assert r["messages"][0]["content"] == ds[0].turns[0].text  # the client's words are kept
     assert r["messages"][1]["content"].startswith("听起来") and r["messages"][1]["content"] != ds[0].turns[1].text
     assert recs[3]["topic"] == ds[3].meta["topic"]
+    table = transcribe.report_table(rep)
+    assert table.loc["valid", "value"] == 6 and table.loc["by_corpus.cpsycound.attempted", "value"] == 3
+    sbs = transcribe.side_by_side(ds, r)
+    assert list(sbs["speaker"]) == ["client", "counselor", "client", "counselor"]
+    assert (sbs["source"] == sbs["mi_rewrite"]).tolist() == [True, False, True, False]
+    src = transcribe.sources_table(ds)
+    assert src.loc["psydtcorpus", "dialogues"] == 3 and src.loc["cpsycound", "counselor_turns"] == 6
 
 
 def test_a_failing_turn_fails_its_dialogue_by_reason(tmp_path):
