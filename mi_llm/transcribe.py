@@ -25,7 +25,6 @@ LABEL = {"client": "来访者", "counselor": "咨询师"}
 SPEAKER_OF = {"来访者": "client", "咨询师": "counselor", "心理咨询师": "counselor"}
 LINE = re.compile(r"^\s*(来访者|心理咨询师|咨询师)\s*[：:]\s*(.*)$")
 CJK = re.compile(r"[\u3400-\u9fff]")
-END = tuple("。？！?!…~～」”）).")  # a complete reply ends with one of these
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -134,15 +133,28 @@ def validate_dialogue(text: str, source: Dialogue, tp) -> list[Turn]:
     return turns
 
 
+def whole_sentences(line: str) -> str:
+    """The line's complete sentences up to the first repeated one (small models run on and loop)."""
+    if not line:
+        return line
+    kept, seen = [], set()
+    for sent in re.findall(r"[^。？！?!….]*[。？！?!….]+[」”）)]*", line):
+        if sent in seen:
+            break
+        seen.add(sent)
+        kept.append(sent)
+    if not kept:
+        raise ValueError(f"incomplete: reply does not end a sentence: {line[-10:]!r}")
+    return "".join(kept)
+
+
 def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
     """One rewritten counselor turn: its first line, unlabelled, complete, new, in language, in length."""
     line = next((x.strip() for x in text.strip().splitlines() if x.strip()), "")
     m = LINE.match(line)
     if m and SPEAKER_OF[m.group(1)] == "client":
         raise ValueError("wrong_speaker: answered as the client")
-    line = m.group(2).strip() if m else line
-    if line and not line.endswith(END):
-        raise ValueError(f"incomplete: reply does not end a sentence: {line[-10:]!r}")
+    line = whole_sentences(m.group(2).strip() if m else line)
     if line == source.strip() or any(line == t.text.strip() for t in context):
         raise ValueError("copied: the reply repeats the source or the context")
     check_text(line, source, tp)

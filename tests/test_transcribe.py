@@ -62,7 +62,10 @@ def test_validate_turn_takes_the_first_line_and_checks_it():
     src, ctx = SRC.turns[1].text, SRC.turns[:1]
     got = transcribe.validate_turn("咨询师：失眠让你很焦虑，你最担心的是什么？\n来访者接着说：……", src, ctx, TP)
     assert got == "失眠让你很焦虑，你最担心的是什么？"
+    looping = "失眠让你很焦虑。你最担心什么？告诉我原因。你最担心什么？告诉我原"
+    assert transcribe.validate_turn(looping, src, ctx, TP) == "失眠让你很焦虑。你最担心什么？告诉我原因。"
     for text, reason in [("来访者：我睡不着。", "wrong_speaker"), ("失眠让你很焦虑，你最担心的", "incomplete"),
+                         ("Sorry, I can't", "incomplete"),
                          (src, "copied"), (SRC.turns[0].text, "copied"), ("", "empty"),
                          ("Sounds hard. What worries you?", "language"), ("嗯。", "too_short")]:
         with pytest.raises(ValueError, match=f"^{reason}"):
