@@ -15,8 +15,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mi_llm import corpora, generate, models  # noqa: E402
-from mi_llm.params import ROOT  # noqa: E402
+from mi_llm import corpora, generate, models
+from mi_llm.params import ROOT
 
 
 def prompts(n: int, context_turns: int) -> list[list[dict]]:
@@ -53,7 +53,7 @@ def main() -> None:
     lens = [len(tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)) for p in ps]
     print(f"model {args.model} ({model.dtype}, {args.device}), {len(ps)} prompts, "
           f"prompt chars {min(lens)}-{max(lens)}, max_new_tokens {args.max_new_tokens}", flush=True)
-    kw = dict(max_new_tokens=args.max_new_tokens)
+    kw = {"max_new_tokens": args.max_new_tokens}
     generate.generate(model, tok, ps[:2], batch_size=2, max_new_tokens=4)  # warm-up (allocations)
 
     batched, t_b = timed(lambda: generate.generate(model, tok, ps, batch_size=args.batch_size, **kw))

@@ -1,15 +1,14 @@
-"""Stage 05: every figure and table of the study, drawn from a run's artifacts only.
+"""Stage 05: every figure of the study, drawn from a run's artifacts only.
 
-Each figure has a `*_table(run_dir)` that reads the run's files (runs/<name>/...) into the tidy
-table it draws, and a figure function `name(run_dir, table=None) -> Figure`. A missing artifact
-raises MissingArtifact naming the file; make() turns that into a printed 'skipped' line, because
-stages may be run selectively and a figure is never drawn from anything but the run's own files.
-Where the artifact contract leaves columns open, each reader's docstring states what it assumes.
+Each figure has a table reader in mi_llm.tables (`*_table(run_dir)`: the run's files into the tidy
+table it draws) and a figure function here, `name(run_dir, table=None) -> Figure`. A missing
+artifact raises MissingArtifact naming the file; make() turns that into a printed 'skipped' line,
+because stages may be run selectively and a figure is never drawn from anything but the run's own
+files. FIGURES pairs them in the paper's order; make() saves both.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -20,17 +19,29 @@ import pandas as pd
 import seaborn as sns
 
 from . import params as params_mod
+from .tables import (  # the readers stay importable from here (figures.tidy, ...)
+    CRITERIA,
+    MITI,
+    TEXT_METRICS,
+    THERAPY,
+    MissingArtifact,
+    bootstrap_ci,  # noqa: F401
+    canon,
+    forecaster_table,
+    miti_codes_table,
+    miti_summary_table,
+    quality_table,
+    source_labels,
+    text_metrics_table,
+    therapy_metrics_table,
+    tidy,  # noqa: F401
+    to_markdown,
+    training_loss_table,
+    transcription_table,
+)
 
 STAGE = "05_figures"
 COL1, COL2 = 3.5, 7.2  # single / double column width of a paper page, inches
-CRITERIA = {"comprehensiveness": 2, "professionalism": 3, "authenticity": 3, "safety": 1}  # max
-TEXT_METRICS = {"bleu4": "BLEU-4", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougel": "ROUGE-L"}
-MITI = {  # canonical name -> (axis label, aliases, (fair, good) thresholds or None)
-    "technical": ("Technical global", ("technical",), (3, 4)),
-    "relational": ("Relational global", ("relational",), (3.5, 4)),
-    "pct_cr": ("% complex reflections", ("pctcr", "percentcr", "crpct", "pctcomplex"), (40, 50)),
-    "r_q": ("Reflection : question", ("rq", "rtoq", "reflectiontoquestion", "rqratio"), (1, 2)),
-}
 CODES = [
     "Giving Information",
     "Persuade",
@@ -51,28 +62,6 @@ CORPUS_NAMES = {
     "soulchatcorpus": "SoulChatCorpus",
     "annomi": "AnnoMI",
 }
-ID_COLS = [
-    "source",
-    "model",
-    "variant",
-    "group",
-    "mi_quality",
-    "coder",
-    "method",
-    "category",
-    "topic",
-    "symptom",
-    "split",
-]
-NOT_METRICS = {"n", "round", "step", "seed", "rank"}  # and every n_* column: counts, not metrics
-THERAPY = {  # therapy_metrics.csv column -> panel title; the therapy pipeline's comparison set
-    "mean_abs_length_diff": "|Δ length| to counselor (chars)",
-    "mean_abs_sentence_diff": "|Δ sentences| to counselor",
-    "sentiment_distance": "sentiment distance",
-    "question_replies": "replies with a question",
-    "question_marks": "question marks",
-    "name_mismatch": "name-use mismatches",
-}
 CJK_FONTS = (
     "Noto Sans CJK SC",
     "Noto Sans SC",
@@ -86,10 +75,6 @@ CJK_FONTS = (
 )
 _CJK_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
 _cjk_font: str | None = None
-
-
-class MissingArtifact(FileNotFoundError):
-    """An artifact a figure needs is not in the run (its stage has not run); names the file."""
 
 
 # ----------------------------------------------------------------------------- style
@@ -143,105 +128,6 @@ def label(text) -> str:
     return _CJK_RE.sub(lambda m: " ".join(SnowNLP(m.group()).pinyin).title(), text)
 
 
-# ----------------------------------------------------------------------------- reading
-def _file(run_dir, rel: str) -> Path:
-    f = Path(run_dir) / rel
-    if not f.exists():
-        raise MissingArtifact(f"{f} is missing (stage {rel.split('/')[0]} has not written it)")
-    return f
-
-
-def _csv(run_dir, rel: str) -> pd.DataFrame:
-    f = _file(run_dir, rel)
-    df = pd.read_csv(f)
-    if df.empty:
-        raise MissingArtifact(f"{f} has no rows")
-    return df
-
-
-def _jsonl(f: Path) -> list[dict]:
-    rows = []
-    for i, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{f}: line {i + 1}: not JSON ({e})") from None
-    return rows
-
-
-def _canon(name) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
-
-
-def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
-    """Percentile bootstrap CI of the mean of `values` (NaN-free), as (low, high)."""
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if len(v) == 0:
-        return np.nan, np.nan
-    idx = np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))  # n_boot x n
-    means = v[idx].mean(axis=1)
-    return tuple(np.quantile(means, [(1 - level) / 2, (1 + level) / 2]))
-
-
-def tidy(df: pd.DataFrame, file) -> pd.DataFrame:
-    """Long form (id columns..., metric, value, ci_low, ci_high) of a long or wide metrics table.
-
-    Long input has a `metric` column and one of mean/value/score (+ optional ci_low, ci_high);
-    wide input has one numeric column per metric with optional `<metric>_ci_low/_ci_high`.
-    Per-item input (a dialogue_id column, no CIs) is averaged with bootstrap CIs.
-    """
-    ids = [c for c in df.columns if c in ID_COLS]
-    if "metric" in df.columns:
-        val = next((c for c in ("mean", "value", "score") if c in df.columns), None)
-        if val is None:
-            raise ValueError(f"{file}: a `metric` column needs a mean/value/score column beside it")
-        out = df[ids + ["metric"]].assign(value=df[val].astype(float))
-        for c in ("ci_low", "ci_high"):
-            out[c] = df[c].astype(float) if c in df.columns else np.nan
-    else:
-        skip = (
-            set(ids)
-            | NOT_METRICS
-            | {c for c in df.columns if c.startswith("n_")}
-            | {c for c in df.columns if re.search(r"_(ci_low|ci_high|std|se)$", c)}
-        )
-        metrics = [c for c in df.select_dtypes("number").columns if c not in skip]
-        if not metrics:
-            raise ValueError(f"{file}: no numeric metric columns found in {list(df.columns)}")
-        out = pd.concat(
-            [
-                df[ids].assign(
-                    metric=m,
-                    value=df[m].astype(float),
-                    ci_low=df.get(f"{m}_ci_low", np.nan),
-                    ci_high=df.get(f"{m}_ci_high", np.nan),
-                )
-                for m in metrics
-            ]
-        )
-    if "dialogue_id" in df.columns and out["ci_low"].isna().all():  # per reply: aggregate here
-        rows = [
-            (*k, g.mean(), *bootstrap_ci(g))
-            for k, g in out.groupby(ids + ["metric"], sort=False)["value"]
-        ]
-        out = pd.DataFrame(rows, columns=ids + ["metric", "value", "ci_low", "ci_high"])
-    return out.reset_index(drop=True)
-
-
-def _source(df: pd.DataFrame) -> pd.Series:
-    """One display label per row from its id columns, e.g. 'gemma3-270m · finetuned'."""
-    ids = [
-        c for c in ID_COLS if c in df.columns and c not in ("category", "topic", "symptom", "group")
-    ]
-    if not ids:
-        return pd.Series(["all"] * len(df), index=df.index)
-    return df[ids].apply(
-        lambda r: " · ".join(label(v) for v in r if pd.notna(v) and v != ""), axis=1
-    )
-
-
 # ----------------------------------------------------------------------------- drawing
 def _bars(ax, df, x, hue=None, horizontal=False, colors=None):
     """Grouped bars of df.value by x (and hue) with asymmetric CI whiskers where known.
@@ -263,11 +149,11 @@ def _bars(ax, df, x, hue=None, horizontal=False, colors=None):
             err = np.clip(
                 np.nan_to_num(np.vstack([v - sub["ci_low"], sub["ci_high"] - v])), 0, None
             )
-        kw = dict(
-            color=colors[h],
-            label=None if h is None else label(h),
-            error_kw=dict(lw=0.8, capsize=2, ecolor="0.2"),
-        )
+        kw = {
+            "color": colors[h],
+            "label": None if h is None else label(h),
+            "error_kw": {"lw": 0.8, "capsize": 2, "ecolor": "0.2"},
+        }
         if horizontal:
             ax.barh(pos, v, w, xerr=err, **kw)
         else:
@@ -290,46 +176,6 @@ def _grid(n, width=COL2, height=1.9, ncols=None, **kw):
 
 
 # ----------------------------------------------------------------------------- (a) corpus quality
-def quality_table(run_dir) -> pd.DataFrame:
-    """01's quality.csv in long form (corpus, rank, selected, metric, value, ci_low, ci_high).
-
-    Total CIs come from total_ci_low/high; per-criterion CIs from `<criterion>_ci_low/high` when
-    present, else bootstrapped from judgements.jsonl records that hold the criteria at top level or
-    under "scores"/"parsed" beside a "corpus" key.
-    """
-    q = _csv(run_dir, "01_corpus_quality/quality.csv")
-    scores = _judgement_scores(Path(run_dir) / "01_corpus_quality/judgements.jsonl")
-    rows = []
-    for _, r in q.iterrows():
-        for m in [*CRITERIA, "total"]:
-            lo, hi = r.get(f"{m}_ci_low", np.nan), r.get(f"{m}_ci_high", np.nan)
-            if pd.isna(lo) and scores is not None and m in scores:
-                lo, hi = bootstrap_ci(scores.loc[scores.corpus == r["corpus"], m])
-            rows.append(
-                dict(
-                    corpus=r["corpus"],
-                    rank=r.get("rank", np.nan),
-                    selected=bool(r.get("selected", False)),
-                    metric=m,
-                    value=float(r[m]),
-                    ci_low=lo,
-                    ci_high=hi,
-                )
-            )
-    return pd.DataFrame(rows).sort_values(["rank", "corpus"], kind="stable").reset_index(drop=True)
-
-
-def _judgement_scores(f: Path) -> pd.DataFrame | None:
-    if not f.exists():
-        return None
-    rows = []
-    for rec in _jsonl(f):
-        inner = next((rec[k] for k in ("scores", "parsed") if isinstance(rec.get(k), dict)), rec)
-        rows.append({"corpus": rec.get("corpus"), **{c: inner.get(c) for c in CRITERIA}})
-    df = pd.DataFrame(rows)
-    return df.apply(pd.to_numeric, errors="coerce").assign(corpus=df.corpus) if len(df) else None
-
-
 def quality(run_dir, table=None):
     """(a) Rubric score per criterion and total per corpus, 95% CIs, selected corpora in colour."""
     t = quality_table(run_dir) if table is None else table
@@ -358,51 +204,6 @@ def quality(run_dir, table=None):
 
 
 # ----------------------------------------------------------------------------- (b) transcription
-VALID_KEYS = ("n_valid", "valid", "n_ok", "ok")
-FAILED_KEYS = ("failed_by_reason", "failures_by_reason", "failure_reasons", "failures", "failed")
-
-
-def _find(d, keys):
-    """First value under one of `keys` in a nested dict (breadth-first), or None."""
-    todo = [d]
-    while todo:
-        cur = todo.pop(0)
-        for k in keys:
-            if isinstance(cur, dict) and k in cur:
-                return cur[k]
-        todo += [v for v in (cur.values() if isinstance(cur, dict) else []) if isinstance(v, dict)]
-    return None
-
-
-def transcription_table(run_dir) -> pd.DataFrame:
-    """Outcome counts (outcome, count) from 02's report.json.
-
-    Assumed keys, anywhere in the JSON: the valid count under n_valid|valid|n_ok|ok; the failures
-    as {reason: count} (or a list of {"reason": ...} records, or one total count) under
-    failed_by_reason|failures_by_reason|failure_reasons|failures|failed.
-    """
-    f = _file(run_dir, "02_mi_transcription/report.json")
-    rep = json.loads(f.read_text(encoding="utf-8"))
-    valid, failed = _find(rep, VALID_KEYS), _find(rep, FAILED_KEYS)
-    if valid is None or isinstance(valid, (dict, list, str)):
-        raise ValueError(f"{f}: no valid count under any of {VALID_KEYS}; keys: {sorted(rep)}")
-    rows = [("valid", int(valid))]
-    if isinstance(failed, dict):
-        rows += [(f"failed: {k}", int(v)) for k, v in failed.items()]
-    elif isinstance(failed, list):
-        reasons = pd.Series(
-            [
-                r.get("reason", r.get("error", "unknown")) if isinstance(r, dict) else str(r)
-                for r in failed
-            ],
-            dtype=object,
-        )
-        rows += [(f"failed: {k}", int(v)) for k, v in reasons.value_counts().items()]
-    elif isinstance(failed, (int, float)):
-        rows.append(("failed", int(failed)))
-    return pd.DataFrame(rows, columns=["outcome", "count"])
-
-
 def transcription(run_dir, table=None):
     """(b) MI transcription outcome: valid outputs and failures by reason."""
     t = transcription_table(run_dir) if table is None else table
@@ -422,22 +223,6 @@ def transcription(run_dir, table=None):
 
 
 # ----------------------------------------------------------------------------- (c) training loss
-def training_loss_table(run_dir) -> pd.DataFrame:
-    """03's train_log.csv of every model (model, step, loss, learning_rate, tokens_per_s)."""
-    logs = sorted((Path(run_dir) / "03_sft").glob("*/train_log.csv"))
-    if not logs:
-        raise MissingArtifact(
-            f"{Path(run_dir) / '03_sft'}/<model>/train_log.csv is missing "
-            "(stage 03_sft has not written it)"
-        )
-    frames = [pd.read_csv(f).assign(model=f.parent.name) for f in logs]
-    t = pd.concat(frames, ignore_index=True)
-    for col in ("step", "loss"):
-        if col not in t.columns:
-            raise ValueError(f"{logs[0]}: column {col!r} missing; columns: {list(t.columns)}")
-    return t.dropna(subset=["loss"])[["model"] + [c for c in t.columns if c != "model"]]
-
-
 def training_loss(run_dir, table=None):
     """(c) LoRA SFT training loss per step, one line per model."""
     t = training_loss_table(run_dir) if table is None else table
@@ -453,22 +238,6 @@ def training_loss(run_dir, table=None):
 def _variant_order(t):
     known = ["base", "finetuned"]
     return sorted(t.variant.unique(), key=lambda v: (known.index(v) if v in known else 9, v))
-
-
-def text_metrics_table(run_dir) -> pd.DataFrame:
-    """04's metrics.csv, long form (model, variant, metric, value, ci_low, ci_high), ×100 scale.
-
-    Accepts long (metric + mean|value) or wide (bleu4, rouge1, ... with _ci_low/_ci_high) tables,
-    or per-reply rows (averaged here with bootstrap CIs); metric names match case- and
-    punctuation-insensitively (BLEU-4 = bleu_4 = bleu4).
-    """
-    f = _file(run_dir, "04_evaluation/metrics.csv")
-    t = tidy(_csv(run_dir, "04_evaluation/metrics.csv"), f)
-    t["metric"] = t.metric.map(lambda m: TEXT_METRICS.get(_canon(m), m))
-    for col in ("model", "variant"):
-        if col not in t.columns:
-            raise ValueError(f"{f}: column {col!r} missing")
-    return t
 
 
 def text_metrics(run_dir, table=None):
@@ -496,27 +265,10 @@ def text_metrics(run_dir, table=None):
 
 
 # ----------------------------------------------------------------------------- (e) therapy metrics
-def therapy_metrics_table(run_dir) -> pd.DataFrame:
-    """04's therapy_metrics.csv, long form (model, variant, category, metric, value, ci_*).
-
-    Assumed (mi_llm.therapy): a category column category|topic|symptom, id columns model/variant
-    (variant "reference" = the gold counselor), one numeric column per metric (wide) or metric +
-    value (long); of mi_llm.therapy's columns only THERAPY's are kept; n/n_* columns are counts.
-    """
-    f = _file(run_dir, "04_evaluation/therapy_metrics.csv")
-    t = tidy(_csv(run_dir, "04_evaluation/therapy_metrics.csv"), f)
-    if t.metric.isin(list(THERAPY)).any():  # mi_llm.therapy's columns: keep the comparison set
-        t = t[t.metric.isin(list(THERAPY))]
-    cat = next((c for c in ("category", "topic", "symptom") if c in t.columns), None)
-    if cat is None:
-        raise ValueError(f"{f}: no category column (category|topic|symptom)")
-    return t.rename(columns={cat: "category"})
-
-
 def therapy_metrics(run_dir, table=None):
     """(e) Therapy response metrics per category: a panel per metric, bars per model · variant."""
     t = therapy_metrics_table(run_dir) if table is None else table
-    t = t.assign(who=_source(t.drop(columns="category")), category=t.category.fillna("all"))
+    t = t.assign(who=source_labels(t.drop(columns="category")), category=t.category.fillna("all"))
     metrics = list(dict.fromkeys(t.metric))
     fig, axes = _grid(len(metrics), ncols=min(len(metrics), 3), height=2.1)
     for ax, m in zip(axes, metrics):
@@ -533,25 +285,6 @@ def therapy_metrics(run_dir, table=None):
 
 
 # ----------------------------------------------------------------------------- (f) MITI summary
-def miti_summary_table(run_dir) -> pd.DataFrame:
-    """04's miti_summary.csv, long form (source, metric, value, ci_low, ci_high, reference).
-
-    Assumed (mi_llm.miti's SUMMARY_COLUMNS): one row per coded source (model, variant; group
-    "reference" or a name containing AnnoMI marks real MI) with technical, relational, pct_cr (in
-    percent), r_q, mi_adherent, mi_non_adherent, wide or long; other columns are not drawn.
-    """
-    f = _file(run_dir, "04_evaluation/miti_summary.csv")
-    t = tidy(_csv(run_dir, "04_evaluation/miti_summary.csv"), f)
-    alias = {a: k for k, (_, aliases, _) in MITI.items() for a in (k.replace("_", ""), *aliases)}
-    t["metric"] = t.metric.map(lambda m: alias.get(_canon(m), m))
-    t = t[t.metric.isin([*MITI, "mi_adherent", "mi_non_adherent"])].copy()
-    t["source"] = _source(t)
-    t["reference"] = t.source.str.lower().str.contains("annomi")
-    if "group" in t.columns:
-        t["reference"] |= t["group"].eq("reference")
-    return t[["source", "reference", "metric", "value", "ci_low", "ci_high"]].reset_index(drop=True)
-
-
 def miti_summary(run_dir, table=None):
     """(f) MITI 4.2.1 summary scores vs the fair/good thresholds, beside AnnoMI high/low."""
     t = miti_summary_table(run_dir) if table is None else table
@@ -586,40 +319,6 @@ def miti_summary(run_dir, table=None):
 
 
 # ----------------------------------------------------------------------------- (g) behaviour codes
-CODE_KEYS = ("utterances", "code", "codes", "behaviour", "behavior", "label", "miti_code")
-
-
-def miti_codes_table(run_dir) -> pd.DataFrame:
-    """Share of each MITI behaviour code per source (source, code, count, share, reference).
-
-    Assumed: one record per coded unit with its "utterances": [{"code": ...}] (mi_llm.miti), or per
-    utterance with code|codes|behaviour|behavior|label|miti_code (a string or list); short codes
-    (Q, SR, CR, ...) are named as in mi_llm.miti.CODES, NONE counts as "no behaviour", a null code
-    (not coded) is left out; the source from the model/variant/source/mi_quality keys.
-    """
-    from .miti import CODES as SHORT  # e.g. "CR" -> "Complex Reflection"
-
-    names = {**SHORT, "NONE": "no behaviour"}
-    f = _file(run_dir, "04_evaluation/miti_codes.jsonl")
-    rows = []
-    for i, rec in enumerate(_jsonl(f)):
-        key = next((k for k in CODE_KEYS if k in rec), None)
-        if key is None:
-            raise ValueError(f"{f}: record {i}: no code under any of {CODE_KEYS}")
-        codes = rec[key] if isinstance(rec[key], list) else [rec[key]]
-        src = {k: rec[k] for k in ID_COLS if k in rec and not isinstance(rec[k], (dict, list))}
-        codes = [c.get("code") if isinstance(c, dict) else c for c in codes]
-        rows += [{**src, "code": names.get(c, c)} for c in codes if c is not None]
-    if not rows:
-        raise MissingArtifact(f"{f} has no coded utterances")
-    df = pd.DataFrame(rows).dropna(subset=["code"])
-    df["source"] = _source(df)
-    t = df.groupby(["source", "code"], sort=False).size().rename("count").reset_index()
-    t["share"] = t["count"] / t.groupby("source")["count"].transform("sum")
-    t["reference"] = t.source.str.lower().str.contains("annomi")  # real MI: drawn last
-    return t.sort_values("reference", kind="stable").reset_index(drop=True)
-
-
 def miti_codes(run_dir, table=None):
     """(g) Distribution of MITI behaviour codes per source (share of coded utterances, %)."""
     t = miti_codes_table(run_dir) if table is None else table
@@ -651,24 +350,10 @@ def miti_codes(run_dir, table=None):
 
 
 # ----------------------------------------------------------------------------- (h) forecaster
-def forecaster_table(run_dir) -> pd.DataFrame:
-    """04's forecaster.csv (issue 8), long form (method, metric, value, ci_low, ci_high).
-
-    Assumed: one row per predictor (the forecaster and its baselines) under model|method, with
-    macro_f1 and per-class f1_<class> columns (wide) or metric + value (long), CIs optional.
-    """
-    f = _file(run_dir, "04_evaluation/forecaster.csv")
-    t = tidy(_csv(run_dir, "04_evaluation/forecaster.csv"), f)
-    who = next((c for c in ("method", "model", "source") if c in t.columns), None)
-    if who is None:
-        raise ValueError(f"{f}: no predictor column (method|model|source)")
-    return t.rename(columns={who: "method"})[["method", "metric", "value", "ci_low", "ci_high"]]
-
-
 def forecaster(run_dir, table=None):
     """(h) The MI forecaster's macro-F1 (and per-class F1) against its baselines, 95% CIs."""
     t = forecaster_table(run_dir) if table is None else table
-    macro = t[t.metric.map(_canon) == "macrof1"]
+    macro = t[t.metric.map(canon) == "macrof1"]
     per_class = t[t.metric.str.lower().str.startswith("f1")]
     fig, axes = _grid(
         1 + (not per_class.empty),
@@ -699,23 +384,6 @@ FIGURES = {  # file stem -> (table, figure), in the paper's order
     "miti_codes": (miti_codes_table, miti_codes),
     "forecaster": (forecaster_table, forecaster),
 }
-
-
-def to_markdown(df: pd.DataFrame, digits: int = 2) -> str:
-    """A GitHub-flavoured Markdown table (floats rounded to `digits`)."""
-
-    def cell(v):
-        return (
-            ""
-            if pd.isna(v)
-            else f"{v:.{digits}f}"
-            if isinstance(v, float)
-            else str(v).replace("|", "\\|")
-        )
-
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
 
 
 def stage_dir(run_dir) -> Path:
@@ -773,13 +441,13 @@ def saved(run_dir) -> pd.DataFrame:
     """One row per figure: whether this run made it and its files in runs/<name>/05_figures/."""
     own = stage_dir(run_dir)
     rows = [
-        dict(
-            figure=n,
-            made=(own / "tables" / f"{n}.csv").exists(),
-            files=", ".join(
+        {
+            "figure": n,
+            "made": (own / "tables" / f"{n}.csv").exists(),
+            "files": ", ".join(
                 sorted(f.name for f in [*own.glob(f"{n}.*"), *own.glob(f"tables/{n}.*")])
             ),
-        )
+        }
         for n in FIGURES
     ]
     return pd.DataFrame(rows)

@@ -8,18 +8,48 @@ end-of-turn token. Records are appended to generations.jsonl after each batch, a
 the (model, variant, dialogue, round) keys already there, so an interrupted run resumes. Each
 record carries a fingerprint of what made it (weights, adapter bytes, generation settings, context
 window); resuming onto records with another fingerprint is an error, never a silent mix.
+
+The `conditioned` variant (issue 8, the KMI idea) is the fine-tuned model told which MI behaviour
+to use: each round's behaviour comes from the forecaster (04's forecaster.joblib, on the round's
+gold history) or is fixed by params (evaluation.condition_on), and its tag <mi:label> is written
+after the generation prompt, so the model continues a reply that already starts with it. Replies
+(and references from a tagged corpus) are stored without tags, with the label under "behaviour",
+so every metric scores plain text.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
+from . import forecast
 from .schema import DataError
 
 ROLES = ("system", "user", "assistant")
 KEY = ("model", "variant", "dialogue_id", "round")
+VARIANTS = ("base", "finetuned", "conditioned")  # generation order: the adapter is merged in once
+ADAPTED = ("finetuned", "conditioned")  # variants that answer with the 03 adapter
+_ANY_TAG = re.compile(r"^\s*<mi:[^>\s]*>\s*")
+
+
+def split_tag(text: str) -> tuple[str | None, str]:
+    """(label, text) of a reply or reference; a malformed <mi:...> tag is cut off with label None."""
+    try:
+        label, rest = forecast.strip_tag(text)
+    except ValueError:  # a model may invent a label: it is still not part of the reply's words
+        label, rest = None, _ANY_TAG.sub("", text, count=1)
+    return label, rest.strip()
+
+
+def tag_prefix(label: str) -> str:
+    """The generation prefix for a behaviour: its tag without the trailing space.
+
+    Gemma's tokenizer splits "<mi:x> 听" into ... ">", " ", "听" but "<mi:x> It" into ... ">", " It":
+    ending the prefix at ">" leaves the model the same next token as in training in both languages.
+    """
+    return forecast.tag_text("", label).rstrip()
 
 
 # ----------------------------------------------------------------------------- rounds
@@ -76,7 +106,8 @@ def rounds(records: list[dict], max_dialogues: int | None = None, max_rounds: in
             if m["role"] != "assistant" or i == 0 or msgs[i - 1]["role"] != "user":
                 continue
             out.append({"dialogue_id": str(rec["id"]), "round": n, "topic": rec.get("topic"),
-                        "messages": _window(msgs[:i], context_turns), "reference": m["content"]})
+                        "messages": _window(msgs[:i], context_turns),
+                        "reference": split_tag(m["content"])[1]})  # a tagged corpus' tag is not scored
             n += 1
     return out
 
@@ -110,15 +141,30 @@ def _eos_ids(cfg) -> set[int]:
     return set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
 
 
+def prompt_texts(tokenizer, prompts: list[list[dict]], prefixes: list[str] | None = None) -> list[str]:
+    """Chat-template texts ending in the generation prompt, each followed by its prefix (if any)."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    if prefixes is not None:
+        if len(prefixes) != len(texts):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(texts)} prompts")
+        texts = [t + x for t, x in zip(texts, prefixes)]
+    return texts
+
+
 def generate_batches(model, tokenizer, prompts: list[list[dict]], *, batch_size: int = 16,
-                     max_new_tokens: int = 256, overrides: dict | None = None, stop_tokens=()):
-    """Yield (indices into prompts, replies) per batch; prompts sorted by length, left-padded."""
+                     max_new_tokens: int = 256, overrides: dict | None = None, stop_tokens=(),
+                     prefixes: list[str] | None = None):
+    """Yield (indices into prompts, replies) per batch; prompts sorted by length, left-padded.
+
+    prefixes: text put after each prompt's generation prompt (the reply starts with it; the
+    returned reply is what the model wrote after it).
+    """
     import torch
 
     tokenizer.padding_side = "left"  # decoder-only: the new tokens must follow every prompt directly
     cfg = generation_config(model, tokenizer, max_new_tokens, overrides, stop_tokens)
     eos = _eos_ids(cfg)
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = prompt_texts(tokenizer, prompts, prefixes)
     # the template already writes <bos> etc., so no special tokens are added again
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: OOM shows early
@@ -216,7 +262,10 @@ def _with_adapter(model, tokenizer, name: str, adapter: Path):
 
 
 def fingerprint(P, name: str, variant: str, weights, adapter: Path | None) -> str:
-    """Short hash of what determines a variant's replies (a re-run must match it to resume)."""
+    """Short hash of what determines a variant's replies (a re-run must match it to resume).
+
+    The conditioned variant's per-round behaviours are checked record by record on resume.
+    """
     import hashlib
 
     from .runs import sha256_file
@@ -226,7 +275,9 @@ def fingerprint(P, name: str, variant: str, weights, adapter: Path | None) -> st
              "max_new_tokens": E.max_new_tokens, "generation": E.generation,
              "context_turns": E.context_turns,
              "adapter": sha256_file(adapter / "adapter_model.safetensors")
-             if variant == "finetuned" and adapter and (adapter / "adapter_model.safetensors").exists() else None}
+             if variant in ADAPTED and adapter and (adapter / "adapter_model.safetensors").exists() else None}
+    if variant == "conditioned":
+        facts["condition_on"] = E.condition_on
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -236,6 +287,35 @@ def _check_fingerprints(out_path: Path, existing: list[dict], name: str, variant
         raise ValueError(f"{out_path}: replies of {name}/{variant} were made with other settings "
                          f"({sorted(map(str, stale))} != {fp}: weights, adapter or generation params "
                          "changed); delete the file or use a new run name")
+
+
+def behaviours(condition_on: str, histories: list[list[dict]], forecaster_path=None) -> list[str]:
+    """The MI behaviour of each conditioned round: a fixed TAGS label, or the forecaster's on its history."""
+    if condition_on in forecast.TAGS:
+        return [condition_on] * len(histories)
+    if condition_on != "forecaster":
+        raise ValueError(f"evaluation.condition_on: {condition_on!r} is not 'forecaster' or one of {list(forecast.TAGS)}")
+    if forecaster_path is None or not Path(forecaster_path).exists():
+        raise FileNotFoundError(f"{forecaster_path}: no forecaster; run forecast.evaluate (04, evaluation.forecaster"
+                                f".enabled) before generation, or set evaluation.condition_on to one of {list(forecast.TAGS)}")
+    bundle = forecast.load(forecaster_path)
+    return [forecast.predict_next(bundle, h) for h in histories]
+
+
+def _check_behaviours(out_path: Path, existing: list[dict], name: str, todo: list[dict]) -> None:
+    want = {_key({"model": name, "variant": "conditioned", **r}): r["behaviour"] for r in todo}
+    stale = sorted(k for r in existing if (k := _key(r)) in want and r.get("behaviour") != want[k])
+    if stale:
+        raise ValueError(f"{out_path}: {len(stale)} conditioned replies of {name} (first {stale[0]}) were made for "
+                         "other behaviours (forecaster or condition_on changed); delete the file or use a new run name")
+
+
+def _record(name: str, variant: str, r: dict, reply: str, fp: str) -> dict:
+    """One generations.jsonl record; the reply without a tag, its label under "behaviour"."""
+    written, text = split_tag(reply)
+    return {"model": name, "variant": variant, "dialogue_id": r["dialogue_id"], "round": r["round"],
+            "topic": r["topic"], "messages": r["messages"], "reference": r["reference"], "reply": text,
+            "behaviour": r["behaviour"] if variant == "conditioned" else written, "settings": fp}
 
 
 def _generate_variant(P, model, tok, name, variant, pending, out_path, progress, fp):
@@ -249,45 +329,49 @@ def _generate_variant(P, model, tok, name, variant, pending, out_path, progress,
     bar = tqdm(total=len(pending), desc=f"generate {name}/{variant}", unit="reply", disable=not progress)
     batches = generate_batches(model, tok, [r["messages"] for r in pending], batch_size=E.batch_size,
                                max_new_tokens=E.max_new_tokens, overrides=E.generation,
-                               stop_tokens=models.get(name).special_tokens)
+                               stop_tokens=models.get(name).special_tokens,
+                               prefixes=[tag_prefix(r["behaviour"]) for r in pending]
+                               if variant == "conditioned" else None)
     for idx, replies in batches:
-        _append(out_path, [{"model": name, "variant": variant, "dialogue_id": pending[i]["dialogue_id"],
-                            "round": pending[i]["round"], "topic": pending[i]["topic"],
-                            "messages": pending[i]["messages"], "reference": pending[i]["reference"],
-                            "reply": reply, "settings": fp} for i, reply in zip(idx, replies)])
+        _append(out_path, [_record(name, variant, pending[i], reply, fp) for i, reply in zip(idx, replies)])
         bar.update(len(idx))
     bar.close()
 
 
 def _run_model(P, name, variants, todo, existing, out_path, weights, ad, progress) -> None:
-    """Generate the missing rounds of one model: base first, then base + adapter."""
+    """Generate the missing rounds of one model: base first, then base + adapter (finetuned, conditioned)."""
     from . import models
 
     done = {_key(r) for r in existing}
     pending = {v: [r for r in todo if _key({"model": name, "variant": v, **r}) not in done]
                for v in variants}
-    if "finetuned" in variants:
+    if any(v in ADAPTED for v in variants):
         _check_adapter(name, ad)  # fail before spending minutes on the base variant
     fps = {v: fingerprint(P, name, v, weights, ad) for v in variants}
     for v in variants:
         _check_fingerprints(out_path, existing, name, v, fps[v])
+    if "conditioned" in variants:
+        _check_behaviours(out_path, existing, name, todo)
     if not any(pending.values()):
         return
     model, tok = models.load(name, resolve_device(P.device), path=weights)
     model.eval()
+    merged = False
     for v in variants:
-        if v == "finetuned":
+        if v in ADAPTED and not merged:
             model, tok = _with_adapter(model, tok, name, ad)
+            merged = True
         if pending[v]:
             _generate_variant(P, model, tok, name, v, pending[v], out_path, progress, fps[v])
 
 
 def run(P, test_path=None, out_path=None, model_paths: dict | None = None,
-        adapter_dirs: dict | None = None, progress: bool = True) -> list[dict]:
+        adapter_dirs: dict | None = None, progress: bool = True, forecaster_path=None) -> list[dict]:
     """Generate every missing (model, variant, dialogue, round) into generations.jsonl; return them.
 
     model_paths / adapter_dirs override, per model name, the weights (default: P.model_paths, else
-    the registry) and the 03 adapter (tests use a tiny model). The returned records are those of
+    the registry) and the 03 adapter (tests use a tiny model); forecaster_path the bundle the
+    conditioned variant asks (default: 04's forecaster.joblib). The returned records are those of
     this configuration, in key order.
     """
     from .params import path
@@ -295,16 +379,22 @@ def run(P, test_path=None, out_path=None, model_paths: dict | None = None,
     model_paths = {k: path(v) for k, v in {**P.model_paths, **(model_paths or {})}.items()}
 
     E = P.evaluation
-    unknown = sorted(set(E.variants) - {"base", "finetuned"})
+    unknown = sorted(set(E.variants) - set(VARIANTS))
     if unknown:
-        raise ValueError(f"evaluation.variants: unknown {unknown}; known: ['base', 'finetuned']")
+        raise ValueError(f"evaluation.variants: unknown {unknown}; known: {list(VARIANTS)}")
     test_path = Path(test_path or P.run_dir / "02_mi_transcription" / "test.jsonl")
     out_path = Path(out_path or P.stage_dir("04_evaluation") / "generations.jsonl")
     if not test_path.exists():
         raise FileNotFoundError(f"{test_path}: no MI test set; run stage 02 first")
-    todo = rounds(read_test(test_path), E.max_dialogues, E.max_rounds, E.context_turns)
+    records = read_test(test_path)
+    todo = rounds(records, E.max_dialogues, E.max_rounds, E.context_turns)
+    if "conditioned" in E.variants:  # the forecaster reads the whole gold history, not the window
+        full = rounds(records, E.max_dialogues, E.max_rounds, None)
+        fc = forecaster_path or P.run_dir / "04_evaluation" / "forecaster.joblib"
+        for r, label in zip(todo, behaviours(E.condition_on, [f["messages"] for f in full], fc)):
+            r["behaviour"] = label
     existing = read_generations(out_path)
-    variants = sorted(E.variants, key=["base", "finetuned"].index)  # the adapter is merged in last
+    variants = sorted(E.variants, key=VARIANTS.index)  # the adapter is merged in once, after base
     for name in E.models:
         ad = Path((adapter_dirs or {}).get(name) or adapter_dir(P, name))
         _run_model(P, name, variants, todo, existing, out_path, model_paths.get(name), ad, progress)
@@ -313,7 +403,7 @@ def run(P, test_path=None, out_path=None, model_paths: dict | None = None,
     return sorted(recs.values(), key=lambda r: (r["model"], r["variant"], r["dialogue_id"], r["round"]))
 
 
-def examples(generations: list[dict], n: int = 3, width: int = 120) -> "pd.DataFrame":
+def examples(generations: list[dict], n: int = 3, width: int = 120):
     """The first n rounds side by side: last client turn, reference and each variant's reply."""
     import pandas as pd
 

@@ -48,7 +48,7 @@ _NAMES = {re.sub(r"\W+", "_", v).upper(): k for k, v in CODES.items()}  # "SIMPL
 
 DEFAULTS = {  # P.evaluation.miti keys; paths relative to the project root
     "enabled": True,  # false: stage 04 skips MITI coding
-    "prompt_version": "miti_v1",  # mi_llm/prompts/<version>.md with `## code` and `## globals`
+    "prompt_version": "miti_v2",  # mi_llm/prompts/<version>.md with `## code` and `## globals`
     "max_tokens": 8,  # tokens of a code answer (one code word)
     "globals_max_tokens": 64,  # tokens of the globals JSON answer
     "temperature": 0.0,
@@ -112,6 +112,9 @@ def count_codes(codes) -> dict:
 
 
 # ----------------------------------------------------------------------------- parsing answers
+_LEADING_CODE = re.compile(r"(PERSUADE_PERM|PERSUADE|CONFRONT|SEEK|AUTO|NONE|GI|SR|CR|AF|Q)(?![A-Za-z_])")
+
+
 def parse_code(text: str) -> str:
     """The one code (or NONE) a coder answered; ValueError when it is not exactly one known code."""
     s = (text or "").strip()
@@ -130,6 +133,9 @@ def parse_code(text: str) -> str:
     first = re.split(r"[\s:：,，;(（\-–]+", line, maxsplit=1)[0]
     if first in CODES or first == NONE:  # "SR - the counselor ..." : the code, spelled as asked
         return first
+    m = _LEADING_CODE.match(line)
+    if m:  # "CRспекти…": the code word, then a run-on that is not part of any code
+        return m.group(1)
     raise ValueError(f"not a MITI code: {line[:60]!r}")
 
 
@@ -234,9 +240,12 @@ def code_units(ep, units: list[dict], p, cfg: dict, rate_globals: bool = True) -
             text = prompts.render(parts["code"], context=render_turns(ctx) or "(none)",
                                   utterance=u["turns"][ut["turn"]]["text"].strip())
             k = f"{version}:code:{_key(text)}"
-            reqs[k] = llm.Request(k, [{"role": "user", "content": text}])
+            system = [{"role": "system", "content": parts["code_system"]}] if "code_system" in parts else []
+            msgs = [*system, *prompts.shots(parts, "code_"), {"role": "user", "content": text}]
+            reqs[k] = llm.Request(k, msgs)
             slots.append((ut, k))
-    results = llm.complete(ep, list(reqs.values()), desc="MITI codes", validate=parse_code,
+    # truncated_ok: a code word followed by a small model's run-on is still that code (parse_code)
+    results = llm.complete(ep, list(reqs.values()), desc="MITI codes", validate=parse_code, truncated_ok=True,
                            settings={"temperature": cfg["temperature"], "max_tokens": cfg["max_tokens"]},
                            **common)
     by_key = {r.key: r for r in results}

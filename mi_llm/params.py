@@ -53,7 +53,7 @@ class CorporaParams:
 
 @dataclass
 class QualityParams:
-    prompt_version: str = "judge_v1"
+    prompt_version: str = "judge_v2"
     judge_sample: int = 2  # dialogues per corpus scored by the judge
     max_dialogue_chars: int = 6000  # characters of dialogue shown to the judge; longer ones cut
     max_tokens: int = 128
@@ -77,6 +77,9 @@ class TranscriptionParams:
     n_train: int = 2000
     n_test: int = 40
     batch_api: bool = False  # OpenAI Batch API instead of live requests (remote only)
+    # start each counselor turn with its MI behaviour tag <mi:label> (forecast.TAGS), kept in the
+    # corpus so SFT learns it; needs a tagged prompt version (mi_tagged_v1, mi_turn_tagged_v1)
+    tag_behaviour: bool = False
 
 
 @dataclass
@@ -92,7 +95,9 @@ class SFTParams:
 @dataclass
 class EvaluationParams:
     models: list = field(default_factory=lambda: ["gemma3-270m"])  # registry names
-    variants: list = field(default_factory=lambda: ["base", "finetuned"])  # finetuned: + 03 adapter
+    # finetuned: + 03 adapter; conditioned: + 03 adapter, each reply begun with an MI behaviour tag
+    variants: list = field(default_factory=lambda: ["base", "finetuned"])
+    condition_on: str = "forecaster"  # conditioned variant's behaviour: forecaster | a forecast.TAGS label
     max_dialogues: int | None = None  # test dialogues evaluated; None: all
     max_rounds: int | None = None  # counselor turns per dialogue (the first ones); None: all
     context_turns: int | None = None  # messages of gold history kept before each reply; None: all

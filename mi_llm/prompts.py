@@ -40,6 +40,16 @@ def parts(version: str) -> dict[str, str]:
     return out
 
 
+def shots(parts_: dict[str, str], prefix: str = "") -> list[dict]:
+    """Few-shot chat turns from the `<prefix>shotN_user` / `<prefix>shotN_assistant` sections, in order."""
+    out, n = [], 1
+    while f"{prefix}shot{n}_user" in parts_:
+        out += [{"role": "user", "content": parts_[f"{prefix}shot{n}_user"]},
+                {"role": "assistant", "content": parts_[f"{prefix}shot{n}_assistant"]}]
+        n += 1
+    return out
+
+
 def name(version: str) -> str:
     """The version's short name (file stem), recorded with every output it produced."""
     return Path(version).stem

@@ -124,11 +124,11 @@ def describe_all(loaded: dict[str, tuple[list[Dialogue], dict]]) -> pd.DataFrame
 
 # ----------------------------------------------------------------------------- the judge's prompt
 def prompt_template(version: str) -> dict[str, str]:
-    """The judge prompt's parts {"system", "user"}; the user part has a {dialogue} slot."""
+    """The judge prompt's parts: "system", "user" (with a {dialogue} slot), optional few-shot pairs."""
     from . import prompts
 
     parts = prompts.parts(version)
-    if set(parts) != {"system", "user"} or "{dialogue}" not in parts["user"]:
+    if not {"system", "user"} <= set(parts) or "{dialogue}" not in parts["user"]:
         raise ValueError(f"prompt {version}: needs '## system' and '## user' sections, the user one"
                          f" with a {{dialogue}} slot; found sections {sorted(parts)}")
     return parts
@@ -164,7 +164,8 @@ def judge_messages(d: Dialogue, template: dict, max_chars: int) -> tuple[list[di
 
     text, truncated = render_dialogue(d, max_chars)
     user = prompts.render(template["user"], dialogue=text)
-    return [{"role": "system", "content": template["system"]}, {"role": "user", "content": user}], truncated
+    return [{"role": "system", "content": template["system"]}, *prompts.shots(template),
+            {"role": "user", "content": user}], truncated
 
 # ----------------------------------------------------------------------------- the judge's answer
 def _json_objects(text: str):
@@ -253,7 +254,8 @@ def judge(ep, samples: dict[str, list[Dialogue]], p) -> tuple[list[dict], dict]:
             requests.append(llm.Request(f"{version}:{corpus}:{d.id}:{d.content_hash()}", messages))
     settings = {"temperature": q.temperature, "max_tokens": q.max_tokens}
     results = llm.complete(ep, requests, llm_params=p.llm, cache_path=cache_path(p), settings=settings,
-                           validate=parse_judgement, retries=q.parse_retries, desc="judge")
+                           validate=parse_judgement, retries=q.parse_retries, desc="judge",
+                           truncated_ok=True)  # a complete JSON object before the cut is an answer
     records = [_record(corpus, d, truncated, r, version, ep)
                for (corpus, d, truncated), r in zip(units, results)]
     return records, llm.usage(results, p.llm, ep.model)

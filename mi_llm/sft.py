@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import models
 from .params import Params
+from .params import path as params_path
 from .schema import DataError
 
 STAGE = "03_sft"
@@ -266,6 +267,8 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
         report = json.loads(done.read_text(encoding="utf-8"))
         if report["steps"] == start_step == P.sft.config.get("max_steps", start_step):
             return report
+    if model_path is None and model_name in P.model_paths:
+        model_path = params_path(P.model_paths[model_name])
     model, tok = models.load(model_name, device="cpu", path=model_path)
     dataset = build_dataset(P, tok)
     args = sft_config(P, spec, ckpt_dir, disable_tqdm=not progress)

@@ -5,6 +5,8 @@ Two units of rewriting, same client, cache and validation machinery:
 - `turn` (small models): each counselor turn rewritten alone, in context (source turns before it and
   the client's next turn), few-shot; the dialogue is reassembled from its rewritten turns and fails,
   with the reason, if any of its turns fails. A source turn is never passed off as a rewrite.
+With `tag_behaviour` every counselor turn must start with its MI behaviour tag (<mi:label>, see
+mi_llm.forecast); the tag is checked and kept in the stored content, so SFT learns it unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import llm, prompts
+from . import forecast, llm, prompts
 from .params import path as project_path
 from .schema import DataError, Dialogue, Turn
 
@@ -119,9 +121,38 @@ def check_text(new: str, source: str, tp) -> None:
         raise ValueError(f"too_long: length ratio {ratio:.2f} > {tp.max_length_ratio}")
 
 
+def check_prompt(parts: dict, version: str, tp) -> None:
+    """The prompt asks for <mi:...> tags exactly when transcription.tag_behaviour is on."""
+    asks = "<mi:" in parts.get("system", "")
+    if asks != bool(tp.tag_behaviour):
+        raise ValueError(f"transcription.prompt_version {version!r} {'asks' if asks else 'does not ask'} for "
+                         f"<mi:behaviour> tags but transcription.tag_behaviour is {tp.tag_behaviour}; use "
+                         + ("mi_tagged_v1 / mi_turn_tagged_v1" if tp.tag_behaviour else "an untagged version"))
+
+
+def _untag(turns: list[Turn]) -> tuple[list[Turn], list[Turn]]:
+    """Counselor turns must carry a tag: (turns with the tag normalised, turns without it)."""
+    tagged, plain = [], []
+    for i, t in enumerate(turns):
+        if t.speaker == "counselor":
+            try:
+                label, rest = forecast.require_tag(t.text)
+            except ValueError as e:
+                raise ValueError(f"untagged: turn {i}: {e}") from e
+            t, bare = Turn(t.speaker, forecast.tag_text(rest.strip(), label)), Turn(t.speaker, rest.strip())
+        else:
+            bare = t
+        tagged.append(t)
+        plain.append(bare)
+    return tagged, plain
+
+
 def validate_dialogue(text: str, source: Dialogue, tp) -> list[Turn]:
     """A whole rewritten dialogue: parseable, alternating, same first speaker, counselor turns, language, length."""
     turns = parse_dialogue(text)
+    tagged = turns
+    if tp.tag_behaviour:  # checks below see the words only; the stored turns keep their tags
+        tagged, turns = _untag(turns)
     if turns[0].speaker != source.turns[0].speaker:
         raise ValueError(f"first_speaker: starts with {turns[0].speaker}, source with {source.turns[0].speaker}")
     for i in range(1, len(turns)):
@@ -130,7 +161,7 @@ def validate_dialogue(text: str, source: Dialogue, tp) -> list[Turn]:
     if not any(t.speaker == "counselor" and t.text for t in turns):
         raise ValueError("no_counselor: no counselor turn")
     check_text("".join(t.text for t in turns), "".join(t.text for t in source.turns), tp)
-    return turns
+    return tagged
 
 
 def whole_sentences(line: str) -> str:
@@ -154,11 +185,18 @@ def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
     m = LINE.match(line)
     if m and SPEAKER_OF[m.group(1)] == "client":
         raise ValueError("wrong_speaker: answered as the client")
-    line = whole_sentences(m.group(2).strip() if m else line)
+    line = m.group(2).strip() if m else line
+    label = None
+    if tp.tag_behaviour:
+        try:
+            label, line = forecast.require_tag(line)
+        except ValueError as e:
+            raise ValueError(f"untagged: {e}") from e
+    line = whole_sentences(line.strip())
     if line == source.strip() or any(line == t.text.strip() for t in context):
         raise ValueError("copied: the reply repeats the source or the context")
     check_text(line, source, tp)
-    return line
+    return forecast.tag_text(line, label) if label else line
 
 
 # ----------------------------------------------------------------------------- requests
@@ -211,6 +249,7 @@ def _by_dialogue(ep, dialogues, P, cache_path, batch_dir):
     """Run the requests of the chosen unit; yield (dialogue, rewritten turns | None, reason, results)."""
     tp, v = P.transcription, P.transcription.prompt_version
     parts = prompts.parts(v)
+    check_prompt(parts, v, tp)
     settings = {"temperature": tp.temperature, "max_tokens": tp.max_tokens}
     if tp.unit == "dialogue":
         reqs = []
@@ -268,6 +307,8 @@ def transcribe(ep, dialogues: list[Dialogue], P, cache_path, batch_dir=None) -> 
         "rejected_answers_by_reason": dict(Counter(_reason(e) for r in units for e in r.errors)),
         **use, "wall_s": round(wall, 2),
         "requests_per_s": round(use["api_calls"] / wall, 3) if wall > 0 else None,
+        "behaviours": dict(Counter(forecast.strip_tag(m["content"])[0] for r in records for m in r["messages"]
+                                   if m["role"] == "assistant")) if P.transcription.tag_behaviour else None,
         "by_corpus": {c: {"attempted": sum(d.corpus == c for d, *_ in rows),
                           "valid": sum(r["source_corpus"] == c for r in records)}
                       for c in sorted({d.corpus for d, *_ in rows})},

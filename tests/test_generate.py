@@ -99,7 +99,7 @@ def test_resume_skips_finished_rounds(tiny_model_dir, tmp_path, monkeypatch):
     assert {(r["dialogue_id"], r["round"]) for r in recs} == {(str(d), k) for d in
                                                               {r["dialogue_id"] for r in recs} for k in range(3)}
     assert set(first[0]) == {"model", "variant", "dialogue_id", "round", "topic", "messages",
-                             "reference", "reply", "settings"}
+                             "reference", "reply", "behaviour", "settings"}
     asked.clear()
     assert generate.run(P, test, out, model_paths=paths, progress=False) == recs
     assert asked == []  # nothing left to do: the model is not even asked
@@ -116,10 +116,101 @@ def test_finetuned_variant_needs_and_uses_the_adapter(tiny_model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter"):
         generate.run(P, test, tmp_path / "g.jsonl", model_paths={NAME: tiny_model_dir},
                      adapter_dirs={NAME: tmp_path / "none"}, progress=False)
-    model, tok = models.load(NAME, "cpu", path=tiny_model_dir)
+    model, _ = models.load(NAME, "cpu", path=tiny_model_dir)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # B != 0
     get_peft_model(model, lora).save_pretrained(tmp_path / "adapter")
     recs = generate.run(P, test, tmp_path / "g.jsonl", model_paths={NAME: tiny_model_dir},
                         adapter_dirs={NAME: tmp_path / "adapter"}, progress=False)
     assert [(r["variant"], r["round"]) for r in recs] == [("base", 0), ("base", 1),
                                                          ("finetuned", 0), ("finetuned", 1)]
+
+
+# ----------------------------------------------------------------------------- conditioned variant (issue 8)
+def _tagged_records(n=1):
+    """Real records as a tag_behaviour corpus stores them: every counselor turn starts with a tag."""
+    from mi_llm import forecast
+
+    recs = _records(n)
+    for r in recs:
+        for k, m in enumerate(r["messages"]):
+            if m["role"] == "assistant":
+                m["content"] = forecast.tag_text(m["content"], forecast.TAGS[k % len(forecast.TAGS)])
+    return recs
+
+
+def test_split_tag_and_prefix():
+    assert generate.split_tag("<mi:open_question> 你愿意多说说吗？") == ("open_question", "你愿意多说说吗？")
+    assert generate.split_tag("<mi:advice> 早点睡。") == (None, "早点睡。")  # an invented label is still cut
+    assert generate.split_tag("没有标签。") == (None, "没有标签。")
+    assert generate.tag_prefix("simple_reflection") == "<mi:simple_reflection>"
+    with pytest.raises(ValueError, match="unknown MI behaviour"):
+        generate.tag_prefix("advice")
+    rs = generate.rounds(_tagged_records(1), max_rounds=2)
+    assert rs[0]["reference"] == _records(1)[0]["messages"][1]["content"]  # the reference is scored untagged
+
+
+def _adapter(tiny_model_dir, path):
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = models.load(NAME, "cpu", path=tiny_model_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, lora).save_pretrained(path)
+    return path
+
+
+def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(tiny_model_dir, tmp_path, monkeypatch):
+    test = _write(tmp_path / "test.jsonl", _tagged_records(1))
+    out, ad = tmp_path / "g.jsonl", _adapter(tiny_model_dir, tmp_path / "adapter")
+    P = _params(variants=["conditioned", "finetuned"], condition_on="complex_reflection", max_rounds=2)
+    texts, real_texts, real_batches = [], generate.prompt_texts, generate.generate_batches
+
+    def spy_texts(tok, prompts, prefixes=None):
+        texts.extend(real_texts(tok, prompts, prefixes))
+        return texts[-len(prompts):]
+
+    def model_writes_a_tag(*a, **kw):  # as a model fine-tuned on a tagged corpus would
+        for idx, replies in real_batches(*a, **kw):
+            yield idx, ["<mi:other> " + r for r in replies]
+
+    monkeypatch.setattr(generate, "prompt_texts", spy_texts)
+    monkeypatch.setattr(generate, "generate_batches", model_writes_a_tag)
+    recs = generate.run(P, test, out, model_paths={NAME: tiny_model_dir}, adapter_dirs={NAME: ad}, progress=False)
+    assert [(r["variant"], r["round"]) for r in recs] == [("conditioned", 0), ("conditioned", 1),
+                                                         ("finetuned", 0), ("finetuned", 1)]
+    assert [t.endswith("<start_of_turn>model\n") for t in texts] == [True, True, False, False]  # finetuned first
+    assert all(t.endswith("<start_of_turn>model\n<mi:complex_reflection>") for t in texts[2:])
+    for r in recs:
+        assert "<mi:" not in r["reply"] and "<mi:" not in r["reference"]
+        assert r["behaviour"] == ("complex_reflection" if r["variant"] == "conditioned" else "other")
+    fp = {r["variant"]: r["settings"] for r in recs}
+    assert fp["conditioned"] != fp["finetuned"]
+    with pytest.raises(ValueError, match="other settings"):  # another fixed behaviour: never mixed
+        generate.run(_params(variants=["conditioned"], condition_on="open_question", max_rounds=2), test, out,
+                     model_paths={NAME: tiny_model_dir}, adapter_dirs={NAME: ad}, progress=False)
+    with pytest.raises(ValueError, match="condition_on"):
+        generate.run(_params(variants=["conditioned"], condition_on="advice"), test, out,
+                     model_paths={NAME: tiny_model_dir}, adapter_dirs={NAME: ad}, progress=False)
+
+
+def test_conditioned_on_the_forecaster(tiny_model_dir, tmp_path):
+    from mi_llm import forecast
+
+    sessions = forecast.load_sessions(ROOT / "data/AnnoMI")[:20]  # real AnnoMI codes, a quick fit
+    bundle = forecast.fit(sessions, {**forecast.DEFAULTS, "model": "universal"}, seed=0)
+    fc = forecast.save(bundle, tmp_path / "forecaster.joblib")
+    test = _write(tmp_path / "test.jsonl", _tagged_records(2))
+    out, ad = tmp_path / "g.jsonl", _adapter(tiny_model_dir, tmp_path / "adapter")
+    P = _params(variants=["conditioned"], condition_on="forecaster", max_rounds=3, context_turns=2)
+    kw = {"model_paths": {NAME: tiny_model_dir}, "adapter_dirs": {NAME: ad}, "progress": False}
+    with pytest.raises(FileNotFoundError, match="forecaster"):
+        generate.run(P, test, out, forecaster_path=tmp_path / "none.joblib", **kw)
+    recs = generate.run(P, test, out, forecaster_path=fc, **kw)
+    full = generate.rounds(generate.read_test(test), 2, 3, None)  # whole history, tags included
+    want = {(r["dialogue_id"], r["round"]): forecast.predict_next(bundle, r["messages"]) for r in full}
+    assert len(recs) == 6 and {(r["dialogue_id"], r["round"]): r["behaviour"] for r in recs} == want
+    lines = out.read_text(encoding="utf-8").splitlines()
+    rec = json.loads(lines[0])
+    rec["behaviour"] = next(t for t in forecast.TAGS if t != rec["behaviour"])
+    out.write_text("\n".join([json.dumps(rec, ensure_ascii=False), *lines[1:]]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="other behaviours"):  # the forecaster changed since: refuse to mix
+        generate.run(P, test, out, forecaster_path=fc, **kw)

@@ -9,7 +9,7 @@ import time
 import pytest
 from openai_server import serve
 
-from mi_llm import llm, prompts
+from mi_llm import batch, llm, prompts
 from mi_llm.params import LLMParams
 
 
@@ -147,15 +147,15 @@ def test_duplicate_keys_are_refused(tmp_path):
 def test_batch_api_path_and_resume_by_batch_id(tmp_path, monkeypatch):
     reqs = requests(4, "b")
     with serve(echo, batch_polls=2) as url:
-        real_ingest = llm._ingest
+        real_ingest = batch._ingest
 
         def crash(*a, **k):  # the process dies after submitting, before ingesting
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(llm, "_ingest", crash)
+        monkeypatch.setattr(batch, "_ingest", crash)
         with pytest.raises(KeyboardInterrupt):
             run(url, reqs, tmp_path, batch_dir=tmp_path / "batch")
-        monkeypatch.setattr(llm, "_ingest", real_ingest)
+        monkeypatch.setattr(batch, "_ingest", real_ingest)
         res = run(url, reqs, tmp_path, batch_dir=tmp_path / "batch")
         assert url.stats.batches_created == 1  # resumed by the stored batch id, not resubmitted
         assert url.stats.count == 0  # nothing went through live requests

@@ -319,7 +319,7 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
         assert url.stats.count == n_calls
     assert seen["never coded: 我明白你的感受"] == 2 and seen["once: 我明白你的感受"] == 2
     codes = [json.loads(x) for x in (out / "miti_codes.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(codes) == 4 + 6 and all(c["prompt_version"] == "miti_v1" for c in codes)
+    assert len(codes) == 4 + 6 and all(c["prompt_version"] == miti.DEFAULTS["prompt_version"] for c in codes)
     utts = {c["turns"][ut["turn"]]["text"]: ut for c in codes for ut in c["utterances"]}
     never, once = utts["never coded: 我明白你的感受"], utts["once: 我明白你的感受"]
     assert never["code"] is None and not never["ok"] and len(never["raw"]) == 2
@@ -357,3 +357,16 @@ def test_coder_opens_the_remote_endpoint_itself(generations, tmp_path, monkeypat
     assert s.loc["base", "SR"] == s.loc["finetuned", "SR"] and s.loc["base", "n_coded"] == 6
     assert np.isnan(s.loc["base", "technical"])  # globals not rated
     assert res["agreement"].empty
+
+
+def test_miti_v2_examples_are_valid_codes_and_run_ons_keep_the_leading_code():
+    from mi_llm import prompts
+
+    parts = prompts.parts("miti_v2")
+    shots = prompts.shots(parts, "code_")
+    assert len(shots) == 6 and "{utterance}" in parts["code"] and "code_system" in parts
+    assert [miti.parse_code(m["content"]) for m in shots[1::2]] == ["Q", "CR", "PERSUADE"]
+    assert miti.parse_code("CRспекти\n牠们") == "CR" and miti.parse_code("Q。你") == "Q"
+    for bad in ["Questions", "QA", "CRITICAL", "我明白"]:
+        with pytest.raises(ValueError):
+            miti.parse_code(bad)

@@ -230,7 +230,7 @@ def test_judge_run_retries_and_keeps_raw_answers(tmp_path, monkeypatch):
     assert by["bad1"]["answers"][0] == "这段对话整体不错，我给 7 分。" and len(by["bad1"]["answers"]) == 2
     assert not by["never1"]["ok"] and by["never1"]["scores"] is None
     assert "outside 0..2" in by["never1"]["error"] and len(by["never1"]["answers"]) == 2
-    assert all(r["model"] == "judge-test" and r["prompt_version"] == "judge_v1" for r in records)
+    assert all(r["model"] == "judge-test" and r["prompt_version"] == "judge_v2" for r in records)
 
     stats = quality.describe_all({k: (v, {"n_bad": 0}) for k, v in corpora.items()})
     ranked = quality.rank(stats, records, top_k=1, n_resamples=200, seed=p.seed)
@@ -249,3 +249,14 @@ def test_judge_run_retries_and_keeps_raw_answers(tmp_path, monkeypatch):
         assert url2.stats.count == 0
     assert usage2["cached"] == 3 and usage2["api_calls"] == 0
     assert [r["answers"] for r in again] == [r["answers"] for r in records]
+
+
+def test_judge_v2_sends_its_worked_examples_as_chat_turns():
+    from mi_llm import schema
+
+    d = schema.Dialogue("x", "t", [schema.Turn("client", "我很累。"), schema.Turn("counselor", "听起来你很辛苦。")])
+    msgs, _ = quality.judge_messages(d, quality.prompt_template("judge_v2"), 1000)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    for m in msgs[2:5:2]:  # the examples answer in exactly the form parse_judgement reads
+        assert set(quality.parse_judgement(m["content"])) == set(quality.CRITERIA)
+    assert "听起来你很辛苦" in msgs[-1]["content"]

@@ -266,3 +266,86 @@ def test_kill_9_resume_loses_and_repeats_nothing(tmp_path):
     assert not asked_again & done  # no finished answer was requested again
     assert asked_again | done == _rows(db) and len(_rows(db)) == n_units  # nothing lost
     assert json.loads(out.read_text()) == json.loads((tmp_path / "ref.json").read_text())
+
+
+# ----------------------------------------------------------------------------- behaviour tags (issue 8)
+TAGGED = dataclasses.replace(TP, tag_behaviour=True)
+
+
+@pytest.mark.parametrize("version, tagged", [("mi_v1", False), ("mi_turn_v1", False),
+                                             ("mi_tagged_v1", True), ("mi_turn_tagged_v1", True)])
+def test_tagged_prompts_name_every_tag_and_must_match_the_option(version, tagged):
+    from mi_llm import forecast, prompts
+
+    parts = prompts.parts(version)
+    named = set(re.findall(r"<mi:([a-z_]+)>", parts["system"]))  # <mi:标签> shows the format
+    assert named == (set(forecast.TAGS) if tagged else set())
+    transcribe.check_prompt(parts, version, TAGGED if tagged else TP)
+    with pytest.raises(ValueError, match="tag_behaviour"):
+        transcribe.check_prompt(parts, version, TP if tagged else TAGGED)
+    for k, v in parts.items():  # the few-shot answers are tagged exactly like a valid answer
+        if k.endswith("_assistant"):
+            assert (forecast.strip_tag(v)[0] in forecast.TAGS) == tagged
+
+
+def test_validate_turn_keeps_a_valid_tag():
+    src, ctx = SRC.turns[1].text, SRC.turns[:1]
+    got = transcribe.validate_turn("咨询师：<mi:complex_reflection>  失眠让你很焦虑，你很想好好睡一觉。\n来访者：嗯", src, ctx,
+                                   TAGGED)
+    assert got == "<mi:complex_reflection> 失眠让你很焦虑，你很想好好睡一觉。"
+    assert transcribe.validate_turn("失眠让你很焦虑，你很想好好睡一觉。", src, ctx, TP) == "失眠让你很焦虑，你很想好好睡一觉。"
+    for text in ["失眠让你很焦虑，你很想好好睡一觉。", "<mi:advice> 失眠让你很焦虑，你很想好好睡一觉。", "<mi:other>"]:
+        with pytest.raises(ValueError, match="^untagged"):
+            transcribe.validate_turn(text, src, ctx, TAGGED)
+    with pytest.raises(ValueError, match="^language"):  # the tag is not counted as text
+        transcribe.validate_turn("<mi:open_question> What worries you?", src, ctx, TAGGED)
+
+
+def test_validate_dialogue_needs_a_tag_on_every_counselor_turn():
+    good = ("来访者：我最近总是失眠，很焦虑。\n咨询师：<mi:simple_reflection> 失眠让你很焦虑。\n"
+            "来访者：可是我做不到。\n咨询师：<mi:open_question>你试过哪些办法，哪些对你最有帮助？")
+    turns = transcribe.validate_dialogue(good, SRC, TAGGED)
+    assert [t.text for t in turns][1::2] == ["<mi:simple_reflection> 失眠让你很焦虑。",
+                                            "<mi:open_question> 你试过哪些办法，哪些对你最有帮助？"]
+    assert turns[0].text == SRC.turns[0].text  # client turns carry no tag
+    with pytest.raises(ValueError, match="^untagged: turn 3"):
+        transcribe.validate_dialogue(good.replace("<mi:open_question>", ""), SRC, TAGGED)
+
+
+def tagged_model(seen: dict):
+    """A model that follows the tagged prompts, but forgets the tag the first time it sees a request."""
+    from mi_llm import forecast
+
+    def answer(req: dict) -> str:
+        body = json.dumps(req["messages"], ensure_ascii=False)
+        seen[body] = seen.get(body, 0) + 1
+        text = mi_model(req)
+        if seen[body] == 1:
+            return text
+        label = forecast.TAGS[len(body) % len(forecast.TAGS)]
+        return "\n".join(x.replace("咨询师：", f"咨询师：<mi:{label}> ") if x.startswith("咨询师") else x
+                         for x in text.splitlines()) if "原始对话" in body else f"<mi:{label}> {text}"
+    return answer
+
+
+@pytest.mark.parametrize("unit, version", [("turn", "mi_turn_tagged_v1"), ("dialogue", "mi_tagged_v1")])
+def test_tags_round_trip_through_transcription(tmp_path, unit, version):
+    from mi_llm import forecast
+
+    P = smoke_params(unit=unit, prompt_version=version, max_length_ratio=5.0, tag_behaviour=True,
+                     validation_retries=1)
+    ds, seen = sample_dialogues(2), {}
+    with serve(tagged_model(seen)) as url:
+        recs, fails, rep = transcribe.transcribe(llm.Endpoint(url, "m", "k", "remote"), ds, P, tmp_path / "c.sqlite")
+    assert not fails and len(recs) == 4 and rep["units_retried"] == rep["units_attempted"]  # untagged: asked again
+    assert rep["rejected_answers_by_reason"] == {"untagged": rep["units_attempted"]}
+    labels = []
+    for r in recs:
+        for m in r["messages"]:
+            label, text = forecast.strip_tag(m["content"])
+            assert (label is not None) == (m["role"] == "assistant") and text.startswith("听起来") == bool(label)
+            labels += [label] if label else []
+    assert rep["behaviours"] == {k: labels.count(k) for k in set(labels)} and sum(rep["behaviours"].values()) == 8
+    with pytest.raises(ValueError, match="tag_behaviour"):  # a tagged prompt without the option is refused
+        transcribe.transcribe(llm.Endpoint("http://127.0.0.1:9/v1", "m", "k", "remote"), ds,
+                              smoke_params(unit=unit, prompt_version=version), tmp_path / "d.sqlite")
