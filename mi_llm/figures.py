@@ -236,7 +236,7 @@ def training_loss(run_dir, table=None):
 
 # ----------------------------------------------------------------------------- (d) BLEU / ROUGE
 def _variant_order(t):
-    known = ["base", "finetuned"]
+    known = ["base", "finetuned", "conditioned"]
     return sorted(t.variant.unique(), key=lambda v: (known.index(v) if v in known else 9, v))
 
 

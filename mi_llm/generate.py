@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 from . import forecast
@@ -44,10 +45,10 @@ def split_tag(text: str) -> tuple[str | None, str]:
 
 
 def tag_prefix(label: str) -> str:
-    """The generation prefix for a behaviour: its tag without the trailing space.
+    """The generation prefix for a behaviour: its tag without the trailing space (tag_text adds one).
 
-    Gemma's tokenizer splits "<mi:x> 听" into ... ">", " ", "听" but "<mi:x> It" into ... ">", " It":
-    ending the prefix at ">" leaves the model the same next token as in training in both languages.
+    Gemma tokenizes "<mi:x> 听" as ">", " ", "听" but "<mi:x> It" as ">", " It": a prefix ending at
+    ">" leaves the model the next token it saw in training, in either language.
     """
     return forecast.tag_text("", label).rstrip()
 
@@ -389,6 +390,9 @@ def run(P, test_path=None, out_path=None, model_paths: dict | None = None,
     records = read_test(test_path)
     todo = rounds(records, E.max_dialogues, E.max_rounds, E.context_turns)
     if "conditioned" in E.variants:  # the forecaster reads the whole gold history, not the window
+        if not any(split_tag(m["content"])[0] for r in records for m in r["messages"] if m["role"] == "assistant"):
+            warnings.warn(f"{test_path}: no counselor turn is tagged (transcription.tag_behaviour off), so the "
+                          "conditioned variant's <mi:...> prefix is a prompt the model was not fine-tuned on")
         full = rounds(records, E.max_dialogues, E.max_rounds, None)
         fc = forecaster_path or P.run_dir / "04_evaluation" / "forecaster.joblib"
         for r, label in zip(todo, behaviours(E.condition_on, [f["messages"] for f in full], fc)):

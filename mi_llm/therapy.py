@@ -147,7 +147,7 @@ def _summary(g: pd.DataFrame) -> dict:
 def therapy_metrics(generations) -> pd.DataFrame:
     """Per model, category and variant (base/finetuned/reference): therapy_metrics.csv."""
     f = features(generations)
-    order = {s: i for i, s in enumerate(["base", "finetuned", "reference"])}
+    order = {s: i for i, s in enumerate(["base", "finetuned", "conditioned", "reference"])}
     rows = []
     for model, fm in f.groupby("model", sort=False):
         cats = list(dict.fromkeys(fm["category"]))

@@ -307,8 +307,8 @@ def transcribe(ep, dialogues: list[Dialogue], P, cache_path, batch_dir=None) -> 
         "rejected_answers_by_reason": dict(Counter(_reason(e) for r in units for e in r.errors)),
         **use, "wall_s": round(wall, 2),
         "requests_per_s": round(use["api_calls"] / wall, 3) if wall > 0 else None,
-        "behaviours": dict(Counter(forecast.strip_tag(m["content"])[0] for r in records for m in r["messages"]
-                                   if m["role"] == "assistant")) if P.transcription.tag_behaviour else None,
+        **({"behaviours": dict(Counter(forecast.strip_tag(m["content"])[0] for r in records for m in r["messages"]
+                                       if m["role"] == "assistant"))} if P.transcription.tag_behaviour else {}),
         "by_corpus": {c: {"attempted": sum(d.corpus == c for d, *_ in rows),
                           "valid": sum(r["source_corpus"] == c for r in records)}
                       for c in sorted({d.corpus for d, *_ in rows})},

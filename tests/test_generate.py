@@ -149,18 +149,22 @@ def test_split_tag_and_prefix():
     assert rs[0]["reference"] == _records(1)[0]["messages"][1]["content"]  # the reference is scored untagged
 
 
-def _adapter(tiny_model_dir, path):
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_model_dir, tmp_path_factory):
+    """A LoRA adapter of the tiny model with non-zero B (it changes the replies)."""
     from peft import LoraConfig, get_peft_model
 
     model, _ = models.load(NAME, "cpu", path=tiny_model_dir)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    path = tmp_path_factory.mktemp("adapter")
     get_peft_model(model, lora).save_pretrained(path)
     return path
 
 
-def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(tiny_model_dir, tmp_path, monkeypatch):
+def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(tiny_model_dir, tiny_adapter, tmp_path,
+                                                                       monkeypatch):
     test = _write(tmp_path / "test.jsonl", _tagged_records(1))
-    out, ad = tmp_path / "g.jsonl", _adapter(tiny_model_dir, tmp_path / "adapter")
+    out, ad = tmp_path / "g.jsonl", tiny_adapter
     P = _params(variants=["conditioned", "finetuned"], condition_on="complex_reflection", max_rounds=2)
     texts, real_texts, real_batches = [], generate.prompt_texts, generate.generate_batches
 
@@ -192,14 +196,14 @@ def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(tiny_mode
                      model_paths={NAME: tiny_model_dir}, adapter_dirs={NAME: ad}, progress=False)
 
 
-def test_conditioned_on_the_forecaster(tiny_model_dir, tmp_path):
+def test_conditioned_on_the_forecaster(tiny_model_dir, tiny_adapter, tmp_path):
     from mi_llm import forecast
 
     sessions = forecast.load_sessions(ROOT / "data/AnnoMI")[:20]  # real AnnoMI codes, a quick fit
     bundle = forecast.fit(sessions, {**forecast.DEFAULTS, "model": "universal"}, seed=0)
     fc = forecast.save(bundle, tmp_path / "forecaster.joblib")
     test = _write(tmp_path / "test.jsonl", _tagged_records(2))
-    out, ad = tmp_path / "g.jsonl", _adapter(tiny_model_dir, tmp_path / "adapter")
+    out, ad = tmp_path / "g.jsonl", tiny_adapter
     P = _params(variants=["conditioned"], condition_on="forecaster", max_rounds=3, context_turns=2)
     kw = {"model_paths": {NAME: tiny_model_dir}, "adapter_dirs": {NAME: ad}, "progress": False}
     with pytest.raises(FileNotFoundError, match="forecaster"):
@@ -214,3 +218,12 @@ def test_conditioned_on_the_forecaster(tiny_model_dir, tmp_path):
     out.write_text("\n".join([json.dumps(rec, ensure_ascii=False), *lines[1:]]) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match="other behaviours"):  # the forecaster changed since: refuse to mix
         generate.run(P, test, out, forecaster_path=fc, **kw)
+
+
+def test_conditioned_on_an_untagged_corpus_warns(tiny_model_dir, tiny_adapter, tmp_path):
+    test = _write(tmp_path / "test.jsonl", _records(1))
+    P = _params(variants=["conditioned"], condition_on="open_question", max_rounds=1)
+    with pytest.warns(UserWarning, match="not fine-tuned on"):
+        recs = generate.run(P, test, tmp_path / "g.jsonl", model_paths={NAME: tiny_model_dir},
+                            adapter_dirs={NAME: tiny_adapter}, progress=False)
+    assert [r["behaviour"] for r in recs] == ["open_question"]

@@ -169,6 +169,7 @@ def test_transcribe_shipped_samples(tmp_path, unit, version):
         recs2, _, rep2 = transcribe.transcribe(ep, ds, P, tmp_path / "c.sqlite")
         assert url.stats.count == n  # the cache answers a re-run
     assert not fails and rep["valid"] == rep["attempted"] == 6 and rep2["api_calls"] == 0 and recs2 == recs
+    assert "behaviours" not in rep  # untagged transcription
     r = recs[0]
     assert r["source_corpus"] == "cpsycound" and r["prompt_version"] == version and r["id"] == f"cpsycound-{ds[0].id}"
     assert [m["role"] for m in r["messages"]] == ["user", "assistant", "user", "assistant"]
