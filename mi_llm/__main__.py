@@ -19,9 +19,20 @@ def main(argv=None) -> int:
     c.add_argument("params", nargs="+")
     s = sub.add_parser("sync-notebooks", help="rewrite notebook parameters cells from a params file")
     s.add_argument("params", nargs="?", default="params/smoke.yaml")
+    d = sub.add_parser("data", help="the full corpora: list their pinned sources, fetch them")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    dl = dsub.add_parser("list", help="each corpus's source, revision, files, sha256, license")
+    dl.add_argument("--dest", default="data/full", help="download folder (for the paths shown)")
+    df = dsub.add_parser("fetch", help="download, verify and pin corpora (all by default)")
+    df.add_argument("names", nargs="*", metavar="NAME", help="corpora to fetch (data list)")
+    df.add_argument("--dest", default="data/full", help="download folder (default data/full)")
     a = ap.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.cmd == "data":
+        from . import fetch
+
+        return fetch.cli(a)
     from . import check, study
 
     if a.cmd == "check" or (a.cmd == "run" and a.check):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import PurePosixPath
 
 from . import params as params_mod
 
@@ -22,9 +23,43 @@ def check(params_file: str) -> list[str]:
     for name, folder in p.model_paths.items():
         if not params_mod.path(folder).exists():
             errs.append(f"model_paths.{name}: folder {folder} does not exist")
-    for name, src in p.corpora.sources.items():
-        if not params_mod.path(src).exists():
-            errs.append(f"corpora.sources.{name}: path {src} does not exist")
+    errs += corpus_problems(p)
     if p.llm.provider == "remote" and not os.environ.get(p.llm.api_key_env):
         errs.append(f"llm: provider is remote but ${p.llm.api_key_env} is not set")
     return errs
+
+
+def corpus_problems(p) -> list[str]:
+    """Corpus paths that are missing (with the `data fetch` command that brings them) or that are
+    fixtures while corpora.allow_fixtures is false."""
+    from . import corpora
+
+    errs = []
+    for name, src in p.corpora.sources.items():
+        path = params_mod.path(src)
+        if not path.exists():
+            errs.append(f"corpora.sources.{name}: path {src} does not exist{_how_to_get(name, src)}")
+        elif not p.corpora.allow_fixtures and corpora.is_fixture(path):
+            errs.append(
+                f"corpora.sources.{name}: {src} is a fixture written for this project (its "
+                'PROVENANCE.json says "fixture": true), not the real corpus; get the real one with '
+                f"`python -m mi_llm data fetch {name}` and point at it, or set "
+                "corpora.allow_fixtures: true (smoke runs and tests only)"
+            )
+    return errs
+
+
+def _how_to_get(name: str, src: str) -> str:
+    """'; get it with `python -m mi_llm data fetch NAME [--dest D]`' for a corpus of the registry."""
+    from . import sources
+
+    s = next((s for s in sources.SOURCES.values() if s.loader == name), None)
+    if s is None:
+        return ""
+    tail, parts = PurePosixPath(s.name, s.load_path).parts, PurePosixPath(src).parts
+    dest = sources.DEFAULT_DEST
+    if len(parts) > len(tail) and parts[-len(tail):] == tail:
+        dest = str(PurePosixPath(*parts[: -len(tail)]))
+    opt = "" if dest == sources.DEFAULT_DEST else f" --dest {dest}"
+    return (f"; get it with `python -m mi_llm data fetch {s.name}{opt}` (it writes "
+            f"{sources.load_path(s, dest)}; `python -m mi_llm data list` shows the source)")

@@ -393,3 +393,27 @@ def _checked(d: Dialogue, root: Path, seen: dict) -> Dialogue | DataError:
 def load(name: str, path, on_error: str = "raise", limit: int | None = None) -> list[Dialogue]:
     """The dialogues of corpus `name` read from `path` (raise: the first bad record raises)."""
     return load_with_report(name, path, on_error, limit)[0]
+
+
+# ----------------------------------------------------------------------------- provenance
+PROVENANCE = "PROVENANCE.json"  # beside a corpus: its source; "fixture": true marks a fixture
+
+
+def provenance(path) -> dict | None:
+    """The PROVENANCE.json describing a corpus path: in its folder or up to 3 folders above."""
+    p = Path(path).resolve()
+    folder = p if p.is_dir() else p.parent
+    for d in [folder, *folder.parents][:4]:
+        f = d / PROVENANCE
+        if f.is_file():
+            try:
+                return json.loads(f.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise DataError(f, f"line {e.lineno}", "json", f"bad JSON: {e.msg}") from e
+    return None
+
+
+def is_fixture(path) -> bool:
+    """True when the corpus at path was written for this project (its PROVENANCE says so)."""
+    prov = provenance(path)
+    return bool(prov and prov.get("fixture") is True)

@@ -49,6 +49,9 @@ class CorporaParams:
     sources: dict = field(default_factory=dict)  # registry name -> path (file, folder, download)
     on_error: str = "raise"  # raise | skip (bad records are counted and reported)
     limit: int | None = None  # at most this many dialogues per corpus; None: all
+    # fixtures (a PROVENANCE.json saying "fixture": true: dialogues written for this project in a
+    # corpus's format) are refused unless this is true; smoke runs and tests only
+    allow_fixtures: bool = False
 
 
 @dataclass

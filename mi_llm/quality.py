@@ -75,7 +75,8 @@ def describe(dialogues: list[Dialogue], report: dict | None = None) -> dict:
     dialogues whose normalised content equals an earlier dialogue's. repeated_turn_rate: share of
     counselor turns whose normalised text already occurred earlier in the corpus (near-duplicate
     turns; high values mean stock phrases). alternation_violations: adjacent same-speaker turn pairs.
-    n_bad: malformed records the loader skipped (from its report).
+    n_bad: malformed records the loader skipped (from its report). fixture: the loader report
+    says the corpus is a fixture written for this project (its PROVENANCE.json), not real data.
     """
     n_turns = [len(d.turns) for d in dialogues]
     counselor = [t.text.strip() for d in dialogues for t in d.turns if t.speaker == "counselor"]
@@ -103,17 +104,27 @@ def describe(dialogues: list[Dialogue], report: dict | None = None) -> dict:
         "alternation_violations": sum(violations),
         "dialogues_with_violations": sum(v > 0 for v in violations),
         "n_bad": int((report or {}).get("n_bad", 0)),
+        "fixture": bool((report or {}).get("fixture", False)),  # written for this project
     }
 
 
 def load_corpora(p) -> dict[str, tuple[list[Dialogue], dict]]:
-    """Load every corpus of p.corpora.sources: name -> (dialogues, loader report), limit applied."""
-    from . import corpora, params
+    """Load every corpus of p.corpora.sources: name -> (dialogues, loader report), limit applied.
 
+    Refuses (ValueError) a missing path and a fixture (check.corpus_problems) unless
+    p.corpora.allow_fixtures; the report's "fixture" says whether the corpus is one.
+    """
+    from . import check, corpora, params
+
+    problems = check.corpus_problems(p)  # a missing path, or a fixture without allow_fixtures
+    if problems:
+        raise ValueError("corpora: " + "\n".join(problems))
     out = {}
     for name, src in p.corpora.sources.items():
-        out[name] = corpora.load_with_report(name, params.path(src), on_error=p.corpora.on_error,
-                                             limit=p.corpora.limit)
+        dialogues, report = corpora.load_with_report(name, params.path(src),
+                                                     on_error=p.corpora.on_error,
+                                                     limit=p.corpora.limit)
+        out[name] = (dialogues, {**report, "fixture": corpora.is_fixture(params.path(src))})
     return out
 
 
@@ -344,16 +355,23 @@ def write_artifacts(out_dir: Path, ranked: pd.DataFrame, records: list[dict]) ->
 
 
 def plot_totals(ranked: pd.DataFrame, ax=None):
-    """Bar plot of the mean rubric total per corpus (rank order) with its 95% bootstrap CI."""
+    """Bar plot of the mean rubric total per corpus (rank order) with its 95% bootstrap CI;
+    fixtures (column `fixture`) are hatched and named in the legend."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(6, 3))[1]
     total = ranked["total"].to_numpy(float)
     err = np.vstack([total - ranked["total_ci_low"], ranked["total_ci_high"] - total])
     colors = ["tab:blue" if s else "tab:gray" for s in ranked["selected"]]
-    ax.bar(ranked["corpus"], np.nan_to_num(total), yerr=np.nan_to_num(err), color=colors, capsize=4)
+    fixture = ranked["fixture"] if "fixture" in ranked else pd.Series(False, index=ranked.index)
+    bars = ax.bar(ranked["corpus"], np.nan_to_num(total), yerr=np.nan_to_num(err), color=colors,
+                  capsize=4, hatch=["//" if f else "" for f in fixture], edgecolor="white")
     ax.set_ylim(0, MAX_TOTAL)
     ax.set_ylabel(f"mean rubric total (0-{MAX_TOTAL})")
-    ax.set_title("Corpus quality: LLM judge, 95% bootstrap CI (blue = selected)")
+    title = "Corpus quality: LLM judge, 95% bootstrap CI (blue = selected)"
+    if fixture.any():
+        title += "\nhatched: fixture written for this project, not the real corpus"
+        ax.legend([bars[int(np.flatnonzero(fixture.to_numpy())[0])]], ["fixture"], fontsize=8)
+    ax.set_title(title)
     ax.tick_params(axis="x", rotation=20)
     return ax
