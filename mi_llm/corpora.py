@@ -19,6 +19,7 @@ from pathlib import Path
 from mi_llm.schema import DataError, Dialogue, Turn, validate
 
 WHOLE_FILE = "(file)"  # the `record` of an error that spoils a whole file (bad JSON, not a list)
+PROVENANCE = "PROVENANCE.json"  # beside a corpus: its source; "fixture": true marks a fixture
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -31,7 +32,8 @@ def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """The corpus files under root (root itself if it is a file), in natural order."""
     if root.is_file():
         return [root]
-    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes]
+    files = [p for p in root.rglob("*")
+             if p.is_file() and p.suffix.lower() in suffixes and p.name != PROVENANCE]
     if not files:
         raise DataError(root, WHOLE_FILE, "path", f"no {'/'.join(suffixes)} files in this folder")
     return sorted(files, key=lambda p: natural_key(p.relative_to(root).as_posix()))
@@ -396,9 +398,6 @@ def load(name: str, path, on_error: str = "raise", limit: int | None = None) -> 
 
 
 # ----------------------------------------------------------------------------- provenance
-PROVENANCE = "PROVENANCE.json"  # beside a corpus: its source; "fixture": true marks a fixture
-
-
 def provenance(path) -> dict | None:
     """The PROVENANCE.json describing a corpus path: in its folder or up to 3 folders above."""
     p = Path(path).resolve()

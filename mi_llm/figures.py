@@ -177,8 +177,10 @@ def _grid(n, width=COL2, height=1.9, ncols=None, **kw):
 
 # ----------------------------------------------------------------------------- (a) corpus quality
 def quality(run_dir, table=None):
-    """(a) Rubric score per criterion and total per corpus, 95% CIs, selected corpora in colour."""
+    """(a) Rubric score per criterion and total per corpus, 95% CIs, selected corpora in colour,
+    fixtures (written for this project, not the real corpus) hatched."""
     t = quality_table(run_dir) if table is None else table
+    fixtures = set(t.loc[t["fixture"], "corpus"]) if "fixture" in t else set()
     pal = sns.color_palette("colorblind")
     metrics = [*CRITERIA, "total"]
     fig, axes = _grid(
@@ -193,13 +195,19 @@ def quality(run_dir, table=None):
             horizontal=True,
             colors=[pal[0] if s else "0.7" for s in sub.selected],
         )
+        for bar, corpus in zip(ax.patches, dict.fromkeys(sub.corpus)):  # the bars, in x order
+            if corpus in fixtures:
+                bar.set_hatch("////")
+                bar.set_edgecolor("white")
         top = CRITERIA.get(m, sum(CRITERIA.values()))
         ax.set_xlim(0, top)
         ax.set_title(f"{m.capitalize()}\n(0–{top})")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in (pal[0], "0.7")]
-    fig.legend(
-        handles, ["selected", "not selected"], loc="outside upper center", ncol=2, frameon=False
-    )
+    names = ["selected", "not selected"]
+    if fixtures:
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="0.7", edgecolor="white", hatch="////"))
+        names.append("fixture (not the real corpus)")
+    fig.legend(handles, names, loc="outside upper center", ncol=len(names), frameon=False)
     return fig
 
 

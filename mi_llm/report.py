@@ -128,6 +128,23 @@ def _figure_html(name: str, files: list[Path], report_dir: Path) -> str:
     )
 
 
+def _fixtures_html(run_dir: Path) -> str:
+    """A line naming the corpora of 01's quality.csv that are fixtures, or nothing."""
+    q = run_dir / "01_corpus_quality" / "quality.csv"
+    if not q.exists():
+        return ""
+    df = pd.read_csv(q)
+    if "fixture" not in df:
+        return ""
+    names = df.loc[df["fixture"].astype(str).str.lower() == "true", "corpus"].tolist()
+    if not names:
+        return ""
+    return (f'<p class="fixture"><b>Fixtures:</b> {html.escape(", ".join(names))} were written '
+            "for this project in the published formats, not taken from the real corpora; their "
+            "quality scores and ranks say nothing about the real corpora (hatched in the figures)."
+            "</p>")
+
+
 def index_html(run_dir, report_dir, notebooks: list[Path], made: dict[str, list[Path]]) -> str:
     """The index page: key facts, stages with wall times, every figure with its table, packages."""
     run_dir, report_dir = Path(run_dir), Path(report_dir)
@@ -156,6 +173,7 @@ def index_html(run_dir, report_dir, notebooks: list[Path], made: dict[str, list[
 <p class="muted">Report built {built} from runs/{html.escape(run_dir.name)}/ · {prov_link}</p>
 <p id="image-check" class="muted">images not checked (JavaScript off)</p>
 <h2>Provenance</h2>{_table(facts, ["fact", "value"])}
+{_fixtures_html(run_dir)}
 <h2>Stages</h2>{_stages_html(prov, notebooks)}
 <h2>Figures</h2>
 {"".join(_figure_html(n, made[n], report_dir) for n in figures.FIGURES if n in made)}

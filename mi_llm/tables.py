@@ -155,7 +155,8 @@ def source_labels(df: pd.DataFrame) -> pd.Series:
 
 # ----------------------------------------------------------------------------- (a) corpus quality
 def quality_table(run_dir) -> pd.DataFrame:
-    """01's quality.csv in long form (corpus, rank, selected, metric, value, ci_low, ci_high).
+    """01's quality.csv in long form (corpus, rank, selected, fixture, metric, value, ci_low,
+    ci_high); fixture is False where quality.csv has no such column.
 
     Total CIs come from total_ci_low/high; per-criterion CIs from `<criterion>_ci_low/high` when
     present, else bootstrapped from judgements.jsonl records that hold the criteria at top level or
@@ -174,6 +175,7 @@ def quality_table(run_dir) -> pd.DataFrame:
                     "corpus": r["corpus"],
                     "rank": r.get("rank", np.nan),
                     "selected": bool(r.get("selected", False)),
+                    "fixture": str(r.get("fixture", False)).lower() == "true",
                     "metric": m,
                     "value": float(r[m]),
                     "ci_low": lo,
