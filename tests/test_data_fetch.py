@@ -338,7 +338,7 @@ def test_killed_download_resumes_where_it_stopped(tmp_path, mirror):
     for f in a.files:
         mirror.files[f"/raw.githubusercontent.com/uccollab/AnnoMI/{a.revision}/{f.path}"] = (
             DATA / "AnnoMI" / f.path).read_bytes()
-    mirror.delay = 0.05  # ~1.3 MB/s: AnnoMI-simple.csv (2.4 MB) takes about 2 s
+    mirror.delay = 0.1  # ~0.65 MB/s: AnnoMI-simple.csv (2.4 MB) takes about 4 s
     env = {**os.environ, fetch.MIRROR_ENV: mirror.url}
     proc = subprocess.Popen([sys.executable, "-m", "mi_llm", "data", "fetch", "annomi", "--dest",
                              str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
