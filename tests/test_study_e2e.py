@@ -63,6 +63,7 @@ def test_whole_study_runs_end_to_end(tmp_path, monkeypatch, tiny_model_dir):
     assert sorted(p.stem for p in (run_dir / "notebooks").glob("*.ipynb")) == [p.stem for p in study.stages()]
     q = pd.read_csv(run_dir / "01_corpus_quality" / "quality.csv")
     assert len(q) == 5 and q["selected"].sum() == 2 and q["total"].notna().all()
+    assert set(q.loc[q["fixture"], "corpus"]) == {"psydtcorpus", "soulchatcorpus"}  # PROVENANCE.json
     assert (run_dir / "02_mi_transcription" / "train.jsonl").read_text().strip()
     assert (run_dir / "02_mi_transcription" / "test.jsonl").read_text().strip()
     report = json.loads((run_dir / "03_sft" / "gemma3-270m" / "report.json").read_text())
@@ -73,6 +74,9 @@ def test_whole_study_runs_end_to_end(tmp_path, monkeypatch, tiny_model_dir):
         assert not pd.read_csv(run_dir / "04_evaluation" / name).empty, name
     assert list((tmp_path / "figures").glob("*.png")) and list((tmp_path / "figures").glob("*.pdf"))
     assert (run_dir / "report" / "index.html").exists()
+    page = (run_dir / "report" / "index.html").read_text()
+    fixtures = next(x for x in page.splitlines() if "<b>Fixtures:</b>" in x)  # the report's line
+    assert "psydtcorpus" in fixtures and "soulchatcorpus" in fixtures and "cpsycound" not in fixtures
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert all(prov["stages"][nb.stem]["finished"] for nb in study.stages())
     everything = "".join(p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file()
