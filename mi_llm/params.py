@@ -42,6 +42,9 @@ class LLMParams:
     serve_kv_tokens: int = 8192  # embedded: KV cache capacity in tokens (else it takes 90% of RAM)
     serve_batch_tokens: int = 2048  # embedded: most tokens in one continuous-batching step
     batch_poll_s: float = 30.0  # seconds between Batch API status polls
+    # share of a stage's units that may fail on transport errors (dead or flaky endpoint) before the
+    # stage fails with "re-run to resume"; 0: any such failure fails the stage
+    max_transport_failures: float = 0.0
 
 
 @dataclass
@@ -80,6 +83,9 @@ class TranscriptionParams:
     # start each counselor turn with its MI behaviour tag <mi:label> (forecast.TAGS), kept in the
     # corpus so SFT learns it; needs a tagged prompt version (mi_tagged_v1, mi_turn_tagged_v1)
     tag_behaviour: bool = False
+    # whole-dialogue unit: a client turn may differ from its source by at most this share of its
+    # characters after whitespace/punctuation normalisation (1 - difflib ratio); more is client_altered
+    client_edit_tolerance: float = 0.05
 
 
 @dataclass

@@ -72,7 +72,8 @@ def test_transport_failure_after_retries_is_reported(tmp_path):
     with serve(echo, script=lambda n, req: "500") as url:
         res = run(url, requests(1), tmp_path, params=fast_params(max_retries=2))
         assert url.stats.count == 3  # one try plus max_retries
-    assert not res[0].ok and res[0].error == "transport: InternalServerError" and res[0].attempts == 0
+    assert not res[0].ok and res[0].error == "transport: InternalServerError 500: server error"
+    assert res[0].attempts == 0
 
 
 def test_truncated_answers_are_retried_then_failed(tmp_path):
@@ -200,3 +201,41 @@ def test_embedded_endpoint_serves_and_stops(tiny_model_dir, tmp_path):
     time.sleep(0.5)
     with socket.socket() as s:  # the server is gone: its port no longer accepts connections
         assert s.connect_ex(("127.0.0.1", int(port))) != 0
+
+
+@pytest.mark.parametrize("action, detail", [("empty_choices", "without choices"),
+                                            ("error_body", "upstream overloaded"),
+                                            ("html", "502 Bad Gateway")])
+def test_malformed_200_answers_are_retried_and_name_the_request(tmp_path, action, detail):
+    with serve(echo, script={1: action}) as url:  # once: the retry gets a real answer
+        res = run(url, requests(1), tmp_path)
+        assert url.stats.count == 2
+    assert res[0].ok and res[0].text == "答：q0"
+    with serve(echo, script=lambda n, req: action) as url:  # always: a failure naming the request
+        res = run(url, requests(2, "m"), tmp_path, params=fast_params(max_retries=1))
+        assert url.stats.count == 4
+    for r in res:
+        assert not r.ok and r.error.startswith("transport: ") and detail in r.error
+        assert f"request {r.key}" in r.error
+
+
+def test_retry_after_as_an_http_date_is_honoured(tmp_path):
+    from email.utils import formatdate
+
+    arrivals = []
+
+    def handler(req):
+        arrivals.append(time.monotonic())
+        return "ok"
+
+    t0 = time.monotonic()
+    when = formatdate(time.time() + 3, usegmt=True)  # whole seconds: the wait is 2..3 s
+    with serve(handler, script={1: {"status": 429, "retry_after": when}}) as url:
+        res = run(url, requests(1), tmp_path)
+    assert res[0].ok and res[0].api_calls == 2 and arrivals[0] - t0 >= 1.9
+
+
+def test_failure_reason_records_status_and_message(tmp_path):
+    with serve(echo, script=lambda n, req: {"status": 503}) as url:
+        res = run(url, requests(1), tmp_path, params=fast_params(max_retries=0))
+    assert res[0].error == "transport: InternalServerError 503: server error"
