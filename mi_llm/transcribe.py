@@ -16,6 +16,7 @@ llm.max_transport_failures fails, so that a re-run resumes it from the answer ca
 from __future__ import annotations
 
 import difflib
+import itertools
 import random
 import re
 import time
@@ -190,7 +191,7 @@ def check_structure(turns: list[Turn], source: Dialogue, tp) -> None:
 
 
 def _alternates(turns: list[Turn]) -> bool:
-    return all(a.speaker != b.speaker for a, b in zip(turns, turns[1:]))
+    return all(a.speaker != b.speaker for a, b in itertools.pairwise(turns))
 
 
 def validate_dialogue(text: str, source: Dialogue, tp) -> list[Turn]:
