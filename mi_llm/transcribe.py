@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import forecast, llm, prompts
+from . import forecast, llm, prompts, runs
 from .params import path as project_path
 from .schema import DataError, Dialogue, Turn
 
@@ -431,15 +431,16 @@ def save(out_dir, train: list[dict], test: list[dict], report: dict, failures: l
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for name, rows in (("train", train), ("test", test), ("failures", failures)):
-        f = out_dir / f"{name}.jsonl"
-        f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        f = out_dir / f"{name}.jsonl"  # a unique temporary file, then a rename: never half written
+        runs.write_atomic(f, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         files.append(f)
     dd = DatasetDict({k: Dataset.from_list(v) if v else Dataset.from_dict(
         {c: [] for c in ("id", "source_corpus", "source_id", "prompt_version", "topic", "messages")})
         for k, v in (("train", train), ("test", test))})
-    dd.save_to_disk(str(out_dir / "mi_corpus"))
+    with runs.atomic_path(out_dir / "mi_corpus") as tmp:
+        dd.save_to_disk(str(tmp))
     rep = {**report, "n_train": len(train), "n_test": len(test)}
-    (out_dir / "report.json").write_text(json.dumps(rep, indent=2, ensure_ascii=False), encoding="utf-8")
+    runs.write_atomic(out_dir / "report.json", json.dumps(rep, indent=2, ensure_ascii=False))
     if not train:  # written first, so that report.json and failures.jsonl say why
         raise RuntimeError(f"no valid MI dialogue to train on; failures by reason: {report.get('failed_by_reason')}"
                            f" (see {out_dir / 'failures.jsonl'})")
