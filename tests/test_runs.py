@@ -90,14 +90,15 @@ def test_a_second_run_of_the_same_name_stops_at_once(tmp_path, monkeypatch):
 
     env = {**os.environ, "MI_LLM_RUNS": str(tmp_path)}
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mi_llm import runs\n"
-         f"with runs.lock({str(tmp_path / 'smoke')!r}):\n    print('held', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", ("import sys, time; from mi_llm import runs\n"
+                                f"with runs.lock({str(tmp_path / 'smoke')!r}):\n"
+                                "    print('held', flush=True); time.sleep(60)")],
         env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.monotonic()
         second = subprocess.run([sys.executable, "-m", "mi_llm", "run", "params/smoke.yaml", "--no-progress"],
-                                env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
+                                env=env, capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
         assert second.returncode == 1 and time.monotonic() - t0 < 60
         assert f"already running (pid {holder.pid})" in second.stderr
         assert not (tmp_path / "smoke" / "notebooks").exists()  # no stage started
