@@ -33,9 +33,12 @@ def select(only: list[str] | None) -> list[Path]:
 
 def run(params_file: str, only: list[str] | None = None, progress: bool = True) -> Path:
     """Execute the stages for a params file into runs/<name>/notebooks/; stop at the first failure."""
-    from . import runs
+    from . import check, runs
 
     p = params_mod.load(params_file)
+    errs = check.study_inputs(p)  # what a stage would only meet later: refused before any stage runs
+    if errs:
+        raise SystemExit(f"[mi_llm] {params_file}: " + "; ".join(errs))
     try:  # one run of a name at a time: a second one stops here, before any stage or API call
         with runs.lock(p.run_dir):
             return _run(p, params_file, only, progress)
