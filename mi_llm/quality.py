@@ -75,6 +75,7 @@ def describe(dialogues: list[Dialogue], report: dict | None = None) -> dict:
     dialogues whose normalised content equals an earlier dialogue's. repeated_turn_rate: share of
     counselor turns whose normalised text already occurred earlier in the corpus (near-duplicate
     turns; high values mean stock phrases). alternation_violations: adjacent same-speaker turn pairs.
+    single_speaker_dialogues: dialogues in which one speaker alone speaks.
     n_bad: malformed records the loader skipped (from its report).
     """
     n_turns = [len(d.turns) for d in dialogues]
@@ -102,6 +103,7 @@ def describe(dialogues: list[Dialogue], report: dict | None = None) -> dict:
         "repeated_turn_rate": n_rep / len(counselor) if counselor else math.nan,
         "alternation_violations": sum(violations),
         "dialogues_with_violations": sum(v > 0 for v in violations),
+        "single_speaker_dialogues": sum(len({t.speaker for t in d.turns}) < 2 for d in dialogues),
         "n_bad": int((report or {}).get("n_bad", 0)),
     }
 
