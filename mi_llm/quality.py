@@ -339,9 +339,11 @@ def write_artifacts(out_dir: Path, ranked: pd.DataFrame, records: list[dict]) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv, jsonl = out_dir / "quality.csv", out_dir / "judgements.jsonl"
-    ranked.to_csv(csv, index=False)
-    with open(jsonl, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    from .runs import atomic_path, write_atomic  # a unique temporary file, then a rename
+
+    with atomic_path(csv) as tmp:
+        ranked.to_csv(tmp, index=False)
+    write_atomic(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return [csv, jsonl]
 
 
