@@ -93,10 +93,11 @@ def serve(folder: Path, timeout: float = 300.0, log_dir: Path | None = None,
           kv_tokens: int = 8192, batch_tokens: int = 2048):
     """Serve a local model folder with `transformers serve --continuous-batching`; yield its base URL."""
     port = _free_port()
-    exe = Path(sys.executable).with_name("transformers")
+    # the transformers CLI under a watchdog that stops it when this process dies (mi_llm.embedded);
     # an explicit KV cache size: by default it claims 90% of free memory (12 GB on CPU: OOM-killed
     # beside other jobs); 8192 tokens of Gemma 3 270M KV are ~150 MB
-    cmd = [str(exe), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "mi_llm.embedded", "--parent", str(os.getpid()),
+           "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
            "--continuous-batching", "--device", "cpu" if not _has_cuda() else "auto",
            "--cb-num-blocks", str(-(-kv_tokens // PAGE_TOKENS)), "--cb-max-batch-tokens", str(batch_tokens)]
     log = Path(log_dir or "/tmp") / f"transformers-serve-{port}.log"
@@ -115,11 +116,13 @@ def serve(folder: Path, timeout: float = 300.0, log_dir: Path | None = None,
 
 
 def _die_with_parent() -> None:
-    # Linux: the server gets SIGTERM when the process that started it dies (even by kill -9)
+    # Linux: the kernel kills the server when the process that started it dies (even by kill -9).
+    # SIGKILL, not SIGTERM: on SIGTERM the server first finishes its abandoned generations (a minute
+    # at full CPU); the watchdog in mi_llm.embedded covers other systems and a parent that died first
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
