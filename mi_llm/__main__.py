@@ -40,12 +40,20 @@ def main(argv=None) -> int:
         problems = {f: check.check(f) for f in files}
         for f, errs in problems.items():
             print(f"{f}: " + ("ok" if not errs else "\n  " + "\n  ".join(errs)))
+            for line in check.defaults_used(f):
+                print(f"  default used: {line}")
         return 1 if any(problems.values()) else 0
     if a.cmd == "sync-notebooks":
         for nb in study.sync_parameters(a.params):
             print(f"updated {nb}")
         return 0
-    study.run(a.params, only=a.only, progress=not a.no_progress)
+    from .params import ParamsError
+
+    try:
+        study.run(a.params, only=a.only, progress=not a.no_progress)
+    except ParamsError as e:  # one line naming the file (and line:column of a YAML error), no traceback
+        print(f"[mi_llm] {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -38,14 +38,27 @@ ANNOMI_SPEAKERS = {"therapist": "counselor", "client": "client"}
 
 def _annomi_rows(file: Path) -> dict:
     """{(transcript_id, utterance_id): [(line, row), ...]} of one AnnoMI CSV, columns checked."""
+    try:
+        return _annomi_read(file)
+    except UnicodeDecodeError as e:
+        raise DataError(file, WHOLE_FILE, "encoding", f"not UTF-8: {e.reason} at byte {e.start}") from None
+    except csv.Error as e:  # strict parsing: an unterminated quote is a cut file, not an utterance
+        raise DataError(file, WHOLE_FILE, "csv", f"truncated or malformed CSV: {e}") from None
+
+
+def _annomi_read(file: Path) -> dict:
     with open(file, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)
         missing = [c for c in ANNOMI_REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
             raise DataError(file, "line 1", missing[0], f"missing column(s) {missing}")
         rows: dict = {}
         for row in reader:
             n = reader.line_num
+            if None in row.values() or None in row:  # fewer or more fields than the header: cut or broken
+                n_fields = len([v for k, v in row.items() if k is not None and v is not None])
+                raise DataError(file, f"line {n}", "(row)", f"{n_fields} of {len(reader.fieldnames)} "
+                                "fields: the row is truncated or malformed")
             try:
                 key = (int(row["transcript_id"]), int(row["utterance_id"]))
             except (TypeError, ValueError):
@@ -56,6 +69,8 @@ def _annomi_rows(file: Path) -> dict:
                     file, f"line {n}", field, f"not an integer: {row[field]!r}"
                 ) from None
             rows.setdefault(key, []).append((n, row))
+    if not rows:
+        raise DataError(file, WHOLE_FILE, "(file)", "no rows: the CSV holds a header only")
     return rows
 
 

@@ -16,6 +16,7 @@ import openai
 from tqdm.auto import tqdm
 
 from .llm import Answer, Cache, Endpoint, cache_key
+from .runs import write_atomic
 
 
 def run_batch(ep: Endpoint, todo, llm_params, cache: Cache, settings: dict, state_dir: Path) -> None:
@@ -37,13 +38,13 @@ def run_batch(ep: Endpoint, todo, llm_params, cache: Cache, settings: dict, stat
         lines = [json.dumps({"custom_id": k, "method": "POST", "url": "/v1/chat/completions",
                              "body": {"model": ep.model, "messages": q.messages, **settings}},
                             ensure_ascii=False) for k, q in missing.items()]
-        (state_dir / "input.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_atomic(state_dir / "input.jsonl", "\n".join(lines) + "\n")
         with open(state_dir / "input.jsonl", "rb") as fh:
             f = client.files.create(file=fh, purpose="batch")
         b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
                                   completion_window="24h")
         batch_id = b.id
-        state.write_text(json.dumps({"id": batch_id, "input_file_id": f.id, "n": len(missing)}))
+        write_atomic(state, json.dumps({"id": batch_id, "input_file_id": f.id, "n": len(missing)}))
     _ingest(client, _poll(client, batch_id, llm_params.batch_poll_s), missing, ep.model, cache)
 
 

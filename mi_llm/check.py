@@ -26,6 +26,7 @@ def check(params_file: str) -> list[str]:
     errs += corpus_problems(p)
     if p.llm.provider == "remote" and not os.environ.get(p.llm.api_key_env):
         errs.append(f"llm: provider is remote but ${p.llm.api_key_env} is not set")
+    errs += study_inputs(p)
     return errs
 
 
@@ -63,3 +64,40 @@ def _how_to_get(name: str, src: str) -> str:
     opt = "" if dest == sources.DEFAULT_DEST else f" --dest {dest}"
     return (f"; get it with `python -m mi_llm data fetch {s.name}{opt}` (it writes "
             f"{sources.load_path(s, dest)}; `python -m mi_llm data list` shows the source)")
+
+
+# ----------------------------------------------------------------------------- what stages would meet
+def study_inputs(p) -> list[str]:
+    """Problems a stage would only meet later: unknown corpus names, prompts without their
+    placeholders, an embedded llm.model that cannot be served."""
+    from . import corpora, embedded, models, prompts
+
+    errs = [f"corpora.sources.{name}: no loader knows this corpus; known: {', '.join(corpora.NAMES)}"
+            for name in p.corpora.sources if name not in corpora.LOADERS]
+    tp = p.transcription
+    errs += [f"transcription.prompt_version: {e}" for e in prompts.check(tp.prompt_version, f"transcription.{tp.unit}")]
+    errs += [f"quality.prompt_version: {e}" for e in prompts.check(p.quality.prompt_version, "quality")]
+    try:
+        from . import miti
+
+        cfg = miti.settings(p)
+    except params_mod.ParamsError as e:
+        errs.append(str(e))
+    else:
+        if cfg["enabled"]:
+            errs += [f"evaluation.miti.prompt_version: {e}" for e in prompts.check(cfg["prompt_version"], "miti")]
+    if p.llm.provider == "embedded":
+        m = p.llm.model
+        if m != embedded.NAME and m not in models.NAMES and not params_mod.path(m).is_dir():
+            errs.append(f"llm.model: {m!r} cannot be served embedded: name the embedded model "
+                        f"{embedded.NAME!r}, a registry model {models.NAMES} or a local model folder, "
+                        "or set llm.provider: remote")
+    return errs
+
+
+def defaults_used(params_file: str) -> list[str]:
+    """The documented defaults a params file relies on (missing sections and keys); [] if unreadable."""
+    try:
+        return params_mod.defaults_used(params_mod.read_yaml(params_file))
+    except params_mod.ParamsError:
+        return []

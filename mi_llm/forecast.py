@@ -488,9 +488,12 @@ def evaluate(P, out_dir) -> pd.DataFrame:
     df["beats_baselines"] = (df.role == "forecaster") & (df.macro_f1 > max(base.values()))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out_dir / "forecaster.csv", index=False)
+    from .runs import atomic_path, write_atomic  # a unique temporary file, then a rename
+
+    with atomic_path(out_dir / "forecaster.csv") as tmp:
+        df.to_csv(tmp, index=False)
     bundle["test_sessions"] = sorted(set(groups))
     save(bundle, out_dir / "forecaster.joblib")
     split = {"train": bundle["train_sessions"], "test": bundle["test_sessions"]}
-    (out_dir / "forecaster_split.json").write_text(json.dumps(split), encoding="utf-8")
+    write_atomic(out_dir / "forecaster_split.json", json.dumps(split))
     return df

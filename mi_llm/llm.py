@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
+import email.utils
 import hashlib
 import json
 import os
@@ -91,10 +93,11 @@ def serve(folder: Path, timeout: float = 300.0, log_dir: Path | None = None,
           kv_tokens: int = 8192, batch_tokens: int = 2048):
     """Serve a local model folder with `transformers serve --continuous-batching`; yield its base URL."""
     port = _free_port()
-    exe = Path(sys.executable).with_name("transformers")
+    # the transformers CLI under a watchdog that stops it when this process dies (mi_llm.embedded);
     # an explicit KV cache size: by default it claims 90% of free memory (12 GB on CPU: OOM-killed
     # beside other jobs); 8192 tokens of Gemma 3 270M KV are ~150 MB
-    cmd = [str(exe), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
+    cmd = [sys.executable, "-m", "mi_llm.embedded", "--parent", str(os.getpid()),
+           "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
            "--continuous-batching", "--device", "cpu" if not _has_cuda() else "auto",
            "--cb-num-blocks", str(-(-kv_tokens // PAGE_TOKENS)), "--cb-max-batch-tokens", str(batch_tokens)]
     log = Path(log_dir or "/tmp") / f"transformers-serve-{port}.log"
@@ -113,11 +116,13 @@ def serve(folder: Path, timeout: float = 300.0, log_dir: Path | None = None,
 
 
 def _die_with_parent() -> None:
-    # Linux: the server gets SIGTERM when the process that started it dies (even by kill -9)
+    # Linux: the kernel kills the server when the process that started it dies (even by kill -9).
+    # SIGKILL, not SIGTERM: on SIGTERM the server first finishes its abandoned generations (a minute
+    # at full CPU); the watchdog in mi_llm.embedded covers other systems and a parent that died first
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -233,17 +238,61 @@ class Result:
     errors: list = field(default_factory=list)  # the reason of every rejected attempt
 
 
+class MalformedAnswer(Exception):
+    """An HTTP 200 whose body is no chat completion (no choices, an {"error": ...} body, HTML)."""
+
+
 RETRIABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-             openai.APIConnectionError, json.JSONDecodeError, openai.APIResponseValidationError)
+             openai.APIConnectionError, json.JSONDecodeError, openai.APIResponseValidationError,
+             MalformedAnswer)
 
 
 def _retry_after(e) -> float | None:
+    """Seconds the server asked to wait: Retry-After in seconds or as an HTTP date (None if absent)."""
     resp = getattr(e, "response", None)
     value = resp.headers.get("retry-after") if resp is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
+    if value is None:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
+
+
+def _answer(r, key: str) -> Answer:
+    """The Answer in a chat completion response, or MalformedAnswer naming the request."""
+    if isinstance(r, (str, bytes)):
+        raise MalformedAnswer(f"request {key}: HTTP 200 body is not JSON: {str(r)[:80]!r}")
+    err = getattr(r, "error", None) or (getattr(r, "model_extra", None) or {}).get("error")
+    choices = getattr(r, "choices", None)
+    if err is not None and not choices:
+        raise MalformedAnswer(f"request {key}: HTTP 200 with an error body: {str(err)[:120]}")
+    if not isinstance(choices, list) or not choices:
+        raise MalformedAnswer(f"request {key}: HTTP 200 without choices")
+    msg = getattr(choices[0], "message", None)
+    if msg is None:
+        raise MalformedAnswer(f"request {key}: HTTP 200 whose first choice has no message")
+    u = getattr(r, "usage", None)
+    return Answer(msg.content or "", choices[0].finish_reason or "stop",
+                  (u.prompt_tokens or 0) if u else 0, (u.completion_tokens or 0) if u else 0)
+
+
+def describe(e: BaseException) -> str:
+    """A failure's type, HTTP status and a short message, e.g. "InternalServerError 500: server error"."""
+    status = getattr(e, "status_code", None)
+    msg = getattr(e, "message", None) or str(e)
+    body = getattr(e, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        msg = body["message"]
+    msg = " ".join(str(msg).split())[:160]
+    return f"{type(e).__name__}{f' {status}' if status else ''}: {msg}" if msg else type(e).__name__
 
 
 async def _call(client, ep: Endpoint, messages, settings, llm_params, res: Result) -> Answer:
@@ -252,9 +301,7 @@ async def _call(client, ep: Endpoint, messages, settings, llm_params, res: Resul
         res.api_calls += 1
         try:
             r = await client.chat.completions.create(model=ep.model, messages=messages, **settings)
-            u = r.usage
-            return Answer(r.choices[0].message.content or "", r.choices[0].finish_reason or "stop",
-                          u.prompt_tokens if u else 0, u.completion_tokens if u else 0)
+            return _answer(r, res.key)
         except RETRIABLE as e:
             if i == llm_params.max_retries:
                 raise
@@ -293,8 +340,8 @@ async def _run_live(ep, todo, llm_params, cache, settings, validate, truncated_o
             async with sem:
                 try:
                     a = await _call(client, ep, req.messages, settings, llm_params, res)
-                except (openai.APIError, json.JSONDecodeError) as e:
-                    res.error, res.ok = f"transport: {type(e).__name__}", False
+                except (openai.APIError, json.JSONDecodeError, MalformedAnswer) as e:
+                    res.error, res.ok = f"transport: {describe(e)}", False
                     res.errors.append(res.error)
                     bar.update(1)
                     return res

@@ -406,9 +406,10 @@ def coder_check(units: list[dict]) -> dict:
 
 # ----------------------------------------------------------------------------- the stage's call
 def _write_codes(units: list[dict], file: Path, version: str) -> None:
-    with open(file, "w", encoding="utf-8") as f:
-        for u in units:
-            f.write(json.dumps({**u, "prompt_version": version}, ensure_ascii=False) + "\n")
+    from .runs import write_atomic  # a unique temporary file, then a rename
+
+    write_atomic(file, "".join(json.dumps({**u, "prompt_version": version}, ensure_ascii=False) + "\n"
+                               for u in units))
 
 
 def evaluate(p, generations_path, out_dir, endpoint=None) -> dict:
@@ -438,9 +439,12 @@ def evaluate(p, generations_path, out_dir, endpoint=None) -> dict:
     rows = [coder_check(check)] if check else []
     rows += worksheets.human_agreement(cfg["human_worksheets"], units)
     agreement = pd.DataFrame(rows, columns=worksheets.AGREEMENT_COLUMNS)
-    per_dialogue.to_csv(out_dir / "miti_dialogues.csv", index=False)
-    summary.to_csv(out_dir / "miti_summary.csv", index=False)
-    agreement.to_csv(out_dir / "coder_agreement.csv", index=False)
+    from .runs import atomic_path
+
+    for df, name in ((per_dialogue, "miti_dialogues.csv"), (summary, "miti_summary.csv"),
+                     (agreement, "coder_agreement.csv")):
+        with atomic_path(out_dir / name) as tmp:
+            df.to_csv(tmp, index=False)
     return {"summary": summary, "per_dialogue": per_dialogue, "agreement": agreement,
             "usage": {"generations": usage, "annomi_check": usage_check},
             "worksheets": exported}

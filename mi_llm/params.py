@@ -42,6 +42,9 @@ class LLMParams:
     serve_kv_tokens: int = 8192  # embedded: KV cache capacity in tokens (else it takes 90% of RAM)
     serve_batch_tokens: int = 2048  # embedded: most tokens in one continuous-batching step
     batch_poll_s: float = 30.0  # seconds between Batch API status polls
+    # share of a stage's units that may fail on transport errors (dead or flaky endpoint) before the
+    # stage fails with "re-run to resume"; 0: any such failure fails the stage
+    max_transport_failures: float = 0.0
 
 
 @dataclass
@@ -83,6 +86,9 @@ class TranscriptionParams:
     # start each counselor turn with its MI behaviour tag <mi:label> (forecast.TAGS), kept in the
     # corpus so SFT learns it; needs a tagged prompt version (mi_tagged_v1, mi_turn_tagged_v1)
     tag_behaviour: bool = False
+    # whole-dialogue unit: a client turn may differ from its source by at most this share of its
+    # characters after whitespace/punctuation normalisation (1 - difflib ratio); more is client_altered
+    client_edit_tolerance: float = 0.05
 
 
 @dataclass
@@ -199,9 +205,54 @@ def _build(cls, data, where):
     return cls(**kwargs)
 
 
+# numbers out of range are errors before any stage runs: (section.key, lowest, highest); None
+# values (where the key allows them) mean "all" and are not checked
+POSITIVE = "> 0"  # a lowest bound that excludes 0
+RANGES = [
+    ("seed", 0, None),
+    ("llm.max_concurrency", 1, None), ("llm.request_timeout", POSITIVE, None), ("llm.max_retries", 0, None),
+    ("llm.backoff_base", 0, None), ("llm.backoff_max", 0, None), ("llm.serve_timeout", POSITIVE, None),
+    ("llm.serve_kv_tokens", 1, None), ("llm.serve_batch_tokens", 1, None), ("llm.batch_poll_s", POSITIVE, None),
+    ("llm.max_transport_failures", 0, 1),
+    ("corpora.limit", 1, None),
+    ("quality.judge_sample", 1, None), ("quality.max_dialogue_chars", 1, None), ("quality.max_tokens", 1, None),
+    ("quality.temperature", 0, 2), ("quality.parse_retries", 0, None), ("quality.bootstrap", 1, None),
+    ("quality.top_k", 1, None),
+    ("transcription.max_dialogues", 1, None), ("transcription.max_turns", 2, None),
+    ("transcription.max_tokens", 1, None), ("transcription.temperature", 0, 2),
+    ("transcription.validation_retries", 0, None), ("transcription.min_length_ratio", 0, None),
+    ("transcription.max_length_ratio", 0, None), ("transcription.n_train", 1, None),
+    ("transcription.n_test", 0, None), ("transcription.client_edit_tolerance", 0, 0.5),
+    ("sft.min_response_chars", 0, None), ("sft.context_turns", 1, None),
+    ("evaluation.max_dialogues", 1, None), ("evaluation.max_rounds", 1, None),
+    ("evaluation.context_turns", 1, None), ("evaluation.batch_size", 1, None),
+    ("evaluation.max_new_tokens", 1, None), ("evaluation.bootstrap", 1, None),
+    ("figures.dpi", 1, None),
+]
+
+
+def check_ranges(p: Params, where: str = "params") -> None:
+    """Raise ParamsError naming the first number out of its range (RANGES)."""
+    for key, lo, hi in RANGES:
+        value = p
+        for k in key.split("."):
+            value = getattr(value, k)
+        if value is None:
+            continue
+        low = value <= 0 if lo == POSITIVE else value < lo
+        if low or (hi is not None and value > hi):
+            span = POSITIVE if lo == POSITIVE else f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise ParamsError(f"{where}.{key}: {value!r} is out of range; it must be {span}")
+    tp = p.transcription
+    if tp.max_length_ratio <= tp.min_length_ratio:
+        raise ParamsError(f"{where}.transcription.max_length_ratio: {tp.max_length_ratio} must be above "
+                          f"min_length_ratio {tp.min_length_ratio}")
+
+
 def from_dict(data: dict, where: str = "params") -> Params:
-    """Validate a params mapping (unknown keys and wrong types raise ParamsError)."""
+    """Validate a params mapping (unknown keys, wrong types and numbers out of range raise ParamsError)."""
     p = _build(Params, data, where)
+    check_ranges(p, where)
     for choice, allowed in [
         (("llm", "provider"), ("embedded", "remote")),
         (("corpora", "on_error"), ("raise", "skip")),
@@ -221,12 +272,44 @@ def load(file: str | Path) -> Params:
     file = path(file)
     if not file.exists():
         raise ParamsError(f"{file}: no such params file")
-    with open(file, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(file)
     p = from_dict(data, where=str(file.relative_to(ROOT) if file.is_relative_to(ROOT) else file))
     if p.name != file.stem:
         raise ParamsError(f"{file}: name {p.name!r} must equal the file's stem {file.stem!r}")
     return p
+
+
+def read_yaml(file: str | Path) -> dict:
+    """The mapping in a params YAML file; a syntax error is one ParamsError line: file:line:column."""
+    file = path(file)
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ParamsError(f"{file}{at}: YAML syntax error: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{file}: YAML syntax error: {' '.join(str(e).split())}") from None
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{file}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def defaults_used(data: dict) -> list[str]:
+    """Which documented defaults a params mapping relies on: missing sections, then missing keys."""
+    out = [f"{s}: whole section (defaults)" for s in SECTIONS if s not in data]
+    hints = typing.get_type_hints(Params)
+    for s in SECTIONS:
+        if s in data and isinstance(data[s], dict) and dataclasses.is_dataclass(hints[s]):
+            missing = [f.name for f in dataclasses.fields(hints[s]) if f.name not in data[s]]
+            if missing:
+                out.append(f"{s}: defaults for {', '.join(missing)}")
+    return out
 
 
 def from_namespace(ns: dict) -> Params:

@@ -2,7 +2,8 @@
 
 A prompt version names a file shipped in the package (e.g. "mi_v1") or a path to your own .md file
 (e.g. "my_prompts/mi_mine.md"): point `transcription.prompt_version` in a params file at it.
-Placeholders are `{name}`, filled by render(); other braces are left alone.
+Placeholders are `{name}`, filled by render() in one pass (a value's own braces are never filled);
+other braces are left alone. check() says which required placeholders a prompt file lacks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from pathlib import Path
 from .params import path as project_path
 
 SECTION = re.compile(r"^## (\w+)\s*$", re.MULTILINE)
+PLACEHOLDER = re.compile(r"\{(\w+)\}")
+# the placeholders each use of a prompt must find in its section: (section, placeholders)
+REQUIRED = {
+    "transcription.dialogue": ("user", ("dialogue",)),
+    "transcription.turn": ("user", ("context", "source", "next_client")),
+    "quality": ("user", ("dialogue",)),
+    "miti": ("code", ("context", "utterance")),
+}
 
 
 def load(version: str) -> str:
@@ -56,7 +65,25 @@ def name(version: str) -> str:
 
 
 def render(template: str, **values) -> str:
-    """Fill `{name}` placeholders from values; braces that are not placeholders stay as they are."""
-    for k, v in values.items():
-        template = template.replace("{" + k + "}", str(v))
-    return template
+    """Fill `{name}` placeholders from values in one pass; other braces stay as they are.
+
+    One pass: a value that itself contains `{source}` (a client quoting a template) is inserted as
+    it is, never filled in turn.
+    """
+    return PLACEHOLDER.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0),
+                           template)
+
+
+def check(version: str, use: str) -> list[str]:
+    """Problems of a prompt version for one use (a key of REQUIRED): missing section or placeholders."""
+    section, needed = REQUIRED[use]
+    try:
+        ps = parts(version)
+    except (OSError, ValueError) as e:
+        return [str(e)]
+    if section not in ps:
+        return [f"prompt {version!r} has no '## {section}' section (needed for {use})"]
+    missing = [f"{{{n}}}" for n in needed if f"{{{n}}}" not in ps[section]]
+    if missing:
+        return [f"prompt {version!r}: section '## {section}' lacks placeholder(s) {missing} (needed for {use})"]
+    return []

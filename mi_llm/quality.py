@@ -93,6 +93,7 @@ def describe(dialogues: list[Dialogue], report: dict | None = None) -> dict:
     dialogues whose normalised content equals an earlier dialogue's. repeated_turn_rate: share of
     counselor turns whose normalised text already occurred earlier in the corpus (near-duplicate
     turns; high values mean stock phrases). alternation_violations: adjacent same-speaker turn pairs.
+    single_speaker_dialogues: dialogues in which one speaker alone speaks.
     n_bad: malformed records the loader skipped (from its report). fixture: the loader report
     says the corpus is a fixture written for this project (its PROVENANCE.json), not real data.
     """
@@ -122,6 +123,7 @@ def describe(dialogues: list[Dialogue], report: dict | None = None) -> dict:
         "repeated_turn_rate": n_rep / len(counselor) if counselor else math.nan,
         "alternation_violations": sum(violations),
         "dialogues_with_violations": sum(v > 0 for v in violations),
+        "single_speaker_dialogues": sum(len({t.speaker for t in d.turns}) < 2 for d in dialogues),
         "n_bad": int((report or {}).get("n_bad", 0)),
         "fixture": bool((report or {}).get("fixture", False)),  # written for this project
     }
@@ -367,9 +369,11 @@ def write_artifacts(out_dir: Path, ranked: pd.DataFrame, records: list[dict]) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv, jsonl = out_dir / "quality.csv", out_dir / "judgements.jsonl"
-    ranked.to_csv(csv, index=False)
-    with open(jsonl, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    from .runs import atomic_path, write_atomic  # a unique temporary file, then a rename
+
+    with atomic_path(csv) as tmp:
+        ranked.to_csv(tmp, index=False)
+    write_atomic(jsonl, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return [csv, jsonl]
 
 

@@ -4,20 +4,29 @@ Every stage calls start_stage() first and finish_stage() last, whether it runs u
 runner, under papermill by hand or in JupyterLab, so runs/<name>/provenance.json is always
 complete: params (no secrets), git commit, package versions, Python, seeds, sha256 of every
 input file, and start/end time per stage.
+
+One run at a time: lock() holds runs/<name>/.lock (the study runner for all its stages, a stage
+run by hand from start_stage to finish_stage); a second run of the same name stops at once with
+"already running (pid N)". Artifacts are written through a unique temporary file and a rename
+(write_atomic, atomic_path), so a kill or a concurrent writer never leaves a half-written file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+import uuid
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .params import ROOT, Params
@@ -68,7 +77,7 @@ def hash_inputs(paths) -> dict[str, str]:
 def git_commit() -> dict:
     """Commit of the project checkout and whether the tree has uncommitted changes."""
     def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
 
     try:
         head = git("rev-parse", "HEAD")
@@ -90,7 +99,7 @@ def package_versions() -> dict[str, str | None]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def provenance_path(p: Params) -> Path:
@@ -103,16 +112,116 @@ def read_provenance(p: Params) -> dict:
     return json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
 
 
+# ----------------------------------------------------------------------------- atomic writes
+def _tmp_name(path: Path) -> Path:
+    """A temporary name beside path, unique per process and call (never shared by two writers)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a unique temporary path to write a file or folder to; it replaces `path` on success.
+
+        with runs.atomic_path(out / "quality.csv") as tmp:
+            df.to_csv(tmp, index=False)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        if tmp.is_dir():  # a folder cannot replace a folder in one step: move the old one aside
+            old = _tmp_name(path) if path.exists() else None
+            if old:
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path, data: str | bytes) -> Path:
+    """Write text (UTF-8) or bytes to path through a unique temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- one run at a time
+class AlreadyRunning(RuntimeError):
+    """Another process holds the run's lock."""
+
+
+_HELD: dict[str, object] = {}  # run folder -> open lock file, held by this process
+LOCK_ENV = "MI_LLM_RUN_LOCKED"  # set by the runner for its kernels: the run folder it has locked
+
+
+def acquire(run_dir) -> bool:
+    """Take runs/<name>/.lock for this process (False when this process or its runner holds it);
+    raise AlreadyRunning naming the holder's pid when another process does."""
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD or os.environ.get(LOCK_ENV) == key:
+        return False
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / ".lock", "a+")  # noqa: SIM115 (held open while the run lasts)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise AlreadyRunning(f"{run_dir} is already running (pid {holder}); wait for it to finish or "
+                             f"stop it, then run again") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _HELD[key] = f
+    return True
+
+
+def release(run_dir) -> None:
+    """Give up this process's lock on run_dir (a no-op when it holds none)."""
+    f = _HELD.pop(str(Path(run_dir).resolve()), None)
+    if f is not None:
+        f.close()  # closing the file drops the flock; the kernel drops it too when a process dies
+
+
+@contextmanager
+def lock(run_dir):
+    """Hold the run's lock for a block; its child processes (kernels) see it as theirs."""
+    took = acquire(run_dir)
+    before = os.environ.get(LOCK_ENV)
+    os.environ[LOCK_ENV] = str(Path(run_dir).resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(LOCK_ENV, None)
+        else:
+            os.environ[LOCK_ENV] = before
+        if took:
+            release(run_dir)
+
+
 def _write(p: Params, prov: dict) -> None:
-    f = provenance_path(p)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(prov, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, f)
+    write_atomic(provenance_path(p), json.dumps(prov, indent=2, ensure_ascii=False, default=str))
 
 
 def start_stage(p: Params, stage: str, inputs=(), **extra) -> dict:
-    """Seed everything and record the stage's start, inputs (sha256) and environment."""
+    """Take the run's lock (unless the runner holds it), seed everything and record the stage's
+    start, inputs (sha256) and environment."""
+    acquire(p.run_dir)
     set_seed(p.seed)
     prov = read_provenance(p)
     prov.update(
@@ -139,6 +248,7 @@ def finish_stage(p: Params, stage: str, outputs=(), **extra) -> dict:
     rec.update(finished=_now(), outputs=hash_inputs(outputs), **extra)
     if rec.get("started"):
         t0 = datetime.fromisoformat(rec["started"])
-        rec["wall_s"] = round((datetime.now(timezone.utc) - t0).total_seconds(), 1)
+        rec["wall_s"] = round((datetime.now(UTC) - t0).total_seconds(), 1)
     _write(p, prov)
+    release(p.run_dir)  # a stage run by hand gives the run back
     return rec

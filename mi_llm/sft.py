@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import resource
 import sys
@@ -251,6 +252,46 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
 
 
+# ----------------------------------------------------------------------------- run identity
+IDENTITY_FILE = "identity.json"  # in checkpoints/: what every checkpoint there was trained on
+
+
+def identity(P: Params) -> dict:
+    """sha256 of the training split and of the sft params (with the seed): what a run trained on."""
+    from .runs import sha256_file
+
+    blob = json.dumps({"sft": dataclasses.asdict(P.sft), "seed": P.seed}, sort_keys=True, default=str)
+    return {"train_sha256": sha256_file(P.run_dir / TRAIN_FILE),
+            "sft_params_sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest()}
+
+
+def _stale(ckpt_dir: Path, ident: dict) -> str | None:
+    """Why the checkpoints under ckpt_dir cannot be resumed for this identity (None when they can)."""
+    f = Path(ckpt_dir) / IDENTITY_FILE
+    if not f.exists():
+        return f"its checkpoints record no {IDENTITY_FILE} (training data and params unknown)"
+    old = json.loads(f.read_text(encoding="utf-8"))
+    what = {"train_sha256": "training data", "sft_params_sha256": "sft params"}
+    changed = [what[k] for k in ident if old.get(k) != ident[k]]
+    return f"the {' and the '.join(changed)} changed since its checkpoints" if changed else None
+
+
+def _clear(out: Path) -> None:
+    """Remove a stale run's checkpoints, adapter, merged model, log and report."""
+    import shutil
+
+    for name in ("checkpoints", "adapter", "merged"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("train_log.csv", "report.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _write_identity(ckpt_dir: Path, ident: dict) -> None:
+    from .runs import write_atomic
+
+    write_atomic(Path(ckpt_dir) / IDENTITY_FILE, json.dumps(ident, indent=2))
+
+
 def train(P: Params, model_name: str, progress: bool = True, model_path=None, callbacks=()) -> dict:
     """LoRA-fine-tune one registry model on the MI corpus; resumes; returns report.json's dict."""
     from trl import SFTTrainer
@@ -260,13 +301,21 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     out = P.stage_dir(STAGE) / model_name
     ckpt_dir = out / "checkpoints"
     read_train(P)  # fail on a missing or bad split before loading a model
+    ident = identity(P)
     resume = last_checkpoint(ckpt_dir)
+    stale = _stale(ckpt_dir, ident) if resume else None
+    if stale:  # checkpoints of other data or params: never resumed, never returned as this run
+        print(f"[mi_llm] {out}: retraining from step 0: {stale}", file=sys.stderr, flush=True)
+        _clear(out)
+        resume = None
     start_step = int(Path(resume).name.split("-")[-1]) if resume else 0
     done = out / "report.json"
     if resume and done.exists():  # a finished run (notebook after `accelerate launch`): keep it
         report = json.loads(done.read_text(encoding="utf-8"))
-        if report["steps"] == start_step == P.sft.config.get("max_steps", start_step):
+        if (report["steps"] == start_step == P.sft.config.get("max_steps", start_step)
+                and report.get("identity") == ident):
             return report
+    _write_identity(ckpt_dir, ident)
     if model_path is None and model_name in P.model_paths:
         model_path = params_path(P.model_paths[model_name])
     model, tok = models.load(model_name, device="cpu", path=model_path)
@@ -295,6 +344,8 @@ def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples) 
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(out / "merged")
         trainer.processing_class.save_pretrained(out / "merged")
+    from .runs import write_atomic
+
     mem, mem_kind = peak_memory_mb()
     losses = [float(r["loss"]) for r in rows]
     tokens = trainer.state.num_input_tokens_seen
@@ -306,8 +357,9 @@ def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples) 
         "peak_memory_mb": round(mem, 1), "peak_memory_kind": mem_kind, "wall_s": round(wall, 1),
         "resumed_from": Path(resume).name if resume else None,
         "packing": trainer.args.packing, "padding_free": trainer.padding_free,
+        "identity": identity(P),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
     return report
 
 

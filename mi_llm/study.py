@@ -33,10 +33,23 @@ def select(only: list[str] | None) -> list[Path]:
 
 def run(params_file: str, only: list[str] | None = None, progress: bool = True) -> Path:
     """Execute the stages for a params file into runs/<name>/notebooks/; stop at the first failure."""
+    from . import check, runs
+
+    p = params_mod.load(params_file)
+    errs = check.study_inputs(p)  # what a stage would only meet later: refused before any stage runs
+    if errs:
+        raise SystemExit(f"[mi_llm] {params_file}: " + "; ".join(errs))
+    try:  # one run of a name at a time: a second one stops here, before any stage or API call
+        with runs.lock(p.run_dir):
+            return _run(p, params_file, only, progress)
+    except runs.AlreadyRunning as e:
+        raise SystemExit(f"[mi_llm] {e}") from None
+
+
+def _run(p, params_file: str, only: list[str] | None, progress: bool) -> Path:
     import papermill as pm
     from tqdm.auto import tqdm
 
-    p = params_mod.load(params_file)
     with open(params_mod.path(params_file), encoding="utf-8") as f:
         raw = yaml.safe_load(f)
     out_dir = p.run_dir / "notebooks"
@@ -82,7 +95,7 @@ def parameters_source(params_file: str = "params/smoke.yaml") -> str:
     return "\n".join(lines)
 
 
-def parameters_cell(nb) -> "nbformat.NotebookNode":
+def parameters_cell(nb) -> nbformat.NotebookNode:
     """The cell tagged `parameters` of a notebook."""
     for cell in nb.cells:
         if "parameters" in cell.get("metadata", {}).get("tags", []):

@@ -7,19 +7,26 @@ Two units of rewriting, same client, cache and validation machinery:
   with the reason, if any of its turns fails. A source turn is never passed off as a rewrite.
 With `tag_behaviour` every counselor turn must start with its MI behaviour tag (<mi:label>, see
 mi_llm.forecast); the tag is checked and kept in the stored content, so SFT learns it unchanged.
+Nothing invented, nothing lost: a whole-dialogue rewrite keeps the source's turn structure and its
+client turns (equal after whitespace/punctuation normalisation, within
+transcription.client_edit_tolerance); a stage whose dialogues failed on transport errors above
+llm.max_transport_failures fails, so that a re-run resumes it from the answer cache.
 """
 
 from __future__ import annotations
 
+import difflib
+import itertools
 import random
 import re
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
-from . import forecast, llm, prompts
+from . import forecast, llm, prompts, runs
 from .params import path as project_path
 from .schema import DataError, Dialogue, Turn
 
@@ -27,6 +34,10 @@ LABEL = {"client": "来访者", "counselor": "咨询师"}
 SPEAKER_OF = {"来访者": "client", "咨询师": "counselor", "心理咨询师": "counselor"}
 LINE = re.compile(r"^\s*(来访者|心理咨询师|咨询师)\s*[：:]\s*(.*)$")
 CJK = re.compile(r"[\u3400-\u9fff]")
+SPEAKER_INSIDE = re.compile(r"(来访者(?:接着说)?|心理咨询师|咨询师|求助者|支持者)\s*[：:]")
+# labels a small model puts before its reply, echoing the prompt (原回复：…) or announcing it (改写：…)
+REPLY_LABEL = re.compile(r"^\s*(?:原回复|原句|原文|改写后的回复|改写后|改写|回复|回答|MI回复|MI改写|新回复|输出)"
+                         r"\s*[：:]\s*")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -147,20 +158,59 @@ def _untag(turns: list[Turn]) -> tuple[list[Turn], list[Turn]]:
     return tagged, plain
 
 
+def normalise(text: str) -> str:
+    """Text for comparisons: NFKC, lower case, without whitespace, punctuation and symbols."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return "".join(c for c in text if not c.isspace() and unicodedata.category(c)[0] not in "PSZ")
+
+
+def edit_share(new: str, source: str) -> float:
+    """Share of the normalised texts that differs: 1 - difflib's similarity ratio (0 = equal)."""
+    a, b = normalise(new), normalise(source)
+    if a == b:
+        return 0.0
+    return 1.0 - difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def check_structure(turns: list[Turn], source: Dialogue, tp) -> None:
+    """Same speakers turn by turn as the source, and the source's client turns kept (within tolerance)."""
+    src = source.turns
+    if len(turns) < len(src):
+        raise ValueError(f"dropped_turns: {len(turns)} turns, source has {len(src)}")
+    if len(turns) > len(src):
+        raise ValueError(f"invented_turns: {len(turns)} turns, source has {len(src)}")
+    for i, (t, s) in enumerate(zip(turns, src)):
+        if t.speaker != s.speaker:
+            raise ValueError(f"structure: turn {i} is {t.speaker}, in the source {s.speaker}")
+    for i, (t, s) in enumerate(zip(turns, src)):
+        if t.speaker == "client":
+            share = edit_share(t.text, s.text)
+            if share > tp.client_edit_tolerance:
+                raise ValueError(f"client_altered: turn {i} differs from the source by {share:.2f} "
+                                 f"> client_edit_tolerance {tp.client_edit_tolerance}: {t.text[:30]!r}")
+
+
+def _alternates(turns: list[Turn]) -> bool:
+    return all(a.speaker != b.speaker for a, b in itertools.pairwise(turns))
+
+
 def validate_dialogue(text: str, source: Dialogue, tp) -> list[Turn]:
-    """A whole rewritten dialogue: parseable, alternating, same first speaker, counselor turns, language, length."""
+    """A whole rewritten dialogue: parseable, alternating, same first speaker, counselor turns, language,
+    length, then the source's turn structure with its client turns unchanged."""
     turns = parse_dialogue(text)
     tagged = turns
     if tp.tag_behaviour:  # checks below see the words only; the stored turns keep their tags
         tagged, turns = _untag(turns)
     if turns[0].speaker != source.turns[0].speaker:
         raise ValueError(f"first_speaker: starts with {turns[0].speaker}, source with {source.turns[0].speaker}")
-    for i in range(1, len(turns)):
-        if turns[i].speaker == turns[i - 1].speaker:
-            raise ValueError(f"not_alternating: turns {i - 1} and {i} are both {turns[i].speaker}")
+    if _alternates(source.turns):  # a source that does not alternate is matched turn by turn below
+        for i in range(1, len(turns)):
+            if turns[i].speaker == turns[i - 1].speaker:
+                raise ValueError(f"not_alternating: turns {i - 1} and {i} are both {turns[i].speaker}")
     if not any(t.speaker == "counselor" and t.text for t in turns):
         raise ValueError("no_counselor: no counselor turn")
     check_text("".join(t.text for t in turns), "".join(t.text for t in source.turns), tp)
+    check_structure(turns, source, tp)
     return tagged
 
 
@@ -186,6 +236,11 @@ def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
     if m and SPEAKER_OF[m.group(1)] == "client":
         raise ValueError("wrong_speaker: answered as the client")
     line = m.group(2).strip() if m else line
+    while (lm := REPLY_LABEL.match(line)):  # 原回复：… / 改写：… before the words
+        line = line[lm.end():]
+    inside = SPEAKER_INSIDE.search(line)
+    if inside:
+        raise ValueError(f"speaker_label: the reply contains a speaker label {inside.group(0)!r}")
     label = None
     if tp.tag_behaviour:
         try:
@@ -193,7 +248,8 @@ def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
         except ValueError as e:
             raise ValueError(f"untagged: {e}") from e
     line = whole_sentences(line.strip())
-    if line == source.strip() or any(line == t.text.strip() for t in context):
+    key = normalise(line)
+    if key == normalise(source) or any(key == normalise(t.text) for t in context):
         raise ValueError("copied: the reply repeats the source or the context")
     check_text(line, source, tp)
     return forecast.tag_text(line, label) if label else line
@@ -273,7 +329,9 @@ def _by_dialogue(ep, dialogues, P, cache_path, batch_dir):
     out = []
     for d, items in zip(dialogues, per):
         rs = [next(res) for _ in items]
-        bad = next(((i, r) for (i, _), r in zip(items, rs) if not r.ok), None)
+        failed = [(i, r) for (i, _), r in zip(items, rs) if not r.ok]
+        # a transport failure is what the dialogue failed on when there is one: a re-run answers it
+        bad = next((x for x in failed if x[1].error.startswith("transport")), failed[0] if failed else None)
         if bad:
             out.append((d, None, f"{_reason(bad[1].error)}: turn {bad[0]}: {bad[1].error}", rs))
             continue
@@ -294,6 +352,7 @@ def transcribe(ep, dialogues: list[Dialogue], P, cache_path, batch_dir=None) -> 
     records = [to_record(d, turns, v) for d, turns, _, _ in rows if turns is not None]
     failures = [{"source_corpus": d.corpus, "source_id": str(d.id), "reason": _reason(err), "error": err,
                  "raw": [r.raw for r in rs]} for d, turns, err, rs in rows if turns is None]
+    require_transport(failures, len(rows), P.llm)
     units = [r for *_, rs in rows for r in rs]
     use = llm.usage(units, P.llm, ep.model)
     report = {
@@ -314,6 +373,19 @@ def transcribe(ep, dialogues: list[Dialogue], P, cache_path, batch_dir=None) -> 
                       for c in sorted({d.corpus for d, *_ in rows})},
     }
     return records, failures, report
+
+
+def require_transport(failures: list[dict], attempted: int, llm_params) -> None:
+    """Fail the stage when more than llm.max_transport_failures of its dialogues failed on transport
+    errors (a dead or flaky endpoint): their answers were never judged, so the data would be lost."""
+    transport = [f for f in failures if f["reason"] == "transport"]
+    share = len(transport) / attempted if attempted else 0.0
+    if transport and share > llm_params.max_transport_failures:
+        raise RuntimeError(
+            f"{len(transport)} of {attempted} dialogues failed on transport errors ({share:.0%} > "
+            f"llm.max_transport_failures {llm_params.max_transport_failures:.0%}); first: "
+            f"{transport[0]['source_corpus']}/{transport[0]['source_id']}: {transport[0]['error']}. "
+            "Every finished answer is cached: re-run to resume.")
 
 
 # ----------------------------------------------------------------------------- split and save
@@ -359,15 +431,16 @@ def save(out_dir, train: list[dict], test: list[dict], report: dict, failures: l
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for name, rows in (("train", train), ("test", test), ("failures", failures)):
-        f = out_dir / f"{name}.jsonl"
-        f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        f = out_dir / f"{name}.jsonl"  # a unique temporary file, then a rename: never half written
+        runs.write_atomic(f, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         files.append(f)
     dd = DatasetDict({k: Dataset.from_list(v) if v else Dataset.from_dict(
         {c: [] for c in ("id", "source_corpus", "source_id", "prompt_version", "topic", "messages")})
         for k, v in (("train", train), ("test", test))})
-    dd.save_to_disk(str(out_dir / "mi_corpus"))
+    with runs.atomic_path(out_dir / "mi_corpus") as tmp:
+        dd.save_to_disk(str(tmp))
     rep = {**report, "n_train": len(train), "n_test": len(test)}
-    (out_dir / "report.json").write_text(json.dumps(rep, indent=2, ensure_ascii=False), encoding="utf-8")
+    runs.write_atomic(out_dir / "report.json", json.dumps(rep, indent=2, ensure_ascii=False))
     if not train:  # written first, so that report.json and failures.jsonl say why
         raise RuntimeError(f"no valid MI dialogue to train on; failures by reason: {report.get('failed_by_reason')}"
                            f" (see {out_dir / 'failures.jsonl'})")

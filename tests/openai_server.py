@@ -9,7 +9,9 @@
 Nth chat request (1-based): a dict {n: action} or a callable (n, request_json) -> action | None.
 Actions: "429" / {"status": 429, "retry_after": seconds}, "500", "slow" / {"slow": seconds}
 (answers after that long; a client timeout shorter than it sees a timeout), "malformed" (HTTP 200
-with a body that is not JSON), "truncated" (half the answer, finish_reason "length").
+with a body that is not JSON), "truncated" (half the answer, finish_reason "length"), and HTTP 200
+bodies that are no completion: "empty_choices", "error_body" ({"error": {...}}), "html" (a proxy's
+page). {"status": 429, "retry_after": "<HTTP date>"} sends the date as it is.
 The Batch API subset (POST /v1/files, GET /v1/files/{id}/content, POST /v1/batches,
 GET /v1/batches/{id}) runs a batch's lines through the same handler when the batch is created and
 reports it "in_progress" for `batch_polls` polls, then "completed".
@@ -74,7 +76,7 @@ def _normalise(action):
         return {"status": 500}
     if action == "slow":
         return {"slow": 5.0}
-    if action in ("malformed", "truncated"):
+    if action in ("malformed", "truncated", "empty_choices", "error_body", "html"):
         return {action: True}
     raise ValueError(f"unknown script action {action!r}")
 
@@ -145,6 +147,12 @@ def _make_handler(handler, latency_s, script, stats, store, batch_polls):
                 return self._json(act["status"], {"error": {"message": "server error", "type": "server"}})
             if act.get("malformed"):
                 return self._send(200, b'{"id": "chatcmpl-x", "choices": [{"mess')
+            if act.get("empty_choices"):
+                return self._json(200, {**_completion(req, ""), "choices": []})
+            if act.get("error_body"):
+                return self._json(200, {"error": {"message": "upstream overloaded", "code": 503}})
+            if act.get("html"):
+                return self._send(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
             text = handler(req)
             with stats.lock:
                 stats.answered += 1

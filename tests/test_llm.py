@@ -72,7 +72,8 @@ def test_transport_failure_after_retries_is_reported(tmp_path):
     with serve(echo, script=lambda n, req: "500") as url:
         res = run(url, requests(1), tmp_path, params=fast_params(max_retries=2))
         assert url.stats.count == 3  # one try plus max_retries
-    assert not res[0].ok and res[0].error == "transport: InternalServerError" and res[0].attempts == 0
+    assert not res[0].ok and res[0].error == "transport: InternalServerError 500: server error"
+    assert res[0].attempts == 0
 
 
 def test_truncated_answers_are_retried_then_failed(tmp_path):
@@ -200,3 +201,138 @@ def test_embedded_endpoint_serves_and_stops(tiny_model_dir, tmp_path):
     time.sleep(0.5)
     with socket.socket() as s:  # the server is gone: its port no longer accepts connections
         assert s.connect_ex(("127.0.0.1", int(port))) != 0
+
+
+@pytest.mark.parametrize("action, detail", [("empty_choices", "without choices"),
+                                            ("error_body", "upstream overloaded"),
+                                            ("html", "502 Bad Gateway")])
+def test_malformed_200_answers_are_retried_and_name_the_request(tmp_path, action, detail):
+    with serve(echo, script={1: action}) as url:  # once: the retry gets a real answer
+        res = run(url, requests(1), tmp_path)
+        assert url.stats.count == 2
+    assert res[0].ok and res[0].text == "答：q0"
+    with serve(echo, script=lambda n, req: action) as url:  # always: a failure naming the request
+        res = run(url, requests(2, "m"), tmp_path, params=fast_params(max_retries=1))
+        assert url.stats.count == 4
+    for r in res:
+        assert not r.ok and r.error.startswith("transport: ") and detail in r.error
+        assert f"request {r.key}" in r.error
+
+
+def test_retry_after_as_an_http_date_is_honoured(tmp_path):
+    from email.utils import formatdate
+
+    arrivals = []
+
+    def handler(req):
+        arrivals.append(time.monotonic())
+        return "ok"
+
+    t0 = time.monotonic()
+    when = formatdate(time.time() + 3, usegmt=True)  # whole seconds: the wait is 2..3 s
+    with serve(handler, script={1: {"status": 429, "retry_after": when}}) as url:
+        res = run(url, requests(1), tmp_path)
+    assert res[0].ok and res[0].api_calls == 2 and arrivals[0] - t0 >= 1.9
+
+
+def test_failure_reason_records_status_and_message(tmp_path):
+    with serve(echo, script=lambda n, req: {"status": 503}) as url:
+        res = run(url, requests(1), tmp_path, params=fast_params(max_retries=0))
+    assert res[0].error == "transport: InternalServerError 503: server error"
+
+
+# ----------------------------------------------------------------------------- the server dies with its parent
+def _gone(pid: int, within: float) -> float | None:
+    """Seconds until process pid no longer runs (None if it still runs after `within`)."""
+    import os
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":  # a zombie no longer runs
+                    return time.monotonic() - t0
+        except FileNotFoundError:
+            return time.monotonic() - t0
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    import os
+
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return out
+
+
+def test_watchdog_kills_a_process_whose_parent_died():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    # parent -> child; the child runs watch_parent(parent) and would sleep a minute
+    child = ("import os, time; from mi_llm.embedded import watch_parent; watch_parent(os.getppid(), 0.2); "
+             "print(os.getpid(), flush=True); time.sleep(60)")
+    script = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}])\ntime.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    assert _gone(pid, 1.0) is None  # alive while its parent is
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    assert _gone(pid, 5.0) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pdeathsig", [True, False], ids=["pdeathsig", "watchdog-only"])
+def test_embedded_server_stops_within_seconds_of_its_parents_kill_9(tiny_model_dir, tmp_path, pdeathsig):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import sys, time\nfrom pathlib import Path\nfrom mi_llm import llm\n"
+              + ("" if pdeathsig else "llm._die_with_parent = lambda: None\n")
+              + f"with llm.serve(Path({str(tiny_model_dir)!r}), log_dir=Path({str(tmp_path)!r})) as base:\n"
+              "    print(base, flush=True)\n    time.sleep(300)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        base = parent.stdout.readline().strip()
+        assert base.startswith("http://127.0.0.1:"), "the server did not start"
+        (server,) = _children(parent.pid)
+        # a generation in flight when the parent dies: the server must not finish it first
+        import threading
+
+        threading.Thread(target=lambda: llm.complete(
+            llm.Endpoint(base, str(tiny_model_dir), "k", "embedded"), requests(1, "late"),
+            llm_params=LLMParams(max_retries=0, request_timeout=30), cache_path=tmp_path / "c.sqlite",
+            settings={"max_tokens": 2000}, truncated_ok=True), daemon=True).start()
+        time.sleep(1.0)
+        port = int(base.split(":")[-1].split("/")[0])
+        t0 = time.monotonic()
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        assert _gone(server, 5.0) is not None, "the server outlived its parent by more than 5 s"
+        while time.monotonic() - t0 < 5.0:  # its last thread gone, the port is closed too
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) != 0:
+                    break
+            time.sleep(0.1)
+        took = time.monotonic() - t0
+        print(f"server and port gone {took:.1f} s after kill -9 of its parent")
+        assert took < 5.0, "the server still listened 5 s after its parent's death"
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -33,3 +33,82 @@ def test_seeding_is_reproducible():
     a = (np.random.rand(), torch.rand(1).item())
     runs.set_seed(3)
     assert a == (np.random.rand(), torch.rand(1).item())
+
+
+# ----------------------------------------------------------------------------- one run at a time, atomic writes
+def test_concurrent_provenance_writes_never_collide(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("MI_LLM_RUNS", str(tmp_path / "runs"))
+    p = params.from_dict({"name": "conc"})
+    errors = []
+
+    def writer(i):
+        for j in range(60):
+            try:
+                runs._write(p, {"writer": i, "n": j, "pad": "x" * 2000})
+            except OSError as e:  # a shared temporary name: FileNotFoundError
+                errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    last = json.loads((p.run_dir / "provenance.json").read_text())
+    assert set(last) == {"writer", "n", "pad"}
+    assert [f.name for f in p.run_dir.iterdir()] == ["provenance.json"]  # no temporary file left
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    import pytest
+
+    f = runs.write_atomic(tmp_path / "train.jsonl", "old\n")
+    with pytest.raises(RuntimeError), runs.atomic_path(f) as tmp:
+        tmp.write_text("half a rec")
+        raise RuntimeError("killed")
+    assert f.read_text() == "old\n" and sorted(x.name for x in tmp_path.iterdir()) == ["train.jsonl"]
+    d = tmp_path / "mi_corpus"
+    for text in ("one", "two"):  # a folder is replaced whole
+        with runs.atomic_path(d) as tmp:
+            tmp.mkdir()
+            (tmp / "data.txt").write_text(text)
+    assert [x.name for x in d.iterdir()] == ["data.txt"] and (d / "data.txt").read_text() == "two"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["mi_corpus", "train.jsonl"]
+
+
+def test_a_second_run_of_the_same_name_stops_at_once(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    from mi_llm.params import ROOT
+
+    env = {**os.environ, "MI_LLM_RUNS": str(tmp_path)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", ("import sys, time; from mi_llm import runs\n"
+                                f"with runs.lock({str(tmp_path / 'smoke')!r}):\n"
+                                "    print('held', flush=True); time.sleep(60)")],
+        env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        second = subprocess.run([sys.executable, "-m", "mi_llm", "run", "params/smoke.yaml", "--no-progress"],
+                                env=env, capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+        assert second.returncode == 1 and time.monotonic() - t0 < 60
+        assert f"already running (pid {holder.pid})" in second.stderr
+        assert not (tmp_path / "smoke" / "notebooks").exists()  # no stage started
+        # a stage run by hand (start_stage) is refused the same way
+        monkeypatch.setenv("MI_LLM_RUNS", str(tmp_path))
+        with pytest.raises(runs.AlreadyRunning, match=f"pid {holder.pid}"):
+            runs.start_stage(params.from_dict({"name": "smoke"}), "01_x")
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died: its lock went with it
+    with runs.lock(tmp_path / "smoke"):
+        assert (tmp_path / "smoke" / ".lock").read_text() == str(os.getpid())

@@ -197,3 +197,39 @@ def test_finished_run_is_kept(run_root, tiny_llama):
     first = sft.train(P, name, progress=False, model_path=tiny_llama)
     again = sft.train(P, name, progress=False, model_path=tiny_llama)  # no retraining, same report
     assert again == first and first["steps"] == 2
+
+
+@pytest.mark.slow
+def test_changed_data_or_params_retrain_instead_of_keeping_a_stale_adapter(run_root, tiny_llama, capsys):
+    import hashlib
+
+    P = make_params(config={**make_params().sft.config, "max_steps": 2})
+    name = "llama3-8b-chinese-chat-v2"
+    out = run_root / "runs/t/03_sft" / name
+    first = sft.train(P, name, progress=False, model_path=tiny_llama)
+    train_file = run_root / "runs/t" / sft.TRAIN_FILE
+    assert first["identity"]["train_sha256"] == hashlib.sha256(train_file.read_bytes()).hexdigest()
+    ident = json.loads((out / "checkpoints" / sft.IDENTITY_FILE).read_text())
+    assert ident == first["identity"]
+
+    # the training data changed: one record fewer
+    train_file.write_text("".join(train_file.read_text(encoding="utf-8").splitlines(True)[:-1]), encoding="utf-8")
+    second = sft.train(P, name, progress=False, model_path=tiny_llama)
+    assert "training data changed" in capsys.readouterr().err
+    assert second["resumed_from"] is None and second["n_samples"] < first["n_samples"]
+    assert second["identity"]["train_sha256"] != first["identity"]["train_sha256"]
+    assert second["identity"]["sft_params_sha256"] == first["identity"]["sft_params_sha256"]
+
+    # the learning rate changed
+    P2 = make_params(config={**P.sft.config, "learning_rate": 1e-4})
+    third = sft.train(P2, name, progress=False, model_path=tiny_llama)
+    assert "sft params changed" in capsys.readouterr().err
+    assert third["resumed_from"] is None and third["identity"]["sft_params_sha256"] != second["identity"]["sft_params_sha256"]
+    assert third["first_loss"] == pytest.approx(second["first_loss"], rel=1e-4)  # same data, same start
+    assert third["last_loss"] != second["last_loss"]  # trained again with the new rate
+    assert sft.train(P2, name, progress=False, model_path=tiny_llama) == third  # unchanged: kept
+
+    # checkpoints of an older version record no identity: retrained, not trusted
+    (out / "checkpoints" / sft.IDENTITY_FILE).unlink()
+    fourth = sft.train(P2, name, progress=False, model_path=tiny_llama)
+    assert "record no identity.json" in capsys.readouterr().err and fourth["resumed_from"] is None
