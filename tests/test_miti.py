@@ -437,14 +437,19 @@ def test_coder_opens_the_remote_endpoint_itself(generations, tmp_path, monkeypat
     assert res["agreement"].empty
 
 
-def test_miti_v2_examples_are_valid_codes_and_run_ons_keep_the_leading_code():
+def test_miti_prompt_examples_are_valid_codes_and_run_ons_keep_the_leading_code():
     from mi_llm import prompts
 
     parts = prompts.parts("miti_v2")
     shots = prompts.shots(parts, "code_")
     assert len(shots) == 6 and "{utterance}" in parts["code"] and "code_system" in parts
-    assert [miti.parse_code(m["content"]) for m in shots[1::2]] == ["Q", "CR", "PERSUADE"]
-    assert miti.parse_code("CRспекти\n牠们") == "CR" and miti.parse_code("Q。你") == "Q"
+    assert [miti.parse_code(m["content"]) for m in shots[1::2]] == [("Q",), ("CR",), ("PERSUADE",)]
+    v3 = prompts.parts(miti.DEFAULTS["prompt_version"])
+    shots = prompts.shots(v3, "code_")
+    assert [miti.parse_code(m["content"]) for m in shots[1::2]] == [
+        ("Q",), ("CR",), ("PERSUADE",), ("Q", "CR")]  # a reflection followed by a question
+    assert "SEEK, AUTO" not in v3["code_system"]  # no list of codes for a small model to echo
+    assert miti.parse_code("CRспекти\n牠们") == ("CR",) and miti.parse_code("Q。你") == ("Q",)
     for bad in ["Questions", "QA", "CRITICAL", "我明白"]:
         with pytest.raises(ValueError):
             miti.parse_code(bad)
