@@ -266,11 +266,13 @@ def text_metrics_table(run_dir) -> pd.DataFrame:
 
     Accepts long (metric + mean|value) or wide (bleu4, rouge1, ... with _ci_low/_ci_high) tables,
     or per-reply rows (averaged here with bootstrap CIs); metric names match case- and
-    punctuation-insensitively (BLEU-4 = bleu_4 = bleu4).
+    punctuation-insensitively (BLEU-4 = bleu_4 = bleu4); the content-only scores of
+    `evaluation.content_metrics` (bleu4_content, ...) are named "BLEU-4 (content only)", ...
     """
     f = _file(run_dir, "04_evaluation/metrics.csv")
     t = tidy(_csv(run_dir, "04_evaluation/metrics.csv"), f)
-    t["metric"] = t.metric.map(lambda m: TEXT_METRICS.get(canon(m), m))
+    content = {f"{k}content": f"{v} (content only)" for k, v in TEXT_METRICS.items()}
+    t["metric"] = t.metric.map(lambda m: TEXT_METRICS.get(canon(m), content.get(canon(m), m)))
     for col in ("model", "variant"):
         if col not in t.columns:
             raise ValueError(f"{f}: column {col!r} missing")

@@ -311,3 +311,17 @@ def test_chinese_labels_become_pinyin_without_a_cjk_font(monkeypatch):
 def test_markdown_table_escapes_and_rounds():
     md = figures.to_markdown(pd.DataFrame(dict(a=["x|y"], b=[1.23456])))
     assert md.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1.23 |"]
+
+
+def test_text_metrics_table_names_the_content_scores_beside_the_raw_ones(tmp_path):
+    from mi_llm import metrics
+
+    (tmp_path / "04_evaluation").mkdir()
+    gens = [{"model": "m", "variant": v, "dialogue_id": f"d{i}", "round": 0, "reply": "你好。",
+             "reference": "你好！"} for v in ("base", "finetuned") for i in range(3)]
+    scores = metrics.reply_scores(gens, content=True)
+    metrics.score(scores, bootstrap=20).to_csv(tmp_path / "04_evaluation/metrics.csv", index=False)
+    t = figures.text_metrics_table(tmp_path).set_index(["variant", "metric"]).value
+    # 你好/。 vs 你好/！: raw ROUGE-1 1/2 (你好 matches, the marks do not); content-only 1
+    assert t[("base", "ROUGE-1")] == pytest.approx(50.0, abs=1e-4)
+    assert t[("base", "ROUGE-1 (content only)")] == pytest.approx(100.0)
