@@ -11,6 +11,7 @@ both scorings and the largest difference on one pair.
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import numpy as np
 
@@ -23,7 +24,7 @@ def pairs(n: int) -> list[tuple[str, str]]:
     out = []
     for d in corpora.load("cpsycound", ROOT / "data/CPsyCounD/Data"):
         turns = [t.text for t in d.turns if t.speaker == "counselor"]
-        out += list(zip(turns, turns[1:]))
+        out += list(itertools.pairwise(turns))
         if len(out) >= n:
             break
     return out[:n]
