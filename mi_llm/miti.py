@@ -518,7 +518,17 @@ def gold_sample(gold: pd.DataFrame, n: int, seed: int) -> list[dict]:
     picked = _stratified(gold[gold["label"].notna()], "label", n, seed)
     return [{"model": "welivita_pu", "variant": "gold", "check": "gold", "topic": None,
              "dialogue_id": f"gold:{row.name}", "turns": [{"speaker": "counselor", "text": row["Text"]}],
-             "utterances": [{"turn": 0, "context": [], "reference": row["label"]}]} for row in picked]
+             "utterances": [{"turn": 0, "context": [], "reference": row["label"],
+                             "baseline": row.get("Prediction")}]} for row in picked]
+
+
+def gold_baseline(units: list[dict]) -> list[dict]:
+    """The gold units coded by Welivita & Pu's own classifier (its Prediction column): the
+    baseline beside the automatic coder; a prediction without a MITI counterpart is missing."""
+    return [{"utterances": [{"reference": ut["reference"],
+                             "codes": list(GOLD_CODES[ut["baseline"]])
+                             if ut.get("baseline") in GOLD_CODES else None}]}
+            for u in units for ut in u["utterances"]]
 
 
 # ----------------------------------------------------------------------------- coder checks
@@ -594,7 +604,8 @@ def evaluate(p, generations_path, out_dir, endpoint=None) -> dict:
     exported = worksheets.export(units, out_dir / "worksheets")
     rows, confusions = [], []
     for name, sample, to_label in [("auto_vs_annomi", check, coder_label),
-                                   ("auto_vs_welivita_pu_gold", gold, code_label)]:
+                                   ("auto_vs_welivita_pu_gold", gold, code_label),
+                                   ("welivita_pu_classifier_vs_gold", gold_baseline(gold), code_label)]:
         if sample:
             row, cm = coder_check(sample, name, to_label, cfg["check_bootstrap"], p.seed)
             rows.append(row)

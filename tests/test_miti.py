@@ -404,16 +404,26 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     saved = pd.read_csv(out / "miti_summary.csv")
     assert list(saved.columns) == miti.SUMMARY_COLUMNS and len(saved) == 4
     agree = pd.read_csv(out / "coder_agreement.csv")
-    assert list(agree["comparison"]) == ["auto_vs_annomi", "auto_vs_welivita_pu_gold"]
+    assert list(agree["comparison"]) == ["auto_vs_annomi", "auto_vs_welivita_pu_gold",
+                                         "welivita_pu_classifier_vs_gold"]
+    # the authors' classifier on the same sentences, from the CSV's Prediction column by hand
+    raw = pd.read_csv(ROOT / miti.DEFAULTS["gold_path"], keep_default_na=False)
+    rows = raw.loc[[int(c["dialogue_id"].split(":")[1]) for c in checks[6:]]]
+    pred = [miti.code_label(miti.GOLD_CODES[x]) if x in miti.GOLD_CODES else None
+            for x in rows["Prediction"]]
+    truth = [miti.code_label(miti.GOLD_CODES[x]) for x in rows["Ground truth"]]
+    hits = [a == b for a, b in zip(pred, truth) if a is not None]
+    assert agree.loc[2, "n_coded"] == len(hits) and agree.loc[2, "accuracy"] == pytest.approx(
+        np.mean(hits))
     # the handler answers Q for a question mark, else SR: the expected agreement by hand
-    for row, c in zip(agree.itertuples(), (checks[:6], checks[6:])):
+    for row, c in zip(list(agree.itertuples())[:2], (checks[:6], checks[6:])):
         said = ["Q" if "?" in u["turns"][-1]["text"] else "SR" for u in c]
         truth = [u["utterances"][0]["reference"] for u in c]
         assert row.n_sampled == len(c) and row.accuracy == pytest.approx(np.mean(
             [a == b for a, b in zip(said, truth)]))
     conf = pd.read_csv(out / "coder_confusion.csv")
     assert conf.groupby("comparison")["n"].sum().to_dict() == {
-        "auto_vs_annomi": 6, "auto_vs_welivita_pu_gold": 5}
+        "auto_vs_annomi": 6, "auto_vs_welivita_pu_gold": 5, "welivita_pu_classifier_vs_gold": 5}
     assert len(list((out / "worksheets").glob("tiny__*.csv"))) == 4
     pd.testing.assert_frame_equal(again["summary"], res["summary"])
 
