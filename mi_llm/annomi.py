@@ -33,6 +33,8 @@ ANNOMI_REQUIRED = (
 )
 ANNOMI_CODES = ("main_therapist_behaviour", "client_talk_type")
 ANNOMI_FULL_CODES = ("therapist_input_subtype", "reflection_subtype", "question_subtype")
+# each behaviour's own yes/no column (an utterance can hold a question and a reflection)
+ANNOMI_FULL_CODES += ("therapist_input_exists", "reflection_exists", "question_exists")
 ANNOMI_SPEAKERS = {"therapist": "counselor", "client": "client"}
 
 

@@ -294,7 +294,8 @@ def therapy_metrics(run_dir, table=None):
 
 # ----------------------------------------------------------------------------- (f) MITI summary
 def miti_summary(run_dir, table=None):
-    """(f) MITI 4.2.1 summary scores vs the fair/good thresholds, beside AnnoMI high/low."""
+    """(f) MITI 4.2.1 summary scores vs the fair/good thresholds, beside AnnoMI high/low; each
+    source labelled with its n coded utterances."""
     t = miti_summary_table(run_dir) if table is None else table
     metrics = [m for m in MITI if m in set(t.metric)]
     if not metrics:
@@ -316,19 +317,21 @@ def miti_summary(run_dir, table=None):
             horizontal=True,
             colors=[colors[s] for s in t[t.metric == m].source],
         )
-        name, _, (fair, good) = MITI[m]
-        ax.axvline(fair, color=pal[3], ls="--", lw=1, label="fair")
-        ax.axvline(good, color=pal[2], ls="-", lw=1, label="good")
+        name, _, thresholds = MITI[m]
+        if thresholds:  # %MI-adherent has no MITI 4.2.1 threshold
+            ax.axvline(thresholds[0], color=pal[3], ls="--", lw=1, label="fair")
+            ax.axvline(thresholds[1], color=pal[2], ls="-", lw=1, label="good")
         ax.set_title(name)
     fig.legend(
-        *axes[-1].get_legend_handles_labels(), loc="outside upper center", ncol=2, frameon=False
+        *axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=2, frameon=False
     )
     return fig
 
 
 # ----------------------------------------------------------------------------- (g) behaviour codes
 def miti_codes(run_dir, table=None):
-    """(g) Distribution of MITI behaviour codes per source (share of coded utterances, %)."""
+    """(g) MITI behaviour codes per source: % of coded utterances holding each (n per source);
+    real MI is AnnoMI's human codes."""
     t = miti_codes_table(run_dir) if table is None else table
     codes = [c for c in CODES if c in set(t.code)] + sorted(set(t.code) - set(CODES))
     share = (
@@ -344,7 +347,7 @@ def miti_codes(run_dir, table=None):
         fmt=".0f",
         cmap="mako_r",
         vmin=0,
-        cbar_kws={"label": "% of codes"},
+        cbar_kws={"label": "% of coded utterances"},
         linewidths=0.5,
         ax=ax,
         annot_kws={"fontsize": 7},

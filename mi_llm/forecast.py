@@ -1,10 +1,15 @@
 """MI strategy forecaster (the KMI idea): the counselor's next MI behaviour from the dialogue.
 
-Trained and scored on AnnoMI's human labels, split by session, against a majority-class and a
-previous-behaviour baseline. Two fitted variants share one feature builder: "text" (TF-IDF of the
+Trained and scored on AnnoMI's human labels, split by recording (AnnoMI cuts some recordings into
+several transcripts with the same therapist and client: a split by transcript would leak), against
+a majority-class and a previous-behaviour baseline; a forecaster beats them when the 95% CI of its
+paired macro-F1 difference to the stronger one lies above 0. Two fitted variants share one feature builder: "text" (TF-IDF of the
 last client utterance and the recent context, plus the language-independent features) for English,
 and "universal" (previous behaviours, turn position, question marks, length ratios only) for
-dialogues it cannot read, e.g. the Chinese MI corpus. Also the strategy tags that carry a behaviour
+dialogues it cannot read, e.g. the Chinese MI corpus. A third, "untagged", is the language-
+independent one trained with the behaviours of the history hidden: the forecaster of a dialogue
+whose counselor turns carry no labels (a corpus transcribed without tags), scored the same way.
+Also the strategy tags that carry a behaviour
 through transcription (02), SFT (03) and conditioned generation (04).
 """
 
@@ -102,18 +107,32 @@ def turn_label(turn: Turn, where=("?", "?")) -> str | None:
         raise DataError(where[0], where[1], "main_therapist_behaviour", str(e)) from e
 
 
+def recording(d: Dialogue) -> str:
+    """The recording a transcript comes from (AnnoMI's video_url; the transcript id without one)."""
+    return d.meta.get("video_url") or f"transcript:{d.id}"
+
+
 def split_sessions(dialogues, test_size: float, seed: int) -> tuple[list, list]:
-    """Seeded GroupShuffleSplit by session, stratified by mi_quality: (train, test) dialogues."""
+    """Seeded GroupShuffleSplit by recording, stratified by mi_quality: (train, test) dialogues.
+
+    A recording's stratum is the set of its transcripts' ratings (two AnnoMI recordings hold a
+    high- and a low-quality part), so that no recording is split across the strata either.
+    """
     from sklearn.model_selection import GroupShuffleSplit
 
+    ratings: dict = {}
+    for d in dialogues:
+        ratings.setdefault(recording(d), set()).add(d.meta.get("mi_quality", ""))
+    stratum_of = {r: "+".join(sorted(q)) for r, q in ratings.items()}
     train, test = [], []
-    for q in sorted({d.meta.get("mi_quality", "") for d in dialogues}):
-        stratum = [d for d in dialogues if d.meta.get("mi_quality", "") == q]
-        if len(stratum) < 2:  # one session cannot be split; it trains
+    for q in sorted(set(stratum_of.values())):
+        stratum = [d for d in dialogues if stratum_of[recording(d)] == q]
+        groups = [recording(d) for d in stratum]
+        if len(set(groups)) < 2:  # one recording cannot be split; it trains
             train += stratum
             continue
         gss = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
-        tr, te = next(gss.split(stratum, groups=[d.id for d in stratum]))
+        tr, te = next(gss.split(stratum, groups=groups))
         train += [stratum[i] for i in tr]
         test += [stratum[i] for i in te]
     return train, test
@@ -179,16 +198,21 @@ def _history(d: Dialogue) -> list[tuple[str, str, str | None]]:
     ]
 
 
-def examples(dialogues, context_turns: int = 2) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """One row per labelled counselor turn: (features X, next label y, session id groups)."""
+def examples(dialogues, context_turns: int = 2,
+             tagged: bool = True) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One row per labelled counselor turn: (features X, next label y, recording groups).
+
+    tagged=False hides the behaviours of the history, as in a dialogue transcribed without tags.
+    """
     rows, y, groups = [], [], []
     for d in dialogues:
         hist = _history(d)
+        seen = hist if tagged else [(s, t, None) for s, t, _ in hist]
         for i, (speaker, _, label) in enumerate(hist):
             if speaker == "counselor" and label is not None:
-                rows.append(turn_features(hist[:i], context_turns))
+                rows.append(turn_features(seen[:i], context_turns))
                 y.append(label)
-                groups.append(d.id)
+                groups.append(recording(d))
     if not rows:
         raise ValueError("no labelled counselor turns in these dialogues")
     return pd.DataFrame(rows), np.array(y), np.array(groups)
@@ -283,7 +307,7 @@ def _f1(cm: np.ndarray) -> np.ndarray:
 
 
 def score(y_true, y_pred, groups, bootstrap: int = 1000, seed: int = 0, reference=None) -> dict:
-    """Macro-F1 and per-class F1 with 95% CIs from resampling sessions (not utterances).
+    """Macro-F1 and per-class F1 with 95% CIs from resampling groups (recordings), not utterances.
 
     reference: another model's predictions on the same turns; adds the paired difference in
     macro-F1 (this minus reference) with its CI over the same resampled sessions.
@@ -296,7 +320,7 @@ def score(y_true, y_pred, groups, bootstrap: int = 1000, seed: int = 0, referenc
     macro_boot = np.nanmean(boot, axis=1)
     out = {
         "n_test": int(cm.sum()),
-        "n_test_sessions": len(sessions),
+        "n_test_recordings": len(sessions),  # the resampled groups
         "accuracy": float(np.trace(cm.sum(0)) / cm.sum()),
         "macro_f1": float(np.nanmean(point)),
         "macro_f1_ci_low": float(np.percentile(macro_boot, 2.5)),
@@ -313,6 +337,12 @@ def score(y_true, y_pred, groups, bootstrap: int = 1000, seed: int = 0, referenc
         out[f"f1_{tag}_ci_low"] = float(np.nanpercentile(boot[:, k], 2.5))
         out[f"f1_{tag}_ci_high"] = float(np.nanpercentile(boot[:, k], 97.5))
     return out
+
+
+def beats_baselines(table: pd.DataFrame) -> pd.Series:
+    """Per row of forecaster.csv: a forecaster whose paired macro-F1 difference to its reference
+    baseline has a 95% CI above 0 (a higher point estimate alone is not enough)."""
+    return (table["role"] == "forecaster") & (table["delta_macro_f1_ci_low"] > 0)
 
 
 # ----------------------------------------------------------------------------- the stage-04 call
@@ -343,12 +373,17 @@ def settings(P) -> dict:
 
 
 def fit(train, s: dict, seed: int = 0) -> dict:
-    """Fit both variants on training sessions: the chosen kind and the language-independent one."""
+    """Fit the variants on training sessions: the chosen kind, the language-independent one, and
+    the language-independent one on untagged history."""
     from threadpoolctl import threadpool_limits
 
     X, y, groups = examples(train, s["context_turns"])
+    X_untagged, _, _ = examples(train, s["context_turns"], tagged=False)
     with threadpool_limits(1):  # small sparse problem: BLAS threads cost 8x on a busy 2-core box
-        return _fit(X, y, groups, s, seed)
+        bundle = _fit(X, y, groups, s, seed)
+        bundle["untagged"] = build("universal", s["C"], seed).fit(X_untagged, y)
+    bundle["train_sessions"] = sorted(d.id for d in train)
+    return bundle
 
 
 def _fit(X, y, groups, s, seed) -> dict:
@@ -358,7 +393,7 @@ def _fit(X, y, groups, s, seed) -> dict:
         "context_turns": s["context_turns"],
         "majority": majority_baseline(y),
         "n_train": len(y),
-        "train_sessions": sorted(set(groups)),
+        "train_recordings": sorted(set(groups)),
     }
     bundle["universal"] = build("universal", s["C"], seed).fit(X, y)
     bundle["text"] = (
@@ -421,13 +456,18 @@ def predict_next(model: dict, dialogue_turns, language: str = "auto") -> str:
     language: "auto" uses the text variant for dialogues without CJK characters and the
     language-independent variant otherwise (the text variant learned English words only);
     "text" / "universal" force one. Counselor turns' labels come from annotations['behaviour']
-    or a leading <mi:...> tag; untagged ones count as unknown.
+    or a leading <mi:...> tag; when the counselor has spoken and none of its turns carries a
+    label (a corpus transcribed without tags), the "untagged" variant answers, the one trained
+    on such history.
     """
     hist = _as_history(dialogue_turns)
     if language == "auto":
         language = "universal" if any(_CJK.search(t) for _, t, _ in hist) else "text"
     if language not in ("text", "universal"):
         raise ValueError(f"language must be 'auto', 'text' or 'universal', got {language!r}")
+    counselor = [lab for s, _, lab in hist if s == "counselor"]
+    if counselor and not any(counselor) and "untagged" in model:
+        language = "untagged"
     X = pd.DataFrame([turn_features(hist, model["context_turns"])])
     return str(model[language].predict(X)[0])
 
@@ -443,35 +483,24 @@ def evaluate(P, out_dir) -> pd.DataFrame:
     train, test = split_sessions(dialogues, s["test_size"], P.seed)
     bundle = fit(train, s, P.seed)
     X, y, groups = examples(test, s["context_turns"])
+    X_untagged, _, _ = examples(test, s["context_turns"], tagged=False)
     preds = [
         ("majority", "baseline", "none", np.full(len(y), bundle["majority"])),
-        (
-            "previous_behaviour",
-            "baseline",
-            "previous label",
-            previous_baseline(X, bundle["majority"]),
-        ),
-        (
-            "forecaster_universal",
-            "forecaster",
-            "language-independent",
-            bundle["universal"].predict(X),
-        ),
+        ("previous_behaviour", "baseline", "previous label", previous_baseline(X, bundle["majority"])),
+        ("forecaster_universal", "forecaster", "language-independent", bundle["universal"].predict(X)),
     ]
     if s["model"] != "universal":
-        preds.append(
-            (
-                f"forecaster_{s['model']}",
-                "forecaster",
-                "text + language-independent",
-                bundle["text"].predict(X),
-            )
-        )
-    base = {
-        name: score(y, p, groups, 1)["macro_f1"] for name, role, _, p in preds if role == "baseline"
-    }
+        preds.append((f"forecaster_{s['model']}", "forecaster", "text + language-independent",
+                      bundle["text"].predict(X)))
+    base = {name: score(y, p, groups, 1)["macro_f1"] for name, role, _, p in preds if role == "baseline"}
     best = max(base, key=base.get)  # the paired differences are against the stronger baseline
-    ref = next(p for name, *_, p in preds if name == best)
+    ref = {name: next(p for n, *_, p in preds if n == best) for name, *_ in preds}
+    # as used on untagged history: the previous behaviour is unknown there, so its baseline is
+    # the majority class
+    preds.append(("forecaster_untagged", "forecaster", "language-independent, untagged history",
+                  bundle["untagged"].predict(X_untagged)))
+    ref["forecaster_untagged"] = preds[0][3]
+    refname = {name: best for name in ref} | {"forecaster_untagged": "majority"}
     rows = [
         {
             "model": name,
@@ -479,21 +508,26 @@ def evaluate(P, out_dir) -> pd.DataFrame:
             "features": feats,
             "n_train": bundle["n_train"],
             "n_train_sessions": len(bundle["train_sessions"]),
-            "reference": best,
-            **score(y, p, groups, P.evaluation.bootstrap, P.seed, reference=ref),
+            "n_train_recordings": len(bundle["train_recordings"]),
+            "n_test_transcripts": len(test),
+            "reference": refname[name],
+            **score(y, p, groups, P.evaluation.bootstrap, P.seed, reference=ref[name]),
         }
         for name, role, feats, p in preds
     ]
     df = pd.DataFrame(rows)
-    df["beats_baselines"] = (df.role == "forecaster") & (df.macro_f1 > max(base.values()))
+    df["beats_baselines"] = beats_baselines(df)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     from .runs import atomic_path, write_atomic  # a unique temporary file, then a rename
 
     with atomic_path(out_dir / "forecaster.csv") as tmp:
         df.to_csv(tmp, index=False)
-    bundle["test_sessions"] = sorted(set(groups))
+    bundle["test_sessions"] = sorted(d.id for d in test)
+    bundle["test_recordings"] = sorted(set(groups))
     save(bundle, out_dir / "forecaster.joblib")
-    split = {"train": bundle["train_sessions"], "test": bundle["test_sessions"]}
+    split = {"train": bundle["train_sessions"], "test": bundle["test_sessions"],
+             "train_recordings": bundle["train_recordings"],
+             "test_recordings": bundle["test_recordings"]}
     write_atomic(out_dir / "forecaster_split.json", json.dumps(split))
     return df

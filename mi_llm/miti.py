@@ -6,9 +6,16 @@ preceding context; the answer is one code word) and one request per dialogue for
 (a JSON answer). Small models can answer a one-word question; a whole-dialogue JSON of codes they
 cannot. Unparseable answers are asked again, then recorded as missing; raw answers are kept.
 
-Counts are pooled over a group's dialogues before the ratios are taken (%CR, R:Q), so groups of
-short dialogues are not dominated by the many dialogues whose own ratio is undefined; globals are
-the mean of the dialogues' ratings. A ratio with a zero denominator is NaN, never 0 or infinity.
+As in MITI 4.2.1 an utterance is coded with every behaviour it holds: a question and a reflection
+both count. An answer is one code, or two behaviours that can co-occur; an answer that names more,
+two reflections, offers alternatives ("SR or CR", "SR/CR", "Q?") or corrects itself ("AF: no,
+actually SEEK") is missing: counted, never coded.
+
+Counts are pooled over a group's dialogues before the ratios are taken (%CR, R:Q, %MI-adherent),
+so groups of short dialogues are not dominated by the many dialogues whose own ratio is undefined;
+counts that grow with the number of utterances (MI-adherent, MI-non-adherent) are reported per
+coded utterance; globals are the mean of the dialogues' ratings. Beside every score: n coded and
+n missing. A ratio with a zero denominator is NaN, never 0 or infinity.
 Worksheets for human coders and agreement statistics are in mi_llm.worksheets.
 """
 
@@ -41,15 +48,18 @@ GLOBAL_MIN, GLOBAL_MAX = 1, 5
 THRESHOLDS = {  # (fair, good) of MITI 4.2.1; pct_cr in percent
     "relational": (3.5, 4.0), "technical": (3.0, 4.0), "pct_cr": (40.0, 50.0), "r_q": (1.0, 2.0),
 }
-SCORES = ["technical", "relational", "pct_cr", "r_q", "mi_adherent", "mi_non_adherent"]
+# mi_adherent / mi_non_adherent: per coded utterance; pct_mi_adherent = 100 MIA / (MIA + MINA)
+SCORES = ["technical", "relational", "pct_cr", "r_q", "pct_mi_adherent", "mi_adherent",
+          "mi_non_adherent"]
 SUMMARY_COLUMNS = ["group", "model", "variant", *SCORES, "n_dialogues", "n_utterances", "n_coded",
-                   "pass_rate", "n_rated", *(f"{s}_label" for s in THRESHOLDS), *CODES, *GLOBALS]
+                   "n_missing", "pass_rate", "n_rated", "n_unrated",
+                   *(f"{s}_label" for s in THRESHOLDS), *CODES, *GLOBALS]
 _NAMES = {re.sub(r"\W+", "_", v).upper(): k for k, v in CODES.items()}  # "SIMPLE_REFLECTION" -> "SR"
 
 DEFAULTS = {  # P.evaluation.miti keys; paths relative to the project root
     "enabled": True,  # false: stage 04 skips MITI coding
-    "prompt_version": "miti_v2",  # mi_llm/prompts/<version>.md with `## code` and `## globals`
-    "max_tokens": 8,  # tokens of a code answer (one code word)
+    "prompt_version": "miti_v3",  # mi_llm/prompts/<version>.md with `## code` and `## globals`
+    "max_tokens": 8,  # tokens of a code answer (one or two code words)
     "globals_max_tokens": 64,  # tokens of the globals JSON answer
     "temperature": 0.0,
     "parse_retries": 1,  # an unparseable answer is asked again this often, then marked missing
@@ -58,6 +68,9 @@ DEFAULTS = {  # P.evaluation.miti keys; paths relative to the project root
     "rate_globals": True,  # also rate the four globals per dialogue
     "annomi_path": "data/AnnoMI",  # folder (simple + full CSV) read by mi_llm.corpora
     "annomi_sample": 40,  # AnnoMI therapist utterances coded for the coder check; 0: none
+    "gold_path": "data/MI_Welivita_Pu_gold_test/test_output.csv",  # gold MI sentences (CSV)
+    "gold_sample": 40,  # Welivita & Pu gold sentences coded for the coder check; 0: none
+    "check_bootstrap": 1000,  # resamples of the coder-check kappa's 95% CI
     "human_worksheets": {},  # coder name -> folder of filled worksheets, for agreement
 }
 
@@ -86,57 +99,90 @@ def label(score: str, value: float) -> str:
     return "good" if value >= good else "fair" if value >= fair else "below fair"
 
 
-def summary_scores(counts: dict, globals_: dict | None = None) -> dict:
+def summary_scores(counts: dict, globals_: dict | None = None, n_coded: float = math.nan) -> dict:
     """MITI summary scores from behaviour counts (missing code: 0, NaN: not annotated) and globals.
 
     technical = (CCT+SST)/2, relational = (PARTNER+EMPATHY)/2, pct_cr = 100*CR/(SR+CR),
-    r_q = (SR+CR)/Q, mi_adherent = SEEK+AF+AUTO, mi_non_adherent = PERSUADE+CONFRONT.
+    r_q = (SR+CR)/Q, MIA = SEEK+AF+AUTO, MINA = PERSUADE+CONFRONT, pct_mi_adherent =
+    100*MIA/(MIA+MINA); mi_adherent = MIA/n_coded and mi_non_adherent = MINA/n_coded (per
+    coded utterance, so that they do not grow with the number of utterances).
     """
     c = {k: float(counts.get(k, 0)) for k in CODES}
     g = {k: float((globals_ or {}).get(k, math.nan)) for k in GLOBALS}
+    mia, mina = c["SEEK"] + c["AF"] + c["AUTO"], c["PERSUADE"] + c["CONFRONT"]
     out = {
         "technical": (g["CCT"] + g["SST"]) / 2,
         "relational": (g["PARTNER"] + g["EMPATHY"]) / 2,
         "pct_cr": 100 * _div(c["CR"], c["SR"] + c["CR"]),
         "r_q": _div(c["SR"] + c["CR"], c["Q"]),
-        "mi_adherent": c["SEEK"] + c["AF"] + c["AUTO"],
-        "mi_non_adherent": c["PERSUADE"] + c["CONFRONT"],
+        "pct_mi_adherent": 100 * _div(mia, mia + mina),
+        "mi_adherent": _div(mia, n_coded),
+        "mi_non_adherent": _div(mina, n_coded),
     }
     out.update({f"{s}_label": label(s, out[s]) for s in THRESHOLDS})
     return out
 
 
 def count_codes(codes) -> dict:
-    """Behaviour counts of a list of codes (NONE and missing None are not behaviours)."""
-    return {k: sum(c == k for c in codes) for k in CODES}
+    """Utterances holding each behaviour, from one code set per utterance (None: missing)."""
+    return {k: sum(c is not None and k in c for c in codes) for k in CODES}
+
+
+def code_label(codes) -> str | None:
+    """One utterance's code set as one label: 'NONE', 'SR', 'Q+CR' (CODES order); None: missing."""
+    if codes is None:
+        return None
+    return "+".join(k for k in CODES if k in codes) or NONE
 
 
 # ----------------------------------------------------------------------------- parsing answers
-_LEADING_CODE = re.compile(r"(PERSUADE_PERM|PERSUADE|CONFRONT|SEEK|AUTO|NONE|GI|SR|CR|AF|Q)(?![A-Za-z_])")
+_CODE_WORD = r"(?<![A-Za-z_])(?:PERSUADE_PERM|PERSUADE|CONFRONT|SEEK|AUTO|NONE|GI|SR|CR|AF|Q)(?![A-Za-z_])"
+_LEADING_CODES = re.compile(rf"{_CODE_WORD}(?:\s*(?:[,，+&、]|\band\b)\s*{_CODE_WORD})*")
+# alternatives, doubt or a correction anywhere in the answer: not one coding
+_HEDGE = re.compile(r"\bor\b|/|\?|？|\b(?:actually|instead|maybe|perhaps|either|wait|no)\b|"
+                    r"或|还是|也许|不是|应该是", re.IGNORECASE)
+_EXCLUSIVE = [{"SR", "CR"}, {"PERSUADE", "PERSUADE_PERM"}]  # one utterance, one of each pair
+MAX_CODES = 3  # e.g. a reflection, a question and information; more is an echoed list
 
 
-def parse_code(text: str) -> str:
-    """The one code (or NONE) a coder answered; ValueError when it is not exactly one known code."""
+def parse_code(text: str) -> tuple[str, ...]:
+    """The behaviours a coder answered, in CODES order (() for NONE); ValueError when the answer
+    is not one coding: unknown words, more than MAX_CODES codes, two reflections, NONE with a
+    code, alternatives or a self-correction."""
     s = (text or "").strip()
     if s.startswith(("{", "```")):
         obj = _json_object(s)
-        if set(obj) != {"code"}:
-            raise ValueError(f"JSON answer must have the one key 'code', got {sorted(obj)}")
-        s = str(obj["code"])
+        if set(obj) not in ({"code"}, {"codes"}):
+            raise ValueError(f"JSON answer must have the one key 'code' or 'codes', got {sorted(obj)}")
+        v = obj.get("code", obj.get("codes"))
+        s = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+    if _HEDGE.search(s):
+        raise ValueError(f"not one coding (alternatives or a correction): {s[:60]!r}")
     line = next((ln for ln in s.splitlines() if ln.strip()), "")
     line = line.strip().strip("`*\"'“”「」.。 ")
     norm = re.sub(r"\W+", "_", line).strip("_").upper()
     if norm in CODES or norm == NONE:
-        return norm
+        return code_set([norm], line)
     if norm in _NAMES:
-        return _NAMES[norm]
-    first = re.split(r"[\s:：,，;(（\-–]+", line, maxsplit=1)[0]
-    if first in CODES or first == NONE:  # "SR - the counselor ..." : the code, spelled as asked
-        return first
-    m = _LEADING_CODE.match(line)
-    if m:  # "CRспекти…": the code word, then a run-on that is not part of any code
-        return m.group(1)
-    raise ValueError(f"not a MITI code: {line[:60]!r}")
+        return (_NAMES[norm],)
+    m = _LEADING_CODES.match(line)
+    if not m:
+        raise ValueError(f"not a MITI code: {line[:60]!r}")
+    rest = line[m.end():]
+    if re.search(_CODE_WORD, rest):  # "SR - CR", "Q then GI": more codes after the list
+        raise ValueError(f"more codes after the answer's codes: {line[:60]!r}")
+    # "SR - the counselor ..." and "CRспекти…": the codes, then words that are not codes
+    return code_set(re.findall(_CODE_WORD, m.group(0)), line)
+
+
+def code_set(codes: list[str], line: str = "") -> tuple[str, ...]:
+    """The codes as one utterance's set in CODES order; ValueError when no utterance holds them."""
+    got = set(codes)
+    if len(got) > MAX_CODES or any(pair <= got for pair in _EXCLUSIVE):
+        raise ValueError(f"more codes than one utterance holds: {line[:60]!r}")
+    if NONE in got and len(got) > 1:
+        raise ValueError(f"NONE together with codes: {line[:60]!r}")
+    return tuple(k for k in CODES if k in got)
 
 
 def _json_object(text: str) -> dict:
@@ -149,7 +195,7 @@ def _json_object(text: str) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"invalid JSON: {e.msg}") from None
     if not isinstance(obj, dict):
-        raise ValueError("the JSON answer is not an object")
+        raise ValueError("the JSON answer is not an object")  # noqa: TRY004 (validators raise ValueError)
     return obj
 
 
@@ -232,7 +278,7 @@ def code_units(ep, units: list[dict], p, cfg: dict, rate_globals: bool = True) -
     parts = prompts.parts(cfg["prompt_version"])
     version = prompts.name(cfg["prompt_version"])
     cache = _cache_path(p)
-    common = dict(llm_params=p.llm, cache_path=cache, retries=cfg["parse_retries"])
+    common = {"llm_params": p.llm, "cache_path": cache, "retries": cfg["parse_retries"]}
     reqs, slots = {}, []  # identical prompts (same reply, same context) are asked once
     for u in units:
         for ut in u["utterances"]:
@@ -251,7 +297,7 @@ def code_units(ep, units: list[dict], p, cfg: dict, rate_globals: bool = True) -
     by_key = {r.key: r for r in results}
     for ut, k in slots:
         r = by_key[k]
-        ut.update(code=r.parsed if r.ok else None, ok=r.ok, error=r.error, raw=r.raw)
+        ut.update(codes=list(r.parsed) if r.ok else None, ok=r.ok, error=r.error, raw=r.raw)
     g_results = []
     if rate_globals:
         g_reqs = {}
@@ -278,16 +324,18 @@ def _cache_path(p) -> Path:
 
 # ----------------------------------------------------------------------------- tables
 def dialogue_table(units: list[dict]) -> pd.DataFrame:
-    """One row per coded unit: counts per code, globals, summary scores."""
+    """One row per coded unit: utterances holding each code, globals, summary scores."""
     rows = []
     for u in units:
-        codes = [ut.get("code") for ut in u["utterances"]]
+        codes = [ut.get("codes") for ut in u["utterances"]]
         counts = count_codes(codes)
+        n_coded = sum(c is not None for c in codes)
         g = u.get("globals") or {}
         rows.append({"model": u["model"], "variant": u["variant"], "dialogue_id": u["dialogue_id"],
-                     "topic": u.get("topic"), "n_utterances": len(codes),
-                     "n_coded": sum(c is not None for c in codes), **counts,
-                     **{k: g.get(k, math.nan) for k in GLOBALS}, **summary_scores(counts, g)})
+                     "topic": u.get("topic"), "n_utterances": len(codes), "n_coded": n_coded,
+                     "n_missing": len(codes) - n_coded, **counts,
+                     **{k: g.get(k, math.nan) for k in GLOBALS},
+                     **summary_scores(counts, g, n_coded)})
     return pd.DataFrame(rows)
 
 
@@ -298,70 +346,110 @@ def group_summary(per_dialogue: pd.DataFrame, group: str) -> pd.DataFrame:
         counts = {k: d[k].sum(min_count=1) for k in CODES}  # all-NaN (not annotated) stays NaN
         glob = {k: d[k].mean() for k in GLOBALS}  # NaN ratings (missing) are skipped
         n_utt, n_coded = int(d["n_utterances"].sum()), int(d["n_coded"].sum())
+        n_rated = int(d[list(GLOBALS)].notna().all(axis=1).sum())
         rows.append({"group": group, "model": model, "variant": variant,
-                     **summary_scores(counts, glob), "n_dialogues": len(d), "n_utterances": n_utt,
-                     "n_coded": n_coded, "pass_rate": _div(n_coded, n_utt),
-                     "n_rated": int(d[list(GLOBALS)].notna().all(axis=1).sum()), **counts, **glob})
+                     **summary_scores(counts, glob, n_coded), "n_dialogues": len(d),
+                     "n_utterances": n_utt, "n_coded": n_coded, "n_missing": n_utt - n_coded,
+                     "pass_rate": _div(n_coded, n_utt), "n_rated": n_rated,
+                     "n_unrated": len(d) - n_rated, **counts, **glob})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- AnnoMI reference
-# AnnoMI's therapist annotations mapped to MITI codes. Reflections (simple/complex), questions
-# (open and closed alike, as in MITI's Question) and information map one to one. AnnoMI's advice
-# does not say whether permission was asked (Persuade vs Persuade with Permission); negotiation and
-# options have no MITI counterpart; AnnoMI does not annotate affirm, seeking collaboration,
-# autonomy or confront. Those counts are therefore NaN (not annotated), so are both MI-adherence
-# counts; AnnoMI has no global ratings, so technical and relational are NaN for it. Utterances
-# coded by several annotators carry the loader's majority codes (mi_llm.corpora).
+# AnnoMI's therapist annotations as MITI behaviours. AnnoMI-full says for each utterance whether it
+# holds a question, a reflection (simple/complex) and therapist input (information, advice, ...),
+# each as its annotators' majority: an utterance with a question and a reflection counts as both,
+# the MITI rule. Information is GI; advice does not say whether permission was asked (Persuade vs
+# Persuade with Permission), so it is compared (ADVICE) but not counted; negotiation and options
+# have no MITI counterpart; AnnoMI does not annotate affirm, seeking collaboration, autonomy or
+# confront. Those counts are NaN (not annotated), so are the MI-adherence scores; AnnoMI has no
+# global ratings, so technical and relational are NaN for it. Without AnnoMI-full, the one
+# main_therapist_behaviour of AnnoMI-simple is used.
 ANNOMI_CODES = ("SR", "CR", "Q", "GI")  # the MITI counts AnnoMI's annotations give
-# comparison labels (coder check): AnnoMI's label, and what each coder answer compares as
+# comparison labels (coder check): AnnoMI's behaviours, and what each coder answer compares as
 ADVICE, OTHER = "ADVICE", "OTHER"
+LABEL_ORDER = ("Q", "SR", "CR", "GI", ADVICE, OTHER)
 CODER_LABEL = {**{k: k for k in ANNOMI_CODES}, "PERSUADE": ADVICE, "PERSUADE_PERM": ADVICE,
-               "AF": OTHER, "SEEK": OTHER, "AUTO": OTHER, "CONFRONT": OTHER, NONE: OTHER}
+               "AF": OTHER, "SEEK": OTHER, "AUTO": OTHER, "CONFRONT": OTHER}
 
 
-def annomi_label(main: str, reflection: str, therapist_input: str) -> str | None:
-    """Comparison label of one AnnoMI therapist annotation (None: no MITI counterpart)."""
+def _label(behaviours) -> str:
+    """A set of comparison behaviours as one label, 'Q+CR'; OTHER when there are none."""
+    got = set(behaviours)
+    if len(got) > 1:
+        got.discard(OTHER)  # an affirmation beside a question compares as the question
+    return "+".join(k for k in LABEL_ORDER if k in got) or OTHER
+
+
+def coder_label(codes) -> str | None:
+    """The comparison label of an automatic coding (None: missing)."""
+    return None if codes is None else _label(CODER_LABEL[c] for c in codes)
+
+
+def annomi_behaviours(a: dict) -> list[str] | None:
+    """Comparison behaviours (Q, SR, CR, GI, ADVICE) of one AnnoMI therapist annotation; [] for
+    none of them; None when AnnoMI's code has no MITI counterpart or lacks its subtype."""
+    reflection = {"simple": "SR", "complex": "CR"}
+    given = {"information": "GI", "advice": ADVICE}
+    if "question_exists" in a and "reflection_exists" in a:  # AnnoMI-full: one column each
+        out = ["Q"] if a["question_exists"] == "True" else []
+        if a["reflection_exists"] == "True":
+            if a.get("reflection_subtype") not in reflection:
+                return None
+            out.append(reflection[a["reflection_subtype"]])
+        if a.get("therapist_input_exists") == "True":
+            if a.get("therapist_input_subtype") in given:
+                out.append(given[a["therapist_input_subtype"]])
+            elif not out:
+                return None  # negotiation or options alone
+        return out
+    main = a.get("main_therapist_behaviour")
     if main == "reflection":
-        return {"simple": "SR", "complex": "CR"}.get(reflection)
+        return [reflection[a["reflection_subtype"]]] if a.get("reflection_subtype") in reflection else None
     if main == "question":
-        return "Q"
+        return ["Q"]
     if main == "therapist_input":
-        return {"information": "GI", "advice": ADVICE}.get(therapist_input)
-    return OTHER if main == "other" else None
+        return [given[a["therapist_input_subtype"]]] if a.get("therapist_input_subtype") in given else None
+    return [] if main == "other" else None
 
 
 def read_annomi(path) -> pd.DataFrame:
-    """AnnoMI (mi_llm.corpora's loader) as one row per utterance with its comparison label.
+    """AnnoMI (mi_llm.corpora's loader) as one row per utterance with its human codes.
 
     Columns: transcript_id, mi_quality, utterance_id, interlocutor (therapist | client),
-    utterance_text, label (therapists only; None where AnnoMI's code has no MITI counterpart).
+    utterance_text, behaviours (therapists: list of Q/SR/CR/GI/ADVICE, None without a MITI
+    counterpart) and label (their comparison label for the coder check).
     """
     from . import corpora
 
     rows = []
     for d in corpora.load("annomi", Path(path)):
         for i, t in enumerate(d.turns):
-            a = t.annotations
-            lab = annomi_label(a.get("main_therapist_behaviour"), a.get("reflection_subtype"),
-                               a.get("therapist_input_subtype")) if t.speaker == "counselor" else None
+            th = t.speaker == "counselor"
+            beh = annomi_behaviours(t.annotations) if th else None
             rows.append({"transcript_id": int(d.id), "mi_quality": d.meta["mi_quality"],
-                         "utterance_id": i, "interlocutor": "therapist" if t.speaker == "counselor"
-                         else "client", "utterance_text": t.text, "label": lab})
+                         "utterance_id": i, "interlocutor": "therapist" if th else "client",
+                         "utterance_text": t.text, "behaviours": beh,
+                         "label": None if beh is None else _label(beh)})
     return pd.DataFrame(rows)
+
+
+def annomi_dialogues(annomi: pd.DataFrame) -> pd.DataFrame:
+    """Per AnnoMI session, dialogue_table's columns from the human codes (quality as variant)."""
+    th = annomi[annomi["interlocutor"] == "therapist"]
+    rows = []
+    for (tid, quality), d in th.groupby(["transcript_id", "mi_quality"]):
+        coded = [b for b in d["behaviours"] if b is not None]
+        counts = {k: sum(k in b for b in coded) if k in ANNOMI_CODES else math.nan for k in CODES}
+        rows.append({"model": "annomi", "variant": quality, "dialogue_id": str(tid), "topic": None,
+                     "n_utterances": len(d), "n_coded": len(coded),
+                     "n_missing": len(d) - len(coded), **counts, **{k: math.nan for k in GLOBALS}})
+    return pd.DataFrame(rows).sort_values("variant", kind="stable")  # high before low
 
 
 def annomi_reference(annomi: pd.DataFrame) -> pd.DataFrame:
     """MITI summary scores of AnnoMI's high- and low-quality sessions from the human annotations."""
-    th = annomi[annomi["interlocutor"] == "therapist"]
-    rows = []
-    for (tid, quality), d in th.groupby(["transcript_id", "mi_quality"]):
-        counts = {k: (d["label"] == k).sum() if k in ANNOMI_CODES else math.nan for k in CODES}
-        rows.append({"model": "annomi", "variant": quality, "dialogue_id": str(tid), "topic": None,
-                     "n_utterances": len(d), "n_coded": int(d["label"].notna().sum()), **counts,
-                     **{k: math.nan for k in GLOBALS}})
-    per = pd.DataFrame(rows).sort_values("variant")  # high before low
-    return group_summary(per, group="reference")
+    return group_summary(annomi_dialogues(annomi), group="reference")
 
 
 def annomi_sample(annomi: pd.DataFrame, n: int, seed: int, context_turns: int) -> list[dict]:
@@ -369,12 +457,7 @@ def annomi_sample(annomi: pd.DataFrame, n: int, seed: int, context_turns: int) -
     if n <= 0:
         return []
     th = annomi[(annomi["interlocutor"] == "therapist") & annomi["label"].notna()]
-    rng = np.random.default_rng(seed)
-    by_label = {lab: d.iloc[rng.permutation(len(d))] for lab, d in th.groupby("label")}
-    picked, i = [], 0
-    while len(picked) < n and any(i < len(d) for d in by_label.values()):  # round-robin over labels
-        picked += [d.iloc[i] for d in by_label.values() if i < len(d)][: n - len(picked)]
-        i += 1
+    picked = _stratified(th, "label", n, seed)
     sessions = {tid: d for tid, d in annomi.groupby("transcript_id")}
     units = []
     for row in picked:
@@ -382,26 +465,105 @@ def annomi_sample(annomi: pd.DataFrame, n: int, seed: int, context_turns: int) -
         before = s[s["utterance_id"] < row["utterance_id"]].tail(context_turns)
         ctx = [{"speaker": "counselor" if w == "therapist" else "client", "text": t}
                for w, t in zip(before["interlocutor"], before["utterance_text"])]
-        units.append({"model": "annomi", "variant": row["mi_quality"],
+        units.append({"model": "annomi", "variant": row["mi_quality"], "check": "annomi",
                       "dialogue_id": f"{row['transcript_id']}:{row['utterance_id']}", "topic": None,
                       "turns": ctx + [{"speaker": "counselor", "text": row["utterance_text"]}],
                       "utterances": [{"turn": len(ctx), "context": ctx, "reference": row["label"]}]})
     return units
 
 
-def coder_check(units: list[dict]) -> dict:
-    """Agreement of the automatic coder with AnnoMI's labels on the coded sample (kappa, accuracy)."""
+def _stratified(df: pd.DataFrame, col: str, n: int, seed: int) -> list:
+    """n rows drawn round-robin over the values of col, each value's rows in a seeded order."""
+    rng = np.random.default_rng(seed)
+    by_label = {lab: d.iloc[rng.permutation(len(d))] for lab, d in df.groupby(col)}
+    picked, i = [], 0
+    while len(picked) < n and any(i < len(d) for d in by_label.values()):
+        picked += [d.iloc[i] for d in by_label.values() if i < len(d)][: n - len(picked)]
+        i += 1
+    return picked
+
+
+# ----------------------------------------------------------------------------- gold sentences
+# Welivita & Pu's MI gold test split: single sentences of counselors with one of 15 MITI-based
+# labels. Their MITI 4.2.1 counterparts; Support, Direct and Warn (MITI 3 codes) have none and
+# are not drawn; Self-Disclose and Other are none of the MITI behaviours.
+GOLD_CODES = {
+    "Closed Question": ("Q",), "Open Question": ("Q",), "Simple Reflection": ("SR",),
+    "Complex Reflection": ("CR",), "Give Information": ("GI",),
+    "Advise with Permission": ("PERSUADE_PERM",), "Affirm": ("AF",),
+    "Emphasize Autonomy": ("AUTO",), "Advise without Permission": ("PERSUADE",),
+    "Confront": ("CONFRONT",), "Self-Disclose": (), "Other": (),
+}
+
+
+def read_gold(path) -> pd.DataFrame:
+    """The gold CSV (Text, Ground truth) with each sentence's MITI label (None: no counterpart)."""
+    path = Path(path)
+    gold = pd.read_csv(path, keep_default_na=False)
+    for col in ("Text", "Ground truth"):
+        if col not in gold.columns:
+            raise DataError(path, "line 1", col, "missing column")
+    for i, g in enumerate(gold["Ground truth"]):
+        if g not in GOLD_CODES and g not in ("Support", "Direct", "Warn"):
+            raise DataError(path, f"line {i + 2}", "Ground truth", f"unknown label {g!r}")
+    gold["label"] = [code_label(GOLD_CODES[g]) if g in GOLD_CODES else None
+                     for g in gold["Ground truth"]]
+    return gold
+
+
+def gold_sample(gold: pd.DataFrame, n: int, seed: int) -> list[dict]:
+    """Units for the gold check: n sentences stratified by MITI label, without context."""
+    if n <= 0:
+        return []
+    picked = _stratified(gold[gold["label"].notna()], "label", n, seed)
+    return [{"model": "welivita_pu", "variant": "gold", "check": "gold", "topic": None,
+             "dialogue_id": f"gold:{row.name}", "turns": [{"speaker": "counselor", "text": row["Text"]}],
+             "utterances": [{"turn": 0, "context": [], "reference": row["label"],
+                             "baseline": row.get("Prediction")}]} for row in picked]
+
+
+def gold_baseline(units: list[dict]) -> list[dict]:
+    """The gold units coded by Welivita & Pu's own classifier (its Prediction column): the
+    baseline beside the automatic coder; a prediction without a MITI counterpart is missing."""
+    return [{"utterances": [{"reference": ut["reference"],
+                             "codes": list(GOLD_CODES[ut["baseline"]])
+                             if ut.get("baseline") in GOLD_CODES else None}]}
+            for u in units for ut in u["utterances"]]
+
+
+# ----------------------------------------------------------------------------- coder checks
+def coder_check(units: list[dict], comparison: str = "auto_vs_annomi", to_label=coder_label,
+                n_boot: int = 1000, seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """Agreement of the automatic coder with reference labels on a coded sample.
+
+    Returns the agreement row (accuracy; Cohen's kappa with a 95% bootstrap CI resampling the
+    compared utterances) and the confusion matrix in long form (reference, coder, n), where the
+    coder's missing answers are the column 'missing'.
+    """
     from .worksheets import cohen_kappa
 
-    pairs = [(ut["reference"], CODER_LABEL[ut["code"]]) for u in units for ut in u["utterances"]
-             if ut.get("code") is not None]
-    n = sum(len(u["utterances"]) for u in units)
+    uts = [ut for u in units for ut in u["utterances"]]
+    got = [(ut["reference"], to_label(ut.get("codes"))) for ut in uts]
+    pairs = [(a, b) for a, b in got if b is not None]
     ref, auto = [a for a, _ in pairs], [b for _, b in pairs]
-    return {"comparison": "auto_vs_annomi", "n_sampled": n, "n_coded": len(pairs),
-            "pass_rate": _div(len(pairs), n), "n_compared": len(pairs),
-            "accuracy": float(np.mean([a == b for a, b in pairs])) if pairs else math.nan,
-            "kappa": cohen_kappa(ref, auto), "labels": " ".join(sorted(set(ref) | set(auto))),
-            "n_rated": 0}
+    lo = hi = math.nan
+    if len(pairs) > 1:
+        rng = np.random.default_rng(seed)
+        draws = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))
+        kappas = [cohen_kappa([ref[i] for i in d], [auto[i] for i in d]) for d in draws]
+        kappas = np.array(kappas)[~np.isnan(kappas)]  # a draw with one label only: undefined
+        if kappas.size:
+            lo, hi = (float(q) for q in np.quantile(kappas, [0.025, 0.975]))
+    row = {"comparison": comparison, "n_sampled": len(uts), "n_coded": len(pairs),
+           "n_missing": len(uts) - len(pairs), "pass_rate": _div(len(pairs), len(uts)),
+           "n_compared": len(pairs),
+           "accuracy": float(np.mean([a == b for a, b in pairs])) if pairs else math.nan,
+           "kappa": cohen_kappa(ref, auto), "kappa_ci_low": lo, "kappa_ci_high": hi,
+           "labels": " ".join(sorted(set(ref) | set(auto))), "n_rated": 0}
+    cm = pd.DataFrame([(a, b if b is not None else "missing") for a, b in got],
+                      columns=["reference", "coder"])
+    cm = cm.value_counts().rename("n").reset_index().sort_values(["reference", "coder"])
+    return row, cm.assign(comparison=comparison)[["comparison", "reference", "coder", "n"]]
 
 
 # ----------------------------------------------------------------------------- the stage's call
@@ -413,8 +575,9 @@ def _write_codes(units: list[dict], file: Path, version: str) -> None:
 
 
 def evaluate(p, generations_path, out_dir, endpoint=None) -> dict:
-    """Code stage 04's generations and an AnnoMI sample; write miti_codes.jsonl, miti_summary.csv,
-    miti_dialogues.csv, coder_agreement.csv and blank worksheets/; return the tables.
+    """Code stage 04's generations and the coder-check samples; write miti_codes.jsonl (the
+    generations), miti_check_codes.jsonl (AnnoMI and gold samples), miti_summary.csv,
+    miti_dialogues.csv, coder_agreement.csv, coder_confusion.csv and blank worksheets/.
 
     Opens llm.endpoint(p.llm) unless an endpoint is given.
     """
@@ -427,24 +590,37 @@ def evaluate(p, generations_path, out_dir, endpoint=None) -> dict:
     units = units_from_generations(generations_path, cfg["max_utterances"])
     annomi = read_annomi(path(cfg["annomi_path"]))
     check = annomi_sample(annomi, cfg["annomi_sample"], p.seed, cfg["context_turns"])
+    gold = gold_sample(read_gold(path(cfg["gold_path"])), cfg["gold_sample"], p.seed) \
+        if cfg["gold_sample"] else []
     opened = contextlib.nullcontext(endpoint) if endpoint is not None else llm.endpoint(p.llm)
     with opened as ep:
         usage = code_units(ep, units, p, cfg, rate_globals=cfg["rate_globals"])
-        usage_check = code_units(ep, check, p, cfg, rate_globals=False) if check else {}
-    _write_codes(units + check, out_dir / "miti_codes.jsonl", prompts.name(cfg["prompt_version"]))
+        usage_check = code_units(ep, check + gold, p, cfg, rate_globals=False) if check + gold else {}
+    version = prompts.name(cfg["prompt_version"])
+    _write_codes(units, out_dir / "miti_codes.jsonl", version)
+    _write_codes(check + gold, out_dir / "miti_check_codes.jsonl", version)
     per_dialogue = dialogue_table(units)
     summary = pd.concat([group_summary(per_dialogue, "generated"), annomi_reference(annomi)],
                         ignore_index=True)
     exported = worksheets.export(units, out_dir / "worksheets")
-    rows = [coder_check(check)] if check else []
+    rows, confusions = [], []
+    for name, sample, to_label in [("auto_vs_annomi", check, coder_label),
+                                   ("auto_vs_welivita_pu_gold", gold, code_label),
+                                   ("welivita_pu_classifier_vs_gold", gold_baseline(gold), code_label)]:
+        if sample:
+            row, cm = coder_check(sample, name, to_label, cfg["check_bootstrap"], p.seed)
+            rows.append(row)
+            confusions.append(cm)
     rows += worksheets.human_agreement(cfg["human_worksheets"], units)
     agreement = pd.DataFrame(rows, columns=worksheets.AGREEMENT_COLUMNS)
+    confusion = pd.concat(confusions, ignore_index=True) if confusions else \
+        pd.DataFrame(columns=["comparison", "reference", "coder", "n"])
     from .runs import atomic_path
 
     for df, name in ((per_dialogue, "miti_dialogues.csv"), (summary, "miti_summary.csv"),
-                     (agreement, "coder_agreement.csv")):
+                     (agreement, "coder_agreement.csv"), (confusion, "coder_confusion.csv")):
         with atomic_path(out_dir / name) as tmp:
             df.to_csv(tmp, index=False)
     return {"summary": summary, "per_dialogue": per_dialogue, "agreement": agreement,
-            "usage": {"generations": usage, "annomi_check": usage_check},
+            "confusion": confusion, "usage": {"generations": usage, "coder_check": usage_check},
             "worksheets": exported}

@@ -114,6 +114,7 @@ class EvaluationParams:
     max_new_tokens: int = 256  # tokens per reply at most
     generation: dict = field(default_factory=dict)  # transformers GenerationConfig fields; {}: greedy
     bootstrap: int = 1000  # resamples for the 95% CIs and the paired tests
+    content_metrics: bool = False  # also BLEU/ROUGE on content only (no punctuation), beside
     miti: dict = field(default_factory=dict)
     forecaster: dict = field(default_factory=dict)
 

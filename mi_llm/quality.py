@@ -329,6 +329,9 @@ def bootstrap_ci(values, n_resamples: int, seed: int, level: float = 0.95) -> tu
     return float(low), float(high)
 
 
+MIN_CI_JUDGED = 5  # judged dialogues a corpus needs for its total's CI; fewer: NaN and ci_note
+
+
 def rank(stats: pd.DataFrame, records: list[dict], top_k: int, n_resamples: int, seed: int) -> pd.DataFrame:
     """quality.csv: statistics + mean rubric scores, bootstrap CI of the total, rank, selection.
 
@@ -349,10 +352,16 @@ def rank(stats: pd.DataFrame, records: list[dict], top_k: int, n_resamples: int,
         row = {c: _mean([r["scores"][c] for r in judged]) for c in CRITERIA}
         totals = [r["total"] for r in judged]
         low, high = bootstrap_ci(totals, n_resamples, seed + i)
+        note = ""
+        if len(totals) < MIN_CI_JUDGED:  # a bootstrap of 1-4 values is no interval (often width 0)
+            low = high = math.nan
+            note = f"no CI: {len(totals)} judged dialogue(s), fewer than {MIN_CI_JUDGED}"
         rows.append({"corpus": corpus, **row, "total": _mean(totals), "total_ci_low": low,
-                     "total_ci_high": high, "n_judged": len(judged), "n_missing": len(recs) - len(judged)})
+                     "total_ci_high": high, "n_judged": len(judged), "n_missing": len(recs) - len(judged),
+                     "ci_note": note})
     df = stats.merge(pd.DataFrame(rows, columns=["corpus", *CRITERIA, "total", "total_ci_low",
-                                                 "total_ci_high", "n_judged", "n_missing"]), on="corpus")
+                                                 "total_ci_high", "n_judged", "n_missing", "ci_note"]),
+                     on="corpus")
     key = df.assign(_nan=df["total"].isna(), _t=-df["total"].fillna(0),
                     _lo=-df["total_ci_low"].fillna(-1), _n=-df["n_dialogues"])
     order = key.sort_values(["_nan", "_t", "_lo", "_n", "corpus"], kind="stable").index

@@ -22,6 +22,7 @@ MITI = {  # canonical name -> (axis label, aliases, (fair, good) thresholds or N
     "relational": ("Relational global", ("relational",), (3.5, 4)),
     "pct_cr": ("% complex reflections", ("pctcr", "percentcr", "crpct", "pctcomplex"), (40, 50)),
     "r_q": ("Reflection : question", ("rq", "rtoq", "reflectiontoquestion", "rqratio"), (1, 2)),
+    "pct_mi_adherent": ("% MI-adherent", ("pctmiadherent", "pctmia"), None),  # no MITI threshold
 }
 ID_COLS = [
     "source",
@@ -267,11 +268,13 @@ def text_metrics_table(run_dir) -> pd.DataFrame:
 
     Accepts long (metric + mean|value) or wide (bleu4, rouge1, ... with _ci_low/_ci_high) tables,
     or per-reply rows (averaged here with bootstrap CIs); metric names match case- and
-    punctuation-insensitively (BLEU-4 = bleu_4 = bleu4).
+    punctuation-insensitively (BLEU-4 = bleu_4 = bleu4); the content-only scores of
+    `evaluation.content_metrics` (bleu4_content, ...) are named "BLEU-4 (content only)", ...
     """
     f = _file(run_dir, "04_evaluation/metrics.csv")
     t = tidy(_csv(run_dir, "04_evaluation/metrics.csv"), f)
-    t["metric"] = t.metric.map(lambda m: TEXT_METRICS.get(canon(m), m))
+    content = {f"{k}content": f"{v} (content only)" for k, v in TEXT_METRICS.items()}
+    t["metric"] = t.metric.map(lambda m: TEXT_METRICS.get(canon(m), content.get(canon(m), m)))
     for col in ("model", "variant"):
         if col not in t.columns:
             raise ValueError(f"{f}: column {col!r} missing")
@@ -298,14 +301,16 @@ def therapy_metrics_table(run_dir) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- (f) MITI summary
 def miti_summary_table(run_dir) -> pd.DataFrame:
-    """04's miti_summary.csv, long form (source, metric, value, ci_low, ci_high, reference).
+    """04's miti_summary.csv, long form (source, metric, value, ci_low, ci_high, reference, n).
 
     Assumed (mi_llm.miti's SUMMARY_COLUMNS): one row per coded source (model, variant; group
     "reference" or a name containing AnnoMI marks real MI) with technical, relational, pct_cr (in
-    percent), r_q, mi_adherent, mi_non_adherent, wide or long; other columns are not drawn.
+    percent), r_q, pct_mi_adherent, wide or long; other columns are not drawn. n is the source's
+    coded utterances (n_coded) and is part of its label, "gemma3-270m · finetuned (n=8)".
     """
     f = _file(run_dir, "04_evaluation/miti_summary.csv")
-    t = tidy(_csv(run_dir, "04_evaluation/miti_summary.csv"), f)
+    raw = _csv(run_dir, "04_evaluation/miti_summary.csv")
+    t = tidy(raw, f)
     alias = {a: k for k, (_, aliases, _) in MITI.items() for a in (k.replace("_", ""), *aliases)}
     t["metric"] = t.metric.map(lambda m: alias.get(canon(m), m))
     t = t[t.metric.isin([*MITI, "mi_adherent", "mi_non_adherent"])].copy()
@@ -313,20 +318,30 @@ def miti_summary_table(run_dir) -> pd.DataFrame:
     t["reference"] = t.source.str.lower().str.contains("annomi")
     if "group" in t.columns:
         t["reference"] |= t["group"].eq("reference")
-    return t[["source", "reference", "metric", "value", "ci_low", "ci_high"]].reset_index(drop=True)
+    t["n"] = np.nan
+    if "n_coded" in raw.columns:
+        n = dict(zip(source_labels(raw), raw["n_coded"]))
+        t["n"] = t.source.map(n)
+        t["source"] = [f"{s} (n={int(k)})" if pd.notna(k) else s for s, k in zip(t.source, t.n)]
+    cols = ["source", "reference", "metric", "value", "ci_low", "ci_high", "n"]
+    return t[cols].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- (g) behaviour codes
-CODE_KEYS = ("utterances", "code", "codes", "behaviour", "behavior", "label", "miti_code")
+CODE_KEYS = ("utterances", "codes", "code", "behaviour", "behavior", "label", "miti_code")
 
 
 def miti_codes_table(run_dir) -> pd.DataFrame:
-    """Share of each MITI behaviour code per source (source, code, count, share, reference).
+    """Share of utterances holding each MITI behaviour per source (source, code, count, n, share,
+    reference).
 
-    Assumed: one record per coded unit with its "utterances": [{"code": ...}] (mi_llm.miti), or per
-    utterance with code|codes|behaviour|behavior|label|miti_code (a string or list); short codes
-    (Q, SR, CR, ...) are named as in mi_llm.miti.CODES, NONE counts as "no behaviour", a null code
-    (not coded) is left out; the source from the model/variant/source/mi_quality keys.
+    Generated sources come from miti_codes.jsonl: one record per coded unit with its
+    "utterances": [{"codes": [...]}] (mi_llm.miti; an utterance can hold two behaviours, so a
+    source's shares can add up to more than 1), or per utterance with codes|code|behaviour|
+    behavior|label|miti_code (a string or list). NONE or an empty list counts as "no behaviour", a
+    null code (not coded) is left out, coder-check records ("check") are not drawn. Real MI is
+    AnnoMI's human codes: the reference rows of miti_summary.csv (counts of Q, SR, CR, GI over
+    n_coded utterances; AnnoMI annotates no other MITI code), when that file is there.
     """
     from .miti import CODES as SHORT  # e.g. "CR" -> "Complex Reflection"
 
@@ -337,18 +352,45 @@ def miti_codes_table(run_dir) -> pd.DataFrame:
         key = next((k for k in CODE_KEYS if k in rec), None)
         if key is None:
             raise ValueError(f"{f}: record {i}: no code under any of {CODE_KEYS}")
-        codes = rec[key] if isinstance(rec[key], list) else [rec[key]]
+        if rec.get("check"):
+            continue
         src = {k: rec[k] for k in ID_COLS if k in rec and not isinstance(rec[k], (dict, list))}
-        codes = [c.get("code") if isinstance(c, dict) else c for c in codes]
-        rows += [{**src, "code": names.get(c, c)} for c in codes if c is not None]
+        utts = rec[key] if key == "utterances" else [rec[key]]
+        for u in utts:
+            c = (u.get("codes", u.get("code")) if isinstance(u, dict) else u)
+            if c is None:
+                continue  # not coded
+            codes = [x for x in (c if isinstance(c, list) else [c]) if x != "NONE"] or ["NONE"]
+            rows.append({**src, "utt": len(rows), "codes": [names.get(x, x) for x in codes]})
     if not rows:
         raise MissingArtifact(f"{f} has no coded utterances")
-    df = pd.DataFrame(rows).dropna(subset=["code"])
+    df = pd.DataFrame(rows)
     df["source"] = source_labels(df)
-    t = df.groupby(["source", "code"], sort=False).size().rename("count").reset_index()
-    t["share"] = t["count"] / t.groupby("source")["count"].transform("sum")
-    t["reference"] = t.source.str.lower().str.contains("annomi")  # real MI: drawn last
+    n = df.groupby("source", sort=False).size().rename("n")
+    t = df.explode("codes").groupby(["source", "codes"], sort=False).size().rename("count")
+    t = t.reset_index().rename(columns={"codes": "code"}).join(n, on="source")
+    t["reference"] = False
+    t = pd.concat([t, _annomi_codes(run_dir, SHORT)], ignore_index=True)
+    t["share"] = t["count"] / t["n"]
+    t["source"] = [f"{s} (n={int(k)})" for s, k in zip(t.source, t.n)]
     return t.sort_values("reference", kind="stable").reset_index(drop=True)
+
+
+def _annomi_codes(run_dir, names: dict) -> pd.DataFrame:
+    """AnnoMI's human code counts (source, code, count, n, reference) from miti_summary.csv."""
+    cols = ["source", "code", "count", "n", "reference"]
+    try:
+        s = _csv(run_dir, "04_evaluation/miti_summary.csv")
+    except MissingArtifact:
+        return pd.DataFrame(columns=cols)
+    is_ref = s["group"].eq("reference") if "group" in s.columns else s["model"].eq("annomi")
+    s = s[is_ref & s.get("n_coded", pd.Series(np.nan, index=s.index)).notna()]
+    if s.empty:
+        return pd.DataFrame(columns=cols)
+    s = s.assign(source=source_labels(s) + " (human codes)")
+    rows = [(r.source, names[c], r[c], r["n_coded"], True)
+            for _, r in s.iterrows() for c in names if c in s.columns and pd.notna(r[c])]
+    return pd.DataFrame(rows, columns=cols)
 
 
 # ----------------------------------------------------------------------------- (h) forecaster

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .miti import CODES, GLOBAL_MAX, GLOBAL_MIN, GLOBALS, NONE
+from .miti import CODES, GLOBAL_MAX, GLOBAL_MIN, GLOBALS, code_label, code_set
 from .schema import DataError
 
 COLUMNS = ["row", "speaker", "text", *CODES, "rating", "note"]
 TICKS = {"x", "1", "✓", "✔", "yes", "y"}  # a ticked code cell (case-insensitive); blank or 0: not
-AGREEMENT_COLUMNS = ["comparison", "n_sampled", "n_coded", "pass_rate", "n_compared", "accuracy",
-                     "kappa", "labels", "n_rated", *(f"icc_{g}" for g in GLOBALS)]
+AGREEMENT_COLUMNS = ["comparison", "n_sampled", "n_coded", "n_missing", "pass_rate", "n_compared",
+                     "accuracy", "kappa", "kappa_ci_low", "kappa_ci_high", "labels", "n_rated",
+                     *(f"icc_{g}" for g in GLOBALS)]
 README = f"""# MITI 4.2.1 coding worksheets
 
 One CSV file per dialogue (UTF-8 with BOM, so spreadsheet programs show Chinese correctly);
@@ -36,8 +37,9 @@ One CSV file per dialogue (UTF-8 with BOM, so spreadsheet programs show Chinese 
 | rating | global rows only: an integer {GLOBAL_MIN}-{GLOBAL_MAX} (blank: not rated) |
 | note | free text, ignored on import |
 
-How to code: put an `x` in at most one code column of each **counselor** row (leave the row blank
-when none of the behaviours applies); client rows stay blank. Give each global row a rating.
+How to code: put an `x` in the code column of each behaviour a **counselor** row holds (MITI 4.2.1:
+a question and a reflection in one utterance are both coded; at most three codes, never both SR
+and CR; leave the row blank when none of the behaviours applies); client rows stay blank. Give each global row a rating.
 Do not add, remove or reorder rows. Save as CSV and put each coder's files in a folder of their own
 (keep the file names); `evaluation.miti.human_worksheets` maps coder names to those folders.
 Accepted ticks: {", ".join(sorted(TICKS))} (any case); blank or 0 means not ticked.
@@ -89,7 +91,8 @@ def _ticked(value: str, file, line: int, col: str) -> bool:
 
 
 def read_worksheet(file) -> dict:
-    """A filled worksheet: {"codes": [code or NONE per counselor row], "globals": {g: int | None}}."""
+    """A filled worksheet: {"codes": [tuple of ticked codes per counselor row, () for none],
+    "globals": {g: int | None}}."""
     file = Path(file)
     with open(file, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
@@ -113,14 +116,17 @@ def read_worksheet(file) -> dict:
         if speaker not in ("client", "counselor") or str(r["row"]).strip() != str(n_utt):
             raise DataError(file, f"line {line}", "speaker" if speaker not in ("client", "counselor")
                             else "row", f"expected utterance row {n_utt} by client or counselor")
-        if len(ticks) > 1:
-            raise DataError(file, f"line {line}", ticks[1], f"more than one code ticked: {ticks}")
+        try:
+            code_set(ticks, "")
+        except ValueError:
+            raise DataError(file, f"line {line}", ticks[-1],
+                            f"codes {ticks} cannot be one utterance's (at most three, one reflection)") from None
         if speaker == "client" and ticks:
             raise DataError(file, f"line {line}", ticks[0], "client utterances are not coded")
         if (r["rating"] or "").strip():
             raise DataError(file, f"line {line}", "rating", "only global rows take a rating")
         if speaker == "counselor":
-            codes.append(ticks[0] if ticks else NONE)
+            codes.append(tuple(ticks))
     absent = [g for g in GLOBALS if g not in globals_]
     if absent:
         raise DataError(file, "end", "row", f"global row(s) {absent} missing")
@@ -148,10 +154,14 @@ def auto_coded(units: list[dict]) -> dict[str, dict]:
     """The automatic coder's answers in worksheet form (missing codes and ratings are None)."""
     out = {}
     for u in units:
-        code_of = {ut["turn"]: ut.get("code") for ut in u["utterances"]}
+        code_of = {ut["turn"]: _as_tuple(ut.get("codes")) for ut in u["utterances"]}
         codes = [code_of.get(i) for i, t in enumerate(u["turns"]) if t["speaker"] == "counselor"]
         out[worksheet_name(u)] = {"codes": codes, "globals": dict(u.get("globals") or {})}
     return out
+
+
+def _as_tuple(codes):
+    return None if codes is None else tuple(codes)
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -194,10 +204,11 @@ def agreement(a: dict, b: dict, comparison: str) -> dict:
         if len(ca) != len(cb):
             raise DataError(stem, "worksheet", "codes", f"{len(ca)} vs {len(cb)} counselor utterances")
         n_sampled += len(ca)
-        pairs += [(x, y) for x, y in zip(ca, cb) if x is not None and y is not None]
+        pairs += [(code_label(x), code_label(y)) for x, y in zip(ca, cb)
+                  if x is not None and y is not None]
     xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
     row = {"comparison": comparison, "n_sampled": n_sampled, "n_coded": len(pairs),
-           "pass_rate": len(pairs) / n_sampled if n_sampled else math.nan, "n_compared": len(pairs),
+           "n_missing": n_sampled - len(pairs), "pass_rate": len(pairs) / n_sampled if n_sampled else math.nan, "n_compared": len(pairs),
            "accuracy": float(np.mean([x == y for x, y in pairs])) if pairs else math.nan,
            "kappa": cohen_kappa(xs, ys), "labels": " ".join(sorted(set(xs) | set(ys)))}
     rated = [s for s in common if all(a[s]["globals"].get(g) is not None and

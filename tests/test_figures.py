@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -115,14 +117,16 @@ def write_artifacts(run):
             "model": "gemma3-270m",
             "variant": "finetuned",
             **miti.summary_scores(
-                {"Q": 4, "SR": 3, "CR": 1}, {"CCT": 3, "SST": 4, "PARTNER": 4, "EMPATHY": 3}
+                {"Q": 4, "SR": 3, "CR": 1}, {"CCT": 3, "SST": 4, "PARTNER": 4, "EMPATHY": 3}, 8
             ),
+            "n_coded": 8,
         },
         {
             "group": "reference",
             "model": "annomi",
             "variant": "high",
-            **miti.summary_scores({"Q": 2, "SR": 2, "CR": 2, "AF": 1}),
+            **miti.summary_scores({"Q": 2, "SR": 2, "CR": 2}, None, 10),
+            "n_coded": 10, "Q": 2, "SR": 2, "CR": 2, "GI": 1, "AF": np.nan,
         },
     ]
     pd.DataFrame(summary).to_csv(e / "miti_summary.csv", index=False)
@@ -132,12 +136,13 @@ def write_artifacts(run):
             "variant": v,
             "dialogue_id": "d0",
             "topic": "婚恋",
-            "utterances": [{"turn": i, "round": i, "code": c} for i, c in enumerate(codes)],
+            "utterances": [{"turn": i, "round": i, "codes": c} for i, c in enumerate(codes)],
         }
-        for v, codes in [("base", ["Q", "Q", "GI", None]), ("finetuned", ["SR", "CR", "Q", "NONE"])]
+        for v, codes in [("base", [["Q"], ["Q"], ["GI"], None]),
+                         ("finetuned", [["SR"], ["Q", "CR"], ["Q"], []])]
     ]
-    units.append(
-        {"model": "annomi", "variant": "high", "utterances": [{"code": "CR"}, {"code": "Q"}]}
+    units.append(  # a coder-check record: not real MI, not drawn
+        {"model": "annomi", "variant": "high", "check": "annomi", "utterances": [{"codes": ["CR"]}]}
     )
     (e / "miti_codes.jsonl").write_text(
         "".join(json.dumps(u, ensure_ascii=False) + "\n" for u in units)
@@ -215,16 +220,25 @@ def test_tables_carry_the_artifacts_numbers(made):
     base_q = th[(th.variant == "base") & (th.metric == "question_marks") & (th.category == "all")]
     assert base_q.value.tolist() == [4]  # the base replies above hold four question marks
     m = figures.table("miti_summary", run).set_index(["source", "metric"]).value
-    assert m[("gemma3-270m · finetuned", "pct_cr")] == 25 and m[("AnnoMI · high", "r_q")] == 2
+    ft, hi = "gemma3-270m · finetuned (n=8)", "AnnoMI · high (n=10)"  # n coded utterances
+    assert m[(ft, "pct_cr")] == 25 and m[(hi, "r_q")] == 2
+    assert math.isnan(m[(ft, "pct_mi_adherent")])  # no MIA nor MINA: 0/0
     assert figures.table("miti_summary", run).groupby("source").reference.first().to_dict() == {
-        "AnnoMI · high": True,
-        "gemma3-270m · finetuned": False,
-    }
+        hi: True, ft: False}
     c = figures.table("miti_codes", run)
-    assert c.groupby("source").share.sum().tolist() == pytest.approx([1, 1, 1])
-    base = c[c.source == "gemma3-270m · base"].set_index("code")["count"].to_dict()
-    assert base == {"Question": 2, "Giving Information": 1}  # the uncoded (null) one left out
-    assert "no behaviour" in set(c.code) and c.reference.iloc[-1]
+    by = {s: g.set_index("code")["share"].to_dict() for s, g in c.groupby("source")}
+    # base: 3 coded utterances (the null one left out), two questions and one information
+    assert by["gemma3-270m · base (n=3)"] == pytest.approx(
+        {"Question": 2 / 3, "Giving Information": 1 / 3})
+    # finetuned: 4 utterances, one holding a question and a complex reflection (both count)
+    assert by["gemma3-270m · finetuned (n=4)"] == pytest.approx({
+        "Simple Reflection": 1 / 4, "Question": 2 / 4, "Complex Reflection": 1 / 4,
+        "no behaviour": 1 / 4})
+    # real MI: AnnoMI's human codes from the summary, not the coder-check sample
+    assert by["AnnoMI · high (human codes) (n=10)"] == pytest.approx({
+        "Question": 0.2, "Simple Reflection": 0.2, "Complex Reflection": 0.2,
+        "Giving Information": 0.1})
+    assert c.reference.iloc[-1] and c.reference.sum() == 4
     f = figures.table("forecaster", run)
     assert set(f.metric) == {"accuracy", "macro_f1", "f1_open_question"}  # n_* are counts
     assert figures.table("training_loss", run).model.unique().tolist() == ["gemma3-270m", "tiny"]
@@ -297,3 +311,17 @@ def test_chinese_labels_become_pinyin_without_a_cjk_font(monkeypatch):
 def test_markdown_table_escapes_and_rounds():
     md = figures.to_markdown(pd.DataFrame(dict(a=["x|y"], b=[1.23456])))
     assert md.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1.23 |"]
+
+
+def test_text_metrics_table_names_the_content_scores_beside_the_raw_ones(tmp_path):
+    from mi_llm import metrics
+
+    (tmp_path / "04_evaluation").mkdir()
+    gens = [{"model": "m", "variant": v, "dialogue_id": f"d{i}", "round": 0, "reply": "你好。",
+             "reference": "你好！"} for v in ("base", "finetuned") for i in range(3)]
+    scores = metrics.reply_scores(gens, content=True)
+    metrics.score(scores, bootstrap=20).to_csv(tmp_path / "04_evaluation/metrics.csv", index=False)
+    t = figures.text_metrics_table(tmp_path).set_index(["variant", "metric"]).value
+    # 你好/。 vs 你好/！: raw ROUGE-1 1/2 (你好 matches, the marks do not); content-only 1
+    assert t[("base", "ROUGE-1")] == pytest.approx(50.0, abs=1e-4)
+    assert t[("base", "ROUGE-1 (content only)")] == pytest.approx(100.0)

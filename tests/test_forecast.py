@@ -71,17 +71,56 @@ def test_turn_label_sources_and_bad_code():
 
 
 # ----------------------------------------------------------------------------- split
-def test_split_is_by_session_seeded_and_stratified(sessions):
+def test_split_is_by_recording_seeded_and_stratified(sessions):
     train, test = forecast.split_sessions(sessions, 0.2, seed=42)
     assert not {d.id for d in train} & {d.id for d in test}  # no session on both sides
     assert len(train) + len(test) == len(sessions)
     assert {d.meta["mi_quality"] for d in test} == {"high", "low"}  # both strata held out
+    # independent of the loader: the recording of each transcript from the CSV itself
+    csv = pd.read_csv(ANNOMI / "AnnoMI-simple.csv", keep_default_na=False)
+    url = csv.groupby("transcript_id")["video_url"].first()
+    assert url.value_counts().max() > 1  # recordings cut into several transcripts exist
+    train_urls = {url[int(d.id)] for d in train}
+    test_urls = {url[int(d.id)] for d in test}
+    assert not train_urls & test_urls  # no recording on both sides (seed 42 had 5 by transcript)
     _, _, g_train = forecast.examples(train)
     _, _, g_test = forecast.examples(test)
-    assert not set(g_train) & set(g_test)  # and no utterance of a test session in training
+    assert not set(g_train) & set(g_test)  # the CV and bootstrap groups are recordings too
+    assert set(g_test) == test_urls
     again = forecast.split_sessions(sessions, 0.2, seed=42)[1]
     assert [d.id for d in again] == [d.id for d in test]
     assert [d.id for d in forecast.split_sessions(sessions, 0.2, seed=7)[1]] != [d.id for d in test]
+
+
+def test_split_keeps_parts_of_one_recording_together():
+    parts = []
+    for r in range(10):  # 10 recordings of 3 transcripts each
+        for k in range(3):
+            d = _dialogue(f"{r}-{k}", ["other", "open_question"])
+            d.meta["video_url"] = f"https://example.org/v{r}"
+            parts.append(d)
+    for seed in range(5):
+        train, test = forecast.split_sessions(parts, 0.3, seed)
+        got = {d.id.split("-")[0] for d in test}
+        assert len(test) == 3 * len(got)  # every part of a held-out recording is held out
+        assert not got & {d.id.split("-")[0] for d in train}
+
+
+def test_examples_untagged_hide_history_labels():
+    d = _dialogue("s", ["other", "open_question", "complex_reflection"])
+    X, y, _ = forecast.examples([d])
+    Xu, yu, _ = forecast.examples([d], tagged=False)
+    assert list(y) == list(yu) == ["other", "open_question", "complex_reflection"]
+    assert list(X["prev_label"]) == ["none", "other", "open_question"]
+    assert list(Xu["prev_label"]) == ["none", "none", "none"]
+
+
+def test_beats_baselines_needs_the_paired_ci_above_zero():
+    t = pd.DataFrame({"role": ["baseline", "forecaster", "forecaster", "forecaster"],
+                      "macro_f1": [0.30, 0.32, 0.40, 0.25],
+                      "delta_macro_f1_ci_low": [0.0, -0.05, 0.02, -0.1]})
+    # the first forecaster's point estimate is above the baseline, its CI is not
+    assert list(forecast.beats_baselines(t)) == [False, False, True, False]
 
 
 # ----------------------------------------------------------------------------- baselines, scores
@@ -114,7 +153,7 @@ def test_score_matches_sklearn_and_cis_bracket():
         assert s[f"f1_{tag}"] == pytest.approx(v)
         assert s[f"f1_{tag}_ci_low"] <= v <= s[f"f1_{tag}_ci_high"]
     assert s["macro_f1_ci_low"] < s["macro_f1"] < s["macro_f1_ci_high"]
-    assert s["n_test_sessions"] == 20 and s["n_test"] == 400
+    assert s["n_test_recordings"] == 20 and s["n_test"] == 400
     perfect = forecast.score(y, y, groups, bootstrap=50)
     assert perfect["macro_f1"] == perfect["macro_f1_ci_low"] == 1.0
     same = forecast.score(y, p, groups, bootstrap=50, reference=p)
@@ -173,9 +212,10 @@ def test_forecaster_beats_both_baselines_on_held_out_sessions(fitted):
     prev = forecast.score(y, forecast.previous_baseline(X, bundle["majority"]), g, bootstrap=10)[
         "macro_f1"
     ]
-    for variant in ("text", "universal"):
-        f1 = forecast.score(y, bundle[variant].predict(X), g, bootstrap=10)["macro_f1"]
-        assert f1 > max(maj, prev), (variant, f1, maj, prev)
+    # the text variant beats both; with the split by recording the language-independent one no
+    # longer does (seed 42: 0.335 vs 0.340 for the previous behaviour), which forecaster.csv shows
+    f1 = forecast.score(y, bundle["text"].predict(X), g, bootstrap=10)["macro_f1"]
+    assert f1 > max(maj, prev), (f1, maj, prev)
 
 
 def test_predict_next_reads_tags_and_chooses_variant(fitted, tmp_path):
@@ -216,6 +256,10 @@ def test_predict_next_reads_tags_and_chooses_variant(fitted, tmp_path):
     )
     with pytest.raises(ValueError, match="language"):
         forecast.predict_next(bundle, zh, language="zh")
+    # untagged counselor turns: the variant trained on untagged history answers
+    plain = [{**m, "content": forecast.strip_tag(m["content"])[1]} for m in zh]
+    Xu = pd.DataFrame([forecast.turn_features(forecast._as_history(plain), bundle["context_turns"])])
+    assert forecast.predict_next(bundle, plain) == bundle["untagged"].predict(Xu)[0]
 
 
 def test_load_refuses_foreign_file(tmp_path):
@@ -249,7 +293,8 @@ def test_evaluate_writes_table_and_model(tmp_path):
         "features",
         "n_train",
         "n_test",
-        "n_test_sessions",
+        "n_test_recordings",
+        "n_test_transcripts",
         "accuracy",
         "macro_f1",
         "macro_f1_ci_low",
@@ -262,10 +307,22 @@ def test_evaluate_writes_table_and_model(tmp_path):
     ]
     cols += [f"f1_{t}{s}" for t in forecast.TAGS for s in ("", "_ci_low", "_ci_high")]
     assert set(cols) <= set(written.columns)
-    assert written.loc[written.role == "forecaster", "beats_baselines"].all()
+    fc = written.set_index("model")
+    assert list(written.beats_baselines) == list(
+        (written.role == "forecaster") & (written.delta_macro_f1_ci_low > 0))
+    # split by recording, the text forecaster's gain over the previous behaviour (0.347 vs 0.340)
+    # has a CI that spans 0: not a win; untagged, it clearly beats the majority class
+    assert not fc.loc["forecaster_text", "beats_baselines"]
+    assert fc.loc["forecaster_text", "macro_f1"] > fc.loc["previous_behaviour", "macro_f1"]
+    assert fc.loc["forecaster_untagged", "beats_baselines"]
     assert written.reference.iloc[0] in ("majority", "previous_behaviour")
-    forecasters = written[written.role == "forecaster"]
+    # scored as used on untagged history: against the majority class (no previous label there)
+    assert fc.loc["forecaster_untagged", "reference"] == "majority"
+    assert fc.loc["forecaster_untagged", "delta_macro_f1"] == pytest.approx(
+        fc.loc["forecaster_untagged", "macro_f1"] - fc.loc["majority", "macro_f1"])
+    forecasters = written[(written.role == "forecaster") & (written.model != "forecaster_untagged")]
     baseline_best = written.loc[written.role == "baseline", "macro_f1"].max()
     assert (forecasters.delta_macro_f1 - (forecasters.macro_f1 - baseline_best)).abs().max() < 1e-9
     bundle = forecast.load(tmp_path / "forecaster.joblib")
     assert not set(bundle["train_sessions"]) & set(bundle["test_sessions"])
+    assert not set(bundle["train_recordings"]) & set(bundle["test_recordings"])

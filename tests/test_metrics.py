@@ -1,6 +1,7 @@
-"""BLEU-4 / ROUGE on hand-computed cases, bootstrap CIs and the paired test."""
+"""BLEU-4 / ROUGE on hand-computed cases, dialogue-clustered bootstrap CIs and the paired test."""
 
 import math
+import random
 
 import numpy as np
 import pandas as pd
@@ -10,10 +11,12 @@ from rouge_score import rouge_scorer
 from mi_llm import metrics
 
 
-def test_bleu4_chinese_characters_hand_computed():
-    # hyp 我今天很难过 vs ref 我今天很开心 (characters): 1-4-gram precisions 4/6, 3/5, 2/4, 1/3, BP = 1
-    expected = 100 * (4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
-    assert metrics.bleu4("我今天很难过", "我今天很开心") == pytest.approx(expected)  # 50.81
+# ----------------------------------------------------------------------------- the raw recipe
+def test_bleu4_raw_characters_keep_punctuation_hand_computed():
+    # hyp 我今天很难过。 vs ref 我今天很开心。 (7 characters each, 。 a token like any other):
+    # 1-grams 我今天很。 5/7; 2-grams 我今 今天 天很 3/6; 3-grams 我今天 今天很 2/5; 4-grams 1/4; BP 1
+    expected = 100 * (5 / 7 * 3 / 6 * 2 / 5 * 1 / 4) ** 0.25
+    assert metrics.bleu4("我今天很难过。", "我今天很开心。") == pytest.approx(expected)  # 47.3
     assert metrics.bleu4("我今天很开心", "我今天很开心") == pytest.approx(100.0)
 
 
@@ -24,26 +27,39 @@ def test_bleu4_smoothing_method3_and_brevity_penalty_hand_computed():
     assert metrics.bleu4("我很开心", "我今天很开心") == pytest.approx(expected)  # 38.75
 
 
-def test_rouge_chinese_on_jieba_words_where_the_default_tokenizer_scores_zero():
-    # jieba: 我/今天/很/难过 vs 我/今天/很/开心 -> R1 3/4, R2 2/3 (我今天, 今天很), RL LCS 3/4
-    r = metrics.rouge("我今天很难过", "我今天很开心")
-    assert r["rouge1"] == pytest.approx(75.0)
-    assert r["rouge2"] == pytest.approx(200 / 3)
-    assert r["rougeL"] == pytest.approx(75.0)
+def test_bleu4_raw_keeps_case():
+    # "OK" vs "ok": no character in common when case is kept; content scoring lower-cases
+    assert metrics.bleu4("OK", "ok") == 0.0
+    assert metrics.bleu4("OK", "ok", scoring="content") == metrics.bleu4("ok", "ok", "content") > 0
+    assert metrics.bleu4("", "我今天很开心") == 0.0 and metrics.bleu4("我", "") == 0.0
+
+
+def test_rouge_raw_is_rouge_chinese_on_jieba_words_hand_computed():
+    # jieba: 我/今天/很/难过/。 vs 我/今天/很/开心/！ -> R1 3/5; bigrams 我今天 今天很 of 4 -> R2 2/4;
+    # LCS 我 今天 很 -> RL 3/5 (rouge-chinese reports F with a 1e-8 epsilon)
+    r = metrics.rouge("我今天很难过。", "我今天很开心！")
+    assert r["rouge1"] == pytest.approx(60.0, abs=1e-5)
+    assert r["rouge2"] == pytest.approx(50.0, abs=1e-5)
+    assert r["rougeL"] == pytest.approx(60.0, abs=1e-5)
+    # case kept: i/feel/good vs I/feel/good -> 2 of 3 words
+    assert metrics.rouge("i feel good", "I feel good")["rouge1"] == pytest.approx(200 / 3, abs=1e-5)
+    assert metrics.rouge("", "我今天很开心") == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
     naive = rouge_scorer.RougeScorer(["rouge1"]).score("我今天很开心", "我今天很难过")
-    assert naive["rouge1"].fmeasure == 0.0  # why we pass our own tokenizer
+    assert naive["rouge1"].fmeasure == 0.0  # why rouge-score's own tokenizer is never used
 
 
-def test_mixed_text_and_punctuation():
-    assert metrics.bleu_tokens("I feel OK, 3.5 分。Don't！") == ["i", "feel", "ok", "3.5", "分", "don't"]
-    assert metrics.rouge_tokens("我今天很开心，OK？") == ["我", "今天", "很", "开心", "ok"]
-    # punctuation alone does not change a score; English words count as whole words
-    assert metrics.rouge("我今天很开心。", "我今天很开心！")["rouge1"] == pytest.approx(100.0)
-    assert metrics.bleu4("我很好，thank you!", "我很好 thank you") == pytest.approx(100.0)
-    # hyp i/feel/good/today vs ref i/feel/bad/today: R1 = 3/4
-    assert metrics.rouge("I feel good today", "I feel bad today")["rouge1"] == pytest.approx(75.0)
-    assert metrics.bleu4("", "我今天很开心") == 0.0
-    assert metrics.rouge("", "我今天很开心")["rouge1"] == 0.0
+def test_content_scoring_is_the_named_option():
+    assert metrics.bleu_tokens("I feel OK, 3.5 分。Don't！", "content") == [
+        "i", "feel", "ok", "3.5", "分", "don't"]
+    assert metrics.rouge_tokens("我今天很开心，OK？", "content") == ["我", "今天", "很", "开心", "ok"]
+    # punctuation alone does not change a content score; it does change the raw one
+    assert metrics.rouge("我今天很开心。", "我今天很开心！", "content")["rouge1"] == pytest.approx(100.0)
+    assert metrics.rouge("我今天很开心。", "我今天很开心！")["rouge1"] == pytest.approx(80.0, abs=1e-5)
+    # hyp 我今天很难过 vs ref 我今天很开心 on content characters: 4/6, 3/5, 2/4, 1/3
+    expected = 100 * (4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
+    assert metrics.bleu4("我今天很难过。", "我今天很开心。", "content") == pytest.approx(expected)
+    with pytest.raises(ValueError, match="scoring"):
+        metrics.bleu4("a", "a", scoring="chars")
 
 
 def _gens():
@@ -58,44 +74,78 @@ def _gens():
     return rows
 
 
-def test_score_means_and_bootstrap_ci():
+def test_reply_scores_with_content_columns():
+    s = metrics.reply_scores(_gens(), content=True)
+    assert set(metrics.CONTENT) <= set(s.columns)
+    row = s.iloc[4]  # finetuned 我今天很难过 vs 我今天很开心
+    assert row["bleu4"] == pytest.approx(100 * (4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
+    table = metrics.score(s, bootstrap=50)
+    assert {"bleu4_content", "rougeL_content_ci_high"} <= set(table.columns)
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_score_means_and_dialogue_bootstrap_ci():
     gens = _gens()
     table = metrics.score(gens, bootstrap=500, seed=1)
     assert list(table["variant"]) == ["base", "finetuned"]
-    assert set(table.columns) >= {"bleu4", "bleu4_ci_low", "bleu4_ci_high", "rougeL_ci_high", "n"}
     ft = table.set_index("variant").loc["finetuned"]
     per = [metrics.bleu4(g["reply"], g["reference"]) for g in gens if g["variant"] == "finetuned"]
     assert ft["bleu4"] == pytest.approx(np.mean(per))
-    assert ft["bleu4_ci_low"] <= ft["bleu4"] <= ft["bleu4_ci_high"]
-    assert min(per) <= ft["bleu4_ci_low"] and ft["bleu4_ci_high"] <= max(per)
-    assert ft["n"] == 4
+    assert ft["n"] == 4 and ft["n_dialogues"] == 2
+    # two dialogues: a resample is (d0, d0), (d0, d1) or (d1, d1), so the CI ends are the two
+    # dialogues' own means (each drawn twice with probability 1/4 > 2.5%)
+    d0, d1 = np.mean(per[:2]), np.mean(per[2:])
+    assert (ft["bleu4_ci_low"], ft["bleu4_ci_high"]) == pytest.approx((min(d0, d1), max(d0, d1)))
 
 
-def test_bootstrap_ci_constant_and_spread():
+def test_cluster_bootstrap_resamples_dialogues_not_rounds():
+    # dialogue a: 10 rounds of 0, dialogue b: 10 rounds of 10. Resampling rounds gives a narrow CI
+    # around 5; resampling the 2 dialogues can draw a twice (p = 1/4): the CI is [0, 10]
+    x = [0.0] * 10 + [10.0] * 10
+    g = ["a"] * 10 + ["b"] * 10
+    assert metrics.bootstrap_ci(x, 2000, seed=0, clusters=g) == (0.0, 10.0)
+    lo, hi = metrics.bootstrap_ci(x, 2000, seed=0)
+    assert 2 < lo < 5 < hi < 8
+    # unequal sizes: the statistic is the mean over all drawn rounds, a (1 round of 0) with b
+    # (3 rounds of 4): the draws give 0, 4 or 12/4 = 3
+    lo, hi = metrics.bootstrap_ci([0, 4, 4, 4], 2000, seed=0, clusters=["a", "b", "b", "b"])
+    assert (lo, hi) == (0.0, 4.0)
     assert metrics.bootstrap_ci([3.0] * 10) == (3.0, 3.0)
-    lo, hi = metrics.bootstrap_ci(np.arange(100.0), n_boot=2000, seed=0)
-    # the mean of 0..99 is 49.5 with standard error ~2.9: the 95% CI is about 49.5 +- 5.7
-    assert 42 < lo < 46 and 53 < hi < 57
 
 
-def test_paired_test_hand_made():
-    base = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    ft = [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]  # every difference positive: W- = 0
-    res = metrics.paired_test(base, ft, n_boot=500)
-    assert res["mean_diff"] == pytest.approx(3.5)
+def test_paired_test_wilcoxon_on_dialogue_means():
+    # 6 dialogues of 2 rounds; every dialogue's mean difference is positive: exact two-sided
+    # p = 2 / 2^6 over dialogues (over the 12 rounds it would be 2 / 2^12)
+    base = [1.0, 2.0] * 6
+    ft = [b + d for b, d in zip(base, [1, 2, 3, 1, 2, 2, 4, 1, 1, 1, 5, 0])]
+    dialogues = [i // 2 for i in range(12)]
+    res = metrics.paired_test(base, ft, dialogues, n_boot=500)
+    assert res["mean_diff"] == pytest.approx(23 / 12)
+    assert res["n"] == 12 and res["n_dialogues"] == 6
     assert res["wilcoxon_stat"] == 0.0
-    assert res["p_value"] == pytest.approx(2 / 2**6)  # exact two-sided: 2 of 64 sign patterns
+    assert res["p_value"] == pytest.approx(2 / 2**6)
     assert res["diff_ci_low"] > 0
-    same = metrics.paired_test(base, base)
+    same = metrics.paired_test(base, base, dialogues)
     assert same["p_value"] == 1.0 and same["mean_diff"] == 0.0
     with pytest.raises(ValueError):
         metrics.paired_test([1.0], [1.0, 2.0])
 
 
-def test_paired_tests_table_pairs_rounds():
-    table = metrics.paired_tests(_gens(), bootstrap=200)
-    assert list(table["metric"]) == metrics.METRICS
-    row = table.set_index("metric").loc["bleu4"]
-    assert row["n"] == 4 and row["mean_diff"] > 0  # the fine-tuned replies are closer here
-    scores = metrics.reply_scores(_gens())
-    pd.testing.assert_frame_equal(metrics.paired_tests(scores, bootstrap=200), table)
+def test_paired_tests_match_rounds_when_reordered_and_dropped():
+    gens = _gens()
+    base = [g for g in gens if g["variant"] == "base"]
+    ft = [g for g in gens if g["variant"] == "finetuned"][1:]  # d0 round 0 has no fine-tuned reply
+    random.Random(3).shuffle(ft)
+    table = metrics.paired_tests(base + ft, bootstrap=200).set_index("metric")
+    # expected: match by (dialogue, round) by hand, three rounds in two dialogues
+    by_key = {(g["dialogue_id"], g["round"]): g for g in base}
+    diffs = {}
+    for g in ft:
+        b = by_key[(g["dialogue_id"], g["round"])]
+        diffs[(g["dialogue_id"], g["round"])] = (metrics.bleu4(g["reply"], g["reference"])
+                                                 - metrics.bleu4(b["reply"], b["reference"]))
+    assert table.loc["bleu4", "n"] == 3 and table.loc["bleu4", "n_dialogues"] == 2
+    assert table.loc["bleu4", "mean_diff"] == pytest.approx(np.mean(list(diffs.values())))
+    assert list(table.index) == metrics.METRICS
+    pd.testing.assert_frame_equal(
+        metrics.paired_tests(metrics.reply_scores(base + ft), bootstrap=200).set_index("metric"), table)

@@ -8,14 +8,13 @@ import math
 import re
 
 import numpy as np
+import openai_server  # tests/ is on sys.path (pytest rootdir-relative import)
 import pandas as pd
 import pytest
 
 from mi_llm import corpora, generate, llm, miti, params, worksheets
 from mi_llm.params import ROOT, ParamsError
 from mi_llm.schema import DataError
-
-import openai_server  # tests/ is on sys.path (pytest rootdir-relative import)
 
 ANNOMI = ROOT / "data" / "AnnoMI"
 
@@ -80,7 +79,11 @@ def test_summary_scores_from_hand_made_counts():
     s = miti.summary_scores(counts, {"CCT": 3, "SST": 4, "PARTNER": 4, "EMPATHY": 5})
     assert s["technical"] == 3.5 and s["relational"] == 4.5
     assert s["pct_cr"] == pytest.approx(60.0) and s["r_q"] == pytest.approx(1.25)
-    assert s["mi_adherent"] == 4 and s["mi_non_adherent"] == 2
+    assert math.isnan(s["mi_adherent"])  # a rate per coded utterance needs n_coded
+    # MIA = SEEK + AF + AUTO = 4, MINA = PERSUADE + CONFRONT = 2 over 20 coded utterances
+    s = miti.summary_scores(counts, {"CCT": 3, "SST": 4, "PARTNER": 4, "EMPATHY": 5}, n_coded=20)
+    assert s["pct_mi_adherent"] == pytest.approx(100 * 4 / 6)
+    assert s["mi_adherent"] == pytest.approx(4 / 20) and s["mi_non_adherent"] == pytest.approx(2 / 20)
     assert (s["technical_label"], s["relational_label"], s["pct_cr_label"], s["r_q_label"]) == (
         "fair", "good", "good", "fair")
 
@@ -99,24 +102,32 @@ def test_threshold_edges(score, below, fair, good):
 def test_division_by_zero_is_nan_not_zero():
     s = miti.summary_scores({"SR": 0, "CR": 0, "Q": 0})
     assert math.isnan(s["pct_cr"]) and math.isnan(s["r_q"]) and math.isnan(s["technical"])
-    assert s["mi_adherent"] == 0 and s["pct_cr_label"] == "n/a"
+    assert math.isnan(s["pct_mi_adherent"]) and s["pct_cr_label"] == "n/a"
     s = miti.summary_scores({"SR": 3, "Q": 0})  # reflections without questions: R:Q undefined
     assert s["pct_cr"] == 0.0 and math.isnan(s["r_q"])
 
 
 # ----------------------------------------------------------------------------- parsing
-@pytest.mark.parametrize("answer,code", [
-    ("SR", "SR"), (" cr\n", "CR"), ("**Q**", "Q"), ("Simple Reflection", "SR"),
-    ('{"code": "AF"}', "AF"), ("SR - the counselor repeats", "SR"), ("NONE.", "NONE"),
-    ("persuade with permission", "PERSUADE_PERM"), ("PERSUADE_PERM", "PERSUADE_PERM"),
-    ('```json\n{"code": "SEEK"}\n```', "SEEK")])
-def test_parse_code_good(answer, code):
-    assert miti.parse_code(answer) == code
+@pytest.mark.parametrize("answer,codes", [
+    ("SR", ("SR",)), (" cr\n", ("CR",)), ("**Q**", ("Q",)), ("Simple Reflection", ("SR",)),
+    ('{"code": "AF"}', ("AF",)), ("NONE.", ()), ("SR - the counselor repeats", ("SR",)),
+    ("persuade with permission", ("PERSUADE_PERM",)), ("PERSUADE_PERM", ("PERSUADE_PERM",)),
+    ('```json\n{"code": "SEEK"}\n```', ("SEEK",)),
+    # MITI 4.2.1 codes both behaviours of an utterance; the set comes back in CODES order
+    ("CR, Q", ("Q", "CR")), ("Q+SR", ("Q", "SR")), ('{"codes": ["SR", "Q"]}', ("Q", "SR")),
+    ("GI and Q", ("GI", "Q")), ("SR.", ("SR",)), ("CR, Q, GI", ("GI", "Q", "CR"))])
+def test_parse_code_good(answer, codes):
+    assert miti.parse_code(answer) == codes
 
 
 @pytest.mark.parametrize("answer", [
     "", "I think it's a reflection", "XYZ", "Reflection", '{"code": "REFLECT"}', '{"label": "SR"}',
-    "sr because it repeats", '{"code": "SR", "why": "x"}', "{not json"])
+    "sr because it repeats", '{"code": "SR", "why": "x"}', "{not json",
+    # not one coding: an echoed list, alternatives, doubt, a correction, two reflections
+    "GI, PERSUADE, PERSUADE_PERM, Q, SR, CR, AF, SEEK, AUTO, CONFRONT, NONE",
+    "GI, PERSUADE, PERSUADE_PERM, Q, SR, …", "SR or CR", "SR/CR", "Q or SR?", "Q?",
+    "AF: no, actually SEEK", "AF\nno, actually SEEK", "SR, CR", "NONE, Q", "Q, SR, GI, AF",
+    "SR - but it could be CR", "PERSUADE, PERSUADE_PERM", "SR 或 CR"])
 def test_parse_code_refuses_to_guess(answer):
     with pytest.raises(ValueError):
         miti.parse_code(answer)
@@ -184,16 +195,20 @@ def test_worksheet_export_fill_import_round_trip(generations, tmp_path):
     index = pd.read_csv(tmp_path / "ws" / "index.csv")
     assert list(index["n_utterances"]) == [3, 3, 3, 3]
     blank = worksheets.read_worksheet(files[0])
-    assert blank == {"codes": ["NONE"] * 3, "globals": {g: None for g in miti.GLOBALS}}
-    _fill(files[0], {2: "CR", 4: "Q"}, {"CCT": 2, "SST": 3, "PARTNER": 4, "EMPATHY": 5})
+    assert blank == {"codes": [()] * 3, "globals": {g: None for g in miti.GLOBALS}}
+    # row 4 holds a reflection and a question: both ticked, both kept
+    _fill(files[0], {2: "CR", 4: "Q"}, {"CCT": 2, "SST": 3, "PARTNER": 4, "EMPATHY": 5},
+          extra={"SR": (4, "x")})
     got = worksheets.read_worksheet(files[0])
-    assert got == {"codes": ["CR", "Q", "NONE"], "globals": {"CCT": 2, "SST": 3, "PARTNER": 4, "EMPATHY": 5}}
+    assert got == {"codes": [("CR",), ("Q", "SR"), ()],
+                   "globals": {"CCT": 2, "SST": 3, "PARTNER": 4, "EMPATHY": 5}}
     folder = worksheets.read_folder(tmp_path / "ws")
     assert set(folder) == {f.stem for f in files}
 
 
 @pytest.mark.parametrize("edit,where", [
-    ({"CR": (2, "x"), "Q": (2, "x")}, r"line 3: field 'CR': more than one code"),
+    ({"CR": (2, "x"), "SR": (2, "x")}, r"line 3: field 'CR': codes \['SR', 'CR'\] cannot be one"),
+    ({"CR": (2, "x"), "Q": (2, "x"), "GI": (2, "x"), "AF": (2, "x")}, r"line 3: field 'AF': codes"),
     ({"SR": (1, "x")}, r"line 2: field 'SR': client utterances are not coded"),
     ({"AF": (2, "maybe")}, r"line 3: field 'AF': 'maybe' is not a tick"),
     ({"rating": ("CCT", "7")}, r"line 8: field 'rating': '7' is not an integer"),
@@ -265,36 +280,88 @@ def _majority(full: pd.DataFrame, col: str) -> pd.Series:
     return votes.drop_duplicates(keys).set_index(keys)[col]
 
 
-def test_annomi_reference_matches_independent_pandas_counts(annomi):
+def test_annomi_reference_counts_every_behaviour_of_an_utterance(annomi):
+    # independent of the loader: pandas over the CSVs, each column's majority among annotators
     simple = pd.read_csv(ANNOMI / "AnnoMI-simple.csv", keep_default_na=False)
     full = pd.read_csv(ANNOMI / "AnnoMI-full.csv", keep_default_na=False)
     full = full[full["interlocutor"] == "therapist"]
-    sub = pd.concat([_majority(full, c) for c in ("reflection_subtype", "therapist_input_subtype")], axis=1)
+    cols = ["question_exists", "reflection_exists", "reflection_subtype", "therapist_input_exists",
+            "therapist_input_subtype"]
+    sub = pd.concat([_majority(full, c) for c in cols], axis=1)
     th = simple[simple["interlocutor"] == "therapist"].join(sub, on=["transcript_id", "utterance_id"])
     ref = miti.annomi_reference(annomi).set_index("variant")
     for quality, d in th.groupby("mi_quality"):
-        b, r = d["main_therapist_behaviour"], d["reflection_subtype"]
-        sr = ((b == "reflection") & (r == "simple")).sum()
-        cr = ((b == "reflection") & (r == "complex")).sum()
-        q = (b == "question").sum()
-        gi = ((b == "therapist_input") & (d["therapist_input_subtype"] == "information")).sum()
+        q, refl = d["question_exists"] == "True", d["reflection_exists"] == "True"
+        inp = d["therapist_input_exists"] == "True"
+        # not coded (missing): a reflection without its subtype, or only negotiation/options input
+        unknown = (refl & ~d["reflection_subtype"].isin(["simple", "complex"])) | (
+            inp & ~d["therapist_input_subtype"].isin(["information", "advice"]) & ~q & ~refl)
+        q = q & ~unknown
+        sr = (refl & ~unknown & (d["reflection_subtype"] == "simple")).sum()
+        cr = (refl & ~unknown & (d["reflection_subtype"] == "complex")).sum()
+        gi = (inp & ~unknown & (d["therapist_input_subtype"] == "information")).sum()
         row = ref.loc[quality]
-        assert (row["SR"], row["CR"], row["Q"], row["GI"]) == (sr, cr, q, gi)
+        assert (row["SR"], row["CR"], row["Q"], row["GI"]) == (sr, cr, q.sum(), gi)
+        assert (q & refl).sum() > 0  # utterances that hold both: counted in Q and in SR/CR
         assert row["pct_cr"] == pytest.approx(100 * cr / (sr + cr))
-        assert row["r_q"] == pytest.approx((sr + cr) / q)
+        assert row["r_q"] == pytest.approx((sr + cr) / q.sum())
         assert row["n_utterances"] == len(d) and row["n_dialogues"] == d["transcript_id"].nunique()
+        assert row["n_coded"] == len(d) - unknown.sum() and row["n_missing"] == unknown.sum()
         assert math.isnan(row["relational"]) and math.isnan(row["mi_adherent"])  # not annotated
+        assert math.isnan(row["pct_mi_adherent"])
     assert ref.loc["high", "r_q"] > ref.loc["low", "r_q"]  # real MI quality shows in R:Q
 
 
 def test_annomi_sample_is_stratified_and_seeded(annomi):
     units = miti.annomi_sample(annomi, 12, seed=7, context_turns=3)
     labels = [u["utterances"][0]["reference"] for u in units]
-    assert sorted(set(labels)) == ["ADVICE", "CR", "GI", "OTHER", "Q", "SR"]
-    assert all(labels.count(x) == 2 for x in set(labels))
+    th = annomi[(annomi["interlocutor"] == "therapist") & annomi["label"].notna()]
+    assert len(set(th["label"])) > 12  # combinations such as Q+SR are labels of their own
+    assert len(set(labels)) == 12  # round-robin over labels: 12 draws, 12 different labels
     assert units == miti.annomi_sample(annomi, 12, seed=7, context_turns=3)
     u = units[0]
     assert len(u["utterances"][0]["context"]) <= 3 and u["turns"][-1]["speaker"] == "counselor"
+
+
+def _check_units(refs, codes):
+    return [{"utterances": [{"reference": r, "codes": c}]} for r, c in zip(refs, codes)]
+
+
+def test_coder_check_kappa_ci_and_confusion_by_hand():
+    # references Q Q SR SR; the coder says Q, SR (+ an affirmation: compares as SR), SR, missing.
+    # compared: (Q,Q) (Q,SR) (SR,SR): po = 2/3; marginals ref Q 2/3 SR 1/3, coder Q 1/3 SR 2/3:
+    # pe = 2/9 + 2/9 = 4/9; kappa = (2/3 - 4/9) / (1 - 4/9) = 0.4
+    units = _check_units(["Q", "Q", "SR", "SR"], [["Q"], ["SR", "AF"], ["SR"], None])
+    row, cm = miti.coder_check(units, n_boot=500, seed=0)
+    assert row["accuracy"] == pytest.approx(2 / 3) and row["kappa"] == pytest.approx(0.4)
+    assert (row["n_sampled"], row["n_coded"], row["n_missing"]) == (4, 3, 1)
+    assert -1 <= row["kappa_ci_low"] <= row["kappa"] <= row["kappa_ci_high"] <= 1
+    assert row["kappa_ci_high"] - row["kappa_ci_low"] > 0.5  # three utterances: a wide CI
+    assert set(map(tuple, cm[["reference", "coder", "n"]].to_numpy().tolist())) == {
+        ("Q", "Q", 1), ("Q", "SR", 1), ("SR", "SR", 1), ("SR", "missing", 1)}
+    # a question that reflects: both behaviours must be named to agree
+    row, _ = miti.coder_check(_check_units(["Q+CR", "Q+CR"], [["Q", "CR"], ["Q"]]), n_boot=10)
+    assert row["accuracy"] == 0.5
+
+
+def test_gold_sentences_map_to_miti_codes():
+    gold = miti.read_gold(ROOT / miti.DEFAULTS["gold_path"])
+    raw = pd.read_csv(ROOT / miti.DEFAULTS["gold_path"], keep_default_na=False)
+    assert len(gold) == len(raw) == 1681
+    by = dict(zip(raw["Ground truth"], gold["label"]))
+    assert by["Open Question"] == by["Closed Question"] == "Q" and by["Complex Reflection"] == "CR"
+    assert by["Advise without Permission"] == "PERSUADE" and by["Other"] == "NONE"
+    assert pd.isna(by["Support"])  # a MITI 3 code: not drawn
+    units = miti.gold_sample(gold, 10, seed=1)
+    labels = [u["utterances"][0]["reference"] for u in units]
+    assert len(set(labels)) == 10 and all(u["utterances"][0]["context"] == [] for u in units)
+
+
+def test_gold_file_errors_name_the_line(tmp_path):
+    f = tmp_path / "gold.csv"
+    f.write_text("Text,Ground truth\nHi,Affirm\nSo,Reflect\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"gold.csv: record line 3: field 'Ground truth'"):
+        miti.read_gold(f)
 
 
 # ----------------------------------------------------------------------------- the coder
@@ -307,7 +374,7 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     text[0], text[1] = json.dumps(rec, ensure_ascii=False), json.dumps(rec2, ensure_ascii=False)
     generations = tmp_path / "generations.jsonl"
     generations.write_text("\n".join(text) + "\n", encoding="utf-8")
-    p = _params(tmp_path, annomi_sample=6, parse_retries=1, rate_globals=True)
+    p = _params(tmp_path, annomi_sample=6, gold_sample=5, parse_retries=1, rate_globals=True)
     out = tmp_path / "out"
     out.mkdir()
     seen = {}
@@ -319,23 +386,44 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
         assert url.stats.count == n_calls
     assert seen["never coded: 我明白你的感受"] == 2 and seen["once: 我明白你的感受"] == 2
     codes = [json.loads(x) for x in (out / "miti_codes.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(codes) == 4 + 6 and all(c["prompt_version"] == miti.DEFAULTS["prompt_version"] for c in codes)
+    assert len(codes) == 4 and all(c["prompt_version"] == miti.DEFAULTS["prompt_version"] for c in codes)
+    checks = [json.loads(x) for x in (out / "miti_check_codes.jsonl").read_text("utf-8").splitlines()]
+    assert [c["check"] for c in checks] == ["annomi"] * 6 + ["gold"] * 5
     utts = {c["turns"][ut["turn"]]["text"]: ut for c in codes for ut in c["utterances"]}
     never, once = utts["never coded: 我明白你的感受"], utts["once: 我明白你的感受"]
-    assert never["code"] is None and not never["ok"] and len(never["raw"]) == 2
+    assert never["codes"] is None and not never["ok"] and len(never["raw"]) == 2
     assert "not a MITI code" in never["error"]
-    assert once["code"] == "SR" and once["ok"] and len(once["raw"]) == 2
+    assert once["codes"] == ["SR"] and once["ok"] and len(once["raw"]) == 2
     s = res["summary"].set_index(["model", "variant"])
     base, ft = s.loc[("tiny", "base")], s.loc[("tiny", "finetuned")]
     assert ft["Q"] == 6 and ft["SR"] == 0 and ft["n_coded"] == 6  # every fine-tuned reply asks
     assert base["n_utterances"] == 6 and base["n_coded"] == 5 and base["pass_rate"] == pytest.approx(5 / 6)
+    assert base["n_missing"] == 1 and ft["n_missing"] == 0
     assert base["technical"] == 3.5 and base["relational"] == 4.5 and base["relational_label"] == "good"
     assert set(s.index) >= {("annomi", "high"), ("annomi", "low")}
     saved = pd.read_csv(out / "miti_summary.csv")
     assert list(saved.columns) == miti.SUMMARY_COLUMNS and len(saved) == 4
     agree = pd.read_csv(out / "coder_agreement.csv")
-    assert agree.loc[0, "comparison"] == "auto_vs_annomi" and agree.loc[0, "n_sampled"] == 6
-    assert 0 <= agree.loc[0, "accuracy"] <= 1
+    assert list(agree["comparison"]) == ["auto_vs_annomi", "auto_vs_welivita_pu_gold",
+                                         "welivita_pu_classifier_vs_gold"]
+    # the authors' classifier on the same sentences, from the CSV's Prediction column by hand
+    raw = pd.read_csv(ROOT / miti.DEFAULTS["gold_path"], keep_default_na=False)
+    rows = raw.loc[[int(c["dialogue_id"].split(":")[1]) for c in checks[6:]]]
+    pred = [miti.code_label(miti.GOLD_CODES[x]) if x in miti.GOLD_CODES else None
+            for x in rows["Prediction"]]
+    truth = [miti.code_label(miti.GOLD_CODES[x]) for x in rows["Ground truth"]]
+    hits = [a == b for a, b in zip(pred, truth) if a is not None]
+    assert agree.loc[2, "n_coded"] == len(hits) and agree.loc[2, "accuracy"] == pytest.approx(
+        np.mean(hits))
+    # the handler answers Q for a question mark, else SR: the expected agreement by hand
+    for row, c in zip(list(agree.itertuples())[:2], (checks[:6], checks[6:])):
+        said = ["Q" if "?" in u["turns"][-1]["text"] else "SR" for u in c]
+        truth = [u["utterances"][0]["reference"] for u in c]
+        assert row.n_sampled == len(c) and row.accuracy == pytest.approx(np.mean(
+            [a == b for a, b in zip(said, truth)]))
+    conf = pd.read_csv(out / "coder_confusion.csv")
+    assert conf.groupby("comparison")["n"].sum().to_dict() == {
+        "auto_vs_annomi": 6, "auto_vs_welivita_pu_gold": 5, "welivita_pu_classifier_vs_gold": 5}
     assert len(list((out / "worksheets").glob("tiny__*.csv"))) == 4
     pd.testing.assert_frame_equal(again["summary"], res["summary"])
 
@@ -348,7 +436,7 @@ def test_coder_opens_the_remote_endpoint_itself(generations, tmp_path, monkeypat
     same = tmp_path / "generations.jsonl"
     same.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
     with openai_server.serve(_handler({})) as url:
-        p = _params(tmp_path, annomi_sample=0, rate_globals=False)
+        p = _params(tmp_path, annomi_sample=0, gold_sample=0, rate_globals=False)
         p.llm.provider, p.llm.base_url = "remote", url
         monkeypatch.setenv(p.llm.api_key_env, "test-key")
         res = miti.evaluate(p, same, tmp_path, endpoint=None)
@@ -359,14 +447,19 @@ def test_coder_opens_the_remote_endpoint_itself(generations, tmp_path, monkeypat
     assert res["agreement"].empty
 
 
-def test_miti_v2_examples_are_valid_codes_and_run_ons_keep_the_leading_code():
+def test_miti_prompt_examples_are_valid_codes_and_run_ons_keep_the_leading_code():
     from mi_llm import prompts
 
     parts = prompts.parts("miti_v2")
     shots = prompts.shots(parts, "code_")
     assert len(shots) == 6 and "{utterance}" in parts["code"] and "code_system" in parts
-    assert [miti.parse_code(m["content"]) for m in shots[1::2]] == ["Q", "CR", "PERSUADE"]
-    assert miti.parse_code("CRспекти\n牠们") == "CR" and miti.parse_code("Q。你") == "Q"
+    assert [miti.parse_code(m["content"]) for m in shots[1::2]] == [("Q",), ("CR",), ("PERSUADE",)]
+    v3 = prompts.parts(miti.DEFAULTS["prompt_version"])
+    shots = prompts.shots(v3, "code_")
+    assert [miti.parse_code(m["content"]) for m in shots[1::2]] == [
+        ("Q",), ("CR",), ("PERSUADE",), ("Q", "CR")]  # a reflection followed by a question
+    assert "SEEK, AUTO" not in v3["code_system"]  # no list of codes for a small model to echo
+    assert miti.parse_code("CRспекти\n牠们") == ("CR",) and miti.parse_code("Q。你") == ("Q",)
     for bad in ["Questions", "QA", "CRITICAL", "我明白"]:
         with pytest.raises(ValueError):
             miti.parse_code(bad)

@@ -160,13 +160,27 @@ def test_rank_means_ci_missing_and_selection():
     by = df.set_index("corpus")
     assert by.loc["low", "comprehensiveness"] == 0.5 and by.loc["low", "total"] == 2.5
     assert by.loc["low", "n_judged"] == 2 and by.loc["low", "n_missing"] == 1
-    assert by.loc["low", "total_ci_low"] <= 2.5 <= by.loc["low", "total_ci_high"]
+    assert math.isnan(by.loc["low", "total_ci_low"])  # two judged dialogues: no CI, said so
+    assert by.loc["low", "ci_note"] == "no CI: 2 judged dialogue(s), fewer than 5"
     assert math.isnan(by.loc["tie_big", "total_ci_low"])  # one judged dialogue: no CI
     assert math.isnan(by.loc["none", "total"]) and by.loc["none", "n_missing"] == 2
     # high 8.5 > ties at 6 (larger corpus first) > low 2.5 > none (NaN, last)
     assert list(df["corpus"]) == ["high", "tie_big", "tie_small", "low", "none"]
     assert list(df["rank"]) == [1, 2, 3, 4, 5]
     assert list(df["selected"]) == [True, True, False, False, False]
+
+
+def test_rank_ci_needs_five_judged_dialogues():
+    # four identical judgements used to give the CI [6, 6], of width 0
+    stats = stats_frame({"four": 9, "five": 9})
+    records = [rec("four", sc(1, 2, 2, 1)) for _ in range(4)]
+    records += [rec("five", sc(c, 2, 2, 1)) for c in (0, 1, 2, 1, 0)]  # totals 5 6 7 6 5
+    by = quality.rank(stats, records, top_k=1, n_resamples=500, seed=0).set_index("corpus")
+    assert by.loc["four", "total"] == 6.0 and math.isnan(by.loc["four", "total_ci_low"])
+    assert math.isnan(by.loc["four", "total_ci_high"])
+    assert by.loc["four", "ci_note"] == "no CI: 4 judged dialogue(s), fewer than 5"
+    assert by.loc["five", "ci_note"] == ""
+    assert 5 <= by.loc["five", "total_ci_low"] < 5.8 < by.loc["five", "total_ci_high"] <= 7
 
 
 def test_rank_fills_selection_with_unjudged_when_needed():

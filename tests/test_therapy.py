@@ -13,6 +13,18 @@ def test_sentences_lengths_and_question_marks():
     assert therapy.question_marks("你好吗？真的?") == 2
 
 
+def test_sentiment_distance_of_english_replies_by_hand():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    vader = SentimentIntensityAnalyzer()
+    ref, reply = "That sounds really hard, and you handled it well.", "You are wrong about this."
+    gens = [{"model": "m", "variant": "base", "dialogue_id": "d", "round": 0, "topic": None,
+             "messages": [], "reference": ref, "reply": reply}]
+    row = therapy.therapy_metrics(gens).set_index("variant").loc["base"]
+    c1, c2 = vader.polarity_scores(reply)["compound"], vader.polarity_scores(ref)["compound"]
+    assert row["sentiment_distance"] == pytest.approx(abs((c1 + 1) / 2 - (c2 + 1) / 2))
+
+
 def test_sentiment_language_choice_and_scale():
     assert therapy.cjk_share("我很好 ok") == pytest.approx(3 / 5)
     en_pos, en_neg = therapy.sentiment("I am very happy today"), therapy.sentiment("I feel terrible and sad")
@@ -53,8 +65,11 @@ def test_therapy_metrics_hand_made():
     assert (ft["question_replies"], ft["question_marks"]) == (0, 0)
     assert (refrow["question_replies"], refrow["question_marks"]) == (1, 1)
     assert base["name_mismatch"] == 1 and ft["name_mismatch"] == 0 and refrow["named_rounds"] == 1
-    dist = abs(therapy.sentiment(gens[1]["reply"]) - therapy.sentiment(ref))
-    assert ft["sentiment_distance"] == pytest.approx(dist)
+    # independently: snownlp's positive probability of both Chinese texts, straight from snownlp
+    from snownlp import SnowNLP
+
+    dist = abs(SnowNLP("小明，你很焦虑。").sentiments - SnowNLP(ref).sentiments)
+    assert ft["sentiment_distance"] == pytest.approx(dist) and dist > 0.01
     assert t.loc[("overall", "reference"), "n"] == 1  # no topic -> "overall"
     assert t.loc[("all", "base"), "n"] == 2  # the pooled row
     assert t.loc[("overall", "finetuned"), "mean_abs_length_diff"] == 4
