@@ -19,7 +19,30 @@ def main(argv=None) -> int:
     c.add_argument("params", nargs="+")
     s = sub.add_parser("sync-notebooks", help="rewrite notebook parameters cells from a params file")
     s.add_argument("params", nargs="?", default="params/smoke.yaml")
+    ch = sub.add_parser("chat", help="serve a run's model (OpenAI endpoint + chat page, crisis-screened)")
+    ch.add_argument("run", help="runs/<name>")
+    ch.add_argument("--model", help="registry name (default: the run's first evaluated model)")
+    ch.add_argument("--variant", default="finetuned", choices=["base", "finetuned"])
+    ch.add_argument("--port", type=int, default=8765)
+    ch.add_argument("--country", help="crisis line of this country (CN, US, UK or one in --referral)")
+    ch.add_argument("--referral", help="YAML/JSON overriding the referral replies and hotlines")
+    ch.add_argument("--on-crisis", default="refer", choices=["refer", "refer_then_reply"])
+    ch.add_argument("--backend", help="an OpenAI-compatible server already serving the model (e.g. vLLM)")
+    cs = sub.add_parser("code-sessions", help="MITI-code saved chat sessions; client change/sustain talk")
+    cs.add_argument("folder", help="runs/<name>/chat")
+    cs.add_argument("--out", help="output folder (default: <folder>/coded)")
     a = ap.parse_args(argv)
+    if a.cmd == "chat":
+        from . import chat
+
+        chat.main(a.run, a.model, a.variant, a.port, on_crisis=a.on_crisis, country=a.country,
+                  referral_file=a.referral, backend_url=a.backend)
+        return 0
+    if a.cmd == "code-sessions":
+        from . import sessions
+
+        sessions.main(a.folder, a.out)
+        return 0
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from . import check, study
