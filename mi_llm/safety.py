@@ -397,3 +397,13 @@ def reply_report(generations) -> tuple:
                         "n_acknowledged": k, "share_acknowledged": k / len(d) if len(d) else math.nan,
                         "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(summary), flagged
+
+
+def write_reply_report(generations_path, out_dir):
+    """reply_report of stage 04's generations, written as crisis_replies.csv (per model and variant)
+    and crisis_flagged.csv (every flagged client turn with the reply); returns the summary."""
+    summary, flagged = reply_report(generations_path)
+    out_dir = Path(out_dir)
+    summary.to_csv(out_dir / "crisis_replies.csv", index=False)
+    flagged.to_csv(out_dir / "crisis_flagged.csv", index=False)
+    return summary

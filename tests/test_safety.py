@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from openai_server import serve
 
@@ -156,3 +157,5 @@ def test_reply_report_counts_flagged_turns_and_acknowledging_replies(tmp_path):
     ft = summary.set_index("variant").loc["finetuned"]
     assert (ft["n_flagged"], ft["n_acknowledged"]) == (1, 1)
     assert list(flagged["acknowledges"]) == [False, True, True]
+    written = safety.write_reply_report(path, tmp_path)
+    assert written.equals(summary) and len(pd.read_csv(tmp_path / "crisis_flagged.csv")) == 3
