@@ -368,6 +368,18 @@ class Chat:
     sessions: Sessions
     model_id: str
 
+    history: list = field(default_factory=list)  # talk()'s conversation so far
+    session: str | None = None  # talk()'s session id, set by the first answer
+    stop: object = None  # start(): stops the servers
+
+    def talk(self, text: str, **settings) -> str:
+        """One turn of a conversation kept here (notebooks): send, remember, return the reply."""
+        out = self.say(text, self.history, self.session, **settings)
+        reply = out["choices"][0]["message"]["content"]
+        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+        self.session = out["mi_llm"]["session"]
+        return reply
+
     def say(self, text: str, history: list[dict] | None = None, session: str | None = None,
             **settings) -> dict:
         """Send one client message (with the conversation so far); the endpoint's JSON answer."""
@@ -421,6 +433,14 @@ def serve(run_dir, model: str | None = None, variant: str = "finetuned", port: i
         finally:
             server.should_exit = True
             thread.join(timeout=15)
+
+
+def start(run_dir, model: str | None = None, variant: str = "finetuned", **kw) -> Chat:
+    """serve() without a with-block (notebooks): the servers run until chat.stop() or exit."""
+    stack = contextlib.ExitStack()
+    c = stack.enter_context(serve(run_dir, model, variant, **kw))
+    c.stop = stack.close
+    return c
 
 
 def main(run_dir, model=None, variant="finetuned", port=8765, **kw) -> None:
