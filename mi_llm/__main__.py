@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     ch.add_argument("--referral", help="YAML/JSON overriding the referral replies and hotlines")
     ch.add_argument("--on-crisis", default="refer", choices=["refer", "refer_then_reply"])
     ch.add_argument("--backend", help="an OpenAI-compatible server already serving the model (e.g. vLLM)")
+    ch.add_argument("--backend-model", help="the model name the backend expects (e.g. vLLM's LoRA module)")
     cs = sub.add_parser("code-sessions", help="MITI-code saved chat sessions; client change/sustain talk")
     cs.add_argument("folder", help="runs/<name>/chat")
     cs.add_argument("--out", help="output folder (default: <folder>/coded)")
@@ -36,7 +37,8 @@ def main(argv=None) -> int:
         from . import chat
 
         chat.main(a.run, a.model, a.variant, a.port, on_crisis=a.on_crisis, country=a.country,
-                  referral_file=a.referral, backend_url=a.backend)
+                  referral_file=a.referral, backend_url=a.backend,
+                  backend_model=a.backend_model)
         return 0
     if a.cmd == "code-sessions":
         from . import sessions

@@ -395,11 +395,13 @@ class Chat:
 @contextlib.contextmanager
 def serve(run_dir, model: str | None = None, variant: str = "finetuned", port: int = 0, *,
           on_crisis: str = "refer", country: str | None = None, referral_file=None,
-          backend_url: str | None = None, log_dir=None, serve_timeout: float = 300.0, max_tokens: int = 256):
+          backend_url: str | None = None, backend_model: str | None = None, log_dir=None,
+          serve_timeout: float = 300.0, max_tokens: int = 256):
     """Serve a run's model with the chat in front, on 127.0.0.1 (a background thread); yield a Chat.
 
     backend_url: an already running OpenAI-compatible server for the model (tests; vLLM on a GPU),
-    instead of starting `transformers serve`.
+    instead of starting `transformers serve`; backend_model: the model name its requests carry
+    (e.g. vLLM's LoRA module name; default: the served folder's path).
     """
     import uvicorn
 
@@ -415,8 +417,7 @@ def serve(run_dir, model: str | None = None, variant: str = "finetuned", port: i
             backend_url = stack.enter_context(llm.serve(served.folder, timeout=serve_timeout,
                                                         log_dir=log_dir or Path(run_dir) / "chat" / "logs"))
             backend_model = str(served.folder)
-        else:
-            backend_model = str(served.folder)
+        backend_model = backend_model or str(served.folder)
         app = make_app(served, backend_url, backend_model, sessions, on_crisis=on_crisis, country=country,
                        referral=referral, max_tokens=max_tokens)
         config = uvicorn.Config(app, host="127.0.0.1", port=port or llm._free_port(), log_level="warning")

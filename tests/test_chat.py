@@ -58,7 +58,7 @@ def counselor(req: dict) -> str:
 
 def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(tiny_model_dir, tiny_adapter, tmp_path):
     run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
-    with fake_model(counselor) as backend, chat.serve(run, backend_url=backend) as c:
+    with fake_model(counselor) as backend, chat.serve(run, backend_url=backend, backend_model="ft") as c:
         client = openai.OpenAI(base_url=c.url + "/v1", api_key="none")
         assert [m.id for m in client.models.list().data] == [f"{NAME}:finetuned"]
         msgs = [{"role": "user", "content": "我想少喝点酒，但是很难。"}]
@@ -69,7 +69,7 @@ def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(tiny_
         r2 = client.chat.completions.create(model=c.model_id, messages=msgs)  # no session id: matched
         other = client.chat.completions.create(model=c.model_id,
                                                messages=[{"role": "user", "content": "Hi there"}])
-        assert backend.stats.count == 3
+        assert backend.stats.count == 3 and {r["model"] for r in backend.stats.requests} == {"ft"}
     files = sorted((run / "chat").glob("*.jsonl"))
     assert len(files) == 2
     sessions = chat.read_sessions(run / "chat")
