@@ -134,3 +134,19 @@ def test_bad_requests_and_runs_are_refused_with_a_reason(tiny_model_dir, tiny_ad
     zz = chat.serve(run, variant="base", backend_url="http://127.0.0.1:9/v1", country="ZZ")
     with pytest.raises(ValueError, match="no crisis hotline configured for country 'ZZ'"), zz:
         pass
+
+
+def test_start_and_talk_keep_one_session_for_notebooks(tiny_model_dir, tiny_adapter, tmp_path):
+    run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
+    with fake_model(counselor) as backend:
+        c = chat.start(run, backend_url=backend)
+        try:
+            first = c.talk("我想多运动。")
+            second = c.talk("但是下班太累了。")
+        finally:
+            c.stop()
+        with pytest.raises(Exception):  # noqa: B017 (stopped: the port no longer answers)
+            c.say("还在吗？")
+    assert "[2 system]" in first and "[4 system]" in second  # the history travelled with each turn
+    (d,) = chat.read_sessions(run / "chat")
+    assert d.id == c.session and [t.text for t in d.turns] == ["我想多运动。", first, "但是下班太累了。", second]
