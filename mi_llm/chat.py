@@ -445,7 +445,13 @@ def start(run_dir, model: str | None = None, variant: str = "finetuned", **kw) -
 
 
 def main(run_dir, model=None, variant="finetuned", port=8765, **kw) -> None:
-    """The `python -m mi_llm chat` command: serve until interrupted."""
+    """The `python -m mi_llm chat` command: serve until interrupted (Ctrl-C or SIGTERM)."""
+    import signal
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)  # kill <pid> stops the model server too
     with serve(run_dir, model, variant, port, **kw) as c:
         print(f"[mi_llm] chat with {c.model_id} ({c.served.folder})\n"
               f"  page:     {c.url}/\n  endpoint: {c.url}/v1  (model {c.model_id!r})\n"

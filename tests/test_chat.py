@@ -150,3 +150,35 @@ def test_start_and_talk_keep_one_session_for_notebooks(tiny_model_dir, tiny_adap
     assert "[2 system]" in first and "[4 system]" in second  # the history travelled with each turn
     (d,) = chat.read_sessions(run / "chat")
     assert d.id == c.session and [t.text for t in d.turns] == ["我想多运动。", first, "但是下班太累了。", second]
+
+
+def test_chat_command_serves_until_sigterm(tiny_model_dir, tiny_adapter, tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with fake_model(counselor) as backend:
+        proc = subprocess.Popen([sys.executable, "-m", "mi_llm", "chat", str(run), "--port", str(port),
+                                 "--backend", backend], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            t0 = time.monotonic()
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                        page = r.read().decode()
+                    break
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() - t0 < 120, proc.stdout.read()
+                    time.sleep(0.3)
+            assert "gemma3-270m:finetuned" in page and "/v1/chat/completions" in page
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and f"page:     http://127.0.0.1:{port}/" in out
