@@ -26,7 +26,32 @@ def main(argv=None) -> int:
     df = dsub.add_parser("fetch", help="download, verify and pin corpora (all by default)")
     df.add_argument("names", nargs="*", metavar="NAME", help="corpora to fetch (data list)")
     df.add_argument("--dest", default="data/full", help="download folder (default data/full)")
+    ch = sub.add_parser("chat", help="serve a run's model (OpenAI endpoint + chat page, crisis-screened)")
+    ch.add_argument("run", help="runs/<name>")
+    ch.add_argument("--model", help="registry name (default: the run's first evaluated model)")
+    ch.add_argument("--variant", default="finetuned", choices=["base", "finetuned"])
+    ch.add_argument("--port", type=int, default=8765)
+    ch.add_argument("--country", help="crisis line of this country (CN, US, UK or one in --referral)")
+    ch.add_argument("--referral", help="YAML/JSON overriding the referral replies and hotlines")
+    ch.add_argument("--on-crisis", default="refer", choices=["refer", "refer_then_reply"])
+    ch.add_argument("--backend", help="an OpenAI-compatible server already serving the model (e.g. vLLM)")
+    ch.add_argument("--backend-model", help="the model name the backend expects (e.g. vLLM's LoRA module)")
+    cs = sub.add_parser("code-sessions", help="MITI-code saved chat sessions; client change/sustain talk")
+    cs.add_argument("folder", help="runs/<name>/chat")
+    cs.add_argument("--out", help="output folder (default: <folder>/coded)")
     a = ap.parse_args(argv)
+    if a.cmd == "chat":
+        from . import chat
+
+        chat.main(a.run, a.model, a.variant, a.port, on_crisis=a.on_crisis, country=a.country,
+                  referral_file=a.referral, backend_url=a.backend,
+                  backend_model=a.backend_model)
+        return 0
+    if a.cmd == "code-sessions":
+        from . import sessions
+
+        sessions.main(a.folder, a.out)
+        return 0
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if a.cmd == "data":
