@@ -253,7 +253,7 @@ def last_checkpoint(output_dir: Path) -> str | None:
 
 def train(P: Params, model_name: str, progress: bool = True, model_path=None, callbacks=()) -> dict:
     """LoRA-fine-tune one registry model on the MI corpus; resumes; returns report.json's dict."""
-    from trl import SFTTrainer
+    from .loss import LossPositionsSFTTrainer
 
     _require_valid(P)
     spec = models.get(model_name)
@@ -273,7 +273,7 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     dataset = build_dataset(P, tok)
     args = sft_config(P, spec, ckpt_dir, disable_tqdm=not progress)
     log = _log_callback(out / "train_log.csv", start_step)
-    trainer = SFTTrainer(
+    trainer = LossPositionsSFTTrainer(  # TRL's SFTTrainer, output layer at the label positions only
         model=model, args=args, train_dataset=dataset, processing_class=tok,
         peft_config=lora_config(P, spec), callbacks=[log, *callbacks],
     )
