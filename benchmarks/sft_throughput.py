@@ -27,7 +27,7 @@ multiply-add = 2 FLOPs; recomputation under gradient checkpointing is not counte
                       c = mean number of keys a query attends to (causal: (len+1)/2 per sequence)
 where N_matmul counts the weights of every Linear layer incl. the output layer (not the embedding
 lookup), L layers, d_attn = heads * head_dim. MFU = achieved FLOP/s / peak FLOP/s; the peak is the
-datasheet's dense bf16 figure on known GPUs, else (CPU) a measured large bf16 matmul.
+datasheet's dense bf16 figure on known GPUs, else (CPU) a measured large matmul in the compute dtype.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def bpe_tokenizer(rows, vocab_size=8000):
                                    pad_token=specials[1])
 
 
-def build_model(args, attn: str):
+def build_model(args, attn: str, dtype: str = "bfloat16"):
     """(model, tokenizer, registry spec): the embedded Gemma or a random Llama from a config."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -89,7 +89,7 @@ def build_model(args, attn: str):
     from mi_llm import models
 
     if args.model:
-        model, tok = models.load(args.model, dtype="bfloat16")  # SDPA
+        model, tok = models.load(args.model, dtype=dtype)  # SDPA
         return model, tok, models.get(args.model)
     spec = models.get("llama3-8b-chinese-chat-v2")  # its template and LoRA targets
     tok = models.prepare_tokenizer(spec, bpe_tokenizer(data_rows()))
@@ -98,7 +98,7 @@ def build_model(args, attn: str):
                       pad_token_id=tok.pad_token_id, attn_implementation=attn)
     torch.manual_seed(0)
     with torch.device("cuda" if args.gpu else "cpu"):  # initialised in place, in bf16 (16 GB at 8B)
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
     return model, tok, spec
 
 
@@ -126,9 +126,12 @@ def peak_flops(gpu: bool) -> tuple[float, str]:
         for key, val in GPU_PEAK_BF16.items():
             if key in name:
                 return val, f"{name} datasheet dense bf16"
-    n, dev = (8192, "cuda") if gpu else (2048, "cpu")
-    a = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
-    b = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
+    from mi_llm import models
+
+    n, dev = (8192, "cuda") if gpu else (1024, "cpu")
+    dtype = getattr(torch, models.compute_dtype("bfloat16", dev))  # fp32 on a CPU without native bf16
+    a = torch.randn(n, n, dtype=dtype, device=dev)
+    b = torch.randn(n, n, dtype=dtype, device=dev)
     for _ in range(2):
         a @ b
     reps, t0 = 5, time.perf_counter()
@@ -136,7 +139,7 @@ def peak_flops(gpu: bool) -> tuple[float, str]:
         a @ b
     if gpu:
         torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - t0), f"measured {n}^3 bf16 matmul on {dev}"
+    return 2 * n**3 * reps / (time.perf_counter() - t0), f"measured {n}^3 {str(dtype)[6:]} matmul on {dev}"
 
 
 def has(package: str) -> bool:
@@ -153,12 +156,15 @@ def run_one(args, which: str) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from mi_llm import params, sft
+    from mi_llm import models, params, sft
     from mi_llm.loss import LossPositionsSFTTrainer, use_liger
 
     project = which == "project"
     attn = "flash_attention_2" if project and args.gpu and has("flash_attn") and not args.model else "sdpa"
-    model, tok, spec = build_model(args, attn)
+    # defaults: the checkpoint's bf16 (TRL loads dtype "auto" and trains with bf16 autocast);
+    # project: models.compute_dtype, fp32 on a CPU without native bf16
+    dtype = models.compute_dtype("bfloat16", "cuda" if args.gpu else "cpu") if project else "bfloat16"
+    model, tok, spec = build_model(args, attn, dtype)
     rows = data_rows()
     lens = [min(len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True)
                     ["input_ids"]), args.seq) for r in rows]
@@ -217,7 +223,11 @@ def run_one(args, which: str) -> dict:
 def optimisations(gpu: bool, model: str | None) -> list[str]:
     """The project's optimisations and whether each is active on this device."""
     cuda = gpu
+    from mi_llm import models
+
+    bf16 = cuda or models.cpu_bf16()
     return [
+        f"bf16: {'on' if bf16 else 'off: this CPU has no native bf16 (emulated matmuls ~50x slower), fp32 instead'}",
         "output layer + cross-entropy at label positions only: on",
         "padding-free best-fit-decreasing packing: on",
         f"FlashAttention-2: {'on' if cuda and has('flash_attn') and not model else 'off (GPU with flash_attn only; SDPA here)'}",

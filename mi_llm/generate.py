@@ -215,8 +215,11 @@ def read_generations(path: str | Path) -> list[dict]:
 def _append(path: Path, records: list[dict]) -> None:
     """Append records and fsync, after cutting a torn last line left by a crash."""
     if path.exists() and path.stat().st_size:
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
+        with open(path, "rb") as f:  # the last byte only: appending costs O(batch), not O(file)
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:  # after a crash only: cut back to the last complete line
+            data = path.read_bytes()
             with open(path, "r+b") as f:
                 f.truncate(data.rfind(b"\n") + 1)
     with open(path, "a", encoding="utf-8") as f:

@@ -227,3 +227,23 @@ def test_conditioned_on_an_untagged_corpus_warns(tiny_model_dir, tiny_adapter, t
         recs = generate.run(P, test, tmp_path / "g.jsonl", model_paths={NAME: tiny_model_dir},
                             adapter_dirs={NAME: tiny_adapter}, progress=False)
     assert [r["behaviour"] for r in recs] == ["open_question"]
+
+
+def test_append_reads_no_earlier_record(tmp_path, monkeypatch):
+    """Appending a batch costs O(batch): the file is not re-read (O(n^2) over a corpus), unless torn."""
+    from pathlib import Path
+
+    out = tmp_path / "g.jsonl"
+    generate._append(out, [{"i": i} for i in range(3)])
+
+    def refuse(self, *a, **kw):
+        raise AssertionError(f"{self} re-read on append")
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "read_bytes", refuse)
+        m.setattr(Path, "read_text", refuse)
+        generate._append(out, [{"i": 3}])
+    with open(out, "a", encoding="utf-8") as f:
+        f.write('{"i": 99, "torn')  # a crash in the middle of a line
+    generate._append(out, [{"i": 4}])
+    assert [r["i"] for r in generate.read_generations(out)] == [0, 1, 2, 3, 4]
