@@ -247,3 +247,27 @@ def test_append_reads_no_earlier_record(tmp_path, monkeypatch):
         f.write('{"i": 99, "torn')  # a crash in the middle of a line
     generate._append(out, [{"i": 4}])
     assert [r["i"] for r in generate.read_generations(out)] == [0, 1, 2, 3, 4]
+
+
+def test_greedy_loop_drops_finished_rows_and_matches_generate(tiny_model_dir):
+    """Our greedy loop (finished rows leave the batch) writes what transformers' generate writes."""
+    import torch
+
+    model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=3, context_turns=4)]
+    tok.padding_side = "left"
+    enc = tok(generate.prompt_texts(tok, prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    cfg = generate.generation_config(model, tok, 12)
+    # stop on frequent tokens of this random model, so that rows finish at different steps
+    with torch.inference_mode():
+        free = model.generate(**enc, generation_config=generate.generation_config(model, tok, 12))
+    new = free[:, enc["input_ids"].shape[1]:]
+    eos = {int(new[0, 2]), int(new[-1, 5])}
+    cfg.eos_token_id = sorted(eos)
+    with torch.inference_mode():
+        want = model.generate(**enc, generation_config=cfg)[:, enc["input_ids"].shape[1]:].tolist()
+        got = generate.greedy_rows(model, enc["input_ids"], enc["attention_mask"], 12, eos)
+    lengths = [len(r) for r in got]
+    assert len(set(lengths)) > 1  # rows did finish at different steps
+    for g, w in zip(got, want):
+        assert g == w[:len(g)] and (len(g) == 12 or g[-1] in eos)
