@@ -4,14 +4,19 @@
     .venv/bin/python benchmarks/sft_throughput.py --model gemma3-270m   # CPU: the embedded model
     python benchmarks/sft_throughput.py --gpu                # GPU: an 8B Llama-3-shaped random model
 
-Both configurations train the same LoRA (r=16, all linear layers) with the loss on assistant tokens
-on the same samples (the shipped PsyDTCorpus dialogues, one sample per counselor reply with 6 turns
-of context) and the same rows per step. They differ only in what the project switches on:
-  defaults: TRL's SFTConfig as is (rows padded to the longest in the batch, no packing)
-  project : padding-free best-fit-decreasing packing (sft.sft_config), FlashAttention-2 when the
-            flash_attn package is installed (else SDPA), Liger fused kernels when liger_kernel is
-            installed (GPU).
-Each configuration runs in its own subprocess so that peak memory is its own.
+Both configurations train the same LoRA (r=16, all linear layers) on the same samples (the shipped
+PsyDTCorpus dialogues, one prompt/completion sample per counselor reply with 6 turns of context, so
+the loss is on the reply) with the same rows per step and max_length:
+  defaults: TRL as a user runs it: SFTTrainer + SFTConfig(max_steps, per_device_train_batch_size,
+            max_length) and nothing else (rows padded to the longest in the batch, no packing; TRL's
+            fused LM head, which on CPU scores every position of the vocabulary)
+  project : mi_llm.sft's configuration (sft.sft_config) and trainer (mi_llm.loss): the output
+            layer and cross-entropy at the label positions only, padding-free best-fit-decreasing
+            packing, FlashAttention-2 when flash_attn is installed (GPU; else SDPA), Liger's fused
+            linear cross-entropy and kernels when liger_kernel is installed (GPU).
+The optimisations active on this device are printed. The peak FLOP/s behind MFU is measured (or
+read from the datasheet) in its own step before any training. Each configuration runs in its own
+subprocess so that peak memory (CUDA allocated on a GPU, and the process' peak RSS) is its own.
 
 Tokens are real (non-padding) tokens. FLOPs per real token, counted as model FLOPs (a
 multiply-add = 2 FLOPs; recomputation under gradient checkpointing is not counted):
@@ -22,7 +27,7 @@ multiply-add = 2 FLOPs; recomputation under gradient checkpointing is not counte
                       c = mean number of keys a query attends to (causal: (len+1)/2 per sequence)
 where N_matmul counts the weights of every Linear layer incl. the output layer (not the embedding
 lookup), L layers, d_attn = heads * head_dim. MFU = achieved FLOP/s / peak FLOP/s; the peak is the
-datasheet's dense bf16 figure on known GPUs, else (CPU) a measured large bf16 matmul.
+datasheet's dense bf16 figure on known GPUs, else (CPU) a measured large matmul in the compute dtype.
 """
 
 from __future__ import annotations
@@ -44,10 +49,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 SHAPES = {  # random-weight Llama shapes (no download)
-    "cpu": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                num_key_value_heads=8, vocab_size=32000),
-    "gpu": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                num_key_value_heads=8, vocab_size=128256),  # Llama-3-8B
+    "cpu": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8, "num_attention_heads": 8,
+                "num_key_value_heads": 8, "vocab_size": 32000},
+    "gpu": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                "num_key_value_heads": 8, "vocab_size": 128256},  # Llama-3-8B
 }
 
 
@@ -76,7 +81,7 @@ def bpe_tokenizer(rows, vocab_size=8000):
                                    pad_token=specials[1])
 
 
-def build_model(args, attn: str):
+def build_model(args, attn: str, dtype: str = "bfloat16"):
     """(model, tokenizer, registry spec): the embedded Gemma or a random Llama from a config."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -84,7 +89,7 @@ def build_model(args, attn: str):
     from mi_llm import models
 
     if args.model:
-        model, tok = models.load(args.model, dtype="bfloat16")  # SDPA
+        model, tok = models.load(args.model, dtype=dtype)  # SDPA
         return model, tok, models.get(args.model)
     spec = models.get("llama3-8b-chinese-chat-v2")  # its template and LoRA targets
     tok = models.prepare_tokenizer(spec, bpe_tokenizer(data_rows()))
@@ -93,7 +98,7 @@ def build_model(args, attn: str):
                       pad_token_id=tok.pad_token_id, attn_implementation=attn)
     torch.manual_seed(0)
     with torch.device("cuda" if args.gpu else "cpu"):  # initialised in place, in bf16 (16 GB at 8B)
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
     return model, tok, spec
 
 
@@ -121,9 +126,12 @@ def peak_flops(gpu: bool) -> tuple[float, str]:
         for key, val in GPU_PEAK_BF16.items():
             if key in name:
                 return val, f"{name} datasheet dense bf16"
-    n, dev = (8192, "cuda") if gpu else (2048, "cpu")
-    a = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
-    b = torch.randn(n, n, dtype=torch.bfloat16, device=dev)
+    from mi_llm import models
+
+    n, dev = (8192, "cuda") if gpu else (1024, "cpu")
+    dtype = getattr(torch, models.compute_dtype("bfloat16", dev))  # fp32 on a CPU without native bf16
+    a = torch.randn(n, n, dtype=dtype, device=dev)
+    b = torch.randn(n, n, dtype=dtype, device=dev)
     for _ in range(2):
         a @ b
     reps, t0 = 5, time.perf_counter()
@@ -131,7 +139,7 @@ def peak_flops(gpu: bool) -> tuple[float, str]:
         a @ b
     if gpu:
         torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - t0), f"measured {n}^3 bf16 matmul on {dev}"
+    return 2 * n**3 * reps / (time.perf_counter() - t0), f"measured {n}^3 {str(dtype)[6:]} matmul on {dev}"
 
 
 def has(package: str) -> bool:
@@ -148,26 +156,35 @@ def run_one(args, which: str) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from mi_llm import params, sft
+    from mi_llm import models, params, sft
+    from mi_llm.loss import LossPositionsSFTTrainer, use_liger
 
     project = which == "project"
     attn = "flash_attention_2" if project and args.gpu and has("flash_attn") and not args.model else "sdpa"
-    model, tok, spec = build_model(args, attn)
+    # defaults: the checkpoint's bf16 (TRL loads dtype "auto" and trains with bf16 autocast);
+    # project: models.compute_dtype, fp32 on a CPU without native bf16
+    dtype = models.compute_dtype("bfloat16", "cuda" if args.gpu else "cpu") if project else "bfloat16"
+    model, tok, spec = build_model(args, attn, dtype)
     rows = data_rows()
     lens = [min(len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True)
                     ["input_ids"]), args.seq) for r in rows]
     mean_ctx = sum(n * (n + 1) / 2 for n in lens) / sum(lens)  # keys per query, token-weighted
-    common = dict(max_steps=args.warmup + args.steps, per_device_train_batch_size=args.batch,
-                  max_length=args.seq, learning_rate=1e-4, bf16=True, logging_steps=1, save_strategy="no",
-                  report_to="none", assistant_only_loss=True, include_num_input_tokens_seen="non_padding",
-                  disable_tqdm=True, gradient_checkpointing=args.grad_ckpt)
+    common = {"max_steps": args.warmup + args.steps, "per_device_train_batch_size": args.batch,
+                  "max_length": args.seq, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
+                  "include_num_input_tokens_seen": "non_padding", "disable_tqdm": True}
     out_dir = tempfile.mkdtemp(prefix=f"sft-bench-{which}-")
     if project:
+        liger = args.gpu and has("liger_kernel")
         P = params.from_dict({"name": "bench", "device": "cuda" if args.gpu else "cpu", "seed": 0,
-                              "sft": {"config": {**common, "use_liger_kernel": args.gpu and has("liger_kernel")}}})
+                              "sft": {"config": {**common, "learning_rate": 1e-4,
+                                                 "gradient_checkpointing": args.grad_ckpt,
+                                                 "use_liger_kernel": liger}}})
         cfg = sft.sft_config(P, spec, out_dir)
-    else:
-        cfg = SFTConfig(output_dir=out_dir, seed=0, use_cpu=not args.gpu, **common)
+        trainer_cls = LossPositionsSFTTrainer
+    else:  # the user's few lines; gradient checkpointing only where the model would not fit without it
+        cfg = SFTConfig(output_dir=out_dir, seed=0, use_cpu=not args.gpu, learning_rate=1e-4,
+                        gradient_checkpointing=args.grad_ckpt, **common)
+        trainer_cls = SFTTrainer
     P = params.from_dict({"name": "bench", "sft": {"lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0}}})
     timer = {}
 
@@ -184,21 +201,38 @@ def run_one(args, which: str) -> dict:
             timer.update(t1=time.perf_counter(), tok1=state.num_input_tokens_seen)
 
     data = Dataset.from_list(rows * max(1, (args.batch * (args.warmup + args.steps) * 2) // len(rows) + 1))
-    trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok,
-                         peft_config=sft.lora_config(P, spec), callbacks=[Timer()])
+    trainer = trainer_cls(model=model, args=cfg, train_dataset=data, processing_class=tok,
+                          peft_config=sft.lora_config(P, spec), callbacks=[Timer()])
     if args.gpu:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     secs, tokens = timer["t1"] - timer["t0"], timer["tok1"] - timer["tok0"]
     fpt, n_matmul, n_lora = flops_per_token(trainer.model, mean_ctx)
-    peak, peak_src = peak_flops(args.gpu)
-    mem = (torch.cuda.max_memory_allocated() / 2**20 if args.gpu
-           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = args.peak_flops
+    mem = torch.cuda.max_memory_allocated() / 2**20 if args.gpu else None
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    device = "cuda" if args.gpu else "cpu"
     return {"config": which, "attn": attn, "packing": bool(cfg.packing), "liger": bool(cfg.use_liger_kernel),
+            "loss_positions": project, "liger_flce": project and use_liger(device),
             "tokens_per_s": tokens / secs, "s_per_step": secs / args.steps, "tokens_per_step": tokens / args.steps,
-            "tflops": tokens / secs * fpt / 1e12, "mfu": tokens / secs * fpt / peak, "peak_mem_mb": mem,
-            "flops_per_token": fpt, "n_matmul": n_matmul, "n_lora": n_lora, "mean_ctx": mean_ctx,
-            "peak_flops": peak, "peak_src": peak_src}
+            "tflops": tokens / secs * fpt / 1e12, "mfu": tokens / secs * fpt / peak,
+            "peak_mem_mb": mem if mem is not None else rss, "peak_rss_mb": rss,
+            "flops_per_token": fpt, "n_matmul": n_matmul, "n_lora": n_lora, "mean_ctx": mean_ctx}
+
+
+def optimisations(gpu: bool, model: str | None) -> list[str]:
+    """The project's optimisations and whether each is active on this device."""
+    cuda = gpu
+    from mi_llm import models
+
+    bf16 = cuda or models.cpu_bf16()
+    return [
+        f"bf16: {'on' if bf16 else 'off: this CPU has no native bf16 (emulated matmuls ~50x slower), fp32 instead'}",
+        "output layer + cross-entropy at label positions only: on",
+        "padding-free best-fit-decreasing packing: on",
+        f"FlashAttention-2: {'on' if cuda and has('flash_attn') and not model else 'off (GPU with flash_attn only; SDPA here)'}",
+        f"Liger fused linear cross-entropy + kernels: {'on' if cuda and has('liger_kernel') else 'off (GPU with liger_kernel only)'}",
+    ]
 
 
 def main() -> int:
@@ -210,23 +244,35 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=4, help="measured steps")
     ap.add_argument("--warmup", type=int, default=2, help="steps before timing starts")
     ap.add_argument("--grad-ckpt", type=int, help="gradient checkpointing 0/1 (default: 1 on GPU, 0 on CPU)")
-    ap.add_argument("--one", choices=["defaults", "project"], help=argparse.SUPPRESS)
+    ap.add_argument("--one", choices=["defaults", "project", "peak"], help=argparse.SUPPRESS)
+    ap.add_argument("--peak-flops", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.batch = a.batch or (4 if a.gpu else 2)
     a.seq = a.seq or (2048 if a.gpu else 512)
     a.grad_ckpt = bool(a.gpu if a.grad_ckpt is None else a.grad_ckpt)  # 8B x 8k tokens/step needs it
+    if a.one == "peak":
+        Path(a.out).write_text(json.dumps(peak_flops(a.gpu)))
+        return 0
     if a.one:
         Path(a.out).write_text(json.dumps(run_one(a, a.one)))
         return 0
-    results = []
-    for which in ["defaults", "project"]:  # separate processes: each its own peak memory
+
+    def sub(which: str, *extra: str):  # separate processes: each its own peak memory
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             cmd = [sys.executable, __file__, "--one", which, "--out", f.name, "--batch", str(a.batch),
-                   "--seq", str(a.seq), "--steps", str(a.steps), "--warmup", str(a.warmup), "--grad-ckpt", str(int(a.grad_ckpt))]
+                   "--seq", str(a.seq), "--steps", str(a.steps), "--warmup", str(a.warmup),
+                   "--grad-ckpt", str(int(a.grad_ckpt)), *extra]
             cmd += ["--gpu"] * a.gpu + (["--model", a.model] if a.model else [])
             subprocess.run(cmd, check=True)
-            results.append(json.loads(Path(f.name).read_text()))
+            return json.loads(Path(f.name).read_text())
+
+    peak, peak_src = sub("peak")  # before any training, on an otherwise idle process
+    print(f"peak {peak / 1e12:.2f} TFLOP/s ({peak_src}), measured before training", flush=True)
+    print("project optimisations on this device:\n  " + "\n  ".join(optimisations(a.gpu, a.model)), flush=True)
+    results = [sub(which, "--peak-flops", str(peak)) for which in ["defaults", "project"]]
+    for r in results:
+        r.update(peak_flops=peak, peak_src=peak_src)
     print_table(a, results)
     return 0
 
@@ -240,11 +286,12 @@ def print_table(a, results) -> None:
           f"gradient checkpointing {a.grad_ckpt} (recompute not counted)")
     print(f"FLOPs/token = 4*N_matmul + 6*N_lora + 12*L*d_attn*ctx = {r0['flops_per_token'] / 1e9:.3f} GFLOP; "
           f"peak {r0['peak_flops'] / 1e12:.2f} TFLOP/s ({r0['peak_src']})")
-    print(f"{'config':9} {'attn':18} {'packing':7} {'liger':5} {'tok/step':>8} {'s/step':>7} {'tok/s':>9} "
-          f"{'TFLOP/s':>8} {'MFU':>6} {'peak MB':>8}")
+    print(f"{'config':9} {'attn':18} {'packing':7} {'liger':5} {'loss pos':8} {'tok/step':>8} {'s/step':>7} "
+          f"{'tok/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak MB':>8} {'peak RSS MB':>11}")
     for r in results:
-        print(f"{r['config']:9} {r['attn']:18} {r['packing']!s:7} {r['liger']!s:5} {r['tokens_per_step']:8.0f} "
-              f"{r['s_per_step']:7.2f} {r['tokens_per_s']:9.1f} {r['tflops']:8.3f} {r['mfu']:6.1%} {r['peak_mem_mb']:8.0f}")
+        print(f"{r['config']:9} {r['attn']:18} {r['packing']!s:7} {r['liger']!s:5} {r['loss_positions']!s:8} "
+              f"{r['tokens_per_step']:8.0f} {r['s_per_step']:7.2f} {r['tokens_per_s']:9.1f} {r['tflops']:8.3f} "
+              f"{r['mfu']:6.1%} {r['peak_mem_mb']:8.0f} {r['peak_rss_mb']:11.0f}")
     print(f"project / defaults tokens/s: {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
 
 

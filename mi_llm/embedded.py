@@ -77,6 +77,77 @@ def _convert(target: Path, progress: bool) -> None:
     gguf.unlink(missing_ok=True)  # the package can assemble it again in <1 s
 
 
+# ----------------------------------------------------------------------------- in-process generation
+class Generator:
+    """The embedded model answering chat requests in this process, in batches (llm provider embedded).
+
+    The model loads on the first request that the answer cache does not hold, so a re-run whose
+    answers are all cached loads nothing. Prompts are sorted by length and left-padded; each batch
+    is one `generate` call (greedy at temperature 0, else sampled with a seed per batch); a reply
+    stops at the model's end-of-turn token.
+    """
+
+    def __init__(self, folder, batch_size: int = 8, device: str | None = None, seed: int = 0):
+        self.folder, self.batch_size, self.seed = Path(folder), batch_size, seed
+        self.device = device
+        self.model = self.tok = None
+
+    def load(self):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.model is None:
+            self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.tok = AutoTokenizer.from_pretrained(str(self.folder))
+            self.tok.padding_side = "left"
+            if self.tok.pad_token is None:
+                self.tok.pad_token = self.tok.eos_token
+            from . import models
+
+            # the checkpoint's dtype, but fp32 on a CPU without native bf16 (emulated bf16 is ~50x slower)
+            dtype = "float32" if models.compute_dtype("bfloat16", self.device) == "float32" else "auto"
+            self.model = AutoModelForCausalLM.from_pretrained(str(self.folder), dtype=dtype,
+                                                              attn_implementation="sdpa")
+            self.model.to(self.device).eval()
+        return self.model, self.tok
+
+    def batches(self, prompts: list[list[dict]], settings: dict):
+        """Yield (indices, [(text, finish_reason, prompt_tokens, completion_tokens)]) per batch.
+
+        settings: the chat-completion settings the requests carry (max_tokens, temperature, top_p).
+        """
+        import torch
+
+        unknown = set(settings) - {"max_tokens", "temperature", "top_p"}
+        if unknown:
+            raise ValueError(f"in-process embedded model: unsupported request settings {sorted(unknown)}")
+        model, tok = self.load()
+        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        ids = tok(texts, add_special_tokens=False)["input_ids"]  # the template writes <bos> itself
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
+        temp = settings.get("temperature") or 0.0
+        gen = {"max_new_tokens": settings.get("max_tokens") or 256, "do_sample": temp > 0,
+               "pad_token_id": tok.pad_token_id}
+        gen.update({"temperature": temp, "top_p": settings.get("top_p") or 1.0, "top_k": 0} if temp > 0
+                   else {"temperature": None, "top_p": None, "top_k": None})
+        eos = model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        for n, start in enumerate(range(0, len(order), self.batch_size)):
+            idx = order[start:start + self.batch_size]
+            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            torch.manual_seed(self.seed + n)
+            with torch.inference_mode():
+                out = model.generate(**enc.to(self.device), **gen)
+            answers = []
+            for i, row in zip(idx, out[:, enc["input_ids"].shape[1]:].tolist()):
+                stop = next((j for j, t in enumerate(row) if t in eos), None)
+                new = row[:stop] if stop is not None else [t for t in row if t != tok.pad_token_id]
+                text = tok.decode(new, skip_special_tokens=True).strip()
+                answers.append((text, "stop" if stop is not None else "length", len(ids[i]),
+                                len(new) + (stop is not None)))
+            yield idx, answers
+
+
 # ----------------------------------------------------------------------------- the server's watchdog
 def watch_parent(parent: int, interval: float = 0.5) -> threading.Thread:
     """Kill this process (its whole group when it leads one) once `parent` is no longer its parent."""

@@ -170,17 +170,59 @@ def generate_batches(model, tokenizer, prompts: list[list[dict]], *, batch_size:
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: OOM shows early
     device = next(model.parameters()).device
+    # plain greedy decoding (no sampling, penalties or other processors): our loop, which drops
+    # finished rows from the batch; anything else goes to transformers' generate
+    greedy_loop = not cfg.do_sample and not overrides and cfg.num_beams == 1
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
                         add_special_tokens=False).to(device)
         with torch.inference_mode():
-            out = model.generate(**enc, generation_config=cfg)
+            if greedy_loop:
+                rows = greedy_rows(model, enc["input_ids"], enc["attention_mask"], cfg.max_new_tokens, eos)
+            else:
+                rows = model.generate(**enc, generation_config=cfg)[:, enc["input_ids"].shape[1]:].tolist()
         replies = []
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():  # the new tokens of each prompt
+        for row in rows:  # the new tokens of each prompt
             stop = next((j for j, t in enumerate(row) if t in eos), len(row))
             replies.append(tokenizer.decode(row[:stop], skip_special_tokens=True).strip())
         yield idx, replies
+
+
+def greedy_rows(model, input_ids, attention_mask, max_new_tokens: int, eos: set[int]) -> list[list[int]]:
+    """Greedy continuation of a left-padded batch; a row leaves the batch (and its KV cache) as
+    soon as it writes an eos id, so the remaining steps compute only the unfinished rows.
+
+    The same tokens as `generate` with do_sample=False: the same positions (counted over the real
+    tokens), attention mask and cache; returns each row's new tokens, ending at its eos if any.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    step_ids, length = input_ids, input_ids.shape[1]
+    alive = torch.arange(input_ids.shape[0])
+    rows: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    eos_t = torch.tensor(sorted(eos), device=input_ids.device)
+    for step in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=positions,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1,
+                    cache_position=torch.arange(length - step_ids.shape[1], length, device=input_ids.device))
+        nxt = out.logits[:, -1].argmax(-1)
+        for r, t in zip(alive.tolist(), nxt.tolist()):
+            rows[r].append(t)
+        going = ~torch.isin(nxt, eos_t)
+        if not going.any() or step == max_new_tokens - 1:
+            break
+        if not going.all():  # finished rows leave the batch
+            keep = going.nonzero().flatten()
+            cache.batch_select_indices(keep)
+            alive, nxt, attention_mask = alive[keep], nxt[keep], attention_mask[keep]
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+        positions = attention_mask.sum(-1, keepdim=True) - 1
+        step_ids, length = nxt[:, None], length + 1
+    return rows
 
 
 def generate(model, tokenizer, prompts: list[list[dict]], **kw) -> list[str]:
@@ -215,8 +257,11 @@ def read_generations(path: str | Path) -> list[dict]:
 def _append(path: Path, records: list[dict]) -> None:
     """Append records and fsync, after cutting a torn last line left by a crash."""
     if path.exists() and path.stat().st_size:
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
+        with open(path, "rb") as f:  # the last byte only: appending costs O(batch), not O(file)
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:  # after a crash only: cut back to the last complete line
+            data = path.read_bytes()
             with open(path, "r+b") as f:
                 f.truncate(data.rfind(b"\n") + 1)
     with open(path, "a", encoding="utf-8") as f:

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +48,13 @@ class Endpoint:
     model: str  # the model id sent with every request
     api_key: str = field(repr=False)  # never printed, never stored
     provider: str = "remote"
+    local: object = field(default=None, repr=False)  # embedded: the in-process embedded.Generator
+    opener: object = field(default=None, repr=False)  # serve: starts the server, returns its base URL
+
+    def open(self) -> None:
+        """Start what answers the requests (a lazily served model) when it has not started yet."""
+        if self.opener is not None and not self.base_url:
+            self.base_url = self.opener()
 
 
 def model_folder(name: str) -> Path:
@@ -158,10 +165,21 @@ def endpoint(llm_params, log_dir: Path | None = None):
         yield Endpoint(base, llm_params.model, key, "remote")
         return
     folder = model_folder(llm_params.model)
-    with serve(folder, timeout=llm_params.serve_timeout, log_dir=log_dir,
-               kv_tokens=llm_params.serve_kv_tokens, batch_tokens=llm_params.serve_batch_tokens) as base:
+    if llm_params.provider == "embedded":  # in this process, batched; the model loads on the first uncached request
+        from . import embedded
+
+        # the model id is the folder, as with the server: both providers share cached answers
+        yield Endpoint("", str(folder), "embedded-no-key", "embedded",
+                       local=embedded.Generator(folder, batch_size=llm_params.max_concurrency))
+        return
+    with ExitStack() as stack:  # serve: the server starts on the first request the cache does not hold
+        def opener():
+            return stack.enter_context(serve(folder, timeout=llm_params.serve_timeout, log_dir=log_dir,
+                                             kv_tokens=llm_params.serve_kv_tokens,
+                                             batch_tokens=llm_params.serve_batch_tokens))
+
         # the server is pinned to the folder: requests must name it as their model
-        yield Endpoint(base, str(folder), "embedded-no-key", "embedded")
+        yield Endpoint("", str(folder), "embedded-no-key", "serve", opener=opener)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -358,6 +376,38 @@ async def _run_live(ep, todo, llm_params, cache, settings, validate, truncated_o
         await client.close()
 
 
+def _run_local(ep, todo, llm_params, cache, settings, validate, truncated_ok, bar, last):
+    """As _run_live for the in-process embedded model: cache first, the misses in generate batches."""
+    misses = []
+    for req, res, attempt in todo:
+        key = cache_key(ep.model, settings, req.messages, attempt)
+        a = cache.get(key)
+        if a is None:
+            misses.append((req, res, attempt, key))
+        else:
+            _accept(res, a, attempt, req.validate or validate, truncated_ok, bar, last)
+    if not misses:
+        return
+    for idx, answers in ep.local.batches([m[0].messages for m in misses], settings):
+        for i, (text, finish, n_prompt, n_completion) in zip(idx, answers):
+            req, res, attempt, key = misses[i]
+            res.api_calls += 1
+            a = Answer(text, finish, n_prompt, n_completion)
+            cache.put(key, req.key, ep.model, a)  # committed batch by batch (kill -9 safe)
+            _accept(res, a, attempt, req.validate or validate, truncated_ok, bar, last)
+
+
+def _accept(res, a, attempt, validate, truncated_ok, bar, last) -> None:
+    res.attempts = attempt + 1
+    _judge(res, a, validate, truncated_ok)
+    if res.ok or last:
+        bar.update(1)  # this request is final
+
+
+def _uncached(ep, todo, cache, settings) -> bool:
+    return any(cache.get(cache_key(ep.model, settings, q.messages, attempt)) is None for q, _, attempt in todo)
+
+
 def _in_thread(coro):
     """Run a coroutine on its own loop in a worker thread (notebooks already run a loop here)."""
     loop = asyncio.new_event_loop()
@@ -395,8 +445,13 @@ def complete(ep: Endpoint, requests: list[Request], *, llm_params, cache_path, s
             todo = [(q, r, attempt) for q, r in pending]
             if batch_dir is not None:  # fill the cache through the Batch API; the live pass then reads it
                 batch.run_batch(ep, todo, llm_params, cache, settings, Path(batch_dir) / f"attempt{attempt}")
-            _in_thread(_run_live(ep, todo, llm_params, cache, settings, validate, truncated_ok, bar,
-                                 attempt == retries))
+            if ep.local is not None or not _uncached(ep, todo, cache, settings):
+                # in process, or every answer cached: a served model is never started for nothing
+                _run_local(ep, todo, llm_params, cache, settings, validate, truncated_ok, bar, attempt == retries)
+            else:
+                ep.open()
+                _in_thread(_run_live(ep, todo, llm_params, cache, settings, validate, truncated_ok, bar,
+                                     attempt == retries))
             # a transport failure already used its own retries; only invalid answers are asked again
             pending = [(q, r) for q, r in pending if not (r.ok or r.error.startswith("transport"))]
             if not pending:

@@ -27,7 +27,7 @@ class ParamsError(ValueError):
 # ----------------------------------------------------------------------------- sections
 @dataclass
 class LLMParams:
-    provider: str = "embedded"  # embedded: serve a registry model on 127.0.0.1 | remote: base_url
+    provider: str = "embedded"  # embedded: in this process | serve: `transformers serve` | remote: base_url
     model: str = "gemma3-270m"  # registry name (embedded) or the endpoint's model id (remote)
     base_url: str | None = None  # remote only; None reads $OPENAI_BASE_URL, then OpenAI's default
     api_key_env: str = "OPENAI_API_KEY"  # name of the env var holding the key (never the key)
@@ -255,7 +255,7 @@ def from_dict(data: dict, where: str = "params") -> Params:
     p = _build(Params, data, where)
     check_ranges(p, where)
     for choice, allowed in [
-        (("llm", "provider"), ("embedded", "remote")),
+        (("llm", "provider"), ("embedded", "serve", "remote")),
         (("corpora", "on_error"), ("raise", "skip")),
         (("transcription", "unit"), ("dialogue", "turn")),
         (("device",), ("auto", "cpu", "cuda")),

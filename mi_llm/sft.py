@@ -93,7 +93,17 @@ def sft_config(P: Params, spec: models.ModelSpec, output_dir: Path, **overrides)
         kw.update(packing=True, packing_strategy="bfd")
     if not kw.get("gradient_checkpointing"):
         kw.pop("gradient_checkpointing_kwargs", None)
+    if _on_cpu(P) and kw.get("bf16", True) and not models.cpu_bf16():
+        # bf16 autocast on a CPU without native bf16 emulates every matmul (~50x slower than fp32);
+        # models.load gives fp32 weights there, so training runs in fp32
+        kw["bf16"] = False
     return SFTConfig(output_dir=str(output_dir), seed=P.seed, use_cpu=P.device == "cpu", **kw)
+
+
+def _on_cpu(P: Params) -> bool:
+    import torch
+
+    return P.device == "cpu" or not torch.cuda.is_available()
 
 
 # ----------------------------------------------------------------------------- data
@@ -294,7 +304,7 @@ def _write_identity(ckpt_dir: Path, ident: dict) -> None:
 
 def train(P: Params, model_name: str, progress: bool = True, model_path=None, callbacks=()) -> dict:
     """LoRA-fine-tune one registry model on the MI corpus; resumes; returns report.json's dict."""
-    from trl import SFTTrainer
+    from .loss import LossPositionsSFTTrainer
 
     _require_valid(P)
     spec = models.get(model_name)
@@ -318,11 +328,12 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     _write_identity(ckpt_dir, ident)
     if model_path is None and model_name in P.model_paths:
         model_path = params_path(P.model_paths[model_name])
-    model, tok = models.load(model_name, device="cpu", path=model_path)
+    dtype = models.compute_dtype(spec.dtype, "cpu" if _on_cpu(P) else "cuda")  # fp32 on a CPU without bf16
+    model, tok = models.load(model_name, device="cpu", dtype=dtype, path=model_path)
     dataset = build_dataset(P, tok)
     args = sft_config(P, spec, ckpt_dir, disable_tqdm=not progress)
     log = _log_callback(out / "train_log.csv", start_step)
-    trainer = SFTTrainer(
+    trainer = LossPositionsSFTTrainer(  # TRL's SFTTrainer, output layer at the label positions only
         model=model, args=args, train_dataset=dataset, processing_class=tok,
         peft_config=lora_config(P, spec), callbacks=[log, *callbacks],
     )

@@ -72,10 +72,9 @@ def _run(p, params_file: str, only: list[str] | None, progress: bool) -> Path:
             sys.stderr.write(msg)
             raise SystemExit(1) from None
         tqdm.write(f"[mi_llm] {nb.stem} done in {time.perf_counter() - t0:.0f} s -> {_rel(out)}")
-    if p.figures.report and (out_dir / todo[-1].name).exists() and todo[-1] == stages()[-1]:
-        from . import report  # rebuilt here so that it shows the finished last notebook too
-
-        tqdm.write(f"[mi_llm] report -> {_rel(report.build(p.run_dir))}")
+    index = p.run_dir / "report" / "index.html"  # built once, by the last notebook (05)
+    if p.figures.report and todo[-1] == stages()[-1] and index.exists():
+        tqdm.write(f"[mi_llm] report -> {_rel(index)}")
     return p.run_dir
 
 

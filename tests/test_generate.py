@@ -227,3 +227,47 @@ def test_conditioned_on_an_untagged_corpus_warns(tiny_model_dir, tiny_adapter, t
         recs = generate.run(P, test, tmp_path / "g.jsonl", model_paths={NAME: tiny_model_dir},
                             adapter_dirs={NAME: tiny_adapter}, progress=False)
     assert [r["behaviour"] for r in recs] == ["open_question"]
+
+
+def test_append_reads_no_earlier_record(tmp_path, monkeypatch):
+    """Appending a batch costs O(batch): the file is not re-read (O(n^2) over a corpus), unless torn."""
+    from pathlib import Path
+
+    out = tmp_path / "g.jsonl"
+    generate._append(out, [{"i": i} for i in range(3)])
+
+    def refuse(self, *a, **kw):
+        raise AssertionError(f"{self} re-read on append")
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "read_bytes", refuse)
+        m.setattr(Path, "read_text", refuse)
+        generate._append(out, [{"i": 3}])
+    with open(out, "a", encoding="utf-8") as f:
+        f.write('{"i": 99, "torn')  # a crash in the middle of a line
+    generate._append(out, [{"i": 4}])
+    assert [r["i"] for r in generate.read_generations(out)] == [0, 1, 2, 3, 4]
+
+
+def test_greedy_loop_drops_finished_rows_and_matches_generate(tiny_model_dir):
+    """Our greedy loop (finished rows leave the batch) writes what transformers' generate writes."""
+    import torch
+
+    model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=3, context_turns=4)]
+    tok.padding_side = "left"
+    enc = tok(generate.prompt_texts(tok, prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    cfg = generate.generation_config(model, tok, 12)
+    # stop on frequent tokens of this random model, so that rows finish at different steps
+    with torch.inference_mode():
+        free = model.generate(**enc, generation_config=generate.generation_config(model, tok, 12))
+    new = free[:, enc["input_ids"].shape[1]:]
+    eos = {int(new[0, 2]), int(new[-1, 5])}
+    cfg.eos_token_id = sorted(eos)
+    with torch.inference_mode():
+        want = model.generate(**enc, generation_config=cfg)[:, enc["input_ids"].shape[1]:].tolist()
+        got = generate.greedy_rows(model, enc["input_ids"], enc["attention_mask"], 12, eos)
+    lengths = [len(r) for r in got]
+    assert len(set(lengths)) > 1  # rows did finish at different steps
+    for g, w in zip(got, want):
+        assert g == w[:len(g)] and (len(g) == 12 or g[-1] in eos)

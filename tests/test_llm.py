@@ -191,7 +191,7 @@ def test_prompts_load_parts_and_render(tmp_path):
 
 @pytest.mark.slow
 def test_embedded_endpoint_serves_and_stops(tiny_model_dir, tmp_path):
-    p = LLMParams(provider="embedded", model=str(tiny_model_dir), serve_timeout=300, max_concurrency=2,
+    p = LLMParams(provider="serve", model=str(tiny_model_dir), serve_timeout=300, max_concurrency=2,
                   request_timeout=120)
     with llm.endpoint(p, log_dir=tmp_path) as ep:
         res = llm.complete(ep, requests(2), llm_params=p, cache_path=tmp_path / "c.sqlite",
@@ -336,3 +336,63 @@ def test_embedded_server_stops_within_seconds_of_its_parents_kill_9(tiny_model_d
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+# ----------------------------------------------------------------------------- the embedded model in process
+def chats(n: int) -> list[llm.Request]:
+    texts = ["我最近睡不好，总是担心工作。", "I want to drink less but every evening I end up at the bar.",
+             "孩子不听话，我很累。", "My doctor says I should walk more."]
+    return [llm.Request(f"c{i}", [{"role": "user", "content": texts[i % len(texts)] * (1 + i % 3)}])
+            for i in range(n)]
+
+
+def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, tmp_path):
+    """Greedy batched answers equal those of one request at a time; a cached re-run loads no model."""
+    p = LLMParams(provider="embedded", model=str(tiny_model_dir), max_concurrency=4)
+    settings = {"temperature": 0.0, "max_tokens": 6}
+    with llm.endpoint(p) as ep:
+        assert ep.provider == "embedded" and ep.local.model is None  # nothing loaded before a request
+        res = llm.complete(ep, chats(6), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings,
+                           truncated_ok=True)
+    assert all(r.ok and r.api_calls == 1 and r.completion_tokens > 0 and r.prompt_tokens > 5 for r in res)
+    one = []
+    for i, q in enumerate(chats(6)):  # a fresh cache per request: each answered alone (batch of one)
+        with llm.endpoint(p) as ep1:
+            one += llm.complete(ep1, [q], llm_params=p, cache_path=tmp_path / f"one{i}.sqlite",
+                                settings=settings, truncated_ok=True)
+    assert [r.text for r in res] == [r.text for r in one]
+    assert [r.completion_tokens for r in res] == [r.completion_tokens for r in one]
+    with llm.endpoint(p) as ep:  # the re-run: every answer from the cache, the model never loaded
+        again = llm.complete(ep, chats(6), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings,
+                             truncated_ok=True)
+        assert ep.local.model is None
+    assert [r.text for r in again] == [r.text for r in res] and all(r.cached for r in again)
+
+
+def test_served_model_starts_only_for_uncached_requests(tiny_model_dir, tmp_path, monkeypatch):
+    """provider serve: a re-run whose answers are all cached never starts `transformers serve`."""
+    p = LLMParams(provider="serve", model=str(tiny_model_dir), max_concurrency=2)
+    settings = {"temperature": 0.0, "max_tokens": 4}
+    cache = llm.Cache(tmp_path / "c.sqlite")
+    for q in requests(3):
+        cache.put(llm.cache_key(str(tiny_model_dir), settings, q.messages, 0), q.key, str(tiny_model_dir),
+                  llm.Answer(f"a-{q.key}", "stop", 3, 2))
+    cache.close()
+    started = []
+    monkeypatch.setattr(llm, "serve", lambda *a, **kw: started.append(1) or pytest.fail("server started"))
+    with llm.endpoint(p) as ep:
+        res = llm.complete(ep, requests(3), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings)
+        assert ep.base_url == "" and not started
+    assert [r.text for r in res] == ["a-q0", "a-q1", "a-q2"] and all(r.cached for r in res)
+    with serve(echo) as url:  # one uncached request: the opener runs (here: the test server's URL)
+        monkeypatch.setattr(llm, "serve", lambda *a, **kw: _url_context(url))
+        with llm.endpoint(p) as ep:
+            res = llm.complete(ep, requests(4), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings)
+            assert ep.base_url == url
+    assert res[3].text == "答：q3" and res[3].api_calls == 1 and res[0].cached
+
+
+def _url_context(url):
+    from contextlib import nullcontext
+
+    return nullcontext(url)

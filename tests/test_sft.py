@@ -233,3 +233,82 @@ def test_changed_data_or_params_retrain_instead_of_keeping_a_stale_adapter(run_r
     (out / "checkpoints" / sft.IDENTITY_FILE).unlink()
     fourth = sft.train(P2, name, progress=False, model_path=tiny_llama)
     assert "record no identity.json" in capsys.readouterr().err and fourth["resumed_from"] is None
+
+
+# ----------------------------------------------------------------------------- loss at label positions
+def _packed_batch(tok, rows, padding_free=True):
+    """A TRL-collated batch of prompt/completion rows with the assistant-only labels (-100 elsewhere)."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    examples = []
+    for r in rows:
+        enc = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True,
+                                      return_assistant_tokens_mask=True)
+        ids, mask = enc["input_ids"], enc["assistant_masks"]
+        examples.append({"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]})
+    return DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=padding_free)(examples)
+
+
+def _full_loss(model, batch, num_items):
+    """The reference: full logits at every position, shifted labels, summed NLL / num_items (fp32)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()  # as in training (packed rows)
+    labels = batch["labels"][:, 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                             ignore_index=-100, reduction="sum") / num_items
+
+
+@pytest.mark.parametrize("name,padding_free", [("gemma3-270m", True), ("llama3-8b-chinese-chat-v2", False)])
+def test_label_position_loss_equals_full_computation(request, name, padding_free):
+    """Same loss and same LoRA gradients as full logits + cross-entropy, under gradient accumulation."""
+    from peft import LoraConfig, get_peft_model
+
+    from mi_llm import loss
+
+    folder = request.getfixturevalue("tiny_model_dir" if name == "gemma3-270m" else "tiny_llama")
+    model, tok = models.load(name, dtype="float32", path=folder)
+    torch.manual_seed(1)  # LoRA B random (not zero) so that every LoRA weight has a gradient
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                             init_lora_weights=False, task_type="CAUSAL_LM"))
+    rows = [r for d in json.loads(DATA.read_text(encoding="utf-8"))[:2] for r in sft.samples(d["messages"], 1, 2)][:4]
+    micro = [_packed_batch(tok, rows[:2], padding_free), _packed_batch(tok, rows[2:], padding_free)]
+    # token-weighted accumulation: every micro-batch divides by the tokens of the whole step
+    num_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    assert 0 < int((micro[0]["labels"] != -100).sum()) < micro[0]["labels"].numel() // 2  # a real mask
+
+    def grads(fn):
+        model.zero_grad()
+        total = sum(fn(b) for b in micro)
+        total.backward()
+        return total.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    want_loss, want = grads(lambda b: _full_loss(model, b, num_items))
+    loss.add_loss_positions_head(model.get_base_model(), liger=False)
+    got_loss, got = grads(lambda b: model(**b, fused_lm_head=True, num_items_in_batch=num_items).loss)
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+    assert want.keys() == got.keys() and len(want) > 0
+    for k in want:
+        assert want[k].abs().sum() > 0, k
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6)
+    out = model(**micro[0], fused_lm_head=True)  # TRL's metrics read these fields
+    assert out.label_mask.sum() == (micro[0]["labels"][:, 1:] != -100).sum()
+    assert (out.entropy > 0).sum() == out.label_mask.sum() and out.is_top1.dtype == torch.bool
+    plain = model(**{k: v for k, v in micro[0].items() if k != "labels"})  # generation path unchanged
+    assert plain.logits.shape[1] == micro[0]["input_ids"].shape[1]
+
+
+def test_trainer_scores_only_label_positions(run_root, tiny_llama, monkeypatch):
+    """sft.train runs the loss-positions head: the output layer sees only the labelled rows."""
+    from mi_llm import loss
+
+    seen = []
+    real = loss.label_position_scores
+
+    def spy(hidden, weight, bias, labels, *a, **kw):
+        seen.append((hidden.shape[0], int((labels != -100).sum())))
+        return real(hidden, weight, bias, labels, *a, **kw)
+
+    monkeypatch.setattr(loss, "label_position_scores", spy)
+    P = make_params(config={**make_params().sft.config, "max_steps": 1})
+    sft.train(P, "llama3-8b-chinese-chat-v2", progress=False, model_path=tiny_llama)
+    assert seen and all(k == n > 0 for k, n in seen)

@@ -48,3 +48,18 @@ def test_runner_stops_at_first_failure_and_names_the_notebook(fake_project, caps
     out = pfile.parent / "runs" / "tiny" / "notebooks"
     assert (out / "01_ok.ipynb").exists() and (out / "02_bad.ipynb").exists()
     assert not (out / "03_never.ipynb").exists()
+
+
+def test_runner_leaves_the_report_to_the_last_notebook(fake_project, monkeypatch, capsys):
+    """The report is built once per run, by the last notebook, not again by the runner."""
+    from mi_llm import report
+
+    nbs, pfile = fake_project
+    calls = []
+    monkeypatch.setattr(report, "build", lambda run_dir: calls.append(run_dir) or run_dir / "report/index.html")
+    where = pfile.parent / "runs/tiny/report"
+    _nb(nbs / "01_last.ipynb", f"import pathlib\np = pathlib.Path({str(where)!r})\n"
+                               "p.mkdir(parents=True, exist_ok=True)\n(p / 'index.html').write_text('built')")
+    run_dir = study.run(str(pfile), progress=False)
+    assert calls == []  # the notebook built it (in its own kernel); the runner built nothing
+    assert (run_dir / "report/index.html").read_text() == "built"
