@@ -1,4 +1,4 @@
-"""Command line: `python -m mi_llm run params/smoke.yaml [--only 01] [--check]`."""
+"""Command line: `python -m mi_llm run params/smoke.yaml [--only 01] [--check]`, `python -m mi_llm dryrun`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ def main(argv=None) -> int:
     r.add_argument("--no-progress", action="store_true")
     c = sub.add_parser("check", help="validate params files without running anything")
     c.add_argument("params", nargs="+")
+    d = sub.add_parser("dryrun", help="run a dry-run params file with its local stand-ins (mi_llm.dryrun)")
+    d.add_argument("params", nargs="?", default="params/paper-dryrun.yaml")
+    d.add_argument("--only", nargs="+", metavar="STAGE", help="stage numbers or names, e.g. 01 03_sft")
+    d.add_argument("--no-progress", action="store_true")
     s = sub.add_parser("sync-notebooks", help="rewrite notebook parameters cells from a params file")
     s.add_argument("params", nargs="?", default="params/smoke.yaml")
     a = ap.parse_args(argv)
@@ -33,6 +37,11 @@ def main(argv=None) -> int:
     if a.cmd == "sync-notebooks":
         for nb in study.sync_parameters(a.params):
             print(f"updated {nb}")
+        return 0
+    if a.cmd == "dryrun":
+        from . import dryrun
+
+        dryrun.run(a.params, only=a.only, progress=not a.no_progress)
         return 0
     study.run(a.params, only=a.only, progress=not a.no_progress)
     return 0
