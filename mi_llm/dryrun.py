@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlparse
 
 from . import params as params_mod
@@ -66,3 +67,43 @@ def run(params_file: str = "params/paper-dryrun.yaml", only: list[str] | None = 
     with standins(params_file) as url:
         print(f"[mi_llm] stand-in model at {url}; tiny checkpoints written", flush=True)
         return study.run(params_file, only=only, progress=progress)
+
+
+def tiny_sft_run(root: str | Path, model: str = "llama3-8b-chinese-chat-v2", device: str = "cpu",
+                 max_steps: int = 2) -> Path:
+    """A params file for a few LoRA steps of `model`'s tiny checkpoint on the shipped PsyDTCorpus
+    dialogues (runs under $MI_LLM_RUNS=<root>/runs): what `accelerate launch ... -m mi_llm.sft` takes
+    in the accelerate tests and in benchmarks/gpu_check.sh. Returns the params file."""
+    import json
+
+    import yaml
+
+    from . import sft, snapshots
+
+    root = Path(root)
+    name = "tiny-sft"
+    ckpt = snapshots.tiny_checkpoint(model, root / "models" / model)
+    train = root / "runs" / name / sft.TRAIN_FILE
+    train.parent.mkdir(parents=True, exist_ok=True)
+    dialogues = json.loads((params_mod.ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json").read_text("utf-8"))
+    train.write_text("".join(json.dumps({"id": str(d["id"]), "source_corpus": "psydtcorpus",
+                                         "source_id": str(d["id"]), "prompt_version": "none",
+                                         "topic": d.get("normalizedTag"), "messages": d["messages"]},
+                                        ensure_ascii=False) + "\n" for d in dialogues), encoding="utf-8")
+    p = {"name": name, "device": device, "model_paths": {model: str(ckpt)},
+         "sft": {"models": [model], "context_turns": 4, "lora": {"r": 8, "lora_alpha": 16},
+                 "config": {"max_steps": max_steps, "per_device_train_batch_size": 2, "save_steps": max_steps,
+                            "max_length": 256, "learning_rate": 1e-3, "logging_steps": 1}}}
+    params_mod.from_dict(p)  # validate before anything launches
+    f = root / f"{name}.yaml"
+    f.write_text(yaml.safe_dump(p, allow_unicode=True), encoding="utf-8")
+    return f
+
+
+if __name__ == "__main__":  # python -m mi_llm.dryrun tiny-sft <root> [model] [device]
+    import sys
+
+    if len(sys.argv) >= 3 and sys.argv[1] == "tiny-sft":
+        print(tiny_sft_run(sys.argv[2], *sys.argv[3:5]))
+    else:
+        sys.exit("usage: python -m mi_llm.dryrun tiny-sft <root> [model] [device]")
