@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_check.sh --dry-run   # CPU, tiny shapes, installs nothing: tests the wiring (CI)
 # Steps: the `-m gpu` tests; benchmarks/sft_throughput.py --gpu (8B Llama-3-shaped, TRL defaults vs
 # the project: tokens/s, MFU, peak memory); one ZeRO-2 step through `accelerate launch -m mi_llm.sft`
-# on the tiny Llama 3 checkpoint; benchmarks/eval_generation.py (replies/s batched vs one at a time).
+# and one FSDP step on the tiny Llama 3 checkpoint; benchmarks/eval_generation.py (replies/s batched vs one at a time).
 # Writes benchmarks/results/gpu-<UTC time>.json (dry run: gpu-<UTC time>-dryrun.json): for every step
 # its command, exit status, seconds and the tail of its output (the benchmarks' printed tables).
 # Exits non-zero when a required step failed; optional steps (flash-attn) are recorded either way.
@@ -40,7 +40,9 @@ step() {
 # pytest exits 5 when it selects no test: without CUDA the *_gpu.py files are not collected
 GPU_TESTS="\"$PY\" -m pytest -q -m gpu tests/; rc=\$?; [[ $DRY == 1 && \$rc == 5 ]] && exit 0; exit \$rc"
 
-TINY=$("$PY" -m mi_llm.dryrun tiny-sft "$WORK" llama3-8b-chinese-chat-v2 "$([[ $DRY == 1 ]] && echo cpu || echo cuda)" 2>/dev/null | tail -1)
+DEVICE=$([[ $DRY == 1 ]] && echo cpu || echo cuda)
+TINY=$("$PY" -m mi_llm.dryrun tiny-sft "$WORK" llama3-8b-chinese-chat-v2 "$DEVICE" 2>/dev/null | tail -1)
+TINY_FSDP=$("$PY" -m mi_llm.dryrun tiny-sft "$WORK/fsdp" llama3-8b-chinese-chat-v2 "$DEVICE" 2>/dev/null | tail -1)
 if [[ $DRY == 0 ]]; then
   step install_torch 1 240 "$PY" -m pip install -q "torch==$TORCH" --index-url "$CUDA_INDEX"
   step install_gpu_extras 1 180 "$PY" -m pip install -q -e ".[gpu]"
@@ -50,6 +52,8 @@ if [[ $DRY == 0 ]]; then
   step sft_throughput 1 420 "$PY" benchmarks/sft_throughput.py --gpu
   step zero2_step 1 240 "$PY" -m accelerate.commands.launch --config_file accelerate/deepspeed_zero2.yaml \
     --num_processes 1 -m mi_llm.sft "$TINY"
+  step fsdp_step 1 240 env MI_LLM_RUNS="$WORK/fsdp/runs" "$PY" -m accelerate.commands.launch \
+    --config_file accelerate/fsdp.yaml --num_processes 1 -m mi_llm.sft "$TINY_FSDP"
   step eval_generation 1 240 "$PY" benchmarks/eval_generation.py --device cuda --n 64 --batch-size 32
 else
   step device 1 60 "$PY" -c "import torch; print('cpu', 'torch', torch.__version__, 'cuda available', torch.cuda.is_available())"
