@@ -297,3 +297,19 @@ def test_chinese_labels_become_pinyin_without_a_cjk_font(monkeypatch):
 def test_markdown_table_escapes_and_rounds():
     md = figures.to_markdown(pd.DataFrame(dict(a=["x|y"], b=[1.23456])))
     assert md.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1.23 |"]
+
+
+def test_miti_summary_colours_the_papers_three_models_by_three_variants(tmp_path):
+    """Nine generated sources (3 models x 3 variants, as in paper.yaml) beside AnnoMI."""
+    from mi_llm import miti
+
+    e = tmp_path / "04_evaluation"
+    e.mkdir()
+    rows = [{"group": "generated", "model": m, "variant": v, **miti.summary_scores({"Q": 2, "CR": i + 1})}
+            for i, (m, v) in enumerate((m, v) for m in ["baichuan2-7b-chat", "glm-4-9b-chat", "llama3"]
+                                       for v in ["base", "finetuned", "conditioned"])]
+    rows.append({"group": "reference", "model": "annomi", "variant": "high", **miti.summary_scores({"Q": 2, "SR": 2})})
+    pd.DataFrame(rows).to_csv(e / "miti_summary.csv", index=False)
+    fig = figures.miti_summary(tmp_path)
+    assert len(figures.miti_summary_table(tmp_path).source.unique()) == 10
+    assert len(fig.axes[0].get_yticklabels()) == 10  # every source drawn
