@@ -1,4 +1,4 @@
-"""Command line: `python -m mi_llm run params/smoke.yaml [--only 01] [--check]`."""
+"""Command line: `python -m mi_llm run params/smoke.yaml [--only 01] [--check]`, `python -m mi_llm dryrun`."""
 
 from __future__ import annotations
 
@@ -17,10 +17,14 @@ def main(argv=None) -> int:
     r.add_argument("--no-progress", action="store_true")
     c = sub.add_parser("check", help="validate params files without running anything")
     c.add_argument("params", nargs="+")
+    d = sub.add_parser("dryrun", help="run a dry-run params file with its local stand-ins (mi_llm.dryrun)")
+    d.add_argument("params", nargs="?", default="params/paper-dryrun.yaml")
+    d.add_argument("--only", nargs="+", metavar="STAGE", help="stage numbers or names, e.g. 01 03_sft")
+    d.add_argument("--no-progress", action="store_true")
     s = sub.add_parser("sync-notebooks", help="rewrite notebook parameters cells from a params file")
     s.add_argument("params", nargs="?", default="params/smoke.yaml")
-    d = sub.add_parser("data", help="the full corpora: list their pinned sources, fetch them")
-    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    dp = sub.add_parser("data", help="the full corpora: list their pinned sources, fetch them")
+    dsub = dp.add_subparsers(dest="data_cmd", required=True)
     dl = dsub.add_parser("list", help="each corpus's source, revision, files, sha256, license")
     dl.add_argument("--dest", default="data/full", help="download folder (for the paths shown)")
     df = dsub.add_parser("fetch", help="download, verify and pin corpora (all by default)")
@@ -72,10 +76,12 @@ def main(argv=None) -> int:
         for nb in study.sync_parameters(a.params):
             print(f"updated {nb}")
         return 0
+    from . import dryrun
     from .params import ParamsError
 
+    runner = dryrun.run if a.cmd == "dryrun" else study.run
     try:
-        study.run(a.params, only=a.only, progress=not a.no_progress)
+        runner(a.params, only=a.only, progress=not a.no_progress)
     except ParamsError as e:  # one line naming the file (and line:column of a YAML error), no traceback
         print(f"[mi_llm] {e}", file=sys.stderr)
         return 2

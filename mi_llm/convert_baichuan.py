@@ -4,7 +4,7 @@ Baichuan2-7B is Llama with two differences: q, k and v live in one fused Linear 
 (weight [3*hidden, hidden], rows q | k | v) and the output layer is a NormHead whose rows are
 L2-normalised before use. Its remote modelling and tokenizer code break on recent transformers, so
 we split W_pack into q_proj/k_proj/v_proj, normalise lm_head once, write a LlamaConfig and a fast
-Llama tokenizer; the result loads with AutoModelForCausalLM and no remote code.
+tokenizer; the result loads with AutoModelForCausalLM and no remote code.
 """
 
 from __future__ import annotations
@@ -72,20 +72,66 @@ def llama_config(cfg: dict):
     )
 
 
-def convert_tokenizer(src: Path, dst: Path) -> None:
-    """Write a fast Llama tokenizer with the chat markers kept whole (needs sentencepiece for .model)."""
-    from transformers import LlamaTokenizerFast, PreTrainedTokenizerFast
+def fast_tokenizer(model_file: str | Path):
+    """Baichuan2's SentencePiece BPE model as a `tokenizers` BPE giving sentencepiece's own ids.
 
+    Baichuan2's model: identity normaliser, no dummy prefix, spaces kept as "▁", byte fallback,
+    ~1,000 user-defined symbols (punctuation, digits, <reserved_N>) that sentencepiece always cuts
+    out whole. SentencePiece merges the adjacent pair whose merged piece scores highest, so the
+    merges are ranked by that score (ranking by piece id differs on words such as "Practitioner").
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers
+    from tokenizers.models import BPE
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(model_file).read_bytes())
+    norm = proto.normalizer_spec
+    if proto.trainer_spec.model_type != 2 or norm.add_dummy_prefix or norm.remove_extra_whitespaces \
+            or norm.precompiled_charsmap:  # 2 = BPE; anything else needs a different conversion
+        raise ValueError(f"{model_file}: not a Baichuan2-style SentencePiece BPE model "
+                         "(expected BPE, identity normaliser, no dummy prefix)")
+    pieces = proto.pieces
+    vocab = {p.piece: i for i, p in enumerate(pieces)}
+    ranked = []  # (-score of the merged piece, its id, left, right)
+    for i, p in enumerate(pieces):
+        if p.type != 1:  # 1 = NORMAL; control/user-defined/byte pieces are never merge results
+            continue
+        for k in range(1, len(p.piece)):
+            left, right = p.piece[:k], p.piece[k:]
+            if left in vocab and right in vocab:
+                ranked.append((-p.score, i, vocab[left], vocab[right], left, right))
+    merges = [(left, right) for *_, left, right in sorted(ranked)]
+    unk = pieces[proto.trainer_spec.unk_id].piece
+    tk = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True))
+    tk.normalizer = normalizers.Replace(" ", "▁")
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    # 2 = UNKNOWN, 3 = CONTROL (<s>, </s>): special; 4 = USER_DEFINED: plain text cut out whole
+    tk.add_tokens([AddedToken(p.piece, special=p.type in (2, 3), normalized=False)
+                   for p in pieces if p.type in (2, 3, 4)])
+    return tk
+
+
+def tokenizer(src: str | Path):
+    """The fast tokenizer of a Baichuan2 folder (tokenizer.json, or its SentencePiece tokenizer.model)."""
+    from transformers import PreTrainedTokenizerFast
+
+    src = Path(src)
     if (src / "tokenizer.json").exists():
-        tok = PreTrainedTokenizerFast.from_pretrained(src)
-    elif (src / "tokenizer.model").exists():
-        # Baichuan2's SentencePiece model: no BOS/EOS added by encode, no dummy prefix
-        tok = LlamaTokenizerFast(vocab_file=str(src / "tokenizer.model"), add_bos_token=False,
-                                 add_eos_token=False, legacy=False, add_prefix_space=False)
-    else:
+        return PreTrainedTokenizerFast.from_pretrained(src)
+    if not (src / "tokenizer.model").exists():
         raise FileNotFoundError(f"{src}: no tokenizer.json or tokenizer.model")
+    # Baichuan2's tokenizer_config: encode adds neither <s> nor </s>; <unk> pads
+    tok = PreTrainedTokenizerFast(tokenizer_object=fast_tokenizer(src / "tokenizer.model"), bos_token="<s>",
+                                  eos_token="</s>", unk_token="<unk>", pad_token="<unk>",
+                                  clean_up_tokenization_spaces=False)
     tok.add_special_tokens({"additional_special_tokens": CHAT_TOKENS}, replace_extra_special_tokens=False)
-    tok.save_pretrained(dst)
+    return tok
+
+
+def convert_tokenizer(src: Path, dst: Path) -> None:
+    """Write the folder's tokenizer as tokenizer.json (the ids of Baichuan2's own tokenizer)."""
+    tokenizer(src).save_pretrained(dst)
 
 
 def convert(src: str | Path, dst: str | Path, norm_head: bool = True) -> Path:

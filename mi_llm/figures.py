@@ -9,6 +9,7 @@ files. FIGURES pairs them in the paper's order; make() saves both.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 from pathlib import Path
@@ -303,7 +304,7 @@ def miti_summary(run_dir, table=None):
     pal = sns.color_palette("colorblind")
     sources = list(dict.fromkeys(t.source))
     ref = dict(zip(t.source, t.reference))
-    model_colors = iter(pal[:2] + pal[4:])
+    model_colors = itertools.cycle(pal[:2] + pal[4:])  # 8 colours; more sources (3 models x 3 variants) reuse them
     colors = {
         s: ("0.35" if "high" in s.lower() else "0.7") if ref[s] else next(model_colors)
         for s in sources

@@ -14,15 +14,36 @@ from importlib.resources import files
 from pathlib import Path
 
 # ----------------------------------------------------------------------------- chat templates
-# Llama 3 (shenzhi-wang/Llama3-8B-Chinese-Chat uses Meta's template unchanged):
+# Llama3-8B-Chinese-Chat-v2 (its tokenizer_config's template, Meta's Llama 3 layout): every turn's text
+# is trimmed and a conversation without a system turn gets the model's default system prompt:
 #   <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>
 #   <|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA<|eot_id|>
-LLAMA3_TEMPLATE = files("trl").joinpath("chat_templates/llama3_training.jinja").read_text()
+LLAMA3_CHINESE_SYSTEM = (
+    "You are Llama3-8B-Chinese-Chat-v2, finetuned from Llama3-8B-Instruct on Chinese-English dataset "
+    "using the ORPO algorithm. You are a helpful assistant."
+)
+LLAMA3_TEMPLATE = (
+    "{{ '<|begin_of_text|>' }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set system = '" + LLAMA3_CHINESE_SYSTEM + "' -%}{%- set turns = messages -%}"
+    "{%- endif -%}"
+    "{{ '<|start_header_id|>system<|end_header_id|>\n\n' + system | trim + '<|eot_id|>' }}"
+    "{%- for m in turns -%}"
+    "{%- if m['role'] == 'assistant' -%}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{%- generation -%}{{ m['content'] | trim + '<|eot_id|>' }}{%- endgeneration -%}"
+    "{%- else -%}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim"
+    " + '<|eot_id|>' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif -%}"
+)
 
 # Gemma 3: <bos><start_of_turn>user\n(S\n\n)U<end_of_turn>\n<start_of_turn>model\nA<end_of_turn>\n
 GEMMA3_TEMPLATE = files("trl").joinpath("chat_templates/gemma3_training.jinja").read_text()
 
-# GLM-4-9B-Chat-hf: [gMASK]<sop><|system|>\nS<|user|>\nU<|assistant|>\nA<|user|>\nU2<|assistant|>\nA2...
+# GLM-4-9B-Chat-hf (its official template writes `<|role|>\n` + text for every turn):
+#   [gMASK]<sop><|system|>\nS<|user|>\nU<|assistant|>\nA<|user|>\nU2<|assistant|>\nA2...
 # The generation prompt is `<|assistant|>`; the model writes "\n" + reply and stops by emitting
 # <|user|> (an eos id in its generation_config). So the "\n", the reply and the following <|user|>
 # are the assistant's tokens (the layout of TRL's glm4moe training template), and a user turn that
@@ -75,6 +96,7 @@ class ModelSpec:
     convert: str | None = None  # conversion before loading: None | "baichuan_to_llama"
     padding_free: bool = True  # the architecture takes packed rows (position_ids, no padding)
     embedded: bool = False  # weights come from mi_llm.embedded.model_dir() (no download)
+    tokenizer_files: str | None = None  # folder of data/tokenizers/ with the published tokenizer files
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -89,7 +111,7 @@ REGISTRY: dict[str, ModelSpec] = {
             name="baichuan2-7b-chat", hub_id="baichuan-inc/Baichuan2-7B-Chat",
             chat_template=BAICHUAN2_TEMPLATE, eot_token="</s>",
             special_tokens=("<reserved_106>", "<reserved_107>"), pad_token="<unk>",
-            convert="baichuan_to_llama",
+            convert="baichuan_to_llama", tokenizer_files="baichuan2-7b-chat",
         ),
         ModelSpec(
             name="glm-4-9b-chat", hub_id="THUDM/glm-4-9b-chat-hf", chat_template=GLM4_TEMPLATE,
@@ -97,12 +119,14 @@ REGISTRY: dict[str, ModelSpec] = {
             special_tokens=("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"),
             # Glm4 fuses gate and up projections into one Linear
             lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"],
+            tokenizer_files="glm-4-9b-chat-hf",
         ),
         ModelSpec(
             name="llama3-8b-chinese-chat-v2", hub_id="shenzhi-wang/Llama3-8B-Chinese-Chat",
             revision="v2", chat_template=LLAMA3_TEMPLATE, eot_token="<|eot_id|>",
             pad_token="<|end_of_text|>",
             special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+            tokenizer_files="llama3-8b-chinese-chat-v2",
         ),
     ]
 }
@@ -131,14 +155,31 @@ def weights_path(name: str) -> str:
 
 
 def load_tokenizer(name: str, path: str | Path | None = None):
-    """The tokenizer of `name` (or of the folder `path`) with the entry's training chat template."""
-    from transformers import AutoTokenizer
-
+    """The tokenizer of `name` (or of the folder `path`, laid out as the model's hub snapshot) with the
+    entry's training chat template; never runs a repository's own code."""
     spec = get(name)
     src = str(path) if path is not None else weights_path(name)
     rev = spec.revision if path is None and not spec.embedded and not spec.convert else None
-    tok = AutoTokenizer.from_pretrained(src, revision=rev)
-    return prepare_tokenizer(spec, tok)
+    return prepare_tokenizer(spec, _raw_tokenizer(spec, src, rev))
+
+
+def _raw_tokenizer(spec: ModelSpec, src: str, rev: str | None):
+    """A hub snapshot's tokenizer: tokenizer.json as is, or Baichuan2's SentencePiece model converted."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = Path(src)
+    if spec.embedded or not folder.is_dir():
+        return AutoTokenizer.from_pretrained(src, revision=rev)  # the embedded model, or a hub id
+    if (folder / "tokenizer.json").exists():
+        # PreTrainedTokenizerFast reads tokenizer.json and tokenizer_config.json (special tokens,
+        # template) and never imports the auto_map code that AutoTokenizer would ask to trust
+        return PreTrainedTokenizerFast.from_pretrained(src)
+    if spec.convert == "baichuan_to_llama" and (folder / "tokenizer.model").exists():
+        from . import convert_baichuan
+
+        return convert_baichuan.tokenizer(folder)
+    raise FileNotFoundError(f"model {spec.name}: {folder} has no tokenizer.json"
+                            + (" or tokenizer.model" if spec.convert else ""))
 
 
 def prepare_tokenizer(spec: ModelSpec, tok):

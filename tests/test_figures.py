@@ -325,3 +325,19 @@ def test_text_metrics_table_names_the_content_scores_beside_the_raw_ones(tmp_pat
     # 你好/。 vs 你好/！: raw ROUGE-1 1/2 (你好 matches, the marks do not); content-only 1
     assert t[("base", "ROUGE-1")] == pytest.approx(50.0, abs=1e-4)
     assert t[("base", "ROUGE-1 (content only)")] == pytest.approx(100.0)
+
+
+def test_miti_summary_colours_the_papers_three_models_by_three_variants(tmp_path):
+    """Nine generated sources (3 models x 3 variants, as in paper.yaml) beside AnnoMI."""
+    from mi_llm import miti
+
+    e = tmp_path / "04_evaluation"
+    e.mkdir()
+    rows = [{"group": "generated", "model": m, "variant": v, **miti.summary_scores({"Q": 2, "CR": i + 1})}
+            for i, (m, v) in enumerate((m, v) for m in ["baichuan2-7b-chat", "glm-4-9b-chat", "llama3"]
+                                       for v in ["base", "finetuned", "conditioned"])]
+    rows.append({"group": "reference", "model": "annomi", "variant": "high", **miti.summary_scores({"Q": 2, "SR": 2})})
+    pd.DataFrame(rows).to_csv(e / "miti_summary.csv", index=False)
+    fig = figures.miti_summary(tmp_path)
+    assert len(figures.miti_summary_table(tmp_path).source.unique()) == 10
+    assert len(fig.axes[0].get_yticklabels()) == 10  # every source drawn
