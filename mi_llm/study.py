@@ -81,7 +81,7 @@ def parameters_source(params_file: str = "params/smoke.yaml") -> str:
     return "\n".join(lines)
 
 
-def parameters_cell(nb) -> "nbformat.NotebookNode":
+def parameters_cell(nb) -> nbformat.NotebookNode:
     """The cell tagged `parameters` of a notebook."""
     for cell in nb.cells:
         if "parameters" in cell.get("metadata", {}).get("tags", []):
