@@ -227,7 +227,7 @@ def optimisations(gpu: bool, model: str | None) -> list[str]:
 
     bf16 = cuda or models.cpu_bf16()
     return [
-        f"bf16: {'on' if bf16 else 'off: this CPU has no native bf16 (emulated matmuls ~50x slower), fp32 instead'}",
+        f"bf16: {'on' if bf16 else 'off: this CPU has no native bf16 (emulated bf16 products 4x+ slower), fp32 instead'}",
         "output layer + cross-entropy at label positions only: on",
         "padding-free best-fit-decreasing packing: on",
         f"FlashAttention-2: {'on' if cuda and has('flash_attn') and not model else 'off (GPU with flash_attn only; SDPA here)'}",

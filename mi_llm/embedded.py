@@ -104,7 +104,7 @@ class Generator:
                 self.tok.pad_token = self.tok.eos_token
             from . import models
 
-            # the checkpoint's dtype, but fp32 on a CPU without native bf16 (emulated bf16 is ~50x slower)
+            # the checkpoint's dtype, but fp32 on a CPU without native bf16 (emulated bf16 is 4x+ slower)
             dtype = "float32" if models.compute_dtype("bfloat16", self.device) == "float32" else "auto"
             self.model = AutoModelForCausalLM.from_pretrained(str(self.folder), dtype=dtype,
                                                               attn_implementation="sdpa")

@@ -94,7 +94,7 @@ def sft_config(P: Params, spec: models.ModelSpec, output_dir: Path, **overrides)
     if not kw.get("gradient_checkpointing"):
         kw.pop("gradient_checkpointing_kwargs", None)
     if _on_cpu(P) and kw.get("bf16", True) and not models.cpu_bf16():
-        # bf16 autocast on a CPU without native bf16 emulates every matmul (~50x slower than fp32);
+        # bf16 autocast on a CPU without native bf16 emulates every matmul (4x+ slower than fp32);
         # models.load gives fp32 weights there, so training runs in fp32
         kw["bf16"] = False
     return SFTConfig(output_dir=str(output_dir), seed=P.seed, use_cpu=P.device == "cpu", **kw)
