@@ -9,7 +9,7 @@ the (model, variant, dialogue, round) keys already there, so an interrupted run 
 record carries a fingerprint of what made it (weights, adapter bytes, generation settings, context
 window); resuming onto records with another fingerprint is an error, never a silent mix.
 
-The `conditioned` variant (issue 8, the KMI idea) is the fine-tuned model told which MI behaviour
+The `conditioned` variant (the KMI idea) is the fine-tuned model told which MI behaviour
 to use: each round's behaviour comes from the forecaster (04's forecaster.joblib, on the round's
 gold history) or is fixed by params (evaluation.condition_on), and its tag <mi:label> is written
 after the generation prompt, so the model continues a reply that already starts with it. Replies

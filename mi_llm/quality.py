@@ -1,6 +1,6 @@
 """Stage 01, corpus quality: descriptive statistics, an LLM judge with the CPsyCoun rubric, ranking.
 
-Every corpus gets the same descriptive statistics (STUDY.md section 4) and, on a seeded sample of
+Every corpus gets the same descriptive statistics and, on a seeded sample of
 its dialogues, rubric scores from an LLM judge: comprehensiveness 0-2, professionalism 0-3,
 authenticity 0-3, safety 0-1 (CPsyCoun's turn-based rubric, applied here to the counselor's side of
 a whole dialogue; total 0-9). Corpora are ranked by their mean total with a bootstrap CI and the

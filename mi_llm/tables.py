@@ -395,7 +395,7 @@ def _annomi_codes(run_dir, names: dict) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- (h) forecaster
 def forecaster_table(run_dir) -> pd.DataFrame:
-    """04's forecaster.csv (issue 8), long form (method, metric, value, ci_low, ci_high).
+    """04's forecaster.csv, long form (method, metric, value, ci_low, ci_high).
 
     Assumed: one row per predictor (the forecaster and its baselines) under model|method, with
     macro_f1 and per-class f1_<class> columns (wide) or metric + value (long), CIs optional.

@@ -125,7 +125,7 @@ def test_finetuned_variant_needs_and_uses_the_adapter(tiny_model_dir, tmp_path):
                                                          ("finetuned", 0), ("finetuned", 1)]
 
 
-# ----------------------------------------------------------------------------- conditioned variant (issue 8)
+# ----------------------------------------------------------------------------- conditioned variant
 def _tagged_records(n=1):
     """Real records as a tag_behaviour corpus stores them: every counselor turn starts with a tag."""
     from mi_llm import forecast

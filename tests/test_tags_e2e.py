@@ -1,4 +1,4 @@
-"""Issue 8: an MI behaviour tag survives transcription (02), SFT formatting (03) and generation (04).
+"""An MI behaviour tag survives transcription (02), SFT formatting (03) and generation (04).
 
 The real code path on the shipped samples: a test server that answers the tagged prompt like a
 model that follows it, the smoke params with tag_behaviour on, TRL's own tokenization of the SFT

@@ -269,7 +269,7 @@ def test_kill_9_resume_loses_and_repeats_nothing(tmp_path):
     assert json.loads(out.read_text()) == json.loads((tmp_path / "ref.json").read_text())
 
 
-# ----------------------------------------------------------------------------- behaviour tags (issue 8)
+# ----------------------------------------------------------------------------- behaviour tags
 TAGGED = dataclasses.replace(TP, tag_behaviour=True)
 
 
