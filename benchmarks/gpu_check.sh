@@ -58,7 +58,7 @@ if [[ $DRY == 0 ]]; then
 else
   step device 1 60 "$PY" -c "import torch; print('cpu', 'torch', torch.__version__, 'cuda available', torch.cuda.is_available())"
   step gpu_tests 1 300 bash -c "$GPU_TESTS"
-  step sft_throughput 1 600 "$PY" benchmarks/sft_throughput.py --batch 1 --steps 1 --warmup 0
+  step sft_throughput 1 900 "$PY" benchmarks/sft_throughput.py --seq 256 --batch 1 --steps 1 --warmup 0
   # DeepSpeed needs CUDA: the same launch of one step, through the DDP config on the CPU
   step zero2_step 1 600 "$PY" -m accelerate.commands.launch --config_file accelerate/ddp.yaml \
     --num_processes 1 -m mi_llm.sft "$TINY"
