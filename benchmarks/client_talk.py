@@ -18,13 +18,19 @@ def main(path: str = "data/AnnoMI") -> None:
     print(client_talk.reference(data).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     t0 = time.perf_counter()
     v = client_talk.validate(data, seed=42, bootstrap=1000)
-    print(f"\nclassifier on {v['test_recordings']} held-out recordings ({v['n_test']} client utterances; "
-          f"trained on {v['train_recordings']} recordings, {v['n_train']} utterances) in "
-          f"{time.perf_counter() - t0:.0f} s")
-    print(f"kappa {v['kappa']:.3f} [{v['kappa_ci_low']:.3f}, {v['kappa_ci_high']:.3f}]  accuracy {v['accuracy']:.3f}"
-          f" (majority class {v['majority_accuracy']:.3f})  macro-F1 {v['macro_f1']:.3f}")
+    print(
+        f"\nclassifier on {v['test_recordings']} held-out recordings ({v['n_test']} client utterances; "
+        f"trained on {v['train_recordings']} recordings, {v['n_train']} utterances) in "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
+    print(
+        f"kappa {v['kappa']:.3f} [{v['kappa_ci_low']:.3f}, {v['kappa_ci_high']:.3f}]  accuracy {v['accuracy']:.3f}"
+        f" (majority class {v['majority_accuracy']:.3f})  macro-F1 {v['macro_f1']:.3f}"
+    )
     print("recall " + "  ".join(f"{lab} {v['recall_' + lab]:.3f}" for lab in client_talk.LABELS))
-    print(f"C:S on the test recordings: human {v['c_s_human']:.2f}, predicted {v['c_s_predicted']:.2f}")
+    print(
+        f"C:S on the test recordings: human {v['c_s_human']:.2f}, predicted {v['c_s_predicted']:.2f}"
+    )
 
 
 if __name__ == "__main__":

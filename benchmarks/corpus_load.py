@@ -32,15 +32,17 @@ SIZES = {"cpsycound": 3134, "smilechat": 55165, "psydtcorpus": 4760, "soulchatco
 def _text(rng: random.Random, mean: int) -> str:
     n = max(4, int(rng.gauss(mean, mean / 3)))
     body = "".join(rng.choices(CJK, k=n))
-    return body[: n // 2] + "，" + body[n // 2:] + rng.choice("。？！")
+    return body[: n // 2] + "，" + body[n // 2 :] + rng.choice("。？！")
 
 
 def gen_cpsycound(out: Path, n: int, rng) -> Path:
     d = out / "CPsyCounD" / "Data"
     d.mkdir(parents=True)
     for i in range(n):
-        turns = [f"{'来访者' if t % 2 == 0 else '心理咨询师'}：{_text(rng, 45)}"
-                 for t in range(rng.randint(12, 22))]
+        turns = [
+            f"{'来访者' if t % 2 == 0 else '心理咨询师'}：{_text(rng, 45)}"
+            for t in range(rng.randint(12, 22))
+        ]
         (d / f"case_{i}.txt").write_bytes("\r\n\r\n".join(turns).encode())
     return d
 
@@ -52,8 +54,13 @@ def gen_smilechat(out: Path, n: int, rng) -> Path:
         msgs = []
         for t in range(rng.randint(8, 14)):
             sents = [_text(rng, 30) for _ in range(rng.randint(1, 4))]
-            msgs.append({"role": "client" if t % 2 == 0 else "counselor", "content": "".join(sents),
-                         "annotation": [{"sentence": s, "label": ""} for s in sents]})
+            msgs.append(
+                {
+                    "role": "client" if t % 2 == 0 else "counselor",
+                    "content": "".join(sents),
+                    "annotation": [{"sentence": s, "label": ""} for s in sents],
+                }
+            )
         (d / f"{i}.json").write_text(json.dumps(msgs, ensure_ascii=False, indent=4), "utf-8")
     return d
 
@@ -62,18 +69,24 @@ def _records(n: int, rng, turns: tuple[int, int], system: bool, tag: str) -> lis
     recs = []
     for i in range(n):
         msgs = [{"role": "system", "content": _text(rng, 300)}] if system else []
-        msgs += [{"role": "user" if t % 2 == 0 else "assistant",
-                  "content": _text(rng, 40 if t % 2 == 0 else 90)}
-                 for t in range(2 * rng.randint(*turns))]
-        recs.append({"id": i, tag: rng.choice(["婚恋", "家庭", "职场", "学业", "情绪"]),
-                     "messages": msgs})
+        msgs += [
+            {
+                "role": "user" if t % 2 == 0 else "assistant",
+                "content": _text(rng, 40 if t % 2 == 0 else 90),
+            }
+            for t in range(2 * rng.randint(*turns))
+        ]
+        recs.append(
+            {"id": i, tag: rng.choice(["婚恋", "家庭", "职场", "学业", "情绪"]), "messages": msgs}
+        )
     return recs
 
 
 def gen_psydtcorpus(out: Path, n: int, rng) -> Path:
     f = out / "PsyDTCorpus_train_mulit_turn_packing.json"
-    f.write_text(json.dumps(_records(n, rng, (7, 11), True, "normalizedTag"), ensure_ascii=False),
-                 "utf-8")
+    f.write_text(
+        json.dumps(_records(n, rng, (7, 11), True, "normalizedTag"), ensure_ascii=False), "utf-8"
+    )
     return f
 
 
@@ -83,11 +96,18 @@ def gen_soulchatcorpus(out: Path, n: int, rng) -> Path:
     return f
 
 
-PATHS = {"cpsycound": "CPsyCounD/Data", "smilechat": "data",
-         "psydtcorpus": "PsyDTCorpus_train_mulit_turn_packing.json",
-         "soulchatcorpus": "SoulChatCorpus.json"}
-GENERATORS = {"cpsycound": gen_cpsycound, "smilechat": gen_smilechat,
-              "psydtcorpus": gen_psydtcorpus, "soulchatcorpus": gen_soulchatcorpus}
+PATHS = {
+    "cpsycound": "CPsyCounD/Data",
+    "smilechat": "data",
+    "psydtcorpus": "PsyDTCorpus_train_mulit_turn_packing.json",
+    "soulchatcorpus": "SoulChatCorpus.json",
+}
+GENERATORS = {
+    "cpsycound": gen_cpsycound,
+    "smilechat": gen_smilechat,
+    "psydtcorpus": gen_psydtcorpus,
+    "soulchatcorpus": gen_soulchatcorpus,
+}
 
 
 def _bytes(path: Path) -> tuple[int, int]:
@@ -105,22 +125,34 @@ def measure(name: str, path: Path) -> dict:
     stats = quality.describe(dialogues, report)
     t2, c2 = time.perf_counter(), time.process_time()
     n_files, size = _bytes(path)
-    row = {"corpus": name, "files": n_files, "MB": size / 1e6, "dialogues": len(dialogues),
-           "turns": stats["n_turns"], "load_s": t1 - t0, "load_cpu": c1 - c0,
-           "describe_s": t2 - t1, "describe_cpu": c2 - c1}
+    row = {
+        "corpus": name,
+        "files": n_files,
+        "MB": size / 1e6,
+        "dialogues": len(dialogues),
+        "turns": stats["n_turns"],
+        "load_s": t1 - t0,
+        "load_cpu": c1 - c0,
+        "describe_s": t2 - t1,
+        "describe_cpu": c2 - c1,
+    }
     print(_row(row), flush=True)
     return row
 
 
-HEAD = (f"{'corpus':<15}{'files':>8}{'MB':>8}{'dialogues':>11}{'turns':>11}{'load s':>8}"
-        f"{'(cpu)':>7}{'describe s':>12}{'(cpu)':>7}  load <= {BUDGET_S:.0f} s: wall, cpu")
+HEAD = (
+    f"{'corpus':<15}{'files':>8}{'MB':>8}{'dialogues':>11}{'turns':>11}{'load s':>8}"
+    f"{'(cpu)':>7}{'describe s':>12}{'(cpu)':>7}  load <= {BUDGET_S:.0f} s: wall, cpu"
+)
 
 
 def _row(r: dict) -> str:
-    return (f"{r['corpus']:<15}{r['files']:>8,}{r['MB']:>8.1f}{r['dialogues']:>11,}"
-            f"{r['turns']:>11,}{r['load_s']:>8.1f}{r['load_cpu']:>7.1f}{r['describe_s']:>12.1f}"
-            f"{r['describe_cpu']:>7.1f}  {'yes' if r['load_s'] <= BUDGET_S else 'NO':>4}, "
-            f"{'yes' if r['load_cpu'] <= BUDGET_S else 'NO'}")
+    return (
+        f"{r['corpus']:<15}{r['files']:>8,}{r['MB']:>8.1f}{r['dialogues']:>11,}"
+        f"{r['turns']:>11,}{r['load_s']:>8.1f}{r['load_cpu']:>7.1f}{r['describe_s']:>12.1f}"
+        f"{r['describe_cpu']:>7.1f}  {'yes' if r['load_s'] <= BUDGET_S else 'NO':>4}, "
+        f"{'yes' if r['load_cpu'] <= BUDGET_S else 'NO'}"
+    )
 
 
 def main() -> None:
@@ -159,7 +191,9 @@ def main() -> None:
         finally:
             if not a.keep:
                 shutil.rmtree(tmp, ignore_errors=True)
-    print("\nseconds of wall time, and (cpu) of this process's CPU time: on a busy machine the wall")
+    print(
+        "\nseconds of wall time, and (cpu) of this process's CPU time: on a busy machine the wall"
+    )
     print("time includes waiting for a core\n" + HEAD)
     for r in rows:
         print(_row(r))

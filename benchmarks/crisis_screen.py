@@ -20,16 +20,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def show(name: str, e: dict) -> None:
     r, f = e["recall_ci"], e["false_alarm_ci"]
-    print(f"{name:<22} n={e['n']:>3} ({e['n_positive']} crisis, {e['n_negative']} not)  "
-          f"recall {e['recall']:.3f} [{r[0]:.3f}, {r[1]:.3f}]  "
-          f"false alarms {e['false_alarm']:.3f} [{f[0]:.3f}, {f[1]:.3f}]  "
-          f"category right {e['category_accuracy']:.3f}")
+    print(
+        f"{name:<22} n={e['n']:>3} ({e['n_positive']} crisis, {e['n_negative']} not)  "
+        f"recall {e['recall']:.3f} [{r[0]:.3f}, {r[1]:.3f}]  "
+        f"false alarms {e['false_alarm']:.3f} [{f[0]:.3f}, {f[1]:.3f}]  "
+        f"category right {e['category_accuracy']:.3f}"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--set", default=str(ROOT / "tests/data/crisis_screen.jsonl"))
-    ap.add_argument("--llm", action="store_true", help="also the LLM classifier (params/smoke.yaml)")
+    ap.add_argument(
+        "--llm", action="store_true", help="also the LLM classifier (params/smoke.yaml)"
+    )
     ap.add_argument("--params", default=str(ROOT / "params/smoke.yaml"))
     a = ap.parse_args()
     rows = safety.read_labelled(a.set)
@@ -45,21 +49,30 @@ def main() -> None:
     show("rules all", e)
     for lang in ("zh", "en"):
         idx = [i for i, r in enumerate(rows) if r.get("lang") == lang]
-        show(f"rules all {lang}", safety.evaluate([rows[i] for i in idx], [screens[i] for i in idx]))
+        show(
+            f"rules all {lang}", safety.evaluate([rows[i] for i in idx], [screens[i] for i in idx])
+        )
     held = [i for i, r in enumerate(rows) if r.get("split") == "heldout"]
     for i in held:
         if rows[i]["label"] != screens[i].flagged:
-            print(f"  held-out {'missed' if rows[i]['label'] else 'false alarm'}: {rows[i]['text']}")
+            print(
+                f"  held-out {'missed' if rows[i]['label'] else 'false alarm'}: {rows[i]['text']}"
+            )
     if a.llm:
         from mi_llm import llm, params
 
         P = params.load(a.params)
         with llm.endpoint(P.llm) as ep:
             t0 = time.perf_counter()
-            out = safety.screen_llm(ep, [r["text"] for r in rows], P.llm, cache_path=llm.cache_path(P))
+            out = safety.screen_llm(
+                ep, [r["text"] for r in rows], P.llm, cache_path=llm.cache_path(P)
+            )
             print(f"llm ({P.llm.model}): {time.perf_counter() - t0:.1f} s")
         show("llm all", safety.evaluate(rows, out))
-        show("rules + llm all", safety.evaluate(rows, [safety.combine(s, o) for s, o in zip(screens, out)]))
+        show(
+            "rules + llm all",
+            safety.evaluate(rows, [safety.combine(s, o) for s, o in zip(screens, out)]),
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from mi_llm.params import ROOT
 def prompts(n: int, context_turns: int) -> list[list[dict]]:
     """n round-based prompts from the CPsyCounE sample (a few rounds from each dialogue)."""
     dialogues = corpora.load("cpsycoune", ROOT / "data/CPsyCounE")
-    records = [{"id": d.id, "topic": d.meta.get("topic"), "messages": d.to_messages()} for d in dialogues]
+    records = [
+        {"id": d.id, "topic": d.meta.get("topic"), "messages": d.to_messages()} for d in dialogues
+    ]
     rounds = generate.rounds(records, max_rounds=2, context_turns=context_turns)
     if len(rounds) < n:
         raise SystemExit(f"only {len(rounds)} prompts in the sample, asked for {n}")
@@ -55,18 +57,27 @@ def main() -> None:
     model, tok = models.load(args.model, args.device, dtype=args.dtype)
     ps = prompts(args.n, args.context_turns)
     lens = [len(tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)) for p in ps]
-    print(f"model {args.model} ({model.dtype}, {args.device}), {len(ps)} prompts, "
-          f"prompt chars {min(lens)}-{max(lens)}, max_new_tokens {args.max_new_tokens}", flush=True)
+    print(
+        f"model {args.model} ({model.dtype}, {args.device}), {len(ps)} prompts, "
+        f"prompt chars {min(lens)}-{max(lens)}, max_new_tokens {args.max_new_tokens}",
+        flush=True,
+    )
     kw = {"max_new_tokens": args.max_new_tokens}
     # warm-up of each side at its own batch size (allocations, kernels, caches), not timed
-    generate.generate(model, tok, ps[:args.batch_size], batch_size=args.batch_size, max_new_tokens=4)
+    generate.generate(
+        model, tok, ps[: args.batch_size], batch_size=args.batch_size, max_new_tokens=4
+    )
     generate.generate(model, tok, ps[:1], batch_size=1, max_new_tokens=4)
 
     t_b = t_s = 0.0
     for _ in range(args.reps):  # interleaved: a load change on the machine hits both sides
-        batched, t = timed(lambda: generate.generate(model, tok, ps, batch_size=args.batch_size, **kw))
+        batched, t = timed(
+            lambda: generate.generate(model, tok, ps, batch_size=args.batch_size, **kw)
+        )
         t_b += t
-        single, t = timed(lambda: [generate.generate(model, tok, [p], batch_size=1, **kw)[0] for p in ps])
+        single, t = timed(
+            lambda: [generate.generate(model, tok, [p], batch_size=1, **kw)[0] for p in ps]
+        )
         t_s += t
     n = len(ps) * args.reps
 
@@ -74,11 +85,16 @@ def main() -> None:
         return sum(len(tok(r, add_special_tokens=False)["input_ids"]) for r in replies) * args.reps
 
     for name, replies, t in [("batched", batched, t_b), ("one at a time", single, t_s)]:
-        print(f"{name:>14}: {n / t:6.2f} replies/s  {ntok(replies) / t:7.1f} new tok/s  "
-              f"({t:.1f} s for {n} replies)", flush=True)
+        print(
+            f"{name:>14}: {n / t:6.2f} replies/s  {ntok(replies) / t:7.1f} new tok/s  "
+            f"({t:.1f} s for {n} replies)",
+            flush=True,
+        )
     same = sum(a == b for a, b in zip(batched, single))
-    print(f"speed-up batched / one at a time: {t_s / t_b:.1f}x (interleaved, {args.reps} reps); "
-          f"identical replies: {same}/{len(ps)} (greedy; bf16 padding may change a few, fp32 none)")
+    print(
+        f"speed-up batched / one at a time: {t_s / t_b:.1f}x (interleaved, {args.reps} reps); "
+        f"identical replies: {same}/{len(ps)} (greedy; bf16 padding may change a few, fp32 none)"
+    )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

@@ -37,7 +37,9 @@ def main() -> None:
     ps = pairs(a.pairs)
     scores = {}
     for scoring in metrics.SCORINGS:
-        rows = [{"bleu4": metrics.bleu4(h, r, scoring), **metrics.rouge(h, r, scoring)} for h, r in ps]
+        rows = [
+            {"bleu4": metrics.bleu4(h, r, scoring), **metrics.rouge(h, r, scoring)} for h, r in ps
+        ]
         scores[scoring] = {m: np.array([x[m] for x in rows]) for m in metrics.METRICS}
     print(f"{len(ps)} pairs of consecutive CPsyCounD counselor turns")
     print(f"{'metric':8} {'raw':>6} {'content':>8} {'max |diff| per pair':>20}")

@@ -49,10 +49,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 SHAPES = {  # random-weight Llama shapes (no download)
-    "cpu": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8, "num_attention_heads": 8,
-                "num_key_value_heads": 8, "vocab_size": 32000},
-    "gpu": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-                "num_key_value_heads": 8, "vocab_size": 128256},  # Llama-3-8B
+    "cpu": {
+        "hidden_size": 512,
+        "intermediate_size": 1408,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+        "vocab_size": 32000,
+    },
+    "gpu": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+    },  # Llama-3-8B
 }
 
 
@@ -60,7 +72,9 @@ def data_rows() -> list[dict]:
     """Prompt/completion samples from the shipped PsyDTCorpus dialogues (real text)."""
     from mi_llm import sft
 
-    dialogues = json.loads((ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json").read_text(encoding="utf-8"))
+    dialogues = json.loads(
+        (ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json").read_text(encoding="utf-8")
+    )
     return [r for d in dialogues for r in sft.samples(d["messages"], 1, 6)]
 
 
@@ -70,15 +84,28 @@ def bpe_tokenizer(rows, vocab_size=8000):
     from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    specials = [
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+    ]
     tk = Tokenizer(BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     text = [m["content"] for r in rows for m in r["prompt"] + r["completion"]]
-    tk.train_from_iterator(text, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=specials[0], eos_token=specials[4],
-                                   pad_token=specials[1])
+    tk.train_from_iterator(
+        text,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token=specials[0], eos_token=specials[4], pad_token=specials[1]
+    )
 
 
 def build_model(args, attn: str, dtype: str = "bfloat16"):
@@ -93,9 +120,14 @@ def build_model(args, attn: str, dtype: str = "bfloat16"):
         return model, tok, models.get(args.model)
     spec = models.get("llama3-8b-chinese-chat-v2")  # its template and LoRA targets
     tok = models.prepare_tokenizer(spec, bpe_tokenizer(data_rows()))
-    cfg = LlamaConfig(**SHAPES["gpu" if args.gpu else "cpu"], max_position_embeddings=8192,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, attn_implementation=attn)
+    cfg = LlamaConfig(
+        **SHAPES["gpu" if args.gpu else "cpu"],
+        max_position_embeddings=8192,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        attn_implementation=attn,
+    )
     torch.manual_seed(0)
     with torch.device("cuda" if args.gpu else "cpu"):  # initialised in place, in bf16 (16 GB at 8B)
         model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype))
@@ -112,7 +144,9 @@ def flops_per_token(model, mean_ctx: float) -> tuple[float, int, int]:
             n_matmul += mod.weight.numel()
     n_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     cfg = model.config.get_text_config()
-    d_attn = cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+    d_attn = cfg.num_attention_heads * getattr(
+        cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads
+    )
     attn = 12 * cfg.num_hidden_layers * d_attn * mean_ctx
     return 4 * n_matmul + 6 * n_lora + attn, n_matmul, n_lora
 
@@ -129,7 +163,9 @@ def peak_flops(gpu: bool) -> tuple[float, str]:
     from mi_llm import models
 
     n, dev = (8192, "cuda") if gpu else (1024, "cpu")
-    dtype = getattr(torch, models.compute_dtype("bfloat16", dev))  # fp32 on a CPU without native bf16
+    dtype = getattr(
+        torch, models.compute_dtype("bfloat16", dev)
+    )  # fp32 on a CPU without native bf16
     a = torch.randn(n, n, dtype=dtype, device=dev)
     b = torch.randn(n, n, dtype=dtype, device=dev)
     for _ in range(2):
@@ -139,7 +175,9 @@ def peak_flops(gpu: bool) -> tuple[float, str]:
         a @ b
     if gpu:
         torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - t0), f"measured {n}^3 {str(dtype)[6:]} matmul on {dev}"
+    return 2 * n**3 * reps / (
+        time.perf_counter() - t0
+    ), f"measured {n}^3 {str(dtype)[6:]} matmul on {dev}"
 
 
 def has(package: str) -> bool:
@@ -160,32 +198,73 @@ def run_one(args, which: str) -> dict:
     from mi_llm.loss import LossPositionsSFTTrainer, use_liger
 
     project = which == "project"
-    attn = "flash_attention_2" if project and args.gpu and has("flash_attn") and not args.model else "sdpa"
+    attn = (
+        "flash_attention_2"
+        if project and args.gpu and has("flash_attn") and not args.model
+        else "sdpa"
+    )
     # defaults: the checkpoint's bf16 (TRL loads dtype "auto" and trains with bf16 autocast);
     # project: models.compute_dtype, fp32 on a CPU without native bf16
-    dtype = models.compute_dtype("bfloat16", "cuda" if args.gpu else "cpu") if project else "bfloat16"
+    dtype = (
+        models.compute_dtype("bfloat16", "cuda" if args.gpu else "cpu") if project else "bfloat16"
+    )
     model, tok, spec = build_model(args, attn, dtype)
     rows = data_rows()
-    lens = [min(len(tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True)
-                    ["input_ids"]), args.seq) for r in rows]
+    lens = [
+        min(
+            len(
+                tok.apply_chat_template(
+                    r["prompt"] + r["completion"], tokenize=True, return_dict=True
+                )["input_ids"]
+            ),
+            args.seq,
+        )
+        for r in rows
+    ]
     mean_ctx = sum(n * (n + 1) / 2 for n in lens) / sum(lens)  # keys per query, token-weighted
-    common = {"max_steps": args.warmup + args.steps, "per_device_train_batch_size": args.batch,
-                  "max_length": args.seq, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
-                  "include_num_input_tokens_seen": "non_padding", "disable_tqdm": True}
+    common = {
+        "max_steps": args.warmup + args.steps,
+        "per_device_train_batch_size": args.batch,
+        "max_length": args.seq,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "include_num_input_tokens_seen": "non_padding",
+        "disable_tqdm": True,
+    }
     out_dir = tempfile.mkdtemp(prefix=f"sft-bench-{which}-")
     if project:
         liger = args.gpu and has("liger_kernel")
-        P = params.from_dict({"name": "bench", "device": "cuda" if args.gpu else "cpu", "seed": 0,
-                              "sft": {"config": {**common, "learning_rate": 1e-4,
-                                                 "gradient_checkpointing": args.grad_ckpt,
-                                                 "use_liger_kernel": liger}}})
+        P = params.from_dict(
+            {
+                "name": "bench",
+                "device": "cuda" if args.gpu else "cpu",
+                "seed": 0,
+                "sft": {
+                    "config": {
+                        **common,
+                        "learning_rate": 1e-4,
+                        "gradient_checkpointing": args.grad_ckpt,
+                        "use_liger_kernel": liger,
+                    }
+                },
+            }
+        )
         cfg = sft.sft_config(P, spec, out_dir)
         trainer_cls = LossPositionsSFTTrainer
     else:  # the user's few lines; gradient checkpointing only where the model would not fit without it
-        cfg = SFTConfig(output_dir=out_dir, seed=0, use_cpu=not args.gpu, learning_rate=1e-4,
-                        gradient_checkpointing=args.grad_ckpt, **common)
+        cfg = SFTConfig(
+            output_dir=out_dir,
+            seed=0,
+            use_cpu=not args.gpu,
+            learning_rate=1e-4,
+            gradient_checkpointing=args.grad_ckpt,
+            **common,
+        )
         trainer_cls = SFTTrainer
-    P = params.from_dict({"name": "bench", "sft": {"lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0}}})
+    P = params.from_dict(
+        {"name": "bench", "sft": {"lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0}}}
+    )
     timer = {}
 
     class Timer(TrainerCallback):
@@ -200,9 +279,17 @@ def run_one(args, which: str) -> dict:
                 torch.cuda.synchronize()
             timer.update(t1=time.perf_counter(), tok1=state.num_input_tokens_seen)
 
-    data = Dataset.from_list(rows * max(1, (args.batch * (args.warmup + args.steps) * 2) // len(rows) + 1))
-    trainer = trainer_cls(model=model, args=cfg, train_dataset=data, processing_class=tok,
-                          peft_config=sft.lora_config(P, spec), callbacks=[Timer()])
+    data = Dataset.from_list(
+        rows * max(1, (args.batch * (args.warmup + args.steps) * 2) // len(rows) + 1)
+    )
+    trainer = trainer_cls(
+        model=model,
+        args=cfg,
+        train_dataset=data,
+        processing_class=tok,
+        peft_config=sft.lora_config(P, spec),
+        callbacks=[Timer()],
+    )
     if args.gpu:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -212,12 +299,25 @@ def run_one(args, which: str) -> dict:
     mem = torch.cuda.max_memory_allocated() / 2**20 if args.gpu else None
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     device = "cuda" if args.gpu else "cpu"
-    return {"config": which, "attn": attn, "packing": bool(cfg.packing), "liger": bool(cfg.use_liger_kernel),
-            "loss_positions": project, "liger_flce": project and use_liger(device),
-            "tokens_per_s": tokens / secs, "s_per_step": secs / args.steps, "tokens_per_step": tokens / args.steps,
-            "tflops": tokens / secs * fpt / 1e12, "mfu": tokens / secs * fpt / peak,
-            "peak_mem_mb": mem if mem is not None else rss, "peak_rss_mb": rss,
-            "flops_per_token": fpt, "n_matmul": n_matmul, "n_lora": n_lora, "mean_ctx": mean_ctx}
+    return {
+        "config": which,
+        "attn": attn,
+        "packing": bool(cfg.packing),
+        "liger": bool(cfg.use_liger_kernel),
+        "loss_positions": project,
+        "liger_flce": project and use_liger(device),
+        "tokens_per_s": tokens / secs,
+        "s_per_step": secs / args.steps,
+        "tokens_per_step": tokens / args.steps,
+        "tflops": tokens / secs * fpt / 1e12,
+        "mfu": tokens / secs * fpt / peak,
+        "peak_mem_mb": mem if mem is not None else rss,
+        "peak_rss_mb": rss,
+        "flops_per_token": fpt,
+        "n_matmul": n_matmul,
+        "n_lora": n_lora,
+        "mean_ctx": mean_ctx,
+    }
 
 
 def optimisations(gpu: bool, model: str | None) -> list[str]:
@@ -240,17 +340,23 @@ def main() -> int:
     ap.add_argument("--gpu", action="store_true", help="8B Llama-shaped model on CUDA")
     ap.add_argument("--model", help="a registry model instead of a random Llama (e.g. gemma3-270m)")
     ap.add_argument("--batch", type=int, help="rows per step (default 2 on CPU, 4 on GPU)")
-    ap.add_argument("--seq", type=int, help="max_length in tokens (default 512 on CPU, 2048 on GPU)")
+    ap.add_argument(
+        "--seq", type=int, help="max_length in tokens (default 512 on CPU, 2048 on GPU)"
+    )
     ap.add_argument("--steps", type=int, default=4, help="measured steps")
     ap.add_argument("--warmup", type=int, default=2, help="steps before timing starts")
-    ap.add_argument("--grad-ckpt", type=int, help="gradient checkpointing 0/1 (default: 1 on GPU, 0 on CPU)")
+    ap.add_argument(
+        "--grad-ckpt", type=int, help="gradient checkpointing 0/1 (default: 1 on GPU, 0 on CPU)"
+    )
     ap.add_argument("--one", choices=["defaults", "project", "peak"], help=argparse.SUPPRESS)
     ap.add_argument("--peak-flops", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.batch = a.batch or (4 if a.gpu else 2)
     a.seq = a.seq or (2048 if a.gpu else 512)
-    a.grad_ckpt = bool(a.gpu if a.grad_ckpt is None else a.grad_ckpt)  # 8B x 8k tokens/step needs it
+    a.grad_ckpt = bool(
+        a.gpu if a.grad_ckpt is None else a.grad_ckpt
+    )  # 8B x 8k tokens/step needs it
     if a.one == "peak":
         Path(a.out).write_text(json.dumps(peak_flops(a.gpu)))
         return 0
@@ -260,16 +366,35 @@ def main() -> int:
 
     def sub(which: str, *extra: str):  # separate processes: each its own peak memory
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            cmd = [sys.executable, __file__, "--one", which, "--out", f.name, "--batch", str(a.batch),
-                   "--seq", str(a.seq), "--steps", str(a.steps), "--warmup", str(a.warmup),
-                   "--grad-ckpt", str(int(a.grad_ckpt)), *extra]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                which,
+                "--out",
+                f.name,
+                "--batch",
+                str(a.batch),
+                "--seq",
+                str(a.seq),
+                "--steps",
+                str(a.steps),
+                "--warmup",
+                str(a.warmup),
+                "--grad-ckpt",
+                str(int(a.grad_ckpt)),
+                *extra,
+            ]
             cmd += ["--gpu"] * a.gpu + (["--model", a.model] if a.model else [])
             subprocess.run(cmd, check=True)
             return json.loads(Path(f.name).read_text())
 
     peak, peak_src = sub("peak")  # before any training, on an otherwise idle process
     print(f"peak {peak / 1e12:.2f} TFLOP/s ({peak_src}), measured before training", flush=True)
-    print("project optimisations on this device:\n  " + "\n  ".join(optimisations(a.gpu, a.model)), flush=True)
+    print(
+        "project optimisations on this device:\n  " + "\n  ".join(optimisations(a.gpu, a.model)),
+        flush=True,
+    )
     results = [sub(which, "--peak-flops", str(peak)) for which in ["defaults", "project"]]
     for r in results:
         r.update(peak_flops=peak, peak_src=peak_src)
@@ -280,19 +405,29 @@ def main() -> int:
 def print_table(a, results) -> None:
     """The comparison table and the project/defaults ratio."""
     r0 = results[0]
-    print(f"\nLoRA SFT throughput: {a.model or ('Llama-3-8B-shaped' if a.gpu else 'small Llama')} "
-          f"random weights={not a.model}, N_matmul={r0['n_matmul'] / 1e6:.1f}M, N_lora={r0['n_lora'] / 1e6:.2f}M, "
-          f"{a.batch} rows x <= {a.seq} tokens, mean attended keys {r0['mean_ctx']:.0f}, "
-          f"gradient checkpointing {a.grad_ckpt} (recompute not counted)")
-    print(f"FLOPs/token = 4*N_matmul + 6*N_lora + 12*L*d_attn*ctx = {r0['flops_per_token'] / 1e9:.3f} GFLOP; "
-          f"peak {r0['peak_flops'] / 1e12:.2f} TFLOP/s ({r0['peak_src']})")
-    print(f"{'config':9} {'attn':18} {'packing':7} {'liger':5} {'loss pos':8} {'tok/step':>8} {'s/step':>7} "
-          f"{'tok/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak MB':>8} {'peak RSS MB':>11}")
+    print(
+        f"\nLoRA SFT throughput: {a.model or ('Llama-3-8B-shaped' if a.gpu else 'small Llama')} "
+        f"random weights={not a.model}, N_matmul={r0['n_matmul'] / 1e6:.1f}M, N_lora={r0['n_lora'] / 1e6:.2f}M, "
+        f"{a.batch} rows x <= {a.seq} tokens, mean attended keys {r0['mean_ctx']:.0f}, "
+        f"gradient checkpointing {a.grad_ckpt} (recompute not counted)"
+    )
+    print(
+        f"FLOPs/token = 4*N_matmul + 6*N_lora + 12*L*d_attn*ctx = {r0['flops_per_token'] / 1e9:.3f} GFLOP; "
+        f"peak {r0['peak_flops'] / 1e12:.2f} TFLOP/s ({r0['peak_src']})"
+    )
+    print(
+        f"{'config':9} {'attn':18} {'packing':7} {'liger':5} {'loss pos':8} {'tok/step':>8} {'s/step':>7} "
+        f"{'tok/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak MB':>8} {'peak RSS MB':>11}"
+    )
     for r in results:
-        print(f"{r['config']:9} {r['attn']:18} {r['packing']!s:7} {r['liger']!s:5} {r['loss_positions']!s:8} "
-              f"{r['tokens_per_step']:8.0f} {r['s_per_step']:7.2f} {r['tokens_per_s']:9.1f} {r['tflops']:8.3f} "
-              f"{r['mfu']:6.1%} {r['peak_mem_mb']:8.0f} {r['peak_rss_mb']:11.0f}")
-    print(f"project / defaults tokens/s: {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
+        print(
+            f"{r['config']:9} {r['attn']:18} {r['packing']!s:7} {r['liger']!s:5} {r['loss_positions']!s:8} "
+            f"{r['tokens_per_step']:8.0f} {r['s_per_step']:7.2f} {r['tokens_per_s']:9.1f} {r['tflops']:8.3f} "
+            f"{r['mfu']:6.1%} {r['peak_mem_mb']:8.0f} {r['peak_rss_mb']:11.0f}"
+        )
+    print(
+        f"project / defaults tokens/s: {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

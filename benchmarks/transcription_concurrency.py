@@ -41,10 +41,19 @@ def rate(concurrency: int, n: int, url, tmp: Path) -> tuple[float, float]:
     """Requests/s and wall seconds for n fresh (uncached) requests at the given concurrency."""
     p = LLMParams(provider="remote", max_concurrency=concurrency, request_timeout=30, max_retries=0)
     ep = llm.Endpoint(url, "bench", "bench-key", "remote")
-    reqs = [llm.Request(f"c{concurrency}-{i}", [{"role": "user", "content": f"第{i}段对话"}]) for i in range(n)]
+    reqs = [
+        llm.Request(f"c{concurrency}-{i}", [{"role": "user", "content": f"第{i}段对话"}])
+        for i in range(n)
+    ]
     t0 = time.perf_counter()
-    res = llm.complete(ep, reqs, llm_params=p, cache_path=tmp / f"c{concurrency}.sqlite",
-                       settings={"max_tokens": 64}, desc=f"concurrency {concurrency}")
+    res = llm.complete(
+        ep,
+        reqs,
+        llm_params=p,
+        cache_path=tmp / f"c{concurrency}.sqlite",
+        settings={"max_tokens": 64},
+        desc=f"concurrency {concurrency}",
+    )
     wall = time.perf_counter() - t0
     assert all(r.ok and not r.cached for r in res)
     return n / wall, wall
@@ -56,8 +65,11 @@ def judge_requests(P) -> list:
 
     loaded = {n: (corpora.load(n, params.path(f)), None) for n, f in P.corpora.sources.items()}
     template, q = quality.prompt_template(P.quality.prompt_version), P.quality
-    return [llm.Request(f"{n}:{d.id}", quality.judge_messages(d, template, q.max_dialogue_chars)[0])
-            for n, ds in quality.judge_samples(loaded, P).items() for d in ds]
+    return [
+        llm.Request(f"{n}:{d.id}", quality.judge_messages(d, template, q.max_dialogue_chars)[0])
+        for n, ds in quality.judge_samples(loaded, P).items()
+        for d in ds
+    ]
 
 
 def embedded_rates(provider: str, concurrencies: list[int], tmp: Path) -> list[tuple]:
@@ -74,14 +86,30 @@ def embedded_rates(provider: str, concurrencies: list[int], tmp: Path) -> list[t
         p = replace(P.llm, provider=provider, max_concurrency=c)
         t0 = time.perf_counter()
         with llm.endpoint(p, log_dir=tmp) as ep:
-            warm = [llm.Request(f"warm{i}", r.messages[:1] + [{"role": "user", "content": "你好"}])
-                    for i, r in enumerate(reqs[:c])]  # one batch at this side's size
-            llm.complete(ep, warm, llm_params=p, cache_path=tmp / f"warm-{provider}-{c}.sqlite",
-                         settings=settings, truncated_ok=True, desc="warm-up")
+            warm = [
+                llm.Request(f"warm{i}", r.messages[:1] + [{"role": "user", "content": "你好"}])
+                for i, r in enumerate(reqs[:c])
+            ]  # one batch at this side's size
+            llm.complete(
+                ep,
+                warm,
+                llm_params=p,
+                cache_path=tmp / f"warm-{provider}-{c}.sqlite",
+                settings=settings,
+                truncated_ok=True,
+                desc="warm-up",
+            )
             start = time.perf_counter() - t0
             t1 = time.perf_counter()
-            res = llm.complete(ep, reqs, llm_params=p, cache_path=tmp / f"{provider}-{c}.sqlite",
-                               settings=settings, truncated_ok=True, desc=f"{provider} x{c}")
+            res = llm.complete(
+                ep,
+                reqs,
+                llm_params=p,
+                cache_path=tmp / f"{provider}-{c}.sqlite",
+                settings=settings,
+                truncated_ok=True,
+                desc=f"{provider} x{c}",
+            )
             wall = time.perf_counter() - t1
         assert all(r.text is not None and not r.cached for r in res)
         out.append((c, len(reqs), wall, len(reqs) / wall, start))
@@ -91,12 +119,19 @@ def embedded_rates(provider: str, concurrencies: list[int], tmp: Path) -> list[t
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-embedded", action="store_true", help="the plumbing measurement only")
-    ap.add_argument("--serve", action="store_true", help="also the embedded model behind transformers serve")
+    ap.add_argument(
+        "--serve", action="store_true", help="also the embedded model behind transformers serve"
+    )
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, serve(lambda r: "听起来你很在意这件事。", latency_s=LATENCY_S) as url:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        serve(lambda r: "听起来你很在意这件事。", latency_s=LATENCY_S) as url,
+    ):
         rows = {c: rate(c, n, url, Path(tmp)) for c, n in N.items()}
     ratio = rows[16][0] / rows[1][0]
-    print(f"\n1. client plumbing: test server, latency {LATENCY_S * 1000:.0f} ms per request, no compute")
+    print(
+        f"\n1. client plumbing: test server, latency {LATENCY_S * 1000:.0f} ms per request, no compute"
+    )
     print(f"{'concurrency':>11} {'requests':>8} {'wall_s':>7} {'req/s':>7}")
     for c, (r, w) in rows.items():
         print(f"{c:>11} {N[c]:>8} {w:>7.2f} {r:>7.2f}")
@@ -105,15 +140,24 @@ def main() -> int:
         from mi_llm import params
 
         smoke = params.load(params.ROOT / "params/smoke.yaml").llm.max_concurrency
-        print(f"\n2. the embedded model on stage 01's judge requests (smoke recipe), concurrency 1 vs {smoke}")
-        print(f"{'provider':>9} {'concurrency':>11} {'requests':>8} {'start_s':>7} {'wall_s':>7} {'req/s':>7}")
+        print(
+            f"\n2. the embedded model on stage 01's judge requests (smoke recipe), concurrency 1 vs {smoke}"
+        )
+        print(
+            f"{'provider':>9} {'concurrency':>11} {'requests':>8} {'start_s':>7} {'wall_s':>7} {'req/s':>7}"
+        )
         with tempfile.TemporaryDirectory() as tmp:
             for provider in ["embedded"] + ["serve"] * a.serve:
                 got = embedded_rates(provider, [1, smoke], Path(tmp))
                 for c, n, wall, r, start in got:
-                    print(f"{provider:>9} {c:>11} {n:>8} {start:>7.1f} {wall:>7.1f} {r:>7.2f}", flush=True)
+                    print(
+                        f"{provider:>9} {c:>11} {n:>8} {start:>7.1f} {wall:>7.1f} {r:>7.2f}",
+                        flush=True,
+                    )
                 print(f"{provider}: {smoke} vs 1: {got[1][3] / got[0][3]:.1f}x")
-    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (this process)")
+    print(
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (this process)"
+    )
     return 0 if ratio >= 8 else 1
 
 

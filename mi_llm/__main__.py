@@ -12,16 +12,24 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="execute the study's notebooks for a params file")
     r.add_argument("params", help="params/<name>.yaml")
-    r.add_argument("--only", nargs="+", metavar="STAGE", help="stage numbers or names, e.g. 01 03_sft")
+    r.add_argument(
+        "--only", nargs="+", metavar="STAGE", help="stage numbers or names, e.g. 01 03_sft"
+    )
     r.add_argument("--check", action="store_true", help="validate the params file and run nothing")
     r.add_argument("--no-progress", action="store_true")
     c = sub.add_parser("check", help="validate params files without running anything")
     c.add_argument("params", nargs="+")
-    d = sub.add_parser("dryrun", help="run a dry-run params file with its local stand-ins (mi_llm.dryrun)")
+    d = sub.add_parser(
+        "dryrun", help="run a dry-run params file with its local stand-ins (mi_llm.dryrun)"
+    )
     d.add_argument("params", nargs="?", default="params/paper-dryrun.yaml")
-    d.add_argument("--only", nargs="+", metavar="STAGE", help="stage numbers or names, e.g. 01 03_sft")
+    d.add_argument(
+        "--only", nargs="+", metavar="STAGE", help="stage numbers or names, e.g. 01 03_sft"
+    )
     d.add_argument("--no-progress", action="store_true")
-    s = sub.add_parser("sync-notebooks", help="rewrite notebook parameters cells from a params file")
+    s = sub.add_parser(
+        "sync-notebooks", help="rewrite notebook parameters cells from a params file"
+    )
     s.add_argument("params", nargs="?", default="params/smoke.yaml")
     dp = sub.add_parser("data", help="the full corpora: list their pinned sources, fetch them")
     dsub = dp.add_subparsers(dest="data_cmd", required=True)
@@ -30,26 +38,44 @@ def main(argv=None) -> int:
     df = dsub.add_parser("fetch", help="download, verify and pin corpora (all by default)")
     df.add_argument("names", nargs="*", metavar="NAME", help="corpora to fetch (data list)")
     df.add_argument("--dest", default="data/full", help="download folder (default data/full)")
-    ch = sub.add_parser("chat", help="serve a run's model (OpenAI endpoint + chat page, crisis-screened)")
+    ch = sub.add_parser(
+        "chat", help="serve a run's model (OpenAI endpoint + chat page, crisis-screened)"
+    )
     ch.add_argument("run", help="runs/<name>")
     ch.add_argument("--model", help="registry name (default: the run's first evaluated model)")
     ch.add_argument("--variant", default="finetuned", choices=["base", "finetuned"])
     ch.add_argument("--port", type=int, default=8765)
-    ch.add_argument("--country", help="crisis line of this country (CN, US, UK or one in --referral)")
+    ch.add_argument(
+        "--country", help="crisis line of this country (CN, US, UK or one in --referral)"
+    )
     ch.add_argument("--referral", help="YAML/JSON overriding the referral replies and hotlines")
     ch.add_argument("--on-crisis", default="refer", choices=["refer", "refer_then_reply"])
-    ch.add_argument("--backend", help="an OpenAI-compatible server already serving the model (e.g. vLLM)")
-    ch.add_argument("--backend-model", help="the model name the backend expects (e.g. vLLM's LoRA module)")
-    cs = sub.add_parser("code-sessions", help="MITI-code saved chat sessions; client change/sustain talk")
+    ch.add_argument(
+        "--backend", help="an OpenAI-compatible server already serving the model (e.g. vLLM)"
+    )
+    ch.add_argument(
+        "--backend-model", help="the model name the backend expects (e.g. vLLM's LoRA module)"
+    )
+    cs = sub.add_parser(
+        "code-sessions", help="MITI-code saved chat sessions; client change/sustain talk"
+    )
     cs.add_argument("folder", help="runs/<name>/chat")
     cs.add_argument("--out", help="output folder (default: <folder>/coded)")
     a = ap.parse_args(argv)
     if a.cmd == "chat":
         from . import chat
 
-        chat.main(a.run, a.model, a.variant, a.port, on_crisis=a.on_crisis, country=a.country,
-                  referral_file=a.referral, backend_url=a.backend,
-                  backend_model=a.backend_model)
+        chat.main(
+            a.run,
+            a.model,
+            a.variant,
+            a.port,
+            on_crisis=a.on_crisis,
+            country=a.country,
+            referral_file=a.referral,
+            backend_url=a.backend,
+            backend_model=a.backend_model,
+        )
         return 0
     if a.cmd == "code-sessions":
         from . import sessions
@@ -82,7 +108,9 @@ def main(argv=None) -> int:
     runner = dryrun.run if a.cmd == "dryrun" else study.run
     try:
         runner(a.params, only=a.only, progress=not a.no_progress)
-    except ParamsError as e:  # one line naming the file (and line:column of a YAML error), no traceback
+    except (
+        ParamsError
+    ) as e:  # one line naming the file (and line:column of a YAML error), no traceback
         print(f"[mi_llm] {e}", file=sys.stderr)
         return 2
     return 0

@@ -43,7 +43,9 @@ def _annomi_rows(file: Path) -> dict:
     try:
         return _annomi_read(file)
     except UnicodeDecodeError as e:
-        raise DataError(file, WHOLE_FILE, "encoding", f"not UTF-8: {e.reason} at byte {e.start}") from None
+        raise DataError(
+            file, WHOLE_FILE, "encoding", f"not UTF-8: {e.reason} at byte {e.start}"
+        ) from None
     except csv.Error as e:  # strict parsing: an unterminated quote is a cut file, not an utterance
         raise DataError(file, WHOLE_FILE, "csv", f"truncated or malformed CSV: {e}") from None
 
@@ -57,10 +59,17 @@ def _annomi_read(file: Path) -> dict:
         rows: dict = {}
         for row in reader:
             n = reader.line_num
-            if None in row.values() or None in row:  # fewer or more fields than the header: cut or broken
+            if (
+                None in row.values() or None in row
+            ):  # fewer or more fields than the header: cut or broken
                 n_fields = len([v for k, v in row.items() if k is not None and v is not None])
-                raise DataError(file, f"line {n}", "(row)", f"{n_fields} of {len(reader.fieldnames)} "
-                                "fields: the row is truncated or malformed")
+                raise DataError(
+                    file,
+                    f"line {n}",
+                    "(row)",
+                    f"{n_fields} of {len(reader.fieldnames)} "
+                    "fields: the row is truncated or malformed",
+                )
             try:
                 key = (int(row["transcript_id"]), int(row["utterance_id"]))
             except (TypeError, ValueError):

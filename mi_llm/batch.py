@@ -19,7 +19,9 @@ from .llm import Answer, Cache, Endpoint, cache_key
 from .runs import write_atomic
 
 
-def run_batch(ep: Endpoint, todo, llm_params, cache: Cache, settings: dict, state_dir: Path) -> None:
+def run_batch(
+    ep: Endpoint, todo, llm_params, cache: Cache, settings: dict, state_dir: Path
+) -> None:
     """Answer the uncached requests through the Batch API into the cache; resumable by stored batch id."""
     missing = {}
     for req, _, attempt in todo:
@@ -28,21 +30,37 @@ def run_batch(ep: Endpoint, todo, llm_params, cache: Cache, settings: dict, stat
             missing[key] = req
     if not missing:
         return
-    client = openai.OpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=llm_params.max_retries,
-                           timeout=llm_params.request_timeout)
+    client = openai.OpenAI(
+        base_url=ep.base_url,
+        api_key=ep.api_key,
+        max_retries=llm_params.max_retries,
+        timeout=llm_params.request_timeout,
+    )
     state_dir.mkdir(parents=True, exist_ok=True)
-    state = state_dir / "batch.json"  # the batch id on disk: a re-run polls it instead of resubmitting
+    state = (
+        state_dir / "batch.json"
+    )  # the batch id on disk: a re-run polls it instead of resubmitting
     if state.exists():
         batch_id = json.loads(state.read_text())["id"]
     else:
-        lines = [json.dumps({"custom_id": k, "method": "POST", "url": "/v1/chat/completions",
-                             "body": {"model": ep.model, "messages": q.messages, **settings}},
-                            ensure_ascii=False) for k, q in missing.items()]
+        lines = [
+            json.dumps(
+                {
+                    "custom_id": k,
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": ep.model, "messages": q.messages, **settings},
+                },
+                ensure_ascii=False,
+            )
+            for k, q in missing.items()
+        ]
         write_atomic(state_dir / "input.jsonl", "\n".join(lines) + "\n")
         with open(state_dir / "input.jsonl", "rb") as fh:
             f = client.files.create(file=fh, purpose="batch")
-        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                  completion_window="24h")
+        b = client.batches.create(
+            input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
         batch_id = b.id
         write_atomic(state, json.dumps({"id": batch_id, "input_file_id": f.id, "n": len(missing)}))
     _ingest(client, _poll(client, batch_id, llm_params.batch_poll_s), missing, ep.model, cache)
@@ -71,6 +89,14 @@ def _ingest(client, b, missing: dict, model: str, cache: Cache) -> None:
             continue
         body = resp["body"]
         choice, usage = body["choices"][0], body.get("usage") or {}
-        cache.put(item["custom_id"], missing[item["custom_id"]].key, model, Answer(
-            choice["message"].get("content") or "", choice.get("finish_reason") or "stop",
-            usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)))
+        cache.put(
+            item["custom_id"],
+            missing[item["custom_id"]].key,
+            model,
+            Answer(
+                choice["message"].get("content") or "",
+                choice.get("finish_reason") or "stop",
+                usage.get("prompt_tokens", 0),
+                usage.get("completion_tokens", 0),
+            ),
+        )

@@ -65,10 +65,15 @@ class Served:
     system: str | None = None  # the system prompt of the run's test dialogues, if any
 
     def meta(self) -> dict:
-        return {"run": str(self.run_dir), "model": self.model, "variant": self.variant,
-                "base_weights": str(self.base_folder), "served_folder": str(self.folder),
-                "adapter": str(self.adapter) if self.adapter else None,
-                "adapter_sha256": self.adapter_sha256}
+        return {
+            "run": str(self.run_dir),
+            "model": self.model,
+            "variant": self.variant,
+            "base_weights": str(self.base_folder),
+            "served_folder": str(self.folder),
+            "adapter": str(self.adapter) if self.adapter else None,
+            "adapter_sha256": self.adapter_sha256,
+        }
 
 
 def run_params(run_dir):
@@ -77,7 +82,9 @@ def run_params(run_dir):
 
     prov = Path(run_dir) / "provenance.json"
     if not prov.exists():
-        raise FileNotFoundError(f"{prov}: not a run folder (no provenance.json); run the study first")
+        raise FileNotFoundError(
+            f"{prov}: not a run folder (no provenance.json); run the study first"
+        )
     data = json.loads(prov.read_text(encoding="utf-8")).get("params")
     if not isinstance(data, dict):
         raise DataError(prov, "file", "params", "missing or not a mapping")
@@ -91,7 +98,9 @@ def adapter_sha256(adapter: Path) -> str:
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         f = Path(adapter) / name
         if not f.exists():
-            raise FileNotFoundError(f"{adapter}: no PEFT adapter ({name} missing); run stage 03 first")
+            raise FileNotFoundError(
+                f"{adapter}: no PEFT adapter ({name} missing); run stage 03 first"
+            )
         h.update(name.encode())
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -120,9 +129,18 @@ def merged_folder(model: str, base_folder: Path, adapter: Path, sha: str) -> Pat
             shutil.rmtree(tmp, ignore_errors=True)
             m.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            (tmp / "mi_llm_merged.json").write_text(json.dumps(
-                {"model": model, "base_weights": str(base_folder), "adapter": str(adapter),
-                 "adapter_sha256": sha}, indent=1), encoding="utf-8")
+            (tmp / "mi_llm_merged.json").write_text(
+                json.dumps(
+                    {
+                        "model": model,
+                        "base_weights": str(base_folder),
+                        "adapter": str(adapter),
+                        "adapter_sha256": sha,
+                    },
+                    indent=1,
+                ),
+                encoding="utf-8",
+            )
             tmp.rename(target)  # atomic: a half-written folder is never served
     return target
 
@@ -139,17 +157,23 @@ def _system_prompt(run_dir) -> str | None:
     return None
 
 
-def resolve(run_dir, model: str | None = None, variant: str = "finetuned", merge: bool = True) -> Served:
+def resolve(
+    run_dir, model: str | None = None, variant: str = "finetuned", merge: bool = True
+) -> Served:
     """The model a chat on a run serves: the run's first evaluated model unless named."""
     from . import models
     from .params import path
 
     if variant not in VARIANTS:
-        raise ValueError(f"variant {variant!r}: the chat serves one of {VARIANTS} (the conditioned "
-                         "variant's tag-prefilled replies are made by stage 04's generation)")
+        raise ValueError(
+            f"variant {variant!r}: the chat serves one of {VARIANTS} (the conditioned "
+            "variant's tag-prefilled replies are made by stage 04's generation)"
+        )
     P = run_params(run_dir)
     model = model or (P.evaluation.models or P.sft.models)[0]
-    base = path(P.model_paths[model]) if model in P.model_paths else Path(models.weights_path(model))
+    base = (
+        path(P.model_paths[model]) if model in P.model_paths else Path(models.weights_path(model))
+    )
     served = Served(Path(run_dir), model, variant, base, base, system=_system_prompt(run_dir))
     if variant == "finetuned":
         served.adapter = Path(run_dir) / "03_sft" / model / "adapter"  # where stage 03 saves it
@@ -183,8 +207,13 @@ class Sessions:
         if file.exists():  # a session named again after a restart continues its file
             d = Dialogue.from_dict(json.loads(file.read_text(encoding="utf-8").splitlines()[0]))
         else:
-            d = Dialogue(sid, "chat", [], {**self.meta, "started": _now(), "events": []},
-                         {"file": str(file), "record": sid})
+            d = Dialogue(
+                sid,
+                "chat",
+                [],
+                {**self.meta, "started": _now(), "events": []},
+                {"file": str(file), "record": sid},
+            )
         return Session(sid, file, d)
 
     def find(self, sid: str | None, history: list[tuple]) -> Session:
@@ -192,7 +221,9 @@ class Sessions:
         with self.lock:
             if sid:
                 if not all(c.isalnum() or c in "-_." for c in sid) or len(sid) > 100:
-                    raise ValueError(f"session id {sid!r}: letters, digits, - _ . only (100 at most)")
+                    raise ValueError(
+                        f"session id {sid!r}: letters, digits, - _ . only (100 at most)"
+                    )
                 if sid not in self.open:
                     self.open[sid] = self._new(sid)
                 return self.open[sid]
@@ -204,16 +235,30 @@ class Sessions:
             self.open[s.id] = s
             return s
 
-    def record(self, s: Session, history: list[tuple], client: str, reply: str, turn_meta: dict,
-               event: dict | None) -> None:
+    def record(
+        self,
+        s: Session,
+        history: list[tuple],
+        client: str,
+        reply: str,
+        turn_meta: dict,
+        event: dict | None,
+    ) -> None:
         """Set the session's turns to history + the client message + the reply; save it atomically."""
         d, now = s.dialogue, _now()
         old = d.turns
-        turns = [old[i] if i < len(old) and (old[i].speaker, old[i].text) == h else Turn(h[0], h[1], {})
-                 for i, h in enumerate(history)]
+        turns = [
+            old[i] if i < len(old) and (old[i].speaker, old[i].text) == h else Turn(h[0], h[1], {})
+            for i, h in enumerate(history)
+        ]
         turns.append(Turn("client", client, {"time": now, "screen": turn_meta["screen"]}))
-        turns.append(Turn("counselor", reply, {"time": _now(), **{k: v for k, v in turn_meta.items()
-                                                                    if k != "screen"}}))
+        turns.append(
+            Turn(
+                "counselor",
+                reply,
+                {"time": _now(), **{k: v for k, v in turn_meta.items() if k != "screen"}},
+            )
+        )
         d.turns = turns
         d.meta["updated"] = _now()
         if event:
@@ -261,9 +306,18 @@ def _history(messages, where="request") -> tuple[list[tuple], str]:
     return turns[:-1], turns[-1][1]
 
 
-def make_app(served: Served, backend_url: str, backend_model: str, sessions: Sessions, *,
-             on_crisis: str = "refer", country: str | None = None, referral: dict | None = None,
-             max_tokens: int = 256, timeout: float = 600.0):
+def make_app(
+    served: Served,
+    backend_url: str,
+    backend_model: str,
+    sessions: Sessions,
+    *,
+    on_crisis: str = "refer",
+    country: str | None = None,
+    referral: dict | None = None,
+    max_tokens: int = 256,
+    timeout: float = 600.0,
+):
     """The FastAPI app: /v1/chat/completions, /v1/models, /sessions/{id} and the page at /."""
     import httpx
     from fastapi import FastAPI, HTTPException
@@ -282,8 +336,12 @@ def make_app(served: Served, backend_url: str, backend_model: str, sessions: Ses
         system = [{"role": "system", "content": served.system}] if served.system else []
         if messages and messages[0]["role"] == "system":
             system = []
-        req = {"model": backend_model, "messages": system + messages, "stream": False,
-               "max_tokens": body.get("max_tokens") or max_tokens}
+        req = {
+            "model": backend_model,
+            "messages": system + messages,
+            "stream": False,
+            "max_tokens": body.get("max_tokens") or max_tokens,
+        }
         for k in ("temperature", "top_p", "seed", "stop"):
             if body.get(k) is not None:
                 req[k] = body[k]
@@ -292,8 +350,11 @@ def make_app(served: Served, backend_url: str, backend_model: str, sessions: Ses
             raise HTTPException(502, f"model server answered {r.status_code}: {r.text[:500]}")
         out = r.json()
         choice = out["choices"][0]
-        return (choice["message"]["content"] or "").strip(), choice.get("finish_reason") or "stop", \
-            out.get("usage") or {}
+        return (
+            (choice["message"]["content"] or "").strip(),
+            choice.get("finish_reason") or "stop",
+            out.get("usage") or {},
+        )
 
     @app.get("/", response_class=HTMLResponse)
     def index():
@@ -301,8 +362,10 @@ def make_app(served: Served, backend_url: str, backend_model: str, sessions: Ses
 
     @app.get("/v1/models")
     def list_models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "owned_by": "mi-llm",
-                                            **served.meta()}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_id, "object": "model", "owned_by": "mi-llm", **served.meta()}],
+        }
 
     @app.get("/sessions/{sid}")
     def get_session(sid: str):
@@ -336,8 +399,14 @@ def make_app(served: Served, backend_url: str, backend_model: str, sessions: Ses
             meta, event, usage, finish = {"screen": scr.to_dict()}, None, {}, "stop"
             if scr.flagged:
                 text = safety.referral(lang, country, referral)
-                event = {"type": "crisis_referral", "category": scr.category, "evidence": scr.evidence,
-                         "rule": scr.rule, "language": lang, "action": on_crisis}
+                event = {
+                    "type": "crisis_referral",
+                    "category": scr.category,
+                    "evidence": scr.evidence,
+                    "rule": scr.rule,
+                    "language": lang,
+                    "action": on_crisis,
+                }
                 meta.update(referral=True, language=lang)
                 if on_crisis == "refer_then_reply":
                     reply, finish, usage = ask_model(body["messages"], body)
@@ -349,13 +418,26 @@ def make_app(served: Served, backend_url: str, backend_model: str, sessions: Ses
                 meta["latency_s"] = round(time.perf_counter() - t0, 3)
             meta.update(model=served.model, variant=served.variant, finish_reason=finish)
             sessions.record(s, history, client_text, text, meta, event)
-        return {"id": "chatcmpl-" + uuid.uuid4().hex[:16], "object": "chat.completion",
-                "created": int(time.time()), "model": model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": finish}],
-                "usage": usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                "mi_llm": {"session": s.id, "session_file": str(s.file), "screen": scr.to_dict(),
-                           "referral": scr.flagged}}
+        return {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:16],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "mi_llm": {
+                "session": s.id,
+                "session_file": str(s.file),
+                "screen": scr.to_dict(),
+                "referral": scr.flagged,
+            },
+        }
 
     return app
 
@@ -380,23 +462,40 @@ class Chat:
         self.session = out["mi_llm"]["session"]
         return reply
 
-    def say(self, text: str, history: list[dict] | None = None, session: str | None = None,
-            **settings) -> dict:
+    def say(
+        self, text: str, history: list[dict] | None = None, session: str | None = None, **settings
+    ) -> dict:
         """Send one client message (with the conversation so far); the endpoint's JSON answer."""
         import httpx
 
         msgs = (history or []) + [{"role": "user", "content": text}]
-        body = {"model": self.model_id, "messages": msgs, **({"user": session} if session else {}), **settings}
+        body = {
+            "model": self.model_id,
+            "messages": msgs,
+            **({"user": session} if session else {}),
+            **settings,
+        }
         r = httpx.post(self.url + "/v1/chat/completions", json=body, timeout=600)
         r.raise_for_status()
         return r.json()
 
 
 @contextlib.contextmanager
-def serve(run_dir, model: str | None = None, variant: str = "finetuned", port: int = 0, *,
-          on_crisis: str = "refer", country: str | None = None, referral_file=None,
-          backend_url: str | None = None, backend_model: str | None = None, log_dir=None,
-          serve_timeout: float = 300.0, max_tokens: int = 256):
+def serve(
+    run_dir,
+    model: str | None = None,
+    variant: str = "finetuned",
+    port: int = 0,
+    *,
+    on_crisis: str = "refer",
+    country: str | None = None,
+    referral_file=None,
+    backend_url: str | None = None,
+    backend_model: str | None = None,
+    log_dir=None,
+    serve_timeout: float = 300.0,
+    max_tokens: int = 256,
+):
     """Serve a run's model with the chat in front, on 127.0.0.1 (a background thread); yield a Chat.
 
     backend_url: an already running OpenAI-compatible server for the model (tests; vLLM on a GPU),
@@ -410,17 +509,34 @@ def serve(run_dir, model: str | None = None, variant: str = "finetuned", port: i
     served = resolve(run_dir, model, variant, merge=backend_url is None)
     referral = safety.referral_config(referral_file)
     if country:
-        safety.referral("en", country, referral)  # an unknown country fails now, not at the first crisis
+        safety.referral(
+            "en", country, referral
+        )  # an unknown country fails now, not at the first crisis
     sessions = Sessions(Path(run_dir) / "chat", served.meta())
     with contextlib.ExitStack() as stack:
         if backend_url is None:
-            backend_url = stack.enter_context(llm.serve(served.folder, timeout=serve_timeout,
-                                                        log_dir=log_dir or Path(run_dir) / "chat" / "logs"))
+            backend_url = stack.enter_context(
+                llm.serve(
+                    served.folder,
+                    timeout=serve_timeout,
+                    log_dir=log_dir or Path(run_dir) / "chat" / "logs",
+                )
+            )
             backend_model = str(served.folder)
         backend_model = backend_model or str(served.folder)
-        app = make_app(served, backend_url, backend_model, sessions, on_crisis=on_crisis, country=country,
-                       referral=referral, max_tokens=max_tokens)
-        config = uvicorn.Config(app, host="127.0.0.1", port=port or llm._free_port(), log_level="warning")
+        app = make_app(
+            served,
+            backend_url,
+            backend_model,
+            sessions,
+            on_crisis=on_crisis,
+            country=country,
+            referral=referral,
+            max_tokens=max_tokens,
+        )
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port or llm._free_port(), log_level="warning"
+        )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -430,7 +546,12 @@ def serve(run_dir, model: str | None = None, variant: str = "finetuned", port: i
                 raise RuntimeError(f"the chat server did not start on 127.0.0.1:{config.port}")
             time.sleep(0.05)
         try:
-            yield Chat(f"http://127.0.0.1:{config.port}", served, sessions, f"{served.model}:{served.variant}")
+            yield Chat(
+                f"http://127.0.0.1:{config.port}",
+                served,
+                sessions,
+                f"{served.model}:{served.variant}",
+            )
         finally:
             server.should_exit = True
             thread.join(timeout=15)
@@ -453,9 +574,12 @@ def main(run_dir, model=None, variant="finetuned", port=8765, **kw) -> None:
 
     signal.signal(signal.SIGTERM, interrupted)  # kill <pid> stops the model server too
     with serve(run_dir, model, variant, port, **kw) as c:
-        print(f"[mi_llm] chat with {c.model_id} ({c.served.folder})\n"
-              f"  page:     {c.url}/\n  endpoint: {c.url}/v1  (model {c.model_id!r})\n"
-              f"  sessions: {c.sessions.folder}/\n  Ctrl-C to stop", flush=True)
+        print(
+            f"[mi_llm] chat with {c.model_id} ({c.served.folder})\n"
+            f"  page:     {c.url}/\n  endpoint: {c.url}/v1  (model {c.model_id!r})\n"
+            f"  sessions: {c.sessions.folder}/\n  Ctrl-C to stop",
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(3600)

@@ -39,7 +39,9 @@ def corpus_problems(p) -> list[str]:
     for name, src in p.corpora.sources.items():
         path = params_mod.path(src)
         if not path.exists():
-            errs.append(f"corpora.sources.{name}: path {src} does not exist{_how_to_get(name, src)}")
+            errs.append(
+                f"corpora.sources.{name}: path {src} does not exist{_how_to_get(name, src)}"
+            )
         elif not p.corpora.allow_fixtures and corpora.is_fixture(path):
             errs.append(
                 f"corpora.sources.{name}: {src} is a fixture written for this project (its "
@@ -59,11 +61,13 @@ def _how_to_get(name: str, src: str) -> str:
         return ""
     tail, parts = PurePosixPath(s.name, s.load_path).parts, PurePosixPath(src).parts
     dest = sources.DEFAULT_DEST
-    if len(parts) > len(tail) and parts[-len(tail):] == tail:
+    if len(parts) > len(tail) and parts[-len(tail) :] == tail:
         dest = str(PurePosixPath(*parts[: -len(tail)]))
     opt = "" if dest == sources.DEFAULT_DEST else f" --dest {dest}"
-    return (f"; get it with `python -m mi_llm data fetch {s.name}{opt}` (it writes "
-            f"{sources.load_path(s, dest)}; `python -m mi_llm data list` shows the source)")
+    return (
+        f"; get it with `python -m mi_llm data fetch {s.name}{opt}` (it writes "
+        f"{sources.load_path(s, dest)}; `python -m mi_llm data list` shows the source)"
+    )
 
 
 # ----------------------------------------------------------------------------- what stages would meet
@@ -72,11 +76,19 @@ def study_inputs(p) -> list[str]:
     placeholders, an embedded llm.model that cannot be served."""
     from . import corpora, embedded, models, prompts
 
-    errs = [f"corpora.sources.{name}: no loader knows this corpus; known: {', '.join(corpora.NAMES)}"
-            for name in p.corpora.sources if name not in corpora.LOADERS]
+    errs = [
+        f"corpora.sources.{name}: no loader knows this corpus; known: {', '.join(corpora.NAMES)}"
+        for name in p.corpora.sources
+        if name not in corpora.LOADERS
+    ]
     tp = p.transcription
-    errs += [f"transcription.prompt_version: {e}" for e in prompts.check(tp.prompt_version, f"transcription.{tp.unit}")]
-    errs += [f"quality.prompt_version: {e}" for e in prompts.check(p.quality.prompt_version, "quality")]
+    errs += [
+        f"transcription.prompt_version: {e}"
+        for e in prompts.check(tp.prompt_version, f"transcription.{tp.unit}")
+    ]
+    errs += [
+        f"quality.prompt_version: {e}" for e in prompts.check(p.quality.prompt_version, "quality")
+    ]
     try:
         from . import miti
 
@@ -85,13 +97,18 @@ def study_inputs(p) -> list[str]:
         errs.append(str(e))
     else:
         if cfg["enabled"]:
-            errs += [f"evaluation.miti.prompt_version: {e}" for e in prompts.check(cfg["prompt_version"], "miti")]
+            errs += [
+                f"evaluation.miti.prompt_version: {e}"
+                for e in prompts.check(cfg["prompt_version"], "miti")
+            ]
     if p.llm.provider == "embedded":
         m = p.llm.model
         if m != embedded.NAME and m not in models.NAMES and not params_mod.path(m).is_dir():
-            errs.append(f"llm.model: {m!r} cannot be served embedded: name the embedded model "
-                        f"{embedded.NAME!r}, a registry model {models.NAMES} or a local model folder, "
-                        "or set llm.provider: remote")
+            errs.append(
+                f"llm.model: {m!r} cannot be served embedded: name the embedded model "
+                f"{embedded.NAME!r}, a registry model {models.NAMES} or a local model folder, "
+                "or set llm.provider: remote"
+            )
     return errs
 
 

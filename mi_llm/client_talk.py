@@ -46,11 +46,22 @@ def annomi_client(path) -> pd.DataFrame:
                 continue
             label = t.annotations.get("client_talk_type")
             if label not in LABELS:
-                raise DataError(d.source.get("file", path), f"transcript {d.id} utterance {i}",
-                                "client_talk_type", f"expected one of {LABELS}, got {label!r}")
-            rows.append({"transcript_id": int(d.id), "video_url": d.meta.get("video_url") or d.id,
-                         "mi_quality": d.meta["mi_quality"], "text": t.text, "previous": prev,
-                         "label": label})
+                raise DataError(
+                    d.source.get("file", path),
+                    f"transcript {d.id} utterance {i}",
+                    "client_talk_type",
+                    f"expected one of {LABELS}, got {label!r}",
+                )
+            rows.append(
+                {
+                    "transcript_id": int(d.id),
+                    "video_url": d.meta.get("video_url") or d.id,
+                    "mi_quality": d.meta["mi_quality"],
+                    "text": t.text,
+                    "previous": prev,
+                    "label": label,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -60,9 +71,18 @@ def reference(client: pd.DataFrame) -> pd.DataFrame:
     for q, d in client.groupby("mi_quality"):
         n = d["label"].value_counts()
         c, s = int(n.get("change", 0)), int(n.get("sustain", 0))
-        rows.append({"group": "reference", "model": "annomi", "variant": q, "change": c, "sustain": s,
-                     "neutral": int(n.get("neutral", 0)), "c_s": cs_ratio(c, s),
-                     "n_sessions": d["transcript_id"].nunique()})
+        rows.append(
+            {
+                "group": "reference",
+                "model": "annomi",
+                "variant": q,
+                "change": c,
+                "sustain": s,
+                "neutral": int(n.get("neutral", 0)),
+                "c_s": cs_ratio(c, s),
+                "n_sessions": d["transcript_id"].nunique(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -75,12 +95,25 @@ def build(C: float = 1.0, seed: int = 0):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    features = ColumnTransformer([
-        ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), "text"),
-        ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=3, sublinear_tf=True), "text"),
-        ("previous", TfidfVectorizer(ngram_range=(1, 2), min_df=3, sublinear_tf=True, max_features=20000),
-         "previous"),
-    ])
+    features = ColumnTransformer(
+        [
+            ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), "text"),
+            (
+                "chars",
+                TfidfVectorizer(
+                    analyzer="char_wb", ngram_range=(2, 5), min_df=3, sublinear_tf=True
+                ),
+                "text",
+            ),
+            (
+                "previous",
+                TfidfVectorizer(
+                    ngram_range=(1, 2), min_df=3, sublinear_tf=True, max_features=20000
+                ),
+                "previous",
+            ),
+        ]
+    )
     clf = LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=seed)
     return make_pipeline(features, clf)
 
@@ -106,8 +139,13 @@ def kappa(a, b) -> float:
     return float(cohen_kappa_score(a, b))
 
 
-def validate(client: pd.DataFrame, test_size: float = 0.25, seed: int = 42, bootstrap: int = 1000,
-             C: float = 1.0) -> dict:
+def validate(
+    client: pd.DataFrame,
+    test_size: float = 0.25,
+    seed: int = 42,
+    bootstrap: int = 1000,
+    C: float = 1.0,
+) -> dict:
     """Train on some recordings, test on the others (grouped by video_url): kappa with a 95% CI
     from resampling test recordings, accuracy, macro-F1, per-label recall, and C:S predicted vs human."""
     from sklearn.metrics import f1_score, recall_score
@@ -130,15 +168,22 @@ def validate(client: pd.DataFrame, test_size: float = 0.25, seed: int = 42, boot
     boots = np.array([b for b in boots if not math.isnan(b)])
     recall = recall_score(y, pred, labels=list(LABELS), average=None, zero_division=0)
     n = pd.Series(pred).value_counts()
-    return {"coder": "classifier (AnnoMI)", "n_train": len(train), "n_test": len(test),
-            "train_recordings": train["video_url"].nunique(), "test_recordings": len(uniq),
-            "kappa": kappa(y, pred), "kappa_ci_low": float(np.percentile(boots, 2.5)) if len(boots) else math.nan,
-            "kappa_ci_high": float(np.percentile(boots, 97.5)) if len(boots) else math.nan,
-            "accuracy": float(np.mean(y == pred)), "macro_f1": float(f1_score(y, pred, average="macro")),
-            **{f"recall_{lab}": float(r) for lab, r in zip(LABELS, recall)},
-            "majority_accuracy": float(np.mean(y == train["label"].mode()[0])),
-            "c_s_human": cs_ratio((y == "change").sum(), (y == "sustain").sum()),
-            "c_s_predicted": cs_ratio(int(n.get("change", 0)), int(n.get("sustain", 0)))}
+    return {
+        "coder": "classifier (AnnoMI)",
+        "n_train": len(train),
+        "n_test": len(test),
+        "train_recordings": train["video_url"].nunique(),
+        "test_recordings": len(uniq),
+        "kappa": kappa(y, pred),
+        "kappa_ci_low": float(np.percentile(boots, 2.5)) if len(boots) else math.nan,
+        "kappa_ci_high": float(np.percentile(boots, 97.5)) if len(boots) else math.nan,
+        "accuracy": float(np.mean(y == pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro")),
+        **{f"recall_{lab}": float(r) for lab, r in zip(LABELS, recall)},
+        "majority_accuracy": float(np.mean(y == train["label"].mode()[0])),
+        "c_s_human": cs_ratio((y == "change").sum(), (y == "sustain").sum()),
+        "c_s_predicted": cs_ratio(int(n.get("change", 0)), int(n.get("sustain", 0))),
+    }
 
 
 # ----------------------------------------------------------------------------- the LLM coder
@@ -161,8 +206,9 @@ def parse(text: str) -> str:
     return {"改变": "change", "维持": "sustain", "中性": "neutral"}.get(m.group(0), m.group(0))
 
 
-def code_llm(ep, texts: list[str], previous: list[str], llm_params, cache_path=None,
-             retries: int = 1) -> list[str | None]:
+def code_llm(
+    ep, texts: list[str], previous: list[str], llm_params, cache_path=None, retries: int = 1
+) -> list[str | None]:
     """Client codes from an LLM through llm.complete (cached); None where no valid answer came."""
     from . import llm
 
@@ -172,8 +218,16 @@ def code_llm(ep, texts: list[str], previous: list[str], llm_params, cache_path=N
         k = "client_talk:" + hashlib.sha256(content.encode("utf-8")).hexdigest()[:20]
         reqs[k] = llm.Request(k, [{"role": "user", "content": content}])
         keys.append(k)
-    results = llm.complete(ep, list(reqs.values()), llm_params=llm_params, cache_path=cache_path,
-                           retries=retries, settings={"temperature": 0.0, "max_tokens": 6},
-                           validate=parse, truncated_ok=True, desc="client talk")
+    results = llm.complete(
+        ep,
+        list(reqs.values()),
+        llm_params=llm_params,
+        cache_path=cache_path,
+        retries=retries,
+        settings={"temperature": 0.0, "max_tokens": 6},
+        validate=parse,
+        truncated_ok=True,
+        desc="client talk",
+    )
     by_key = {r.key: r for r in results}
     return [by_key[k].parsed if by_key[k].ok else None for k in keys]

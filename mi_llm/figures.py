@@ -206,7 +206,9 @@ def quality(run_dir, table=None):
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in (pal[0], "0.7")]
     names = ["selected", "not selected"]
     if fixtures:
-        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="0.7", edgecolor="white", hatch="////"))
+        handles.append(
+            plt.Rectangle((0, 0), 1, 1, facecolor="0.7", edgecolor="white", hatch="////")
+        )
         names.append("fixture (not the real corpus)")
     fig.legend(handles, names, loc="outside upper center", ncol=len(names), frameon=False)
     return fig
@@ -304,7 +306,9 @@ def miti_summary(run_dir, table=None):
     pal = sns.color_palette("colorblind")
     sources = list(dict.fromkeys(t.source))
     ref = dict(zip(t.source, t.reference))
-    model_colors = itertools.cycle(pal[:2] + pal[4:])  # 8 colours; more sources (3 models x 3 variants) reuse them
+    model_colors = itertools.cycle(
+        pal[:2] + pal[4:]
+    )  # 8 colours; more sources (3 models x 3 variants) reuse them
     colors = {
         s: ("0.35" if "high" in s.lower() else "0.7") if ref[s] else next(model_colors)
         for s in sources

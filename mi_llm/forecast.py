@@ -198,8 +198,9 @@ def _history(d: Dialogue) -> list[tuple[str, str, str | None]]:
     ]
 
 
-def examples(dialogues, context_turns: int = 2,
-             tagged: bool = True) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+def examples(
+    dialogues, context_turns: int = 2, tagged: bool = True
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """One row per labelled counselor turn: (features X, next label y, recording groups).
 
     tagged=False hides the behaviours of the history, as in a dialogue transcribed without tags.
@@ -486,19 +487,43 @@ def evaluate(P, out_dir) -> pd.DataFrame:
     X_untagged, _, _ = examples(test, s["context_turns"], tagged=False)
     preds = [
         ("majority", "baseline", "none", np.full(len(y), bundle["majority"])),
-        ("previous_behaviour", "baseline", "previous label", previous_baseline(X, bundle["majority"])),
-        ("forecaster_universal", "forecaster", "language-independent", bundle["universal"].predict(X)),
+        (
+            "previous_behaviour",
+            "baseline",
+            "previous label",
+            previous_baseline(X, bundle["majority"]),
+        ),
+        (
+            "forecaster_universal",
+            "forecaster",
+            "language-independent",
+            bundle["universal"].predict(X),
+        ),
     ]
     if s["model"] != "universal":
-        preds.append((f"forecaster_{s['model']}", "forecaster", "text + language-independent",
-                      bundle["text"].predict(X)))
-    base = {name: score(y, p, groups, 1)["macro_f1"] for name, role, _, p in preds if role == "baseline"}
+        preds.append(
+            (
+                f"forecaster_{s['model']}",
+                "forecaster",
+                "text + language-independent",
+                bundle["text"].predict(X),
+            )
+        )
+    base = {
+        name: score(y, p, groups, 1)["macro_f1"] for name, role, _, p in preds if role == "baseline"
+    }
     best = max(base, key=base.get)  # the paired differences are against the stronger baseline
     ref = {name: next(p for n, *_, p in preds if n == best) for name, *_ in preds}
     # as used on untagged history: the previous behaviour is unknown there, so its baseline is
     # the majority class
-    preds.append(("forecaster_untagged", "forecaster", "language-independent, untagged history",
-                  bundle["untagged"].predict(X_untagged)))
+    preds.append(
+        (
+            "forecaster_untagged",
+            "forecaster",
+            "language-independent, untagged history",
+            bundle["untagged"].predict(X_untagged),
+        )
+    )
     ref["forecaster_untagged"] = preds[0][3]
     refname = {name: best for name in ref} | {"forecaster_untagged": "majority"}
     rows = [
@@ -526,8 +551,11 @@ def evaluate(P, out_dir) -> pd.DataFrame:
     bundle["test_sessions"] = sorted(d.id for d in test)
     bundle["test_recordings"] = sorted(set(groups))
     save(bundle, out_dir / "forecaster.joblib")
-    split = {"train": bundle["train_sessions"], "test": bundle["test_sessions"],
-             "train_recordings": bundle["train_recordings"],
-             "test_recordings": bundle["test_recordings"]}
+    split = {
+        "train": bundle["train_sessions"],
+        "test": bundle["test_sessions"],
+        "train_recordings": bundle["train_recordings"],
+        "test_recordings": bundle["test_recordings"],
+    }
     write_atomic(out_dir / "forecaster_split.json", json.dumps(split))
     return df

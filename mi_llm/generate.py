@@ -74,7 +74,9 @@ def read_test(path: str | Path) -> list[dict]:
                 if not isinstance(m, dict) or m.get("role") not in ROLES:
                     raise DataError(path, rec["id"], f"messages[{j}].role", f"not one of {ROLES}")
                 if not isinstance(m.get("content"), str) or not m["content"].strip():
-                    raise DataError(path, rec["id"], f"messages[{j}].content", "empty or not a string")
+                    raise DataError(
+                        path, rec["id"], f"messages[{j}].content", "empty or not a string"
+                    )
             records.append(rec)
     return records
 
@@ -82,7 +84,7 @@ def read_test(path: str | Path) -> list[dict]:
 def _window(history: list[dict], context_turns: int | None) -> list[dict]:
     """System message (if any) + the last `context_turns` messages, starting at a client turn."""
     system = [m for m in history[:1] if m["role"] == "system"]
-    turns = history[len(system):]
+    turns = history[len(system) :]
     if context_turns is not None:
         turns = turns[-context_turns:] if context_turns > 0 else turns[-1:]
     while turns and turns[0]["role"] != "user":  # chat templates want user first (Gemma raises)
@@ -90,8 +92,12 @@ def _window(history: list[dict], context_turns: int | None) -> list[dict]:
     return system + turns
 
 
-def rounds(records: list[dict], max_dialogues: int | None = None, max_rounds: int | None = None,
-           context_turns: int | None = None) -> list[dict]:
+def rounds(
+    records: list[dict],
+    max_dialogues: int | None = None,
+    max_rounds: int | None = None,
+    context_turns: int | None = None,
+) -> list[dict]:
     """Prompts of the round-based evaluation: {dialogue_id, round, topic, messages, reference}.
 
     A round is a counselor (assistant) message that directly follows a client (user) message; its
@@ -106,16 +112,23 @@ def rounds(records: list[dict], max_dialogues: int | None = None, max_rounds: in
                 break
             if m["role"] != "assistant" or i == 0 or msgs[i - 1]["role"] != "user":
                 continue
-            out.append({"dialogue_id": str(rec["id"]), "round": n, "topic": rec.get("topic"),
-                        "messages": _window(msgs[:i], context_turns),
-                        "reference": split_tag(m["content"])[1]})  # a tagged corpus' tag is not scored
+            out.append(
+                {
+                    "dialogue_id": str(rec["id"]),
+                    "round": n,
+                    "topic": rec.get("topic"),
+                    "messages": _window(msgs[:i], context_turns),
+                    "reference": split_tag(m["content"])[1],
+                }
+            )  # a tagged corpus' tag is not scored
             n += 1
     return out
 
 
 # ----------------------------------------------------------------------------- generation
-def generation_config(model, tokenizer, max_new_tokens: int, overrides: dict | None = None,
-                      stop_tokens=()):
+def generation_config(
+    model, tokenizer, max_new_tokens: int, overrides: dict | None = None, stop_tokens=()
+):
     """The model's GenerationConfig made greedy (unless `overrides` samples), with a pad token,
     stopping at its eos ids and at `stop_tokens` (the chat template's turn markers)."""
     import copy
@@ -126,7 +139,9 @@ def generation_config(model, tokenizer, max_new_tokens: int, overrides: dict | N
     cfg.pad_token_id = tokenizer.pad_token_id
     for k, v in (overrides or {}).items():
         if not hasattr(cfg, k):
-            raise ValueError(f"evaluation.generation: {k!r} is not a transformers GenerationConfig field")
+            raise ValueError(
+                f"evaluation.generation: {k!r} is not a transformers GenerationConfig field"
+            )
         setattr(cfg, k, v)
     # a reply also ends where the model opens a new turn (a base model writes <start_of_turn>user
     # rather than <end_of_turn>): stopping there changes no token before it and saves the rest
@@ -142,9 +157,14 @@ def _eos_ids(cfg) -> set[int]:
     return set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
 
 
-def prompt_texts(tokenizer, prompts: list[list[dict]], prefixes: list[str] | None = None) -> list[str]:
+def prompt_texts(
+    tokenizer, prompts: list[list[dict]], prefixes: list[str] | None = None
+) -> list[str]:
     """Chat-template texts ending in the generation prompt, each followed by its prefix (if any)."""
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = [
+        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
     if prefixes is not None:
         if len(prefixes) != len(texts):
             raise ValueError(f"{len(prefixes)} prefixes for {len(texts)} prompts")
@@ -152,9 +172,17 @@ def prompt_texts(tokenizer, prompts: list[list[dict]], prefixes: list[str] | Non
     return texts
 
 
-def generate_batches(model, tokenizer, prompts: list[list[dict]], *, batch_size: int = 16,
-                     max_new_tokens: int = 256, overrides: dict | None = None, stop_tokens=(),
-                     prefixes: list[str] | None = None):
+def generate_batches(
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+    overrides: dict | None = None,
+    stop_tokens=(),
+    prefixes: list[str] | None = None,
+):
     """Yield (indices into prompts, replies) per batch; prompts sorted by length, left-padded.
 
     prefixes: text put after each prompt's generation prompt (the reply starts with it; the
@@ -162,7 +190,9 @@ def generate_batches(model, tokenizer, prompts: list[list[dict]], *, batch_size:
     """
     import torch
 
-    tokenizer.padding_side = "left"  # decoder-only: the new tokens must follow every prompt directly
+    tokenizer.padding_side = (
+        "left"  # decoder-only: the new tokens must follow every prompt directly
+    )
     cfg = generation_config(model, tokenizer, max_new_tokens, overrides, stop_tokens)
     eos = _eos_ids(cfg)
     texts = prompt_texts(tokenizer, prompts, prefixes)
@@ -174,14 +204,19 @@ def generate_batches(model, tokenizer, prompts: list[list[dict]], *, batch_size:
     # finished rows from the batch; anything else goes to transformers' generate
     greedy_loop = not cfg.do_sample and not overrides and cfg.num_beams == 1
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
+        idx = order[start : start + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(device)
         with torch.inference_mode():
             if greedy_loop:
-                rows = greedy_rows(model, enc["input_ids"], enc["attention_mask"], cfg.max_new_tokens, eos)
+                rows = greedy_rows(
+                    model, enc["input_ids"], enc["attention_mask"], cfg.max_new_tokens, eos
+                )
             else:
-                rows = model.generate(**enc, generation_config=cfg)[:, enc["input_ids"].shape[1]:].tolist()
+                rows = model.generate(**enc, generation_config=cfg)[
+                    :, enc["input_ids"].shape[1] :
+                ].tolist()
         replies = []
         for row in rows:  # the new tokens of each prompt
             stop = next((j for j, t in enumerate(row) if t in eos), len(row))
@@ -189,7 +224,9 @@ def generate_batches(model, tokenizer, prompts: list[list[dict]], *, batch_size:
         yield idx, replies
 
 
-def greedy_rows(model, input_ids, attention_mask, max_new_tokens: int, eos: set[int]) -> list[list[int]]:
+def greedy_rows(
+    model, input_ids, attention_mask, max_new_tokens: int, eos: set[int]
+) -> list[list[int]]:
     """Greedy continuation of a left-padded batch; a row leaves the batch (and its KV cache) as
     soon as it writes an eos id, so the remaining steps compute only the unfinished rows.
 
@@ -206,9 +243,17 @@ def greedy_rows(model, input_ids, attention_mask, max_new_tokens: int, eos: set[
     rows: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     eos_t = torch.tensor(sorted(eos), device=input_ids.device)
     for step in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1,
-                    cache_position=torch.arange(length - step_ids.shape[1], length, device=input_ids.device))
+        out = model(
+            input_ids=step_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            cache_position=torch.arange(
+                length - step_ids.shape[1], length, device=input_ids.device
+            ),
+        )
         nxt = out.logits[:, -1].argmax(-1)
         for r, t in zip(alive.tolist(), nxt.tolist()):
             rows[r].append(t)
@@ -219,7 +264,9 @@ def greedy_rows(model, input_ids, attention_mask, max_new_tokens: int, eos: set[
             keep = going.nonzero().flatten()
             cache.batch_select_indices(keep)
             alive, nxt, attention_mask = alive[keep], nxt[keep], attention_mask[keep]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
+        attention_mask = torch.cat(
+            [attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1
+        )
         positions = attention_mask.sum(-1, keepdim=True) - 1
         step_ids, length = nxt[:, None], length + 1
     return rows
@@ -291,7 +338,9 @@ def adapter_dir(P, model: str) -> Path:
 
 def _check_adapter(name: str, adapter: Path) -> None:
     if not (adapter / "adapter_config.json").exists():
-        raise FileNotFoundError(f"{adapter}: no PEFT adapter for model {name!r}; run stage 03 first")
+        raise FileNotFoundError(
+            f"{adapter}: no PEFT adapter for model {name!r}; run stage 03 first"
+        )
 
 
 def _with_adapter(model, tokenizer, name: str, adapter: Path):
@@ -317,22 +366,35 @@ def fingerprint(P, name: str, variant: str, weights, adapter: Path | None) -> st
     from .runs import sha256_file
 
     E = P.evaluation
-    facts = {"model": name, "weights": str(weights or ""), "variant": variant, "seed": P.seed,
-             "max_new_tokens": E.max_new_tokens, "generation": E.generation,
-             "context_turns": E.context_turns,
-             "adapter": sha256_file(adapter / "adapter_model.safetensors")
-             if variant in ADAPTED and adapter and (adapter / "adapter_model.safetensors").exists() else None}
+    facts = {
+        "model": name,
+        "weights": str(weights or ""),
+        "variant": variant,
+        "seed": P.seed,
+        "max_new_tokens": E.max_new_tokens,
+        "generation": E.generation,
+        "context_turns": E.context_turns,
+        "adapter": sha256_file(adapter / "adapter_model.safetensors")
+        if variant in ADAPTED and adapter and (adapter / "adapter_model.safetensors").exists()
+        else None,
+    }
     if variant == "conditioned":
         facts["condition_on"] = E.condition_on
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _check_fingerprints(out_path: Path, existing: list[dict], name: str, variant: str, fp: str) -> None:
-    stale = {r.get("settings") for r in existing if r["model"] == name and r["variant"] == variant} - {fp}
+def _check_fingerprints(
+    out_path: Path, existing: list[dict], name: str, variant: str, fp: str
+) -> None:
+    stale = {
+        r.get("settings") for r in existing if r["model"] == name and r["variant"] == variant
+    } - {fp}
     if stale:
-        raise ValueError(f"{out_path}: replies of {name}/{variant} were made with other settings "
-                         f"({sorted(map(str, stale))} != {fp}: weights, adapter or generation params "
-                         "changed); delete the file or use a new run name")
+        raise ValueError(
+            f"{out_path}: replies of {name}/{variant} were made with other settings "
+            f"({sorted(map(str, stale))} != {fp}: weights, adapter or generation params "
+            "changed); delete the file or use a new run name"
+        )
 
 
 def behaviours(condition_on: str, histories: list[list[dict]], forecaster_path=None) -> list[str]:
@@ -340,10 +402,14 @@ def behaviours(condition_on: str, histories: list[list[dict]], forecaster_path=N
     if condition_on in forecast.TAGS:
         return [condition_on] * len(histories)
     if condition_on != "forecaster":
-        raise ValueError(f"evaluation.condition_on: {condition_on!r} is not 'forecaster' or one of {list(forecast.TAGS)}")
+        raise ValueError(
+            f"evaluation.condition_on: {condition_on!r} is not 'forecaster' or one of {list(forecast.TAGS)}"
+        )
     if forecaster_path is None or not Path(forecaster_path).exists():
-        raise FileNotFoundError(f"{forecaster_path}: no forecaster; run forecast.evaluate (04, evaluation.forecaster"
-                                f".enabled) before generation, or set evaluation.condition_on to one of {list(forecast.TAGS)}")
+        raise FileNotFoundError(
+            f"{forecaster_path}: no forecaster; run forecast.evaluate (04, evaluation.forecaster"
+            f".enabled) before generation, or set evaluation.condition_on to one of {list(forecast.TAGS)}"
+        )
     bundle = forecast.load(forecaster_path)
     return [forecast.predict_next(bundle, h) for h in histories]
 
@@ -352,16 +418,27 @@ def _check_behaviours(out_path: Path, existing: list[dict], name: str, todo: lis
     want = {_key({"model": name, "variant": "conditioned", **r}): r["behaviour"] for r in todo}
     stale = sorted(k for r in existing if (k := _key(r)) in want and r.get("behaviour") != want[k])
     if stale:
-        raise ValueError(f"{out_path}: {len(stale)} conditioned replies of {name} (first {stale[0]}) were made for "
-                         "other behaviours (forecaster or condition_on changed); delete the file or use a new run name")
+        raise ValueError(
+            f"{out_path}: {len(stale)} conditioned replies of {name} (first {stale[0]}) were made for "
+            "other behaviours (forecaster or condition_on changed); delete the file or use a new run name"
+        )
 
 
 def _record(name: str, variant: str, r: dict, reply: str, fp: str) -> dict:
     """One generations.jsonl record; the reply without a tag, its label under "behaviour"."""
     written, text = split_tag(reply)
-    return {"model": name, "variant": variant, "dialogue_id": r["dialogue_id"], "round": r["round"],
-            "topic": r["topic"], "messages": r["messages"], "reference": r["reference"], "reply": text,
-            "behaviour": r["behaviour"] if variant == "conditioned" else written, "settings": fp}
+    return {
+        "model": name,
+        "variant": variant,
+        "dialogue_id": r["dialogue_id"],
+        "round": r["round"],
+        "topic": r["topic"],
+        "messages": r["messages"],
+        "reference": r["reference"],
+        "reply": text,
+        "behaviour": r["behaviour"] if variant == "conditioned" else written,
+        "settings": fp,
+    }
 
 
 def _generate_variant(P, model, tok, name, variant, pending, out_path, progress, fp):
@@ -372,14 +449,26 @@ def _generate_variant(P, model, tok, name, variant, pending, out_path, progress,
 
     E = P.evaluation
     set_seed(P.seed)  # same seed for every variant: sampled runs differ by the model alone
-    bar = tqdm(total=len(pending), desc=f"generate {name}/{variant}", unit="reply", disable=not progress)
-    batches = generate_batches(model, tok, [r["messages"] for r in pending], batch_size=E.batch_size,
-                               max_new_tokens=E.max_new_tokens, overrides=E.generation,
-                               stop_tokens=models.get(name).special_tokens,
-                               prefixes=[tag_prefix(r["behaviour"]) for r in pending]
-                               if variant == "conditioned" else None)
+    bar = tqdm(
+        total=len(pending), desc=f"generate {name}/{variant}", unit="reply", disable=not progress
+    )
+    batches = generate_batches(
+        model,
+        tok,
+        [r["messages"] for r in pending],
+        batch_size=E.batch_size,
+        max_new_tokens=E.max_new_tokens,
+        overrides=E.generation,
+        stop_tokens=models.get(name).special_tokens,
+        prefixes=[tag_prefix(r["behaviour"]) for r in pending]
+        if variant == "conditioned"
+        else None,
+    )
     for idx, replies in batches:
-        _append(out_path, [_record(name, variant, pending[i], reply, fp) for i, reply in zip(idx, replies)])
+        _append(
+            out_path,
+            [_record(name, variant, pending[i], reply, fp) for i, reply in zip(idx, replies)],
+        )
         bar.update(len(idx))
     bar.close()
 
@@ -389,8 +478,10 @@ def _run_model(P, name, variants, todo, existing, out_path, weights, ad, progres
     from . import models
 
     done = {_key(r) for r in existing}
-    pending = {v: [r for r in todo if _key({"model": name, "variant": v, **r}) not in done]
-               for v in variants}
+    pending = {
+        v: [r for r in todo if _key({"model": name, "variant": v, **r}) not in done]
+        for v in variants
+    }
     if any(v in ADAPTED for v in variants):
         _check_adapter(name, ad)  # fail before spending minutes on the base variant
     fps = {v: fingerprint(P, name, v, weights, ad) for v in variants}
@@ -411,8 +502,15 @@ def _run_model(P, name, variants, todo, existing, out_path, weights, ad, progres
             _generate_variant(P, model, tok, name, v, pending[v], out_path, progress, fps[v])
 
 
-def run(P, test_path=None, out_path=None, model_paths: dict | None = None,
-        adapter_dirs: dict | None = None, progress: bool = True, forecaster_path=None) -> list[dict]:
+def run(
+    P,
+    test_path=None,
+    out_path=None,
+    model_paths: dict | None = None,
+    adapter_dirs: dict | None = None,
+    progress: bool = True,
+    forecaster_path=None,
+) -> list[dict]:
     """Generate every missing (model, variant, dialogue, round) into generations.jsonl; return them.
 
     model_paths / adapter_dirs override, per model name, the weights (default: P.model_paths, else
@@ -435,9 +533,16 @@ def run(P, test_path=None, out_path=None, model_paths: dict | None = None,
     records = read_test(test_path)
     todo = rounds(records, E.max_dialogues, E.max_rounds, E.context_turns)
     if "conditioned" in E.variants:  # the forecaster reads the whole gold history, not the window
-        if not any(split_tag(m["content"])[0] for r in records for m in r["messages"] if m["role"] == "assistant"):
-            warnings.warn(f"{test_path}: no counselor turn is tagged (transcription.tag_behaviour off), so the "
-                          "conditioned variant's <mi:...> prefix is a prompt the model was not fine-tuned on")
+        if not any(
+            split_tag(m["content"])[0]
+            for r in records
+            for m in r["messages"]
+            if m["role"] == "assistant"
+        ):
+            warnings.warn(
+                f"{test_path}: no counselor turn is tagged (transcription.tag_behaviour off), so the "
+                "conditioned variant's <mi:...> prefix is a prompt the model was not fine-tuned on"
+            )
         full = rounds(records, E.max_dialogues, E.max_rounds, None)
         fc = forecaster_path or P.run_dir / "04_evaluation" / "forecaster.joblib"
         for r, label in zip(todo, behaviours(E.condition_on, [f["messages"] for f in full], fc)):
@@ -447,9 +552,13 @@ def run(P, test_path=None, out_path=None, model_paths: dict | None = None,
     for name in E.models:
         ad = Path((adapter_dirs or {}).get(name) or adapter_dir(P, name))
         _run_model(P, name, variants, todo, existing, out_path, model_paths.get(name), ad, progress)
-    wanted = {_key({"model": m, "variant": v, **r}) for m in E.models for v in variants for r in todo}
+    wanted = {
+        _key({"model": m, "variant": v, **r}) for m in E.models for v in variants for r in todo
+    }
     recs = {_key(r): r for r in read_generations(out_path) if _key(r) in wanted}
-    return sorted(recs.values(), key=lambda r: (r["model"], r["variant"], r["dialogue_id"], r["round"]))
+    return sorted(
+        recs.values(), key=lambda r: (r["model"], r["variant"], r["dialogue_id"], r["round"])
+    )
 
 
 def examples(generations: list[dict], n: int = 3, width: int = 120):
@@ -460,7 +569,13 @@ def examples(generations: list[dict], n: int = 3, width: int = 120):
     if df.empty:
         return df
     df["client"] = df["messages"].map(lambda m: m[-1]["content"] if m else "")
-    wide = df.pivot_table(index=["model", "dialogue_id", "round", "client", "reference"],
-                          columns="variant", values="reply", aggfunc="first").reset_index()
+    wide = df.pivot_table(
+        index=["model", "dialogue_id", "round", "client", "reference"],
+        columns="variant",
+        values="reply",
+        aggfunc="first",
+    ).reset_index()
     wide.columns.name = None
-    return wide.head(n).map(lambda v: v[:width] + "…" if isinstance(v, str) and len(v) > width else v)
+    return wide.head(n).map(
+        lambda v: v[:width] + "…" if isinstance(v, str) and len(v) > width else v
+    )

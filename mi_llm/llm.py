@@ -49,7 +49,9 @@ class Endpoint:
     api_key: str = field(repr=False)  # never printed, never stored
     provider: str = "remote"
     local: object = field(default=None, repr=False)  # embedded: the in-process embedded.Generator
-    opener: object = field(default=None, repr=False)  # serve: starts the server, returns its base URL
+    opener: object = field(
+        default=None, repr=False
+    )  # serve: starts the server, returns its base URL
 
     def open(self) -> None:
         """Start what answers the requests (a lazily served model) when it has not started yet."""
@@ -68,7 +70,9 @@ def model_folder(name: str) -> Path:
     try:
         from . import models
     except ImportError as e:
-        raise ValueError(f"llm.model {name!r}: not the embedded model and no registry available") from e
+        raise ValueError(
+            f"llm.model {name!r}: not the embedded model and no registry available"
+        ) from e
     return Path(models.get(name).hub_id)  # a hub id works offline when it is in the HF cache
 
 
@@ -82,7 +86,9 @@ def _wait_ready(proc, url: str, timeout: float, log: Path) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"transformers serve exited with {proc.returncode}; log: {log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"transformers serve exited with {proc.returncode}; log: {log.read_text()[-2000:]}"
+            )
         try:
             with urllib.request.urlopen(url + "/v1/models", timeout=2) as r:
                 if r.status == 200:
@@ -96,24 +102,51 @@ PAGE_TOKENS = 256  # transformers' continuous-batching page size (tokens per cac
 
 
 @contextmanager
-def serve(folder: Path, timeout: float = 300.0, log_dir: Path | None = None,
-          kv_tokens: int = 8192, batch_tokens: int = 2048):
+def serve(
+    folder: Path,
+    timeout: float = 300.0,
+    log_dir: Path | None = None,
+    kv_tokens: int = 8192,
+    batch_tokens: int = 2048,
+):
     """Serve a local model folder with `transformers serve --continuous-batching`; yield its base URL."""
     port = _free_port()
     # the transformers CLI under a watchdog that stops it when this process dies (mi_llm.embedded);
     # an explicit KV cache size: by default it claims 90% of free memory (12 GB on CPU: OOM-killed
     # beside other jobs); 8192 tokens of Gemma 3 270M KV are ~150 MB
-    cmd = [sys.executable, "-m", "mi_llm.embedded", "--parent", str(os.getpid()),
-           "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
-           "--continuous-batching", "--device", "cpu" if not _has_cuda() else "auto",
-           "--cb-num-blocks", str(-(-kv_tokens // PAGE_TOKENS)), "--cb-max-batch-tokens", str(batch_tokens)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mi_llm.embedded",
+        "--parent",
+        str(os.getpid()),
+        "serve",
+        str(folder),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--continuous-batching",
+        "--device",
+        "cpu" if not _has_cuda() else "auto",
+        "--cb-num-blocks",
+        str(-(-kv_tokens // PAGE_TOKENS)),
+        "--cb-max-batch-tokens",
+        str(batch_tokens),
+    ]
     log = Path(log_dir or "/tmp") / f"transformers-serve-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as logf:
         # own process group so that stopping it also stops anything it spawned
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent)  # noqa: PLW1509 (one prctl call, no locks)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (prctl only; no locks taken)
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, base, timeout, log)
@@ -165,18 +198,34 @@ def endpoint(llm_params, log_dir: Path | None = None):
         yield Endpoint(base, llm_params.model, key, "remote")
         return
     folder = model_folder(llm_params.model)
-    if llm_params.provider == "embedded":  # in this process, batched; the model loads on the first uncached request
+    if (
+        llm_params.provider == "embedded"
+    ):  # in this process, batched; the model loads on the first uncached request
         from . import embedded
 
         # the model id is the folder, as with the server: both providers share cached answers
-        yield Endpoint("", str(folder), "embedded-no-key", "embedded",
-                       local=embedded.Generator(folder, batch_size=llm_params.max_concurrency))
+        yield Endpoint(
+            "",
+            str(folder),
+            "embedded-no-key",
+            "embedded",
+            local=embedded.Generator(folder, batch_size=llm_params.max_concurrency),
+        )
         return
-    with ExitStack() as stack:  # serve: the server starts on the first request the cache does not hold
+    with (
+        ExitStack() as stack
+    ):  # serve: the server starts on the first request the cache does not hold
+
         def opener():
-            return stack.enter_context(serve(folder, timeout=llm_params.serve_timeout, log_dir=log_dir,
-                                             kv_tokens=llm_params.serve_kv_tokens,
-                                             batch_tokens=llm_params.serve_batch_tokens))
+            return stack.enter_context(
+                serve(
+                    folder,
+                    timeout=llm_params.serve_timeout,
+                    log_dir=log_dir,
+                    kv_tokens=llm_params.serve_kv_tokens,
+                    batch_tokens=llm_params.serve_batch_tokens,
+                )
+            )
 
         # the server is pinned to the folder: requests must name it as their model
         yield Endpoint("", str(folder), "embedded-no-key", "serve", opener=opener)
@@ -199,20 +248,34 @@ class Cache:
         self.db = sqlite3.connect(str(path), timeout=60, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: committed rows survive a crash
-        self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, request_key TEXT,"
-                        " model TEXT, text TEXT, finish_reason TEXT, prompt_tokens INT,"
-                        " completion_tokens INT, created REAL)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, request_key TEXT,"
+            " model TEXT, text TEXT, finish_reason TEXT, prompt_tokens INT,"
+            " completion_tokens INT, created REAL)"
+        )
         self.db.commit()
 
     def get(self, key: str) -> Answer | None:
-        row = self.db.execute("SELECT text, finish_reason, prompt_tokens, completion_tokens FROM answers"
-                              " WHERE key=?", (key,)).fetchone()
+        row = self.db.execute(
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM answers WHERE key=?",
+            (key,),
+        ).fetchone()
         return Answer(*row) if row else None
 
     def put(self, key: str, request_key: str, model: str, a: Answer) -> None:
-        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?)",
-                        (key, request_key, model, a.text, a.finish_reason, a.prompt_tokens,
-                         a.completion_tokens, time.time()))
+        self.db.execute(
+            "INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?)",
+            (
+                key,
+                request_key,
+                model,
+                a.text,
+                a.finish_reason,
+                a.prompt_tokens,
+                a.completion_tokens,
+                time.time(),
+            ),
+        )
         self.db.commit()
 
     def close(self) -> None:
@@ -260,9 +323,15 @@ class MalformedAnswer(Exception):
     """An HTTP 200 whose body is no chat completion (no choices, an {"error": ...} body, HTML)."""
 
 
-RETRIABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-             openai.APIConnectionError, json.JSONDecodeError, openai.APIResponseValidationError,
-             MalformedAnswer)
+RETRIABLE = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APITimeoutError,
+    openai.APIConnectionError,
+    json.JSONDecodeError,
+    openai.APIResponseValidationError,
+    MalformedAnswer,
+)
 
 
 def _retry_after(e) -> float | None:
@@ -298,8 +367,12 @@ def _answer(r, key: str) -> Answer:
     if msg is None:
         raise MalformedAnswer(f"request {key}: HTTP 200 whose first choice has no message")
     u = getattr(r, "usage", None)
-    return Answer(msg.content or "", choices[0].finish_reason or "stop",
-                  (u.prompt_tokens or 0) if u else 0, (u.completion_tokens or 0) if u else 0)
+    return Answer(
+        msg.content or "",
+        choices[0].finish_reason or "stop",
+        (u.prompt_tokens or 0) if u else 0,
+        (u.completion_tokens or 0) if u else 0,
+    )
 
 
 def describe(e: BaseException) -> str:
@@ -324,7 +397,7 @@ async def _call(client, ep: Endpoint, messages, settings, llm_params, res: Resul
             if i == llm_params.max_retries:
                 raise
             # full jitter on exponential backoff; Retry-After is a floor, never shortened
-            delay = random.uniform(0, min(llm_params.backoff_max, llm_params.backoff_base * 2 ** i))
+            delay = random.uniform(0, min(llm_params.backoff_max, llm_params.backoff_base * 2**i))
             await asyncio.sleep(max(delay, _retry_after(e) or 0.0))
     raise AssertionError("unreachable")
 
@@ -348,8 +421,9 @@ def _judge(res: Result, a: Answer, validate, truncated_ok: bool) -> None:
 async def _run_live(ep, todo, llm_params, cache, settings, validate, truncated_ok, bar, last):
     """Fetch (cache or API) and judge the given (request, result, attempt) triples concurrently."""
     sem = asyncio.Semaphore(llm_params.max_concurrency)
-    client = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0,
-                                timeout=llm_params.request_timeout)
+    client = openai.AsyncOpenAI(
+        base_url=ep.base_url, api_key=ep.api_key, max_retries=0, timeout=llm_params.request_timeout
+    )
 
     async def one(req, res, attempt):
         key = cache_key(ep.model, settings, req.messages, attempt)
@@ -405,7 +479,10 @@ def _accept(res, a, attempt, validate, truncated_ok, bar, last) -> None:
 
 
 def _uncached(ep, todo, cache, settings) -> bool:
-    return any(cache.get(cache_key(ep.model, settings, q.messages, attempt)) is None for q, _, attempt in todo)
+    return any(
+        cache.get(cache_key(ep.model, settings, q.messages, attempt)) is None
+        for q, _, attempt in todo
+    )
 
 
 def _in_thread(coro):
@@ -423,9 +500,19 @@ def _in_thread(coro):
         loop.close()
 
 
-def complete(ep: Endpoint, requests: list[Request], *, llm_params, cache_path, settings: dict,
-             validate=None, retries: int = 0, desc: str = "llm", batch_dir=None,
-             truncated_ok: bool = False) -> list[Result]:
+def complete(
+    ep: Endpoint,
+    requests: list[Request],
+    *,
+    llm_params,
+    cache_path,
+    settings: dict,
+    validate=None,
+    retries: int = 0,
+    desc: str = "llm",
+    batch_dir=None,
+    truncated_ok: bool = False,
+) -> list[Result]:
     """Answer every request (cache first), validate, retry invalid ones; results in request order.
 
     An answer cut at max_tokens (finish_reason "length") is invalid ("truncated") unless truncated_ok,
@@ -443,15 +530,40 @@ def complete(ep: Endpoint, requests: list[Request], *, llm_params, cache_path, s
         pending = list(zip(requests, results))
         for attempt in range(retries + 1):
             todo = [(q, r, attempt) for q, r in pending]
-            if batch_dir is not None:  # fill the cache through the Batch API; the live pass then reads it
-                batch.run_batch(ep, todo, llm_params, cache, settings, Path(batch_dir) / f"attempt{attempt}")
+            if (
+                batch_dir is not None
+            ):  # fill the cache through the Batch API; the live pass then reads it
+                batch.run_batch(
+                    ep, todo, llm_params, cache, settings, Path(batch_dir) / f"attempt{attempt}"
+                )
             if ep.local is not None or not _uncached(ep, todo, cache, settings):
                 # in process, or every answer cached: a served model is never started for nothing
-                _run_local(ep, todo, llm_params, cache, settings, validate, truncated_ok, bar, attempt == retries)
+                _run_local(
+                    ep,
+                    todo,
+                    llm_params,
+                    cache,
+                    settings,
+                    validate,
+                    truncated_ok,
+                    bar,
+                    attempt == retries,
+                )
             else:
                 ep.open()
-                _in_thread(_run_live(ep, todo, llm_params, cache, settings, validate, truncated_ok, bar,
-                                     attempt == retries))
+                _in_thread(
+                    _run_live(
+                        ep,
+                        todo,
+                        llm_params,
+                        cache,
+                        settings,
+                        validate,
+                        truncated_ok,
+                        bar,
+                        attempt == retries,
+                    )
+                )
             # a transport failure already used its own retries; only invalid answers are asked again
             pending = [(q, r) for q, r in pending if not (r.ok or r.error.startswith("transport"))]
             if not pending:

@@ -47,7 +47,9 @@ def use_liger(device) -> bool:
     """Whether Liger's fused linear cross-entropy runs here (a CUDA device with liger_kernel)."""
     import importlib.util
 
-    return torch.device(device).type == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+    return (
+        torch.device(device).type == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+    )
 
 
 def label_position_scores(hidden, weight, bias, labels, scale=1.0, softcap=None, liger=False):
@@ -60,16 +62,18 @@ def label_position_scores(hidden, weight, bias, labels, scale=1.0, softcap=None,
 
         if scale != 1.0:
             hidden = hidden * scale  # a linear layer: scaling its input scales its logits (no bias)
-        out = liger_fused_linear_cross_entropy(hidden, weight, labels, bias=bias, reduction="none", softcap=softcap)
+        out = liger_fused_linear_cross_entropy(
+            hidden, weight, labels, bias=bias, reduction="none", softcap=softcap
+        )
         nll = out.loss if hasattr(out, "loss") else out[0] if isinstance(out, tuple) else out
         log_probs = -nll.float()
         with torch.no_grad():
             ent, top1 = [], []
             for i in range(0, hidden.size(0), METRIC_CHUNK):
-                lg = _logits(hidden[i:i + METRIC_CHUNK], weight, bias, 1.0, softcap).float()
+                lg = _logits(hidden[i : i + METRIC_CHUNK], weight, bias, 1.0, softcap).float()
                 lp = lg.log_softmax(-1)
                 ent.append(-(lp.exp() * lp).sum(-1))
-                top1.append(lg.argmax(-1) == labels[i:i + METRIC_CHUNK])
+                top1.append(lg.argmax(-1) == labels[i : i + METRIC_CHUNK])
             return log_probs, torch.cat(ent), torch.cat(top1)
     logits = _logits(hidden, weight, bias, scale, softcap).float()
     log_probs = -F.cross_entropy(logits, labels, reduction="none")
@@ -89,13 +93,30 @@ def add_loss_positions_head(model, liger: bool | None = None) -> None:
     previous = model.forward
     scale, softcap = _logit_transform(model.config)
 
-    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+    def forward(
+        self,
+        *args,
+        fused_lm_head=False,
+        labels=None,
+        shift_labels=None,
+        num_items_in_batch=None,
+        **kwargs,
+    ):
         if not fused_lm_head:
-            extra = {k: v for k, v in [("labels", labels), ("shift_labels", shift_labels),
-                                       ("num_items_in_batch", num_items_in_batch)] if v is not None}
+            extra = {
+                k: v
+                for k, v in [
+                    ("labels", labels),
+                    ("shift_labels", shift_labels),
+                    ("num_items_in_batch", num_items_in_batch),
+                ]
+                if v is not None
+            }
             return previous(*args, **kwargs, **extra)
         kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state  # the backbone, looked up per call (PEFT, FSDP)
+        hidden = self.base_model(
+            *args, **kwargs
+        ).last_hidden_state  # the backbone, looked up per call (PEFT, FSDP)
         if shift_labels is None:
             hidden, labels = hidden[:, :-1], labels[:, 1:]
         else:
@@ -104,16 +125,28 @@ def add_loss_positions_head(model, liger: bool | None = None) -> None:
         labels = labels.to(head.weight.device)
         mask = labels != -100
         fused = use_liger(head.weight.device) if liger is None else liger
-        lp, ent, top1 = label_position_scores(hidden.to(head.weight.device)[mask], head.weight, head.bias,
-                                              labels[mask], scale, softcap, liger=fused)
+        lp, ent, top1 = label_position_scores(
+            hidden.to(head.weight.device)[mask],
+            head.weight,
+            head.bias,
+            labels[mask],
+            scale,
+            softcap,
+            liger=fused,
+        )
         # back to (batch, seq) with zeros where there is no label, as TRL's fused head returns them;
         # masked_scatter keeps a batch without labels connected to the graph (a zero loss, not an error)
         log_probs = lp.new_zeros(mask.shape).masked_scatter(mask, lp)
         entropy = ent.new_zeros(mask.shape).masked_scatter(mask, ent)
         is_top1 = top1.new_zeros(mask.shape).masked_scatter(mask, top1)
         denom = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        return FusedCausalLMOutput(loss=-log_probs.sum() / denom, log_probs=log_probs, entropy=entropy,
-                                   is_top1=is_top1, label_mask=mask)
+        return FusedCausalLMOutput(
+            loss=-log_probs.sum() / denom,
+            log_probs=log_probs,
+            entropy=entropy,
+            is_top1=is_top1,
+            label_mask=mask,
+        )
 
     model.forward = types.MethodType(forward, model)
 

@@ -67,8 +67,9 @@ def _content_scorer():
     if "content" not in _SCORERS:
         from rouge_score import rouge_scorer
 
-        _SCORERS["content"] = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"],
-                                                       tokenizer=_JiebaTokenizer())
+        _SCORERS["content"] = rouge_scorer.RougeScorer(
+            ["rouge1", "rouge2", "rougeL"], tokenizer=_JiebaTokenizer()
+        )
     return _SCORERS["content"]
 
 
@@ -96,8 +97,11 @@ def rouge(hypothesis: str, reference: str, scoring: str = "raw") -> dict[str, fl
     from rouge_chinese import Rouge
 
     s = Rouge().get_scores(" ".join(hyp), " ".join(ref))[0]
-    return {"rouge1": 100.0 * s["rouge-1"]["f"], "rouge2": 100.0 * s["rouge-2"]["f"],
-            "rougeL": 100.0 * s["rouge-l"]["f"]}
+    return {
+        "rouge1": 100.0 * s["rouge-1"]["f"],
+        "rouge2": 100.0 * s["rouge-2"]["f"],
+        "rougeL": 100.0 * s["rouge-l"]["f"],
+    }
 
 
 # ----------------------------------------------------------------------------- per reply
@@ -106,7 +110,9 @@ def reply_scores(generations, content: bool = False) -> pd.DataFrame:
 
     content: also the content-only scores, as bleu4_content, rouge1_content, ...
     """
-    df = pd.DataFrame(list(generations) if not isinstance(generations, pd.DataFrame) else generations)
+    df = pd.DataFrame(
+        list(generations) if not isinstance(generations, pd.DataFrame) else generations
+    )
     if df.empty:
         raise ValueError("no generations to score")
     missing = {"model", "variant", "dialogue_id", "round", "reply", "reference"} - set(df.columns)
@@ -134,8 +140,9 @@ def _metrics(scores: pd.DataFrame) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- statistics
-def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                 clusters=None) -> tuple[float, float]:
+def bootstrap_ci(
+    values, n_boot: int = 1000, seed: int = 0, level: float = 0.95, clusters=None
+) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of `values` (NaN, NaN when empty).
 
     clusters: one label per value (the dialogue); whole clusters are resampled with replacement
@@ -182,7 +189,9 @@ def paired_test(base, finetuned, dialogues=None, n_boot: int = 1000, seed: int =
 
     a, b = np.asarray(base, dtype=float), np.asarray(finetuned, dtype=float)
     if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"paired test needs two equal, non-empty samples, got {a.size} and {b.size}")
+        raise ValueError(
+            f"paired test needs two equal, non-empty samples, got {a.size} and {b.size}"
+        )
     groups = np.arange(a.size) if dialogues is None else np.asarray(list(dialogues), dtype=str)
     if groups.size != a.size:
         raise ValueError(f"{groups.size} dialogue labels for {a.size} rounds")
@@ -195,13 +204,26 @@ def paired_test(base, finetuned, dialogues=None, n_boot: int = 1000, seed: int =
     else:
         res = wilcoxon(db, da, zero_method="wilcox")
         stat, p = float(res.statistic), float(res.pvalue)
-    return {"n": int(a.size), "n_dialogues": len(per), "base_mean": float(a.mean()),
-            "finetuned_mean": float(b.mean()), "mean_diff": float(d.mean()), "diff_ci_low": lo,
-            "diff_ci_high": hi, "wilcoxon_stat": stat, "p_value": p}
+    return {
+        "n": int(a.size),
+        "n_dialogues": len(per),
+        "base_mean": float(a.mean()),
+        "finetuned_mean": float(b.mean()),
+        "mean_diff": float(d.mean()),
+        "diff_ci_low": lo,
+        "diff_ci_high": hi,
+        "wilcoxon_stat": stat,
+        "p_value": p,
+    }
 
 
-def paired_tests(generations, bootstrap: int = 1000, seed: int = 0,
-                 base: str = "base", finetuned: str = "finetuned") -> pd.DataFrame:
+def paired_tests(
+    generations,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    base: str = "base",
+    finetuned: str = "finetuned",
+) -> pd.DataFrame:
     """Per model and metric, finetuned vs base on the rounds both answered: paired_tests.csv."""
     scores = _scores(generations)
     key = ["dialogue_id", "round"]
@@ -214,6 +236,12 @@ def paired_tests(generations, bootstrap: int = 1000, seed: int = 0,
             continue
         for m in _metrics(scores):
             res = paired_test(both[f"{m}_a"], both[f"{m}_b"], both["dialogue_id"], bootstrap, seed)
-            rows.append({"model": model, "metric": m,
-                         "test": "wilcoxon signed-rank on per-dialogue means", **res})
+            rows.append(
+                {
+                    "model": model,
+                    "metric": m,
+                    "test": "wilcoxon signed-rank on per-dialogue means",
+                    **res,
+                }
+            )
     return pd.DataFrame(rows)

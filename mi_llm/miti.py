@@ -35,26 +35,60 @@ from .schema import DataError
 
 # ----------------------------------------------------------------------------- vocabulary
 CODES = {  # MITI 4.2.1 behaviour codes: short code -> name
-    "GI": "Giving Information", "PERSUADE": "Persuade", "PERSUADE_PERM": "Persuade with Permission",
-    "Q": "Question", "SR": "Simple Reflection", "CR": "Complex Reflection", "AF": "Affirm",
-    "SEEK": "Seeking Collaboration", "AUTO": "Emphasizing Autonomy", "CONFRONT": "Confront",
+    "GI": "Giving Information",
+    "PERSUADE": "Persuade",
+    "PERSUADE_PERM": "Persuade with Permission",
+    "Q": "Question",
+    "SR": "Simple Reflection",
+    "CR": "Complex Reflection",
+    "AF": "Affirm",
+    "SEEK": "Seeking Collaboration",
+    "AUTO": "Emphasizing Autonomy",
+    "CONFRONT": "Confront",
 }
 NONE = "NONE"  # a coded utterance with none of the behaviours (None means: not coded / missing)
 GLOBALS = {  # MITI 4.2.1 global ratings, integers 1..5
-    "CCT": "Cultivating Change Talk", "SST": "Softening Sustain Talk",
-    "PARTNER": "Partnership", "EMPATHY": "Empathy",
+    "CCT": "Cultivating Change Talk",
+    "SST": "Softening Sustain Talk",
+    "PARTNER": "Partnership",
+    "EMPATHY": "Empathy",
 }
 GLOBAL_MIN, GLOBAL_MAX = 1, 5
 THRESHOLDS = {  # (fair, good) of MITI 4.2.1; pct_cr in percent
-    "relational": (3.5, 4.0), "technical": (3.0, 4.0), "pct_cr": (40.0, 50.0), "r_q": (1.0, 2.0),
+    "relational": (3.5, 4.0),
+    "technical": (3.0, 4.0),
+    "pct_cr": (40.0, 50.0),
+    "r_q": (1.0, 2.0),
 }
 # mi_adherent / mi_non_adherent: per coded utterance; pct_mi_adherent = 100 MIA / (MIA + MINA)
-SCORES = ["technical", "relational", "pct_cr", "r_q", "pct_mi_adherent", "mi_adherent",
-          "mi_non_adherent"]
-SUMMARY_COLUMNS = ["group", "model", "variant", *SCORES, "n_dialogues", "n_utterances", "n_coded",
-                   "n_missing", "pass_rate", "n_rated", "n_unrated",
-                   *(f"{s}_label" for s in THRESHOLDS), *CODES, *GLOBALS]
-_NAMES = {re.sub(r"\W+", "_", v).upper(): k for k, v in CODES.items()}  # "SIMPLE_REFLECTION" -> "SR"
+SCORES = [
+    "technical",
+    "relational",
+    "pct_cr",
+    "r_q",
+    "pct_mi_adherent",
+    "mi_adherent",
+    "mi_non_adherent",
+]
+SUMMARY_COLUMNS = [
+    "group",
+    "model",
+    "variant",
+    *SCORES,
+    "n_dialogues",
+    "n_utterances",
+    "n_coded",
+    "n_missing",
+    "pass_rate",
+    "n_rated",
+    "n_unrated",
+    *(f"{s}_label" for s in THRESHOLDS),
+    *CODES,
+    *GLOBALS,
+]
+_NAMES = {
+    re.sub(r"\W+", "_", v).upper(): k for k, v in CODES.items()
+}  # "SIMPLE_REFLECTION" -> "SR"
 
 DEFAULTS = {  # P.evaluation.miti keys; paths relative to the project root
     "enabled": True,  # false: stage 04 skips MITI coding
@@ -136,11 +170,16 @@ def code_label(codes) -> str | None:
 
 
 # ----------------------------------------------------------------------------- parsing answers
-_CODE_WORD = r"(?<![A-Za-z_])(?:PERSUADE_PERM|PERSUADE|CONFRONT|SEEK|AUTO|NONE|GI|SR|CR|AF|Q)(?![A-Za-z_])"
+_CODE_WORD = (
+    r"(?<![A-Za-z_])(?:PERSUADE_PERM|PERSUADE|CONFRONT|SEEK|AUTO|NONE|GI|SR|CR|AF|Q)(?![A-Za-z_])"
+)
 _LEADING_CODES = re.compile(rf"{_CODE_WORD}(?:\s*(?:[,，+&、]|\band\b)\s*{_CODE_WORD})*")
 # alternatives, doubt or a correction anywhere in the answer: not one coding
-_HEDGE = re.compile(r"\bor\b|/|\?|？|\b(?:actually|instead|maybe|perhaps|either|wait|no)\b|"
-                    r"或|还是|也许|不是|应该是", re.IGNORECASE)
+_HEDGE = re.compile(
+    r"\bor\b|/|\?|？|\b(?:actually|instead|maybe|perhaps|either|wait|no)\b|"
+    r"或|还是|也许|不是|应该是",
+    re.IGNORECASE,
+)
 _EXCLUSIVE = [{"SR", "CR"}, {"PERSUADE", "PERSUADE_PERM"}]  # one utterance, one of each pair
 MAX_CODES = 3  # e.g. a reflection, a question and information; more is an echoed list
 
@@ -153,7 +192,9 @@ def parse_code(text: str) -> tuple[str, ...]:
     if s.startswith(("{", "```")):
         obj = _json_object(s)
         if set(obj) not in ({"code"}, {"codes"}):
-            raise ValueError(f"JSON answer must have the one key 'code' or 'codes', got {sorted(obj)}")
+            raise ValueError(
+                f"JSON answer must have the one key 'code' or 'codes', got {sorted(obj)}"
+            )
         v = obj.get("code", obj.get("codes"))
         s = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
     if _HEDGE.search(s):
@@ -168,7 +209,7 @@ def parse_code(text: str) -> tuple[str, ...]:
     m = _LEADING_CODES.match(line)
     if not m:
         raise ValueError(f"not a MITI code: {line[:60]!r}")
-    rest = line[m.end():]
+    rest = line[m.end() :]
     if re.search(_CODE_WORD, rest):  # "SR - CR", "Q then GI": more codes after the list
         raise ValueError(f"more codes after the answer's codes: {line[:60]!r}")
     # "SR - the counselor ..." and "CRспекти…": the codes, then words that are not codes
@@ -248,16 +289,26 @@ def units_from_generations(path, max_utterances: int | None = None) -> list[dict
     units = []
     for (model, variant, did), recs in groups.items():
         recs = sorted(recs, key=lambda r: r["round"])[:max_utterances]
-        unit = {"model": model, "variant": variant, "dialogue_id": did,
-                "topic": recs[0].get("topic"), "turns": [], "utterances": []}
+        unit = {
+            "model": model,
+            "variant": variant,
+            "dialogue_id": did,
+            "topic": recs[0].get("topic"),
+            "turns": [],
+            "utterances": [],
+        }
         for r in recs:
-            context = [{"speaker": _SPEAKER[m["role"]], "text": m["content"]}
-                       for m in r["messages"] if m["role"] in _SPEAKER]
+            context = [
+                {"speaker": _SPEAKER[m["role"]], "text": m["content"]}
+                for m in r["messages"]
+                if m["role"] in _SPEAKER
+            ]
             if context and context[-1]["speaker"] == "client":
                 unit["turns"].append(context[-1])
             unit["turns"].append({"speaker": "counselor", "text": r["reply"]})
-            unit["utterances"].append({"turn": len(unit["turns"]) - 1, "round": r["round"],
-                                       "context": context})
+            unit["utterances"].append(
+                {"turn": len(unit["turns"]) - 1, "round": r["round"], "context": context}
+            )
         units.append(unit)
     return units
 
@@ -282,18 +333,31 @@ def code_units(ep, units: list[dict], p, cfg: dict, rate_globals: bool = True) -
     reqs, slots = {}, []  # identical prompts (same reply, same context) are asked once
     for u in units:
         for ut in u["utterances"]:
-            ctx = ut["context"][-cfg["context_turns"]:] if cfg["context_turns"] else []
-            text = prompts.render(parts["code"], context=render_turns(ctx) or "(none)",
-                                  utterance=u["turns"][ut["turn"]]["text"].strip())
+            ctx = ut["context"][-cfg["context_turns"] :] if cfg["context_turns"] else []
+            text = prompts.render(
+                parts["code"],
+                context=render_turns(ctx) or "(none)",
+                utterance=u["turns"][ut["turn"]]["text"].strip(),
+            )
             k = f"{version}:code:{_key(text)}"
-            system = [{"role": "system", "content": parts["code_system"]}] if "code_system" in parts else []
+            system = (
+                [{"role": "system", "content": parts["code_system"]}]
+                if "code_system" in parts
+                else []
+            )
             msgs = [*system, *prompts.shots(parts, "code_"), {"role": "user", "content": text}]
             reqs[k] = llm.Request(k, msgs)
             slots.append((ut, k))
     # truncated_ok: a code word followed by a small model's run-on is still that code (parse_code)
-    results = llm.complete(ep, list(reqs.values()), desc="MITI codes", validate=parse_code, truncated_ok=True,
-                           settings={"temperature": cfg["temperature"], "max_tokens": cfg["max_tokens"]},
-                           **common)
+    results = llm.complete(
+        ep,
+        list(reqs.values()),
+        desc="MITI codes",
+        validate=parse_code,
+        truncated_ok=True,
+        settings={"temperature": cfg["temperature"], "max_tokens": cfg["max_tokens"]},
+        **common,
+    )
     by_key = {r.key: r for r in results}
     for ut, k in slots:
         r = by_key[k]
@@ -304,15 +368,26 @@ def code_units(ep, units: list[dict], p, cfg: dict, rate_globals: bool = True) -
         for u in units:
             text = prompts.render(parts["globals"], transcript=render_turns(u["turns"]))
             u["globals_key"] = f"{version}:globals:{_key(text)}"
-            g_reqs[u["globals_key"]] = llm.Request(u["globals_key"], [{"role": "user", "content": text}])
-        g_results = llm.complete(ep, list(g_reqs.values()), desc="MITI globals", validate=parse_globals,
-                                 settings={"temperature": cfg["temperature"],
-                                           "max_tokens": cfg["globals_max_tokens"]}, **common)
+            g_reqs[u["globals_key"]] = llm.Request(
+                u["globals_key"], [{"role": "user", "content": text}]
+            )
+        g_results = llm.complete(
+            ep,
+            list(g_reqs.values()),
+            desc="MITI globals",
+            validate=parse_globals,
+            settings={"temperature": cfg["temperature"], "max_tokens": cfg["globals_max_tokens"]},
+            **common,
+        )
         g_by_key = {r.key: r for r in g_results}
         for u in units:
             r = g_by_key[u.pop("globals_key")]
-            u.update(globals=r.parsed if r.ok else None, globals_ok=r.ok, globals_error=r.error,
-                     globals_raw=r.raw)
+            u.update(
+                globals=r.parsed if r.ok else None,
+                globals_ok=r.ok,
+                globals_error=r.error,
+                globals_raw=r.raw,
+            )
     return llm.usage(results + g_results, p.llm, ep.model)
 
 
@@ -331,11 +406,20 @@ def dialogue_table(units: list[dict]) -> pd.DataFrame:
         counts = count_codes(codes)
         n_coded = sum(c is not None for c in codes)
         g = u.get("globals") or {}
-        rows.append({"model": u["model"], "variant": u["variant"], "dialogue_id": u["dialogue_id"],
-                     "topic": u.get("topic"), "n_utterances": len(codes), "n_coded": n_coded,
-                     "n_missing": len(codes) - n_coded, **counts,
-                     **{k: g.get(k, math.nan) for k in GLOBALS},
-                     **summary_scores(counts, g, n_coded)})
+        rows.append(
+            {
+                "model": u["model"],
+                "variant": u["variant"],
+                "dialogue_id": u["dialogue_id"],
+                "topic": u.get("topic"),
+                "n_utterances": len(codes),
+                "n_coded": n_coded,
+                "n_missing": len(codes) - n_coded,
+                **counts,
+                **{k: g.get(k, math.nan) for k in GLOBALS},
+                **summary_scores(counts, g, n_coded),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -347,11 +431,23 @@ def group_summary(per_dialogue: pd.DataFrame, group: str) -> pd.DataFrame:
         glob = {k: d[k].mean() for k in GLOBALS}  # NaN ratings (missing) are skipped
         n_utt, n_coded = int(d["n_utterances"].sum()), int(d["n_coded"].sum())
         n_rated = int(d[list(GLOBALS)].notna().all(axis=1).sum())
-        rows.append({"group": group, "model": model, "variant": variant,
-                     **summary_scores(counts, glob, n_coded), "n_dialogues": len(d),
-                     "n_utterances": n_utt, "n_coded": n_coded, "n_missing": n_utt - n_coded,
-                     "pass_rate": _div(n_coded, n_utt), "n_rated": n_rated,
-                     "n_unrated": len(d) - n_rated, **counts, **glob})
+        rows.append(
+            {
+                "group": group,
+                "model": model,
+                "variant": variant,
+                **summary_scores(counts, glob, n_coded),
+                "n_dialogues": len(d),
+                "n_utterances": n_utt,
+                "n_coded": n_coded,
+                "n_missing": n_utt - n_coded,
+                "pass_rate": _div(n_coded, n_utt),
+                "n_rated": n_rated,
+                "n_unrated": len(d) - n_rated,
+                **counts,
+                **glob,
+            }
+        )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -369,8 +465,15 @@ ANNOMI_CODES = ("SR", "CR", "Q", "GI")  # the MITI counts AnnoMI's annotations g
 # comparison labels (coder check): AnnoMI's behaviours, and what each coder answer compares as
 ADVICE, OTHER = "ADVICE", "OTHER"
 LABEL_ORDER = ("Q", "SR", "CR", "GI", ADVICE, OTHER)
-CODER_LABEL = {**{k: k for k in ANNOMI_CODES}, "PERSUADE": ADVICE, "PERSUADE_PERM": ADVICE,
-               "AF": OTHER, "SEEK": OTHER, "AUTO": OTHER, "CONFRONT": OTHER}
+CODER_LABEL = {
+    **{k: k for k in ANNOMI_CODES},
+    "PERSUADE": ADVICE,
+    "PERSUADE_PERM": ADVICE,
+    "AF": OTHER,
+    "SEEK": OTHER,
+    "AUTO": OTHER,
+    "CONFRONT": OTHER,
+}
 
 
 def _label(behaviours) -> str:
@@ -405,11 +508,19 @@ def annomi_behaviours(a: dict) -> list[str] | None:
         return out
     main = a.get("main_therapist_behaviour")
     if main == "reflection":
-        return [reflection[a["reflection_subtype"]]] if a.get("reflection_subtype") in reflection else None
+        return (
+            [reflection[a["reflection_subtype"]]]
+            if a.get("reflection_subtype") in reflection
+            else None
+        )
     if main == "question":
         return ["Q"]
     if main == "therapist_input":
-        return [given[a["therapist_input_subtype"]]] if a.get("therapist_input_subtype") in given else None
+        return (
+            [given[a["therapist_input_subtype"]]]
+            if a.get("therapist_input_subtype") in given
+            else None
+        )
     return [] if main == "other" else None
 
 
@@ -427,10 +538,17 @@ def read_annomi(path) -> pd.DataFrame:
         for i, t in enumerate(d.turns):
             th = t.speaker == "counselor"
             beh = annomi_behaviours(t.annotations) if th else None
-            rows.append({"transcript_id": int(d.id), "mi_quality": d.meta["mi_quality"],
-                         "utterance_id": i, "interlocutor": "therapist" if th else "client",
-                         "utterance_text": t.text, "behaviours": beh,
-                         "label": None if beh is None else _label(beh)})
+            rows.append(
+                {
+                    "transcript_id": int(d.id),
+                    "mi_quality": d.meta["mi_quality"],
+                    "utterance_id": i,
+                    "interlocutor": "therapist" if th else "client",
+                    "utterance_text": t.text,
+                    "behaviours": beh,
+                    "label": None if beh is None else _label(beh),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -441,9 +559,19 @@ def annomi_dialogues(annomi: pd.DataFrame) -> pd.DataFrame:
     for (tid, quality), d in th.groupby(["transcript_id", "mi_quality"]):
         coded = [b for b in d["behaviours"] if b is not None]
         counts = {k: sum(k in b for b in coded) if k in ANNOMI_CODES else math.nan for k in CODES}
-        rows.append({"model": "annomi", "variant": quality, "dialogue_id": str(tid), "topic": None,
-                     "n_utterances": len(d), "n_coded": len(coded),
-                     "n_missing": len(d) - len(coded), **counts, **{k: math.nan for k in GLOBALS}})
+        rows.append(
+            {
+                "model": "annomi",
+                "variant": quality,
+                "dialogue_id": str(tid),
+                "topic": None,
+                "n_utterances": len(d),
+                "n_coded": len(coded),
+                "n_missing": len(d) - len(coded),
+                **counts,
+                **{k: math.nan for k in GLOBALS},
+            }
+        )
     return pd.DataFrame(rows).sort_values("variant", kind="stable")  # high before low
 
 
@@ -463,12 +591,21 @@ def annomi_sample(annomi: pd.DataFrame, n: int, seed: int, context_turns: int) -
     for row in picked:
         s = sessions[row["transcript_id"]]
         before = s[s["utterance_id"] < row["utterance_id"]].tail(context_turns)
-        ctx = [{"speaker": "counselor" if w == "therapist" else "client", "text": t}
-               for w, t in zip(before["interlocutor"], before["utterance_text"])]
-        units.append({"model": "annomi", "variant": row["mi_quality"], "check": "annomi",
-                      "dialogue_id": f"{row['transcript_id']}:{row['utterance_id']}", "topic": None,
-                      "turns": ctx + [{"speaker": "counselor", "text": row["utterance_text"]}],
-                      "utterances": [{"turn": len(ctx), "context": ctx, "reference": row["label"]}]})
+        ctx = [
+            {"speaker": "counselor" if w == "therapist" else "client", "text": t}
+            for w, t in zip(before["interlocutor"], before["utterance_text"])
+        ]
+        units.append(
+            {
+                "model": "annomi",
+                "variant": row["mi_quality"],
+                "check": "annomi",
+                "dialogue_id": f"{row['transcript_id']}:{row['utterance_id']}",
+                "topic": None,
+                "turns": ctx + [{"speaker": "counselor", "text": row["utterance_text"]}],
+                "utterances": [{"turn": len(ctx), "context": ctx, "reference": row["label"]}],
+            }
+        )
     return units
 
 
@@ -488,11 +625,18 @@ def _stratified(df: pd.DataFrame, col: str, n: int, seed: int) -> list:
 # labels. Their MITI 4.2.1 counterparts; Support, Direct and Warn (MITI 3 codes) have none and
 # are not drawn; Self-Disclose and Other are none of the MITI behaviours.
 GOLD_CODES = {
-    "Closed Question": ("Q",), "Open Question": ("Q",), "Simple Reflection": ("SR",),
-    "Complex Reflection": ("CR",), "Give Information": ("GI",),
-    "Advise with Permission": ("PERSUADE_PERM",), "Affirm": ("AF",),
-    "Emphasize Autonomy": ("AUTO",), "Advise without Permission": ("PERSUADE",),
-    "Confront": ("CONFRONT",), "Self-Disclose": (), "Other": (),
+    "Closed Question": ("Q",),
+    "Open Question": ("Q",),
+    "Simple Reflection": ("SR",),
+    "Complex Reflection": ("CR",),
+    "Give Information": ("GI",),
+    "Advise with Permission": ("PERSUADE_PERM",),
+    "Affirm": ("AF",),
+    "Emphasize Autonomy": ("AUTO",),
+    "Advise without Permission": ("PERSUADE",),
+    "Confront": ("CONFRONT",),
+    "Self-Disclose": (),
+    "Other": (),
 }
 
 
@@ -506,8 +650,9 @@ def read_gold(path) -> pd.DataFrame:
     for i, g in enumerate(gold["Ground truth"]):
         if g not in GOLD_CODES and g not in ("Support", "Direct", "Warn"):
             raise DataError(path, f"line {i + 2}", "Ground truth", f"unknown label {g!r}")
-    gold["label"] = [code_label(GOLD_CODES[g]) if g in GOLD_CODES else None
-                     for g in gold["Ground truth"]]
+    gold["label"] = [
+        code_label(GOLD_CODES[g]) if g in GOLD_CODES else None for g in gold["Ground truth"]
+    ]
     return gold
 
 
@@ -516,24 +661,54 @@ def gold_sample(gold: pd.DataFrame, n: int, seed: int) -> list[dict]:
     if n <= 0:
         return []
     picked = _stratified(gold[gold["label"].notna()], "label", n, seed)
-    return [{"model": "welivita_pu", "variant": "gold", "check": "gold", "topic": None,
-             "dialogue_id": f"gold:{row.name}", "turns": [{"speaker": "counselor", "text": row["Text"]}],
-             "utterances": [{"turn": 0, "context": [], "reference": row["label"],
-                             "baseline": row.get("Prediction")}]} for row in picked]
+    return [
+        {
+            "model": "welivita_pu",
+            "variant": "gold",
+            "check": "gold",
+            "topic": None,
+            "dialogue_id": f"gold:{row.name}",
+            "turns": [{"speaker": "counselor", "text": row["Text"]}],
+            "utterances": [
+                {
+                    "turn": 0,
+                    "context": [],
+                    "reference": row["label"],
+                    "baseline": row.get("Prediction"),
+                }
+            ],
+        }
+        for row in picked
+    ]
 
 
 def gold_baseline(units: list[dict]) -> list[dict]:
     """The gold units coded by Welivita & Pu's own classifier (its Prediction column): the
     baseline beside the automatic coder; a prediction without a MITI counterpart is missing."""
-    return [{"utterances": [{"reference": ut["reference"],
-                             "codes": list(GOLD_CODES[ut["baseline"]])
-                             if ut.get("baseline") in GOLD_CODES else None}]}
-            for u in units for ut in u["utterances"]]
+    return [
+        {
+            "utterances": [
+                {
+                    "reference": ut["reference"],
+                    "codes": list(GOLD_CODES[ut["baseline"]])
+                    if ut.get("baseline") in GOLD_CODES
+                    else None,
+                }
+            ]
+        }
+        for u in units
+        for ut in u["utterances"]
+    ]
 
 
 # ----------------------------------------------------------------------------- coder checks
-def coder_check(units: list[dict], comparison: str = "auto_vs_annomi", to_label=coder_label,
-                n_boot: int = 1000, seed: int = 0) -> tuple[dict, pd.DataFrame]:
+def coder_check(
+    units: list[dict],
+    comparison: str = "auto_vs_annomi",
+    to_label=coder_label,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[dict, pd.DataFrame]:
     """Agreement of the automatic coder with reference labels on a coded sample.
 
     Returns the agreement row (accuracy; Cohen's kappa with a 95% bootstrap CI resampling the
@@ -554,14 +729,23 @@ def coder_check(units: list[dict], comparison: str = "auto_vs_annomi", to_label=
         kappas = np.array(kappas)[~np.isnan(kappas)]  # a draw with one label only: undefined
         if kappas.size:
             lo, hi = (float(q) for q in np.quantile(kappas, [0.025, 0.975]))
-    row = {"comparison": comparison, "n_sampled": len(uts), "n_coded": len(pairs),
-           "n_missing": len(uts) - len(pairs), "pass_rate": _div(len(pairs), len(uts)),
-           "n_compared": len(pairs),
-           "accuracy": float(np.mean([a == b for a, b in pairs])) if pairs else math.nan,
-           "kappa": cohen_kappa(ref, auto), "kappa_ci_low": lo, "kappa_ci_high": hi,
-           "labels": " ".join(sorted(set(ref) | set(auto))), "n_rated": 0}
-    cm = pd.DataFrame([(a, b if b is not None else "missing") for a, b in got],
-                      columns=["reference", "coder"])
+    row = {
+        "comparison": comparison,
+        "n_sampled": len(uts),
+        "n_coded": len(pairs),
+        "n_missing": len(uts) - len(pairs),
+        "pass_rate": _div(len(pairs), len(uts)),
+        "n_compared": len(pairs),
+        "accuracy": float(np.mean([a == b for a, b in pairs])) if pairs else math.nan,
+        "kappa": cohen_kappa(ref, auto),
+        "kappa_ci_low": lo,
+        "kappa_ci_high": hi,
+        "labels": " ".join(sorted(set(ref) | set(auto))),
+        "n_rated": 0,
+    }
+    cm = pd.DataFrame(
+        [(a, b if b is not None else "missing") for a, b in got], columns=["reference", "coder"]
+    )
     cm = cm.value_counts().rename("n").reset_index().sort_values(["reference", "coder"])
     return row, cm.assign(comparison=comparison)[["comparison", "reference", "coder", "n"]]
 
@@ -570,8 +754,12 @@ def coder_check(units: list[dict], comparison: str = "auto_vs_annomi", to_label=
 def _write_codes(units: list[dict], file: Path, version: str) -> None:
     from .runs import write_atomic  # a unique temporary file, then a rename
 
-    write_atomic(file, "".join(json.dumps({**u, "prompt_version": version}, ensure_ascii=False) + "\n"
-                               for u in units))
+    write_atomic(
+        file,
+        "".join(
+            json.dumps({**u, "prompt_version": version}, ensure_ascii=False) + "\n" for u in units
+        ),
+    )
 
 
 def evaluate(p, generations_path, out_dir, endpoint=None) -> dict:
@@ -590,37 +778,57 @@ def evaluate(p, generations_path, out_dir, endpoint=None) -> dict:
     units = units_from_generations(generations_path, cfg["max_utterances"])
     annomi = read_annomi(path(cfg["annomi_path"]))
     check = annomi_sample(annomi, cfg["annomi_sample"], p.seed, cfg["context_turns"])
-    gold = gold_sample(read_gold(path(cfg["gold_path"])), cfg["gold_sample"], p.seed) \
-        if cfg["gold_sample"] else []
+    gold = (
+        gold_sample(read_gold(path(cfg["gold_path"])), cfg["gold_sample"], p.seed)
+        if cfg["gold_sample"]
+        else []
+    )
     opened = contextlib.nullcontext(endpoint) if endpoint is not None else llm.endpoint(p.llm)
     with opened as ep:
         usage = code_units(ep, units, p, cfg, rate_globals=cfg["rate_globals"])
-        usage_check = code_units(ep, check + gold, p, cfg, rate_globals=False) if check + gold else {}
+        usage_check = (
+            code_units(ep, check + gold, p, cfg, rate_globals=False) if check + gold else {}
+        )
     version = prompts.name(cfg["prompt_version"])
     _write_codes(units, out_dir / "miti_codes.jsonl", version)
     _write_codes(check + gold, out_dir / "miti_check_codes.jsonl", version)
     per_dialogue = dialogue_table(units)
-    summary = pd.concat([group_summary(per_dialogue, "generated"), annomi_reference(annomi)],
-                        ignore_index=True)
+    summary = pd.concat(
+        [group_summary(per_dialogue, "generated"), annomi_reference(annomi)], ignore_index=True
+    )
     exported = worksheets.export(units, out_dir / "worksheets")
     rows, confusions = [], []
-    for name, sample, to_label in [("auto_vs_annomi", check, coder_label),
-                                   ("auto_vs_welivita_pu_gold", gold, code_label),
-                                   ("welivita_pu_classifier_vs_gold", gold_baseline(gold), code_label)]:
+    for name, sample, to_label in [
+        ("auto_vs_annomi", check, coder_label),
+        ("auto_vs_welivita_pu_gold", gold, code_label),
+        ("welivita_pu_classifier_vs_gold", gold_baseline(gold), code_label),
+    ]:
         if sample:
             row, cm = coder_check(sample, name, to_label, cfg["check_bootstrap"], p.seed)
             rows.append(row)
             confusions.append(cm)
     rows += worksheets.human_agreement(cfg["human_worksheets"], units)
     agreement = pd.DataFrame(rows, columns=worksheets.AGREEMENT_COLUMNS)
-    confusion = pd.concat(confusions, ignore_index=True) if confusions else \
-        pd.DataFrame(columns=["comparison", "reference", "coder", "n"])
+    confusion = (
+        pd.concat(confusions, ignore_index=True)
+        if confusions
+        else pd.DataFrame(columns=["comparison", "reference", "coder", "n"])
+    )
     from .runs import atomic_path
 
-    for df, name in ((per_dialogue, "miti_dialogues.csv"), (summary, "miti_summary.csv"),
-                     (agreement, "coder_agreement.csv"), (confusion, "coder_confusion.csv")):
+    for df, name in (
+        (per_dialogue, "miti_dialogues.csv"),
+        (summary, "miti_summary.csv"),
+        (agreement, "coder_agreement.csv"),
+        (confusion, "coder_confusion.csv"),
+    ):
         with atomic_path(out_dir / name) as tmp:
             df.to_csv(tmp, index=False)
-    return {"summary": summary, "per_dialogue": per_dialogue, "agreement": agreement,
-            "confusion": confusion, "usage": {"generations": usage, "coder_check": usage_check},
-            "worksheets": exported}
+    return {
+        "summary": summary,
+        "per_dialogue": per_dialogue,
+        "agreement": agreement,
+        "confusion": confusion,
+        "usage": {"generations": usage, "coder_check": usage_check},
+        "worksheets": exported,
+    }

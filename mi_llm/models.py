@@ -96,36 +96,64 @@ class ModelSpec:
     convert: str | None = None  # conversion before loading: None | "baichuan_to_llama"
     padding_free: bool = True  # the architecture takes packed rows (position_ids, no padding)
     embedded: bool = False  # weights come from mi_llm.embedded.model_dir() (no download)
-    tokenizer_files: str | None = None  # folder of data/tokenizers/ with the published tokenizer files
+    tokenizer_files: str | None = (
+        None  # folder of data/tokenizers/ with the published tokenizer files
+    )
 
 
 REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in [
         ModelSpec(
-            name="gemma3-270m", hub_id="google/gemma-3-270m", chat_template=GEMMA3_TEMPLATE,
-            eot_token="<end_of_turn>", special_tokens=("<start_of_turn>", "<end_of_turn>"),
-            pad_token="<pad>", embedded=True,
+            name="gemma3-270m",
+            hub_id="google/gemma-3-270m",
+            chat_template=GEMMA3_TEMPLATE,
+            eot_token="<end_of_turn>",
+            special_tokens=("<start_of_turn>", "<end_of_turn>"),
+            pad_token="<pad>",
+            embedded=True,
         ),
         ModelSpec(
-            name="baichuan2-7b-chat", hub_id="baichuan-inc/Baichuan2-7B-Chat",
-            chat_template=BAICHUAN2_TEMPLATE, eot_token="</s>",
-            special_tokens=("<reserved_106>", "<reserved_107>"), pad_token="<unk>",
-            convert="baichuan_to_llama", tokenizer_files="baichuan2-7b-chat",
+            name="baichuan2-7b-chat",
+            hub_id="baichuan-inc/Baichuan2-7B-Chat",
+            chat_template=BAICHUAN2_TEMPLATE,
+            eot_token="</s>",
+            special_tokens=("<reserved_106>", "<reserved_107>"),
+            pad_token="<unk>",
+            convert="baichuan_to_llama",
+            tokenizer_files="baichuan2-7b-chat",
         ),
         ModelSpec(
-            name="glm-4-9b-chat", hub_id="THUDM/glm-4-9b-chat-hf", chat_template=GLM4_TEMPLATE,
-            eot_token="<|user|>", pad_token="<|endoftext|>",
+            name="glm-4-9b-chat",
+            hub_id="THUDM/glm-4-9b-chat-hf",
+            chat_template=GLM4_TEMPLATE,
+            eot_token="<|user|>",
+            pad_token="<|endoftext|>",
             special_tokens=("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"),
             # Glm4 fuses gate and up projections into one Linear
-            lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"],
+            lora_target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_up_proj",
+                "down_proj",
+            ],
             tokenizer_files="glm-4-9b-chat-hf",
         ),
         ModelSpec(
-            name="llama3-8b-chinese-chat-v2", hub_id="shenzhi-wang/Llama3-8B-Chinese-Chat",
-            revision="v2", chat_template=LLAMA3_TEMPLATE, eot_token="<|eot_id|>",
+            name="llama3-8b-chinese-chat-v2",
+            hub_id="shenzhi-wang/Llama3-8B-Chinese-Chat",
+            revision="v2",
+            chat_template=LLAMA3_TEMPLATE,
+            eot_token="<|eot_id|>",
             pad_token="<|end_of_text|>",
-            special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+            special_tokens=(
+                "<|begin_of_text|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>",
+            ),
             tokenizer_files="llama3-8b-chinese-chat-v2",
         ),
     ]
@@ -136,7 +164,9 @@ NAMES = list(REGISTRY)
 def get(name: str) -> ModelSpec:
     """The registry entry for a model name (unknown names raise, listing the known ones)."""
     if name not in REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known models: {NAMES} (add one in mi_llm/models.py)")
+        raise KeyError(
+            f"unknown model {name!r}; known models: {NAMES} (add one in mi_llm/models.py)"
+        )
     return REGISTRY[name]
 
 
@@ -178,8 +208,10 @@ def _raw_tokenizer(spec: ModelSpec, src: str, rev: str | None):
         from . import convert_baichuan
 
         return convert_baichuan.tokenizer(folder)
-    raise FileNotFoundError(f"model {spec.name}: {folder} has no tokenizer.json"
-                            + (" or tokenizer.model" if spec.convert else ""))
+    raise FileNotFoundError(
+        f"model {spec.name}: {folder} has no tokenizer.json"
+        + (" or tokenizer.model" if spec.convert else "")
+    )
 
 
 def prepare_tokenizer(spec: ModelSpec, tok):
@@ -187,14 +219,18 @@ def prepare_tokenizer(spec: ModelSpec, tok):
     added = tok.get_added_vocab()  # tokens the tokenizer already keeps whole
     missing = [t for t in spec.special_tokens if t not in added]
     if missing:
-        tok.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        tok.add_special_tokens(
+            {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+        )
     if spec.chat_template is not None:
         tok.chat_template = spec.chat_template
     if tok.pad_token is None or tok.pad_token == spec.eot_token:
         # a pad equal to the eot token would be masked out of the loss and of the token counts
         tok.pad_token = spec.pad_token if spec.pad_token in tok.get_vocab() else tok.eos_token
     if spec.eot_token not in tok.get_vocab():
-        raise ValueError(f"model {spec.name}: end-of-turn token {spec.eot_token!r} is not in the tokenizer")
+        raise ValueError(
+            f"model {spec.name}: end-of-turn token {spec.eot_token!r} is not in the tokenizer"
+        )
     return tok
 
 
@@ -213,7 +249,11 @@ def cpu_bf16() -> bool:
 
 def compute_dtype(dtype: str, device: str) -> str:
     """The dtype to compute in: `dtype`, except bf16 on a CPU without native bf16, which runs in fp32."""
-    return "float32" if dtype == "bfloat16" and str(device).startswith("cpu") and not cpu_bf16() else dtype
+    return (
+        "float32"
+        if dtype == "bfloat16" and str(device).startswith("cpu") and not cpu_bf16()
+        else dtype
+    )
 
 
 def load(name: str, device: str = "cpu", dtype: str | None = None, path: str | Path | None = None):
@@ -234,7 +274,10 @@ def load(name: str, device: str = "cpu", dtype: str | None = None, path: str | P
     rev = spec.revision if path is None and not spec.embedded and not spec.convert else None
     tok = load_tokenizer(name, path)
     model = AutoModelForCausalLM.from_pretrained(
-        src, revision=rev, dtype=getattr(torch, dtype), attn_implementation="sdpa",
+        src,
+        revision=rev,
+        dtype=getattr(torch, dtype),
+        attn_implementation="sdpa",
     )
     if model.get_input_embeddings().num_embeddings < len(tok):
         model.resize_token_embeddings(len(tok))  # only when special tokens had to be added

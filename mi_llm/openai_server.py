@@ -62,10 +62,18 @@ def _completion(req: dict, text: str, finish_reason: str = "stop") -> dict:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": req.get("model", "test-model"),
-        "choices": [{"index": 0, "finish_reason": finish_reason,
-                     "message": {"role": "assistant", "content": text}}],
-        "usage": {"prompt_tokens": _tokens(prompt), "completion_tokens": _tokens(text),
-                  "total_tokens": _tokens(prompt) + _tokens(text)},
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": finish_reason,
+                "message": {"role": "assistant", "content": text},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": _tokens(prompt),
+            "completion_tokens": _tokens(text),
+            "total_tokens": _tokens(prompt) + _tokens(text),
+        },
     }
 
 
@@ -129,7 +137,9 @@ def _make_handler(handler, latency_s, script, stats, store, batch_polls):
                     b.update(status="completed", output_file_id=b["_output"])
                 return self._json(200, {k: v for k, v in b.items() if not k.startswith("_")})
             if parts[-1] == "models":
-                return self._json(200, {"object": "list", "data": [{"id": "test-model", "object": "model"}]})
+                return self._json(
+                    200, {"object": "list", "data": [{"id": "test-model", "object": "model"}]}
+                )
             self._json(404, {"error": {"message": f"no route {self.path}"}})
 
         def _chat(self, raw: bytes):
@@ -144,9 +154,13 @@ def _make_handler(handler, latency_s, script, stats, store, batch_polls):
             time.sleep(act.get("slow", latency_s))
             if act.get("status") == 429:
                 hdr = {"Retry-After": str(act.get("retry_after", 1))}
-                return self._json(429, {"error": {"message": "rate limited", "type": "rate_limit"}}, hdr)
+                return self._json(
+                    429, {"error": {"message": "rate limited", "type": "rate_limit"}}, hdr
+                )
             if act.get("status"):
-                return self._json(act["status"], {"error": {"message": "server error", "type": "server"}})
+                return self._json(
+                    act["status"], {"error": {"message": "server error", "type": "server"}}
+                )
             if act.get("malformed"):
                 return self._send(200, b'{"id": "chatcmpl-x", "choices": [{"mess')
             if act.get("empty_choices"):
@@ -154,11 +168,15 @@ def _make_handler(handler, latency_s, script, stats, store, batch_polls):
             if act.get("error_body"):
                 return self._json(200, {"error": {"message": "upstream overloaded", "code": 503}})
             if act.get("html"):
-                return self._send(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
+                return self._send(
+                    200, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"
+                )
             try:
                 text = handler(req)
             except ValueError as e:
-                return self._json(400, {"error": {"message": str(e), "type": "invalid_request_error"}})
+                return self._json(
+                    400, {"error": {"message": str(e), "type": "invalid_request_error"}}
+                )
             with stats.lock:
                 stats.answered += 1
             if act.get("truncated"):
@@ -167,30 +185,64 @@ def _make_handler(handler, latency_s, script, stats, store, batch_polls):
 
         def _upload(self, raw: bytes):
             msg = email.message_from_bytes(
-                b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + raw)
-            content = next(p.get_payload(decode=True) for p in msg.get_payload()
-                           if p.get_param("name", header="content-disposition") == "file")
+                b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + raw
+            )
+            content = next(
+                p.get_payload(decode=True)
+                for p in msg.get_payload()
+                if p.get_param("name", header="content-disposition") == "file"
+            )
             fid = f"file-{len(store['files'])}"
             store["files"][fid] = content
-            self._json(200, {"id": fid, "object": "file", "bytes": len(content), "purpose": "batch",
-                             "filename": "input.jsonl", "created_at": int(time.time()), "status": "processed"})
+            self._json(
+                200,
+                {
+                    "id": fid,
+                    "object": "file",
+                    "bytes": len(content),
+                    "purpose": "batch",
+                    "filename": "input.jsonl",
+                    "created_at": int(time.time()),
+                    "status": "processed",
+                },
+            )
 
         def _create_batch(self, body: dict):
             out_lines = []
             for line in store["files"][body["input_file_id"]].decode().splitlines():
                 item = json.loads(line)
                 text = handler(item["body"])
-                out_lines.append(json.dumps({"id": "req", "custom_id": item["custom_id"], "response": {
-                    "status_code": 200, "body": _completion(item["body"], text)}}))
+                out_lines.append(
+                    json.dumps(
+                        {
+                            "id": "req",
+                            "custom_id": item["custom_id"],
+                            "response": {
+                                "status_code": 200,
+                                "body": _completion(item["body"], text),
+                            },
+                        }
+                    )
+                )
             bid, oid = f"batch-{len(store['batches'])}", f"file-out-{len(store['batches'])}"
             store["files"][oid] = ("\n".join(out_lines) + "\n").encode()
             with stats.lock:
                 stats.batches_created += 1
             store["batches"][bid] = {
-                "id": bid, "object": "batch", "endpoint": body["endpoint"], "status": "in_progress",
-                "input_file_id": body["input_file_id"], "completion_window": body["completion_window"],
-                "created_at": int(time.time()), "output_file_id": None, "_polls": 0, "_output": oid}
-            self._json(200, {k: v for k, v in store["batches"][bid].items() if not k.startswith("_")})
+                "id": bid,
+                "object": "batch",
+                "endpoint": body["endpoint"],
+                "status": "in_progress",
+                "input_file_id": body["input_file_id"],
+                "completion_window": body["completion_window"],
+                "created_at": int(time.time()),
+                "output_file_id": None,
+                "_polls": 0,
+                "_output": oid,
+            }
+            self._json(
+                200, {k: v for k, v in store["batches"][bid].items() if not k.startswith("_")}
+            )
 
     return H
 
@@ -200,8 +252,9 @@ def serve(handler, latency_s: float = 0.0, script=None, batch_polls: int = 1, po
     """Run the server on 127.0.0.1 (`port`, 0: a free one); yield its base URL (with `.stats`)."""
     stats = Stats()
     store = {"files": {}, "batches": {}}
-    httpd = ThreadingHTTPServer(("127.0.0.1", port),
-                                _make_handler(handler, latency_s, script, stats, store, batch_polls))
+    httpd = ThreadingHTTPServer(
+        ("127.0.0.1", port), _make_handler(handler, latency_s, script, stats, store, batch_polls)
+    )
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -212,4 +265,3 @@ def serve(handler, latency_s: float = 0.0, script=None, batch_polls: int = 1, po
     finally:
         httpd.shutdown()
         httpd.server_close()
-

@@ -27,7 +27,9 @@ class ParamsError(ValueError):
 # ----------------------------------------------------------------------------- sections
 @dataclass
 class LLMParams:
-    provider: str = "embedded"  # embedded: in this process | serve: `transformers serve` | remote: base_url
+    provider: str = (
+        "embedded"  # embedded: in this process | serve: `transformers serve` | remote: base_url
+    )
     model: str = "gemma3-270m"  # registry name (embedded) or the endpoint's model id (remote)
     base_url: str | None = None  # remote only; None reads $OPENAI_BASE_URL, then OpenAI's default
     api_key_env: str = "OPENAI_API_KEY"  # name of the env var holding the key (never the key)
@@ -36,7 +38,9 @@ class LLMParams:
     max_retries: int = 5  # transport retries on 429 / 5xx / timeouts, exponential backoff
     cache_path: str | None = None  # SQLite cache of answers; None: runs/<name>/llm_cache.sqlite
     prices: dict = field(default_factory=dict)  # USD per 1M tokens {model: {prompt, completion}}
-    backoff_base: float = 1.0  # seconds; retry i waits uniform(0, base * 2**i), at least Retry-After
+    backoff_base: float = (
+        1.0  # seconds; retry i waits uniform(0, base * 2**i), at least Retry-After
+    )
     backoff_max: float = 60.0  # seconds; cap of one backoff wait
     serve_timeout: float = 300.0  # seconds to wait for the embedded `transformers serve` to answer
     serve_kv_tokens: int = 8192  # embedded: KV cache capacity in tokens (else it takes 90% of RAM)
@@ -72,12 +76,18 @@ class QualityParams:
 @dataclass
 class TranscriptionParams:
     prompt_version: str = "mi_v1"
-    unit: str = "dialogue"  # dialogue: rewrite whole dialogues | turn: one counselor turn in context
+    unit: str = (
+        "dialogue"  # dialogue: rewrite whole dialogues | turn: one counselor turn in context
+    )
     max_dialogues: int | None = None  # per selected corpus; None: all
-    max_turns: int | None = None  # keep the first N turns of each dialogue (ends on a counselor turn)
+    max_turns: int | None = (
+        None  # keep the first N turns of each dialogue (ends on a counselor turn)
+    )
     max_tokens: int = 4096  # per answer (dialogue unit: the whole dialogue; turn unit: one reply)
     temperature: float = 0.7
-    validation_retries: int = 2  # an invalid answer is asked again this often, then failed by reason
+    validation_retries: int = (
+        2  # an invalid answer is asked again this often, then failed by reason
+    )
     min_length_ratio: float = 0.3  # rewritten / source characters (whole dialogue, or one turn)
     max_length_ratio: float = 3.0
     n_train: int = 2000
@@ -106,13 +116,17 @@ class EvaluationParams:
     models: list = field(default_factory=lambda: ["gemma3-270m"])  # registry names
     # finetuned: + 03 adapter; conditioned: + 03 adapter, each reply begun with an MI behaviour tag
     variants: list = field(default_factory=lambda: ["base", "finetuned"])
-    condition_on: str = "forecaster"  # conditioned variant's behaviour: forecaster | a forecast.TAGS label
+    condition_on: str = (
+        "forecaster"  # conditioned variant's behaviour: forecaster | a forecast.TAGS label
+    )
     max_dialogues: int | None = None  # test dialogues evaluated; None: all
     max_rounds: int | None = None  # counselor turns per dialogue (the first ones); None: all
     context_turns: int | None = None  # messages of gold history kept before each reply; None: all
     batch_size: int = 16  # prompts per generate() call (left-padded, sorted by length)
     max_new_tokens: int = 256  # tokens per reply at most
-    generation: dict = field(default_factory=dict)  # transformers GenerationConfig fields; {}: greedy
+    generation: dict = field(
+        default_factory=dict
+    )  # transformers GenerationConfig fields; {}: greedy
     bootstrap: int = 1000  # resamples for the 95% CIs and the paired tests
     content_metrics: bool = False  # also BLEU/ROUGE on content only (no punctuation), beside
     miti: dict = field(default_factory=dict)
@@ -211,23 +225,42 @@ def _build(cls, data, where):
 POSITIVE = "> 0"  # a lowest bound that excludes 0
 RANGES = [
     ("seed", 0, None),
-    ("llm.max_concurrency", 1, None), ("llm.request_timeout", POSITIVE, None), ("llm.max_retries", 0, None),
-    ("llm.backoff_base", 0, None), ("llm.backoff_max", 0, None), ("llm.serve_timeout", POSITIVE, None),
-    ("llm.serve_kv_tokens", 1, None), ("llm.serve_batch_tokens", 1, None), ("llm.batch_poll_s", POSITIVE, None),
+    ("llm.max_concurrency", 1, None),
+    ("llm.request_timeout", POSITIVE, None),
+    ("llm.max_retries", 0, None),
+    ("llm.backoff_base", 0, None),
+    ("llm.backoff_max", 0, None),
+    ("llm.serve_timeout", POSITIVE, None),
+    ("llm.serve_kv_tokens", 1, None),
+    ("llm.serve_batch_tokens", 1, None),
+    ("llm.batch_poll_s", POSITIVE, None),
     ("llm.max_transport_failures", 0, 1),
     ("corpora.limit", 1, None),
-    ("quality.judge_sample", 1, None), ("quality.max_dialogue_chars", 1, None), ("quality.max_tokens", 1, None),
-    ("quality.temperature", 0, 2), ("quality.parse_retries", 0, None), ("quality.bootstrap", 1, None),
+    ("quality.judge_sample", 1, None),
+    ("quality.max_dialogue_chars", 1, None),
+    ("quality.max_tokens", 1, None),
+    ("quality.temperature", 0, 2),
+    ("quality.parse_retries", 0, None),
+    ("quality.bootstrap", 1, None),
     ("quality.top_k", 1, None),
-    ("transcription.max_dialogues", 1, None), ("transcription.max_turns", 2, None),
-    ("transcription.max_tokens", 1, None), ("transcription.temperature", 0, 2),
-    ("transcription.validation_retries", 0, None), ("transcription.min_length_ratio", 0, None),
-    ("transcription.max_length_ratio", 0, None), ("transcription.n_train", 1, None),
-    ("transcription.n_test", 0, None), ("transcription.client_edit_tolerance", 0, 0.5),
-    ("sft.min_response_chars", 0, None), ("sft.context_turns", 1, None),
-    ("evaluation.max_dialogues", 1, None), ("evaluation.max_rounds", 1, None),
-    ("evaluation.context_turns", 1, None), ("evaluation.batch_size", 1, None),
-    ("evaluation.max_new_tokens", 1, None), ("evaluation.bootstrap", 1, None),
+    ("transcription.max_dialogues", 1, None),
+    ("transcription.max_turns", 2, None),
+    ("transcription.max_tokens", 1, None),
+    ("transcription.temperature", 0, 2),
+    ("transcription.validation_retries", 0, None),
+    ("transcription.min_length_ratio", 0, None),
+    ("transcription.max_length_ratio", 0, None),
+    ("transcription.n_train", 1, None),
+    ("transcription.n_test", 0, None),
+    ("transcription.client_edit_tolerance", 0, 0.5),
+    ("sft.min_response_chars", 0, None),
+    ("sft.context_turns", 1, None),
+    ("evaluation.max_dialogues", 1, None),
+    ("evaluation.max_rounds", 1, None),
+    ("evaluation.context_turns", 1, None),
+    ("evaluation.batch_size", 1, None),
+    ("evaluation.max_new_tokens", 1, None),
+    ("evaluation.bootstrap", 1, None),
     ("figures.dpi", 1, None),
 ]
 
@@ -246,8 +279,10 @@ def check_ranges(p: Params, where: str = "params") -> None:
             raise ParamsError(f"{where}.{key}: {value!r} is out of range; it must be {span}")
     tp = p.transcription
     if tp.max_length_ratio <= tp.min_length_ratio:
-        raise ParamsError(f"{where}.transcription.max_length_ratio: {tp.max_length_ratio} must be above "
-                          f"min_length_ratio {tp.min_length_ratio}")
+        raise ParamsError(
+            f"{where}.transcription.max_length_ratio: {tp.max_length_ratio} must be above "
+            f"min_length_ratio {tp.min_length_ratio}"
+        )
 
 
 def from_dict(data: dict, where: str = "params") -> Params:

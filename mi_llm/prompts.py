@@ -34,7 +34,11 @@ def load(version: str) -> str:
         return p.read_text(encoding="utf-8")
     res = files("mi_llm").joinpath("prompts", f"{version}.md")
     if not res.is_file():
-        known = sorted(f.name[:-3] for f in files("mi_llm").joinpath("prompts").iterdir() if f.name.endswith(".md"))
+        known = sorted(
+            f.name[:-3]
+            for f in files("mi_llm").joinpath("prompts").iterdir()
+            if f.name.endswith(".md")
+        )
         raise FileNotFoundError(f"prompt version {version!r} not found; known: {known}")
     return res.read_text(encoding="utf-8")
 
@@ -53,8 +57,10 @@ def shots(parts_: dict[str, str], prefix: str = "") -> list[dict]:
     """Few-shot chat turns from the `<prefix>shotN_user` / `<prefix>shotN_assistant` sections, in order."""
     out, n = [], 1
     while f"{prefix}shot{n}_user" in parts_:
-        out += [{"role": "user", "content": parts_[f"{prefix}shot{n}_user"]},
-                {"role": "assistant", "content": parts_[f"{prefix}shot{n}_assistant"]}]
+        out += [
+            {"role": "user", "content": parts_[f"{prefix}shot{n}_user"]},
+            {"role": "assistant", "content": parts_[f"{prefix}shot{n}_assistant"]},
+        ]
         n += 1
     return out
 
@@ -70,8 +76,9 @@ def render(template: str, **values) -> str:
     One pass: a value that itself contains `{source}` (a client quoting a template) is inserted as
     it is, never filled in turn.
     """
-    return PLACEHOLDER.sub(lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0),
-                           template)
+    return PLACEHOLDER.sub(
+        lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template
+    )
 
 
 def check(version: str, use: str) -> list[str]:
@@ -85,5 +92,7 @@ def check(version: str, use: str) -> list[str]:
         return [f"prompt {version!r} has no '## {section}' section (needed for {use})"]
     missing = [f"{{{n}}}" for n in needed if f"{{{n}}}" not in ps[section]]
     if missing:
-        return [f"prompt {version!r}: section '## {section}' lacks placeholder(s) {missing} (needed for {use})"]
+        return [
+            f"prompt {version!r}: section '## {section}' lacks placeholder(s) {missing} (needed for {use})"
+        ]
     return []

@@ -24,14 +24,33 @@ import pandas as pd
 from .schema import Dialogue
 
 STAGE = "01_corpus_quality"
-CRITERIA = {"comprehensiveness": 2, "professionalism": 3, "authenticity": 3, "safety": 1}  # max points
+CRITERIA = {
+    "comprehensiveness": 2,
+    "professionalism": 3,
+    "authenticity": 3,
+    "safety": 1,
+}  # max points
 MAX_TOTAL = sum(CRITERIA.values())  # 9
 # The Chinese names the prompt also gives; a judge that answers with them is read exactly, not guessed.
-ALIASES = {"全面性": "comprehensiveness", "专业性": "professionalism", "真实性": "authenticity",
-           "安全性": "safety"}
+ALIASES = {
+    "全面性": "comprehensiveness",
+    "专业性": "professionalism",
+    "真实性": "authenticity",
+    "安全性": "safety",
+}
 QUALITY_COLUMNS = [  # the contract of quality.csv (later stages and figures rely on it), extras after
-    "corpus", "n_dialogues", "mean_turns", "mean_counselor_chars", "mean_client_chars",
-    "question_rate", "duplicate_rate", *CRITERIA, "total", "total_ci_low", "total_ci_high", "rank",
+    "corpus",
+    "n_dialogues",
+    "mean_turns",
+    "mean_counselor_chars",
+    "mean_client_chars",
+    "question_rate",
+    "duplicate_rate",
+    *CRITERIA,
+    "total",
+    "total_ci_low",
+    "total_ci_high",
+    "rank",
     "selected",
 ]
 LABELS = {"client": "来访者", "counselor": "咨询师"}  # speaker labels in the judge's transcript
@@ -110,7 +129,9 @@ def describe(dialogues: list[Dialogue], report: dict | None = None) -> dict:
             if speaker == "counselor":
                 n_rep += key in seen_turns
                 seen_turns.add(key)
-    violations = [sum(a.speaker == b.speaker for a, b in zip(d.turns, d.turns[1:])) for d in dialogues]
+    violations = [
+        sum(a.speaker == b.speaker for a, b in zip(d.turns, d.turns[1:])) for d in dialogues
+    ]
     return {
         "n_dialogues": len(dialogues),
         "n_turns": sum(n_turns),
@@ -142,16 +163,18 @@ def load_corpora(p) -> dict[str, tuple[list[Dialogue], dict]]:
         raise ValueError("corpora: " + "\n".join(problems))
     out = {}
     for name, src in p.corpora.sources.items():
-        dialogues, report = corpora.load_with_report(name, params.path(src),
-                                                     on_error=p.corpora.on_error,
-                                                     limit=p.corpora.limit)
+        dialogues, report = corpora.load_with_report(
+            name, params.path(src), on_error=p.corpora.on_error, limit=p.corpora.limit
+        )
         out[name] = (dialogues, {**report, "fixture": corpora.is_fixture(params.path(src))})
     return out
 
 
 def describe_all(loaded: dict[str, tuple[list[Dialogue], dict]]) -> pd.DataFrame:
     """One row of describe() per corpus, in the order given."""
-    return pd.DataFrame([{"corpus": name, **describe(ds, rep)} for name, (ds, rep) in loaded.items()])
+    return pd.DataFrame(
+        [{"corpus": name, **describe(ds, rep)} for name, (ds, rep) in loaded.items()]
+    )
 
 
 # ----------------------------------------------------------------------------- the judge's prompt
@@ -161,8 +184,10 @@ def prompt_template(version: str) -> dict[str, str]:
 
     parts = prompts.parts(version)
     if not {"system", "user"} <= set(parts) or "{dialogue}" not in parts["user"]:
-        raise ValueError(f"prompt {version}: needs '## system' and '## user' sections, the user one"
-                         f" with a {{dialogue}} slot; found sections {sorted(parts)}")
+        raise ValueError(
+            f"prompt {version}: needs '## system' and '## user' sections, the user one"
+            f" with a {{dialogue}} slot; found sections {sorted(parts)}"
+        )
     return parts
 
 
@@ -196,8 +221,12 @@ def judge_messages(d: Dialogue, template: dict, max_chars: int) -> tuple[list[di
 
     text, truncated = render_dialogue(d, max_chars)
     user = prompts.render(template["user"], dialogue=text)
-    return [{"role": "system", "content": template["system"]}, *prompts.shots(template),
-            {"role": "user", "content": user}], truncated
+    return [
+        {"role": "system", "content": template["system"]},
+        *prompts.shots(template),
+        {"role": "user", "content": user},
+    ], truncated
+
 
 # ----------------------------------------------------------------------------- the judge's answer
 def _json_objects(text: str):
@@ -257,8 +286,10 @@ def sample_dialogues(dialogues: list[Dialogue], n: int, seed: int, corpus: str) 
 
 def judge_samples(loaded: dict, p) -> dict[str, list[Dialogue]]:
     """The judge's sample of every loaded corpus: name -> p.quality.judge_sample dialogues."""
-    return {name: sample_dialogues(ds, p.quality.judge_sample, p.seed, name)
-            for name, (ds, _) in loaded.items()}
+    return {
+        name: sample_dialogues(ds, p.quality.judge_sample, p.seed, name)
+        for name, (ds, _) in loaded.items()
+    }
 
 
 def cache_path(p) -> Path:
@@ -285,35 +316,65 @@ def judge(ep, samples: dict[str, list[Dialogue]], p) -> tuple[list[dict], dict]:
             units.append((corpus, d, truncated))
             requests.append(llm.Request(f"{version}:{corpus}:{d.id}:{d.content_hash()}", messages))
     settings = {"temperature": q.temperature, "max_tokens": q.max_tokens}
-    results = llm.complete(ep, requests, llm_params=p.llm, cache_path=cache_path(p), settings=settings,
-                           validate=parse_judgement, retries=q.parse_retries, desc="judge",
-                           truncated_ok=True)  # a complete JSON object before the cut is an answer
-    records = [_record(corpus, d, truncated, r, version, ep)
-               for (corpus, d, truncated), r in zip(units, results)]
+    results = llm.complete(
+        ep,
+        requests,
+        llm_params=p.llm,
+        cache_path=cache_path(p),
+        settings=settings,
+        validate=parse_judgement,
+        retries=q.parse_retries,
+        desc="judge",
+        truncated_ok=True,
+    )  # a complete JSON object before the cut is an answer
+    records = [
+        _record(corpus, d, truncated, r, version, ep)
+        for (corpus, d, truncated), r in zip(units, results)
+    ]
     return records, llm.usage(results, p.llm, ep.model)
 
 
 def _record(corpus, d: Dialogue, truncated: bool, r, prompt_version: str, ep) -> dict:
     scores = dict(r.parsed) if r.ok else None
     return {
-        "corpus": corpus, "dialogue_id": d.id, "source": d.source, "prompt_version": prompt_version,
-        "model": ep.model, "provider": ep.provider, "truncated": truncated, "ok": r.ok,
-        "scores": scores, "total": sum(scores.values()) if scores else None,
-        "error": None if r.ok else r.error, "attempts": r.attempts, "answers": list(r.raw),
-        "rejections": list(getattr(r, "errors", [])), "cached": r.cached,
-        "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+        "corpus": corpus,
+        "dialogue_id": d.id,
+        "source": d.source,
+        "prompt_version": prompt_version,
+        "model": ep.model,
+        "provider": ep.provider,
+        "truncated": truncated,
+        "ok": r.ok,
+        "scores": scores,
+        "total": sum(scores.values()) if scores else None,
+        "error": None if r.ok else r.error,
+        "attempts": r.attempts,
+        "answers": list(r.raw),
+        "rejections": list(getattr(r, "errors", [])),
+        "cached": r.cached,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
     }
 
 
 def judgements_table(records: list[dict]) -> pd.DataFrame:
     """One row per judged dialogue: corpus, dialogue, the four scores, total, attempts, error."""
-    rows = [{"corpus": r["corpus"], "dialogue_id": r["dialogue_id"],
-             **{c: (r["scores"] or {}).get(c, math.nan) for c in CRITERIA},
-             "total": math.nan if r["total"] is None else r["total"],
-             "attempts": r["attempts"], "truncated": r["truncated"], "error": r["error"]}
-            for r in records]
-    return pd.DataFrame(rows, columns=["corpus", "dialogue_id", *CRITERIA, "total", "attempts",
-                                       "truncated", "error"])
+    rows = [
+        {
+            "corpus": r["corpus"],
+            "dialogue_id": r["dialogue_id"],
+            **{c: (r["scores"] or {}).get(c, math.nan) for c in CRITERIA},
+            "total": math.nan if r["total"] is None else r["total"],
+            "attempts": r["attempts"],
+            "truncated": r["truncated"],
+            "error": r["error"],
+        }
+        for r in records
+    ]
+    return pd.DataFrame(
+        rows,
+        columns=["corpus", "dialogue_id", *CRITERIA, "total", "attempts", "truncated", "error"],
+    )
 
 
 # ----------------------------------------------------------------------------- ranking
@@ -332,7 +393,9 @@ def bootstrap_ci(values, n_resamples: int, seed: int, level: float = 0.95) -> tu
 MIN_CI_JUDGED = 5  # judged dialogues a corpus needs for its total's CI; fewer: NaN and ci_note
 
 
-def rank(stats: pd.DataFrame, records: list[dict], top_k: int, n_resamples: int, seed: int) -> pd.DataFrame:
+def rank(
+    stats: pd.DataFrame, records: list[dict], top_k: int, n_resamples: int, seed: int
+) -> pd.DataFrame:
     """quality.csv: statistics + mean rubric scores, bootstrap CI of the total, rank, selection.
 
     Means are over the judged dialogues; missing judgements are excluded and counted (n_missing).
@@ -356,14 +419,40 @@ def rank(stats: pd.DataFrame, records: list[dict], top_k: int, n_resamples: int,
         if len(totals) < MIN_CI_JUDGED:  # a bootstrap of 1-4 values is no interval (often width 0)
             low = high = math.nan
             note = f"no CI: {len(totals)} judged dialogue(s), fewer than {MIN_CI_JUDGED}"
-        rows.append({"corpus": corpus, **row, "total": _mean(totals), "total_ci_low": low,
-                     "total_ci_high": high, "n_judged": len(judged), "n_missing": len(recs) - len(judged),
-                     "ci_note": note})
-    df = stats.merge(pd.DataFrame(rows, columns=["corpus", *CRITERIA, "total", "total_ci_low",
-                                                 "total_ci_high", "n_judged", "n_missing", "ci_note"]),
-                     on="corpus")
-    key = df.assign(_nan=df["total"].isna(), _t=-df["total"].fillna(0),
-                    _lo=-df["total_ci_low"].fillna(-1), _n=-df["n_dialogues"])
+        rows.append(
+            {
+                "corpus": corpus,
+                **row,
+                "total": _mean(totals),
+                "total_ci_low": low,
+                "total_ci_high": high,
+                "n_judged": len(judged),
+                "n_missing": len(recs) - len(judged),
+                "ci_note": note,
+            }
+        )
+    df = stats.merge(
+        pd.DataFrame(
+            rows,
+            columns=[
+                "corpus",
+                *CRITERIA,
+                "total",
+                "total_ci_low",
+                "total_ci_high",
+                "n_judged",
+                "n_missing",
+                "ci_note",
+            ],
+        ),
+        on="corpus",
+    )
+    key = df.assign(
+        _nan=df["total"].isna(),
+        _t=-df["total"].fillna(0),
+        _lo=-df["total_ci_low"].fillna(-1),
+        _n=-df["n_dialogues"],
+    )
     order = key.sort_values(["_nan", "_t", "_lo", "_n", "corpus"], kind="stable").index
     df = df.loc[order].reset_index(drop=True)
     df["rank"] = np.arange(1, len(df) + 1)
@@ -396,8 +485,15 @@ def plot_totals(ranked: pd.DataFrame, ax=None):
     err = np.vstack([total - ranked["total_ci_low"], ranked["total_ci_high"] - total])
     colors = ["tab:blue" if s else "tab:gray" for s in ranked["selected"]]
     fixture = ranked["fixture"] if "fixture" in ranked else pd.Series(False, index=ranked.index)
-    bars = ax.bar(ranked["corpus"], np.nan_to_num(total), yerr=np.nan_to_num(err), color=colors,
-                  capsize=4, hatch=["//" if f else "" for f in fixture], edgecolor="white")
+    bars = ax.bar(
+        ranked["corpus"],
+        np.nan_to_num(total),
+        yerr=np.nan_to_num(err),
+        color=colors,
+        capsize=4,
+        hatch=["//" if f else "" for f in fixture],
+        edgecolor="white",
+    )
     ax.set_ylim(0, MAX_TOTAL)
     ax.set_ylabel(f"mean rubric total (0-{MAX_TOTAL})")
     title = "Corpus quality: LLM judge, 95% bootstrap CI (blue = selected)"

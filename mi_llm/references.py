@@ -10,11 +10,13 @@ import pandas as pd
 
 REFERENCES = [
     {
-        "group": "published", "model": "mibot", "variant": "gpt-4o",
+        "group": "published",
+        "model": "mibot",
+        "variant": "gpt-4o",
         "source": "Mahmood et al., Findings of ACL 2025 (MIBot; data: github.com/zaffnet/MIBOT_ACL2025, "
-                  "CC BY-SA 4.0)",
+        "CC BY-SA 4.0)",
         "what": "GPT-4o MI chatbot, 106 real conversations with smokers, coded by AutoMISC; "
-                "means per conversation",
+        "means per conversation",
         "n_sessions": 106,
         "r_q": 1.27,  # reflections per question
         "pct_mi_consistent": 0.94,  # MI-consistent / (MI-consistent + MI-inconsistent) counselor codes

@@ -139,10 +139,12 @@ def _fixtures_html(run_dir: Path) -> str:
     names = df.loc[df["fixture"].astype(str).str.lower() == "true", "corpus"].tolist()
     if not names:
         return ""
-    return (f'<p class="fixture"><b>Fixtures:</b> {html.escape(", ".join(names))} were written '
-            "for this project in the published formats, not taken from the real corpora; their "
-            "quality scores and ranks say nothing about the real corpora (hatched in the figures)."
-            "</p>")
+    return (
+        f'<p class="fixture"><b>Fixtures:</b> {html.escape(", ".join(names))} were written '
+        "for this project in the published formats, not taken from the real corpora; their "
+        "quality scores and ranks say nothing about the real corpora (hatched in the figures)."
+        "</p>"
+    )
 
 
 def index_html(run_dir, report_dir, notebooks: list[Path], made: dict[str, list[Path]]) -> str:

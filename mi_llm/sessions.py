@@ -28,7 +28,15 @@ import pandas as pd
 
 from . import chat, client_talk, miti, references, safety
 
-EXTRA_COLUMNS = ["change", "sustain", "neutral", "c_s", "pct_mi_consistent", "n_referrals", "source"]
+EXTRA_COLUMNS = [
+    "change",
+    "sustain",
+    "neutral",
+    "c_s",
+    "pct_mi_consistent",
+    "n_referrals",
+    "source",
+]
 
 
 def units(dialogues) -> list[dict]:
@@ -36,10 +44,21 @@ def units(dialogues) -> list[dict]:
     out = []
     for d in dialogues:
         turns = [{"speaker": t.speaker, "text": t.text} for t in d.turns]
-        utts = [{"turn": i, "context": turns[:i]} for i, t in enumerate(d.turns)
-                if t.speaker == "counselor" and not t.annotations.get("referral")]
-        out.append({"model": d.meta.get("model", "?"), "variant": d.meta.get("variant", "?"),
-                    "dialogue_id": d.id, "topic": None, "turns": turns, "utterances": utts})
+        utts = [
+            {"turn": i, "context": turns[:i]}
+            for i, t in enumerate(d.turns)
+            if t.speaker == "counselor" and not t.annotations.get("referral")
+        ]
+        out.append(
+            {
+                "model": d.meta.get("model", "?"),
+                "variant": d.meta.get("variant", "?"),
+                "dialogue_id": d.id,
+                "topic": None,
+                "turns": turns,
+                "utterances": utts,
+            }
+        )
     return out
 
 
@@ -52,9 +71,17 @@ def client_turns(dialogues) -> list[dict]:
             if t.speaker == "counselor":
                 prev = t.text
                 continue
-            rows.append({"dialogue_id": d.id, "model": d.meta.get("model", "?"),
-                         "variant": d.meta.get("variant", "?"), "turn": i, "text": t.text,
-                         "previous": prev, "language": safety.language(t.text)})
+            rows.append(
+                {
+                    "dialogue_id": d.id,
+                    "model": d.meta.get("model", "?"),
+                    "variant": d.meta.get("variant", "?"),
+                    "turn": i,
+                    "text": t.text,
+                    "previous": prev,
+                    "language": safety.language(t.text),
+                }
+            )
     return rows
 
 
@@ -62,15 +89,28 @@ def code_clients(rows: list[dict], ep, P, client_coder: str = "auto", classifier
     """Set each row's `code` (change | sustain | neutral | None) and `coder`, in place."""
     if client_coder not in ("auto", "classifier", "llm"):
         raise ValueError(f"client_coder {client_coder!r}: auto, classifier or llm")
-    by_clf = [r for r in rows if client_coder == "classifier" or (client_coder == "auto" and r["language"] == "en")]
+    by_clf = [
+        r
+        for r in rows
+        if client_coder == "classifier" or (client_coder == "auto" and r["language"] == "en")
+    ]
     by_llm = [r for r in rows if r not in by_clf]
     if by_clf:
-        for r, y in zip(by_clf, client_talk.predict(classifier, [r["text"] for r in by_clf],
-                                                     [r["previous"] for r in by_clf])):
+        for r, y in zip(
+            by_clf,
+            client_talk.predict(
+                classifier, [r["text"] for r in by_clf], [r["previous"] for r in by_clf]
+            ),
+        ):
             r.update(code=y, coder="classifier")
     if by_llm:
-        codes = client_talk.code_llm(ep, [r["text"] for r in by_llm], [r["previous"] for r in by_llm],
-                                     P.llm, cache_path=miti._cache_path(P))
+        codes = client_talk.code_llm(
+            ep,
+            [r["text"] for r in by_llm],
+            [r["previous"] for r in by_llm],
+            P.llm,
+            cache_path=miti._cache_path(P),
+        )
         for r, y in zip(by_llm, codes):
             r.update(code=y, coder="llm")
 
@@ -100,16 +140,24 @@ def tables(dialogues, coded_units: list[dict], client_rows: list[dict], annomi_p
     extra = []
     for d in dialogues:
         rows = [r for r in client_rows if r["dialogue_id"] == d.id]
-        extra.append({"dialogue_id": d.id, **_client_counts(rows),
-                      "n_referrals": sum(bool(t.annotations.get("referral")) for t in d.turns),
-                      "started": d.meta.get("started"), "adapter_sha256": d.meta.get("adapter_sha256")})
+        extra.append(
+            {
+                "dialogue_id": d.id,
+                **_client_counts(rows),
+                "n_referrals": sum(bool(t.annotations.get("referral")) for t in d.turns),
+                "started": d.meta.get("started"),
+                "adapter_sha256": d.meta.get("adapter_sha256"),
+            }
+        )
     per = per.merge(pd.DataFrame(extra), on="dialogue_id", how="left")
     per["pct_mi_consistent"] = per.apply(pct_mi_consistent, axis=1)
     chat_rows = miti.group_summary(per, "chat")
     for i, r in chat_rows.iterrows():
         d = per[(per["model"] == r["model"]) & (per["variant"] == r["variant"])]
         rows = [c for c in client_rows if c["model"] == r["model"] and c["variant"] == r["variant"]]
-        chat_rows.loc[i, ["change", "sustain", "neutral", "c_s"]] = list(_client_counts(rows).values())
+        chat_rows.loc[i, ["change", "sustain", "neutral", "c_s"]] = list(
+            _client_counts(rows).values()
+        )
         chat_rows.loc[i, "pct_mi_consistent"] = pct_mi_consistent(d[list(miti.CODES)].sum())
         chat_rows.loc[i, "n_referrals"] = d["n_referrals"].sum()
         chat_rows.loc[i, "source"] = "chat sessions (this run)"
@@ -118,10 +166,17 @@ def tables(dialogues, coded_units: list[dict], client_rows: list[dict], annomi_p
     human = client_talk.reference(client_talk.annomi_client(annomi_path)).set_index("variant")
     for i, r in ref.iterrows():
         h = human.loc[r["variant"]]
-        ref.loc[i, ["change", "sustain", "neutral", "c_s"]] = [h["change"], h["sustain"], h["neutral"], h["c_s"]]
+        ref.loc[i, ["change", "sustain", "neutral", "c_s"]] = [
+            h["change"],
+            h["sustain"],
+            h["neutral"],
+            h["c_s"],
+        ]
         ref.loc[i, "source"] = "AnnoMI human labels (computed from data/AnnoMI)"
     pub = references.table().rename(columns={"n_sessions": "n_dialogues"})
-    summary = pd.concat([chat_rows, ref, pub[[c for c in pub.columns if c != "what"]]], ignore_index=True)
+    summary = pd.concat(
+        [chat_rows, ref, pub[[c for c in pub.columns if c != "what"]]], ignore_index=True
+    )
     cols = miti.SUMMARY_COLUMNS + [c for c in EXTRA_COLUMNS if c not in miti.SUMMARY_COLUMNS]
     return summary[cols], per
 
@@ -140,12 +195,19 @@ def figure(summary: pd.DataFrame, file) -> Path:
         values = pd.to_numeric(summary[col], errors="coerce")
         ax.bar(names, values.fillna(0), color=[colors.get(g, "#555") for g in summary["group"]])
         for x, v in enumerate(values):
-            ax.text(x, (0 if math.isnan(v) else v) + 0.03, "n/a" if math.isnan(v) else f"{v:.2f}",
-                    ha="center", fontsize=8)
+            ax.text(
+                x,
+                (0 if math.isnan(v) else v) + 0.03,
+                "n/a" if math.isnan(v) else f"{v:.2f}",
+                ha="center",
+                fontsize=8,
+            )
         ax.set_title(title)
         ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle("Chat sessions (blue) vs AnnoMI human labels (grey) and MIBot, published (orange)",
-                 fontsize=9)
+    fig.suptitle(
+        "Chat sessions (blue) vs AnnoMI human labels (grey) and MIBot, published (orange)",
+        fontsize=9,
+    )
     fig.tight_layout()
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -154,8 +216,9 @@ def figure(summary: pd.DataFrame, file) -> Path:
     return file
 
 
-def code_sessions(folder, out=None, endpoint=None, client_coder: str = "auto", validate: bool = True,
-                  P=None) -> dict:
+def code_sessions(
+    folder, out=None, endpoint=None, client_coder: str = "auto", validate: bool = True, P=None
+) -> dict:
     """Code a run's chat sessions (runs/<name>/chat); write the tables, the codes and the figure.
 
     Opens the run's llm endpoint (the embedded model by default) unless one is given.
@@ -180,29 +243,59 @@ def code_sessions(folder, out=None, endpoint=None, client_coder: str = "auto", v
     summary, per = tables(dialogues, coded, clients, annomi_path)
     version = prompts.name(cfg["prompt_version"])
     with open(out / "miti_codes.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({**u, "prompt_version": version}, ensure_ascii=False) + "\n" for u in coded)
+        f.writelines(
+            json.dumps({**u, "prompt_version": version}, ensure_ascii=False) + "\n" for u in coded
+        )
     with open(out / "client_codes.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in clients)
     summary.to_csv(out / "miti_summary.csv", index=False)
     per.to_csv(out / "miti_dialogues.csv", index=False)
     check = None
     if validate and client_coder != "llm":
-        check = pd.DataFrame([client_talk.validate(annomi_client, seed=P.seed,
-                                                   bootstrap=P.evaluation.bootstrap)])
+        check = pd.DataFrame(
+            [client_talk.validate(annomi_client, seed=P.seed, bootstrap=P.evaluation.bootstrap)]
+        )
         check.to_csv(out / "client_coder.csv", index=False)
     fig = figure(summary, out / "summary.png")
-    return {"summary": summary, "per_session": per, "client_coder": check, "usage": usage,
-            "figure": fig, "out": out}
+    return {
+        "summary": summary,
+        "per_session": per,
+        "client_coder": check,
+        "usage": usage,
+        "figure": fig,
+        "out": out,
+    }
 
 
 def main(folder, out=None) -> None:
     """The `python -m mi_llm code-sessions` command."""
     res = code_sessions(folder, out)
-    cols = ["group", "model", "variant", "r_q", "pct_cr", "pct_mi_consistent", "c_s", "change", "sustain",
-            "n_dialogues"]
+    cols = [
+        "group",
+        "model",
+        "variant",
+        "r_q",
+        "pct_cr",
+        "pct_mi_consistent",
+        "c_s",
+        "change",
+        "sustain",
+        "n_dialogues",
+    ]
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(res["summary"][cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         if res["client_coder"] is not None:
-            print(res["client_coder"][["coder", "test_recordings", "kappa", "kappa_ci_low", "kappa_ci_high",
-                                       "accuracy", "macro_f1"]].to_string(index=False))
+            print(
+                res["client_coder"][
+                    [
+                        "coder",
+                        "test_recordings",
+                        "kappa",
+                        "kappa_ci_low",
+                        "kappa_ci_high",
+                        "accuracy",
+                        "macro_f1",
+                    ]
+                ].to_string(index=False)
+            )
     print(f"written to {res['out']}/")

@@ -33,15 +33,17 @@ LOG_FIELDS = ["step", "loss", "learning_rate", "tokens_per_s"]
 # keys mi_llm sets itself from the run (a params file may not override them)
 OWNED_KEYS = {"output_dir", "seed", "use_cpu"}
 # the project's configuration on top of TRL's defaults; any key in params.sft.config wins
-PROJECT_DEFAULTS = dict(
-    assistant_only_loss=True,  # loss on the counselor's replies (and their end-of-turn token) only
-    report_to="none",
-    logging_steps=1,
-    save_strategy="steps",
-    save_total_limit=2,  # the last checkpoints suffice to resume
-    include_num_input_tokens_seen="non_padding",  # for tokens/s
-    gradient_checkpointing_kwargs={"use_reentrant": False},  # the variant that works with frozen bases
-)
+PROJECT_DEFAULTS = {
+    "assistant_only_loss": True,  # loss on the counselor's replies (and their end-of-turn token) only
+    "report_to": "none",
+    "logging_steps": 1,
+    "save_strategy": "steps",
+    "save_total_limit": 2,  # the last checkpoints suffice to resume
+    "include_num_input_tokens_seen": "non_padding",  # for tokens/s
+    "gradient_checkpointing_kwargs": {
+        "use_reentrant": False
+    },  # the variant that works with frozen bases
+}
 
 
 # ----------------------------------------------------------------------------- params
@@ -60,11 +62,19 @@ def check_params(P: Params) -> list[str]:
             if key not in known:
                 errs.append(f"sft.{section}.{key}: not a field of {cls.__module__}.{cls.__name__}")
     for key in sorted(OWNED_KEYS & set(P.sft.config)):
-        errs.append(f"sft.config.{key}: set by mi_llm from the run (seed, device, runs/<name>/03_sft)")
+        errs.append(
+            f"sft.config.{key}: set by mi_llm from the run (seed, device, runs/<name>/03_sft)"
+        )
     cfg = P.sft.config
-    if cfg.get("padding_free") and not cfg.get("packing") and cfg.get("max_length", 1024) is not None:
+    if (
+        cfg.get("padding_free")
+        and not cfg.get("packing")
+        and cfg.get("max_length", 1024) is not None
+    ):
         errs.append("sft.config.padding_free: needs max_length: null unless packing: true")
-    if P.sft.min_response_chars < 0 or (P.sft.context_turns is not None and P.sft.context_turns < 1):
+    if P.sft.min_response_chars < 0 or (
+        P.sft.context_turns is not None and P.sft.context_turns < 1
+    ):
         errs.append("sft: min_response_chars must be >= 0 and context_turns >= 1 or null")
     return errs
 
@@ -133,12 +143,16 @@ def _check_messages(msgs, f, rec) -> None:
         raise DataError(f, rec, "messages", "missing or empty")
     for j, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            raise DataError(f, rec, f"messages[{j}].role", f"expected system|user|assistant in {m!r}")
+            raise DataError(
+                f, rec, f"messages[{j}].role", f"expected system|user|assistant in {m!r}"
+            )
         if not isinstance(m.get("content"), str) or not m["content"].strip():
             raise DataError(f, rec, f"messages[{j}].content", "empty or not a string")
 
 
-def samples(messages: list[dict], min_response_chars: int = 0, context_turns: int | None = None) -> list[dict]:
+def samples(
+    messages: list[dict], min_response_chars: int = 0, context_turns: int | None = None
+) -> list[dict]:
     """Training samples from one dialogue: the whole dialogue, or one per long-enough reply.
 
     With no filter and no window the dialogue is one {"messages"} sample (every reply trained).
@@ -149,12 +163,12 @@ def samples(messages: list[dict], min_response_chars: int = 0, context_turns: in
     if not min_response_chars and context_turns is None:
         return [{"messages": messages}]
     system = messages[:1] if messages[0]["role"] == "system" else []
-    turns = messages[len(system):]
+    turns = messages[len(system) :]
     out = []
     for i, m in enumerate(turns):
         if m["role"] != "assistant" or len(m["content"].strip()) < min_response_chars:
             continue
-        ctx = turns[0 if context_turns is None else max(0, i - context_turns): i]
+        ctx = turns[0 if context_turns is None else max(0, i - context_turns) : i]
         while ctx and ctx[0]["role"] != "user":  # chat templates expect the client to speak first
             ctx = ctx[1:]
         if ctx:  # a reply with no client turn before it answers nothing
@@ -175,9 +189,11 @@ def fit_context(rows: list[dict], tok, max_length: int | None) -> list[dict]:
             out.append(r)
             continue
         system = r["prompt"][:1] if r["prompt"][0]["role"] == "system" else []
-        ctx = r["prompt"][len(system):]
+        ctx = r["prompt"][len(system) :]
         while len(ctx) > 1 and _n_tokens(tok, system + ctx + r["completion"]) > max_length:
-            ctx = ctx[2:]  # one client + counselor exchange: the window still starts on a client turn
+            ctx = ctx[
+                2:
+            ]  # one client + counselor exchange: the window still starts on a client turn
         out.append({"prompt": system + ctx, "completion": r["completion"]})
     return out
 
@@ -222,8 +238,14 @@ def _log_callback(log_file: Path, start_step: int):
             now = time.perf_counter()
             rate = (state.num_input_tokens_seen - self.tokens) / max(now - self.t, 1e-9)
             self.t, self.tokens = now, state.num_input_tokens_seen
-            self.rows.append({"step": state.global_step, "loss": logs["loss"],
-                              "learning_rate": logs.get("learning_rate"), "tokens_per_s": round(rate, 1)})
+            self.rows.append(
+                {
+                    "step": state.global_step,
+                    "loss": logs["loss"],
+                    "learning_rate": logs.get("learning_rate"),
+                    "tokens_per_s": round(rate, 1),
+                }
+            )
             _write_log(log_file, self.rows)
 
     return TrainLog()
@@ -270,9 +292,13 @@ def identity(P: Params) -> dict:
     """sha256 of the training split and of the sft params (with the seed): what a run trained on."""
     from .runs import sha256_file
 
-    blob = json.dumps({"sft": dataclasses.asdict(P.sft), "seed": P.seed}, sort_keys=True, default=str)
-    return {"train_sha256": sha256_file(P.run_dir / TRAIN_FILE),
-            "sft_params_sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest()}
+    blob = json.dumps(
+        {"sft": dataclasses.asdict(P.sft), "seed": P.seed}, sort_keys=True, default=str
+    )
+    return {
+        "train_sha256": sha256_file(P.run_dir / TRAIN_FILE),
+        "sft_params_sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest(),
+    }
 
 
 def _stale(ckpt_dir: Path, ident: dict) -> str | None:
@@ -322,26 +348,36 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     done = out / "report.json"
     if resume and done.exists():  # a finished run (notebook after `accelerate launch`): keep it
         report = json.loads(done.read_text(encoding="utf-8"))
-        if (report["steps"] == start_step == P.sft.config.get("max_steps", start_step)
-                and report.get("identity") == ident):
+        if (
+            report["steps"] == start_step == P.sft.config.get("max_steps", start_step)
+            and report.get("identity") == ident
+        ):
             return report
     _write_identity(ckpt_dir, ident)
     if model_path is None and model_name in P.model_paths:
         model_path = params_path(P.model_paths[model_name])
-    dtype = models.compute_dtype(spec.dtype, "cpu" if _on_cpu(P) else "cuda")  # fp32 on a CPU without bf16
+    dtype = models.compute_dtype(
+        spec.dtype, "cpu" if _on_cpu(P) else "cuda"
+    )  # fp32 on a CPU without bf16
     model, tok = models.load(model_name, device="cpu", dtype=dtype, path=model_path)
     dataset = build_dataset(P, tok)
     args = sft_config(P, spec, ckpt_dir, disable_tqdm=not progress)
     log = _log_callback(out / "train_log.csv", start_step)
     trainer = LossPositionsSFTTrainer(  # TRL's SFTTrainer, output layer at the label positions only
-        model=model, args=args, train_dataset=dataset, processing_class=tok,
-        peft_config=lora_config(P, spec), callbacks=[log, *callbacks],
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=lora_config(P, spec),
+        callbacks=[log, *callbacks],
     )
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - t0
     if trainer.state.global_step < args.max_steps and trainer.control.should_training_stop:
-        return {"stopped_at": trainer.state.global_step}  # interrupted on purpose (tests): no artifacts
+        return {
+            "stopped_at": trainer.state.global_step
+        }  # interrupted on purpose (tests): no artifacts
     # every rank takes part: under ZeRO-3 / FSDP the adapter is gathered from the shards
     trainer.save_model(str(out / "adapter"))  # PEFT adapter + tokenizer with the training template
     if not trainer.is_world_process_zero():
@@ -361,13 +397,22 @@ def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples) 
     losses = [float(r["loss"]) for r in rows]
     tokens = trainer.state.num_input_tokens_seen
     report = {
-        "model": spec.name, "hub_id": spec.hub_id, "n_samples": n_samples,
-        "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None, "train_tokens": int(tokens),
-        "tokens_per_s": round(result.metrics.get("train_tokens_per_second", 0.0) or tokens / wall, 1),
-        "peak_memory_mb": round(mem, 1), "peak_memory_kind": mem_kind, "wall_s": round(wall, 1),
+        "model": spec.name,
+        "hub_id": spec.hub_id,
+        "n_samples": n_samples,
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "train_tokens": int(tokens),
+        "tokens_per_s": round(
+            result.metrics.get("train_tokens_per_second", 0.0) or tokens / wall, 1
+        ),
+        "peak_memory_mb": round(mem, 1),
+        "peak_memory_kind": mem_kind,
+        "wall_s": round(wall, 1),
         "resumed_from": Path(resume).name if resume else None,
-        "packing": trainer.args.packing, "padding_free": trainer.padding_free,
+        "packing": trainer.args.packing,
+        "padding_free": trainer.padding_free,
         "identity": identity(P),
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2))
@@ -393,7 +438,9 @@ def artifacts(P: Params, names=None) -> list[Path]:
     out = []
     for name in names or P.sft.models:
         d = P.run_dir / STAGE / name
-        out += [d / "adapter", d / "train_log.csv", d / "report.json"] + ([d / "merged"] if P.sft.merge else [])
+        out += [d / "adapter", d / "train_log.csv", d / "report.json"] + (
+            [d / "merged"] if P.sft.merge else []
+        )
     return out
 
 

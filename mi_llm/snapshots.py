@@ -23,7 +23,12 @@ SHIPPED = ROOT / "data" / "tokenizers"
 
 # the tiny sizes: 2 layers of width 64 (the vocabulary stays the real one, so the embeddings dominate:
 # 125,696-151,552 tokens x 64 x 2 (embed + head) = 16-19M parameters)
-TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
 
 
 def shipped_folder(name: str) -> Path:
@@ -42,8 +47,9 @@ def tokenizer_folder(name: str) -> Path:
     from .embedded import cache_root
 
     src = shipped_folder(name)
-    digest = hashlib.sha256(b"".join(f.name.encode() + f.read_bytes()
-                                     for f in sorted(src.iterdir()))).hexdigest()[:12]
+    digest = hashlib.sha256(
+        b"".join(f.name.encode() + f.read_bytes() for f in sorted(src.iterdir()))
+    ).hexdigest()[:12]
     dst = cache_root() / "tokenizers" / f"{src.name}-{digest}"
     if dst.is_dir():
         return dst
@@ -114,12 +120,21 @@ def _write_baichuan(cfg: dict, dst: Path) -> None:
     def r(*shape):
         return torch.randn(*shape) * std
 
-    sd = {"model.embed_tokens.weight": r(V, H), "model.norm.weight": torch.ones(H), "lm_head.weight": r(V, H)}
+    sd = {
+        "model.embed_tokens.weight": r(V, H),
+        "model.norm.weight": torch.ones(H),
+        "lm_head.weight": r(V, H),
+    }
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        sd |= {p + "self_attn.W_pack.weight": r(3 * H, H), p + "self_attn.o_proj.weight": r(H, H),
-               p + "mlp.gate_proj.weight": r(inter, H), p + "mlp.up_proj.weight": r(inter, H),
-               p + "mlp.down_proj.weight": r(H, inter), p + "input_layernorm.weight": torch.ones(H),
-               p + "post_attention_layernorm.weight": torch.ones(H)}
+        sd |= {
+            p + "self_attn.W_pack.weight": r(3 * H, H),
+            p + "self_attn.o_proj.weight": r(H, H),
+            p + "mlp.gate_proj.weight": r(inter, H),
+            p + "mlp.up_proj.weight": r(inter, H),
+            p + "mlp.down_proj.weight": r(H, inter),
+            p + "input_layernorm.weight": torch.ones(H),
+            p + "post_attention_layernorm.weight": torch.ones(H),
+        }
     save_file(sd, dst / "model.safetensors", metadata={"format": "pt"})
     (dst / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")

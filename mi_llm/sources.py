@@ -119,7 +119,9 @@ SOURCES: dict[str, Source] = {
                     55165,
                 ),
                 File(
-                    "LICENSE", "a2010f343487d3f7618affe54f789f5487602331c0a8d03f49e9a7c547cf0499", 7048
+                    "LICENSE",
+                    "a2010f343487d3f7618affe54f789f5487602331c0a8d03f49e9a7c547cf0499",
+                    7048,
                 ),
             ),
             "CC0 1.0 (seed Q&A turns may carry upstream terms: data/SmileChat/PROVENANCE.md)",
@@ -264,8 +266,10 @@ def describe(s: Source, dest: str = DEFAULT_DEST) -> str:
         sha = f.sha256 or "pinned in LOCK.json"
         lines.append(f"  - {f.path} ({what}, {_size(f.size)})\n      sha256 {sha}")
     if not s.files:
-        lines.append(f"  - every {' / '.join(s.patterns)} file of the dataset (listed at fetch),"
-                     " sha256 pinned in LOCK.json")
+        lines.append(
+            f"  - every {' / '.join(s.patterns)} file of the dataset (listed at fetch),"
+            " sha256 pinned in LOCK.json"
+        )
     if s.note:
         lines.append(f"  note      {s.note}")
     return "\n".join(lines)

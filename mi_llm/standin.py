@@ -48,19 +48,33 @@ def answer(req: dict) -> str:
 def judge(prompt: str) -> str:
     """CPsyCoun rubric scores from the counselor's lines: questions, reflections, monologues."""
     dialogue = prompt.split("对话：", 1)[-1]
-    counselor = [m.group(2) for line in dialogue.splitlines() if (m := LINE.match(line.strip()))
-                 and m.group(1) == "咨询师"]
+    counselor = [
+        m.group(2)
+        for line in dialogue.splitlines()
+        if (m := LINE.match(line.strip())) and m.group(1) == "咨询师"
+    ]
     if not counselor:
-        return json.dumps({"comprehensiveness": 0, "professionalism": 0, "authenticity": 0, "safety": 1})
+        return json.dumps(
+            {"comprehensiveness": 0, "professionalism": 0, "authenticity": 0, "safety": 1}
+        )
     asks = sum("？" in t or "?" in t for t in counselor) / len(counselor)
-    reflects = sum(any(w in t for w in ("听起来", "感觉", "似乎", "你觉得")) for t in counselor) / len(counselor)
+    reflects = sum(
+        any(w in t for w in ("听起来", "感觉", "似乎", "你觉得")) for t in counselor
+    ) / len(counselor)
     mean_len = sum(map(len, counselor)) / len(counselor)  # characters per counselor turn
-    return json.dumps({
-        "comprehensiveness": 2 if len(counselor) >= 4 else 1,
-        "professionalism": min(3, round(3 * (asks + reflects) / 1.2)),
-        "authenticity": 3 if mean_len <= 80 else 2 if mean_len <= 200 else 1,  # long monologues lose
-        "safety": 1,
-    }, ensure_ascii=False)
+    return json.dumps(
+        {
+            "comprehensiveness": 2 if len(counselor) >= 4 else 1,
+            "professionalism": min(3, round(3 * (asks + reflects) / 1.2)),
+            "authenticity": 3
+            if mean_len <= 80
+            else 2
+            if mean_len <= 200
+            else 1,  # long monologues lose
+            "safety": 1,
+        },
+        ensure_ascii=False,
+    )
 
 
 # ----------------------------------------------------------------------------- 02 transcription
@@ -71,11 +85,19 @@ def _gist(text: str, n: int = 16) -> str:
 
 
 def _counselor(client: str, original: str, long: bool) -> str:
-    reflection = f"听起来“{_gist(client)}”对你来说很重要，这里面也有你的不容易。" if client else "谢谢你愿意来聊一聊。"
+    reflection = (
+        f"听起来“{_gist(client)}”对你来说很重要，这里面也有你的不容易。"
+        if client
+        else "谢谢你愿意来聊一聊。"
+    )
     question = "你自己是怎么看待这件事的？"
     if not long or not original:
         return reflection + question
-    return reflection + f"如果你愿意，我想分享一点想法：{original.strip()}这些只是参考，由你来决定。" + question
+    return (
+        reflection
+        + f"如果你愿意，我想分享一点想法：{original.strip()}这些只是参考，由你来决定。"
+        + question
+    )
 
 
 def rewrite_dialogue(prompt: str, tagged: bool = False) -> str:
@@ -133,7 +155,9 @@ def miti_code(utterance: str) -> str:
 def miti_globals(prompt: str) -> str:
     """The four MITI globals (1-5) from the share of reflective and questioning counselor turns."""
     transcript = prompt.split("Conversation:", 1)[-1]
-    lines = [x for x in transcript.splitlines() if x.lower().startswith(("counselor", "咨询师"))] or [transcript]
+    lines = [
+        x for x in transcript.splitlines() if x.lower().startswith(("counselor", "咨询师"))
+    ] or [transcript]
     codes = [miti_code(x) for x in lines]
     mi = sum(c in ("CR", "SEEK", "AUTO", "AF") for c in codes) / len(codes)
     q = sum(c == "Q" for c in codes) / len(codes)
@@ -141,8 +165,14 @@ def miti_globals(prompt: str) -> str:
     def scale(x):
         return max(1, min(5, 1 + round(4 * x)))
 
-    return json.dumps({"CCT": scale(mi + q / 2), "SST": scale(0.5 + mi / 2),
-                       "PARTNER": scale(mi), "EMPATHY": scale(mi + 0.25)})
+    return json.dumps(
+        {
+            "CCT": scale(mi + q / 2),
+            "SST": scale(0.5 + mi / 2),
+            "PARTNER": scale(mi),
+            "EMPATHY": scale(mi + 0.25),
+        }
+    )
 
 
 @contextmanager

@@ -25,7 +25,13 @@ def select(only: list[str] | None) -> list[Path]:
     all_ = stages()
     if not only:
         return all_
-    chosen = [nb for nb in all_ if any(nb.stem == o or nb.stem.startswith(f"{o}_") or nb.stem[:2] == o.zfill(2) for o in only)]
+    chosen = [
+        nb
+        for nb in all_
+        if any(
+            nb.stem == o or nb.stem.startswith(f"{o}_") or nb.stem[:2] == o.zfill(2) for o in only
+        )
+    ]
     if not chosen:
         raise SystemExit(f"--only {only}: no such stage; stages are {[nb.stem for nb in all_]}")
     return chosen
@@ -36,7 +42,9 @@ def run(params_file: str, only: list[str] | None = None, progress: bool = True) 
     from . import check, runs
 
     p = params_mod.load(params_file)
-    errs = check.study_inputs(p)  # what a stage would only meet later: refused before any stage runs
+    errs = check.study_inputs(
+        p
+    )  # what a stage would only meet later: refused before any stage runs
     if errs:
         raise SystemExit(f"[mi_llm] {params_file}: " + "; ".join(errs))
     try:  # one run of a name at a time: a second one stops here, before any stage or API call
@@ -62,13 +70,21 @@ def _run(p, params_file: str, only: list[str] | None, progress: bool) -> Path:
         t0 = time.perf_counter()
         try:
             pm.execute_notebook(
-                str(nb), str(out), parameters=raw, cwd=str(ROOT), kernel_name="python3",
-                progress_bar=False, log_output=False, request_save_on_cell_execute=True,
+                str(nb),
+                str(out),
+                parameters=raw,
+                cwd=str(ROOT),
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+                request_save_on_cell_execute=True,
             )
         except pm.PapermillExecutionError as e:
             bar.close()
-            msg = (f"\n[mi_llm] stage {nb.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                   f"[mi_llm] the partly executed notebook is {_rel(out)}\n")
+            msg = (
+                f"\n[mi_llm] stage {nb.stem} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+                f"[mi_llm] the partly executed notebook is {_rel(out)}\n"
+            )
             sys.stderr.write(msg)
             raise SystemExit(1) from None
         tqdm.write(f"[mi_llm] {nb.stem} done in {time.perf_counter() - t0:.0f} s -> {_rel(out)}")
@@ -87,8 +103,10 @@ def parameters_source(params_file: str = "params/smoke.yaml") -> str:
     """The source of a notebook parameters cell holding a params file's values as literals."""
     p = params_mod.load(params_file)
     d = p.to_dict()
-    lines = ["# Parameters (papermill): the smoke defaults; a run's params file replaces them.",
-             "# Every key is documented in mi_llm/params.py."]
+    lines = [
+        "# Parameters (papermill): the smoke defaults; a run's params file replaces them.",
+        "# Every key is documented in mi_llm/params.py.",
+    ]
     for key in params_mod.SECTIONS:
         lines.append(f"{key} = {d[key]!r}")
     return "\n".join(lines)

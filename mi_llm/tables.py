@@ -357,7 +357,7 @@ def miti_codes_table(run_dir) -> pd.DataFrame:
         src = {k: rec[k] for k in ID_COLS if k in rec and not isinstance(rec[k], (dict, list))}
         utts = rec[key] if key == "utterances" else [rec[key]]
         for u in utts:
-            c = (u.get("codes", u.get("code")) if isinstance(u, dict) else u)
+            c = u.get("codes", u.get("code")) if isinstance(u, dict) else u
             if c is None:
                 continue  # not coded
             codes = [x for x in (c if isinstance(c, list) else [c]) if x != "NONE"] or ["NONE"]
@@ -388,8 +388,12 @@ def _annomi_codes(run_dir, names: dict) -> pd.DataFrame:
     if s.empty:
         return pd.DataFrame(columns=cols)
     s = s.assign(source=source_labels(s) + " (human codes)")
-    rows = [(r.source, names[c], r[c], r["n_coded"], True)
-            for _, r in s.iterrows() for c in names if c in s.columns and pd.notna(r[c])]
+    rows = [
+        (r.source, names[c], r[c], r["n_coded"], True)
+        for _, r in s.iterrows()
+        for c in names
+        if c in s.columns and pd.notna(r[c])
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 

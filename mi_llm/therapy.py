@@ -29,7 +29,9 @@ import pandas as pd
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _SENTENCE_END = re.compile(r"(?:[。！？!?\n]|(?<!\d)\.|\.(?!\d))+")
 _CONTENT = re.compile(rf"[{_CJK}A-Za-z0-9]")
-_ZH_NAME = re.compile(rf"(?:我叫|我的名字是|我的名字叫|我名叫|叫我)([{_CJK}]{{2,3}})(?=[^{_CJK}]|$)")
+_ZH_NAME = re.compile(
+    rf"(?:我叫|我的名字是|我的名字叫|我名叫|叫我)([{_CJK}]{{2,3}})(?=[^{_CJK}]|$)"
+)
 _EN_NAME = re.compile(r"\b(?:[Mm]y name is|[Cc]all me|[Nn]ame's)\s+([A-Z][a-z]+)")
 _NOT_NAMES = {"什么", "这个", "那个", "自己", "一个", "他们", "我们", "你们"}
 
@@ -97,34 +99,60 @@ def uses_name(text: str, name: str | None) -> bool:
 
 
 def _features(text: str, reference: str, name: str | None) -> dict:
-    return {"length": length(text), "sentences": sentences(text), "sentiment": sentiment(text),
-            "question_marks": question_marks(text), "uses_name": uses_name(text, name),
-            "len_diff": abs(length(text) - length(reference)),
-            "sent_diff": abs(sentences(text) - sentences(reference))}
+    return {
+        "length": length(text),
+        "sentences": sentences(text),
+        "sentiment": sentiment(text),
+        "question_marks": question_marks(text),
+        "uses_name": uses_name(text, name),
+        "len_diff": abs(length(text) - length(reference)),
+        "sent_diff": abs(sentences(text) - sentences(reference)),
+    }
 
 
 def features(generations) -> pd.DataFrame:
     """One row per (model, variant, dialogue, round): the per-reply features behind the table."""
-    gens = list(generations.to_dict("records") if isinstance(generations, pd.DataFrame) else generations)
+    gens = list(
+        generations.to_dict("records") if isinstance(generations, pd.DataFrame) else generations
+    )
     if not gens:
         raise ValueError("no generations for the therapy metrics")
     rows, seen = [], set()
     for g in gens:
         topic = g.get("topic")
         category = topic if isinstance(topic, str) and topic.strip() else "overall"
-        base = {"model": g["model"], "category": category, "dialogue_id": g["dialogue_id"],
-                "round": g["round"]}
+        base = {
+            "model": g["model"],
+            "category": category,
+            "dialogue_id": g["dialogue_id"],
+            "round": g["round"],
+        }
         name = client_name(g.get("messages") or [])
         ref_feats = _features(g["reference"], g["reference"], name)
-        rows.append({**base, "variant": g["variant"], "has_name": name is not None,
-                     **_features(g["reply"], g["reference"], name),
-                     "sentiment_distance": None, "ref_sentiment": ref_feats["sentiment"],
-                     "ref_uses_name": ref_feats["uses_name"]})
+        rows.append(
+            {
+                **base,
+                "variant": g["variant"],
+                "has_name": name is not None,
+                **_features(g["reply"], g["reference"], name),
+                "sentiment_distance": None,
+                "ref_sentiment": ref_feats["sentiment"],
+                "ref_uses_name": ref_feats["uses_name"],
+            }
+        )
         key = (g["model"], g["dialogue_id"], g["round"])
         if key not in seen:  # one reference row per round, whatever the number of variants
             seen.add(key)
-            rows.append({**base, "variant": "reference", "has_name": name is not None, **ref_feats,
-                         "ref_sentiment": ref_feats["sentiment"], "ref_uses_name": ref_feats["uses_name"]})
+            rows.append(
+                {
+                    **base,
+                    "variant": "reference",
+                    "has_name": name is not None,
+                    **ref_feats,
+                    "ref_sentiment": ref_feats["sentiment"],
+                    "ref_uses_name": ref_feats["uses_name"],
+                }
+            )
     df = pd.DataFrame(rows)
     df["sentiment_distance"] = (df["sentiment"] - df["ref_sentiment"]).abs()
     df["name_mismatch"] = df["has_name"] & (df["uses_name"] != df["ref_uses_name"])
@@ -134,14 +162,19 @@ def features(generations) -> pd.DataFrame:
 def _summary(g: pd.DataFrame) -> dict:
     is_ref = (g["variant"] == "reference").all()
     diff = (lambda c: np.nan) if is_ref else (lambda c: float(g[c].mean()))
-    return {"n": len(g), "mean_length": float(g["length"].mean()),
-            "mean_sentences": float(g["sentences"].mean()), "mean_sentiment": float(g["sentiment"].mean()),
-            "mean_abs_length_diff": diff("len_diff"), "mean_abs_sentence_diff": diff("sent_diff"),
-            "sentiment_distance": diff("sentiment_distance"),
-            "question_replies": int((g["question_marks"] > 0).sum()),
-            "question_marks": int(g["question_marks"].sum()),
-            "named_rounds": int(g["has_name"].sum()),
-            "name_mismatch": np.nan if is_ref else int(g["name_mismatch"].sum())}
+    return {
+        "n": len(g),
+        "mean_length": float(g["length"].mean()),
+        "mean_sentences": float(g["sentences"].mean()),
+        "mean_sentiment": float(g["sentiment"].mean()),
+        "mean_abs_length_diff": diff("len_diff"),
+        "mean_abs_sentence_diff": diff("sent_diff"),
+        "sentiment_distance": diff("sentiment_distance"),
+        "question_replies": int((g["question_marks"] > 0).sum()),
+        "question_marks": int(g["question_marks"].sum()),
+        "named_rounds": int(g["has_name"].sum()),
+        "name_mismatch": np.nan if is_ref else int(g["name_mismatch"].sum()),
+    }
 
 
 def therapy_metrics(generations) -> pd.DataFrame:

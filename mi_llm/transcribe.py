@@ -36,8 +36,10 @@ LINE = re.compile(r"^\s*(来访者|心理咨询师|咨询师)\s*[：:]\s*(.*)$")
 CJK = re.compile(r"[\u3400-\u9fff]")
 SPEAKER_INSIDE = re.compile(r"(来访者(?:接着说)?|心理咨询师|咨询师|求助者|支持者)\s*[：:]")
 # labels a small model puts before its reply, echoing the prompt (原回复：…) or announcing it (改写：…)
-REPLY_LABEL = re.compile(r"^\s*(?:原回复|原句|原文|改写后的回复|改写后|改写|回复|回答|MI回复|MI改写|新回复|输出)"
-                         r"\s*[：:]\s*")
+REPLY_LABEL = re.compile(
+    r"^\s*(?:原回复|原句|原文|改写后的回复|改写后|改写|回复|回答|MI回复|MI改写|新回复|输出)"
+    r"\s*[：:]\s*"
+)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -73,7 +75,9 @@ def load_sources(P, corpora: list[str]) -> list[Dialogue]:
     for name in corpora:
         if name not in P.corpora.sources:
             raise ValueError(f"corpus {name!r} is selected but corpora.sources has no path for it")
-        ds = corpora_mod.load(name, project_path(P.corpora.sources[name]), on_error=P.corpora.on_error)
+        ds = corpora_mod.load(
+            name, project_path(P.corpora.sources[name]), on_error=P.corpora.on_error
+        )
         kept = [t for t in (trim(d, tp.max_turns) for d in ds) if t is not None]
         out += kept[: tp.max_dialogues] if tp.max_dialogues else kept
     return out
@@ -81,12 +85,22 @@ def load_sources(P, corpora: list[str]) -> list[Dialogue]:
 
 def sources_table(dialogues: list[Dialogue]) -> pd.DataFrame:
     """Per corpus: dialogues to rewrite, their turns and counselor turns (the units of `turn` mode)."""
-    rows = [{"corpus": d.corpus, "turns": len(d.turns),
-             "counselor_turns": sum(t.speaker == "counselor" for t in d.turns),
-             "chars": sum(len(t.text) for t in d.turns)} for d in dialogues]
+    rows = [
+        {
+            "corpus": d.corpus,
+            "turns": len(d.turns),
+            "counselor_turns": sum(t.speaker == "counselor" for t in d.turns),
+            "chars": sum(len(t.text) for t in d.turns),
+        }
+        for d in dialogues
+    ]
     df = pd.DataFrame(rows, columns=["corpus", "turns", "counselor_turns", "chars"])
-    return df.groupby("corpus").agg(dialogues=("turns", "size"), turns=("turns", "sum"),
-                                    counselor_turns=("counselor_turns", "sum"), chars=("chars", "sum"))
+    return df.groupby("corpus").agg(
+        dialogues=("turns", "size"),
+        turns=("turns", "sum"),
+        counselor_turns=("counselor_turns", "sum"),
+        chars=("chars", "sum"),
+    )
 
 
 # ----------------------------------------------------------------------------- formats
@@ -136,9 +150,11 @@ def check_prompt(parts: dict, version: str, tp) -> None:
     """The prompt asks for <mi:...> tags exactly when transcription.tag_behaviour is on."""
     asks = "<mi:" in parts.get("system", "")
     if asks != bool(tp.tag_behaviour):
-        raise ValueError(f"transcription.prompt_version {version!r} {'asks' if asks else 'does not ask'} for "
-                         f"<mi:behaviour> tags but transcription.tag_behaviour is {tp.tag_behaviour}; use "
-                         + ("mi_tagged_v1 / mi_turn_tagged_v1" if tp.tag_behaviour else "an untagged version"))
+        raise ValueError(
+            f"transcription.prompt_version {version!r} {'asks' if asks else 'does not ask'} for "
+            f"<mi:behaviour> tags but transcription.tag_behaviour is {tp.tag_behaviour}; use "
+            + ("mi_tagged_v1 / mi_turn_tagged_v1" if tp.tag_behaviour else "an untagged version")
+        )
 
 
 def _untag(turns: list[Turn]) -> tuple[list[Turn], list[Turn]]:
@@ -150,7 +166,10 @@ def _untag(turns: list[Turn]) -> tuple[list[Turn], list[Turn]]:
                 label, rest = forecast.require_tag(t.text)
             except ValueError as e:
                 raise ValueError(f"untagged: turn {i}: {e}") from e
-            t, bare = Turn(t.speaker, forecast.tag_text(rest.strip(), label)), Turn(t.speaker, rest.strip())
+            t, bare = (
+                Turn(t.speaker, forecast.tag_text(rest.strip(), label)),
+                Turn(t.speaker, rest.strip()),
+            )
         else:
             bare = t
         tagged.append(t)
@@ -186,8 +205,10 @@ def check_structure(turns: list[Turn], source: Dialogue, tp) -> None:
         if t.speaker == "client":
             share = edit_share(t.text, s.text)
             if share > tp.client_edit_tolerance:
-                raise ValueError(f"client_altered: turn {i} differs from the source by {share:.2f} "
-                                 f"> client_edit_tolerance {tp.client_edit_tolerance}: {t.text[:30]!r}")
+                raise ValueError(
+                    f"client_altered: turn {i} differs from the source by {share:.2f} "
+                    f"> client_edit_tolerance {tp.client_edit_tolerance}: {t.text[:30]!r}"
+                )
 
 
 def _alternates(turns: list[Turn]) -> bool:
@@ -202,11 +223,15 @@ def validate_dialogue(text: str, source: Dialogue, tp) -> list[Turn]:
     if tp.tag_behaviour:  # checks below see the words only; the stored turns keep their tags
         tagged, turns = _untag(turns)
     if turns[0].speaker != source.turns[0].speaker:
-        raise ValueError(f"first_speaker: starts with {turns[0].speaker}, source with {source.turns[0].speaker}")
+        raise ValueError(
+            f"first_speaker: starts with {turns[0].speaker}, source with {source.turns[0].speaker}"
+        )
     if _alternates(source.turns):  # a source that does not alternate is matched turn by turn below
         for i in range(1, len(turns)):
             if turns[i].speaker == turns[i - 1].speaker:
-                raise ValueError(f"not_alternating: turns {i - 1} and {i} are both {turns[i].speaker}")
+                raise ValueError(
+                    f"not_alternating: turns {i - 1} and {i} are both {turns[i].speaker}"
+                )
     if not any(t.speaker == "counselor" and t.text for t in turns):
         raise ValueError("no_counselor: no counselor turn")
     check_text("".join(t.text for t in turns), "".join(t.text for t in source.turns), tp)
@@ -236,8 +261,8 @@ def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
     if m and SPEAKER_OF[m.group(1)] == "client":
         raise ValueError("wrong_speaker: answered as the client")
     line = m.group(2).strip() if m else line
-    while (lm := REPLY_LABEL.match(line)):  # 原回复：… / 改写：… before the words
-        line = line[lm.end():]
+    while lm := REPLY_LABEL.match(line):  # 原回复：… / 改写：… before the words
+        line = line[lm.end() :]
     inside = SPEAKER_INSIDE.search(line)
     if inside:
         raise ValueError(f"speaker_label: the reply contains a speaker label {inside.group(0)!r}")
@@ -264,8 +289,10 @@ def request_key(version: str, d: Dialogue, turn: int | None = None) -> str:
 
 def dialogue_request(d: Dialogue, parts: dict, version: str) -> llm.Request:
     """The whole-dialogue rewrite request."""
-    msgs = [{"role": "system", "content": parts["system"]},
-            {"role": "user", "content": prompts.render(parts["user"], dialogue=format_turns(d.turns))}]
+    msgs = [
+        {"role": "system", "content": parts["system"]},
+        {"role": "user", "content": prompts.render(parts["user"], dialogue=format_turns(d.turns))},
+    ]
     return llm.Request(request_key(version, d), msgs)
 
 
@@ -274,16 +301,26 @@ def turn_requests(d: Dialogue, parts: dict, version: str) -> list[tuple[int, llm
     shots = []
     for i in range(1, 10):
         if f"shot{i}_user" in parts:
-            shots += [{"role": "user", "content": parts[f"shot{i}_user"]},
-                      {"role": "assistant", "content": parts[f"shot{i}_assistant"]}]
+            shots += [
+                {"role": "user", "content": parts[f"shot{i}_user"]},
+                {"role": "assistant", "content": parts[f"shot{i}_assistant"]},
+            ]
     out = []
     for i, t in enumerate(d.turns):
         if t.speaker != "counselor":
             continue
-        nxt = next((u.text for u in d.turns[i + 1:] if u.speaker == "client"), "（对话结束）")
-        user = prompts.render(parts["user"], context=format_turns(d.turns[:i]) or "（对话开始）",
-                              source=" ".join(t.text.split()), next_client=" ".join(nxt.split()))
-        msgs = [{"role": "system", "content": parts["system"]}, *shots, {"role": "user", "content": user}]
+        nxt = next((u.text for u in d.turns[i + 1 :] if u.speaker == "client"), "（对话结束）")
+        user = prompts.render(
+            parts["user"],
+            context=format_turns(d.turns[:i]) or "（对话开始）",
+            source=" ".join(t.text.split()),
+            next_client=" ".join(nxt.split()),
+        )
+        msgs = [
+            {"role": "system", "content": parts["system"]},
+            *shots,
+            {"role": "user", "content": user},
+        ]
         out.append((i, llm.Request(request_key(version, d, i), msgs)))
     return out
 
@@ -296,9 +333,14 @@ def _reason(error: str | None) -> str:
 def to_record(d: Dialogue, turns: list[Turn], version: str) -> dict:
     """The MI corpus record of one rewritten dialogue (contract of 02's train/test.jsonl)."""
     role = {"client": "user", "counselor": "assistant"}
-    return {"id": f"{d.corpus}-{d.id}", "source_corpus": d.corpus, "source_id": str(d.id),
-            "prompt_version": prompts.name(version), "topic": d.meta.get("topic"),
-            "messages": [{"role": role[t.speaker], "content": t.text} for t in turns]}
+    return {
+        "id": f"{d.corpus}-{d.id}",
+        "source_corpus": d.corpus,
+        "source_id": str(d.id),
+        "prompt_version": prompts.name(version),
+        "topic": d.meta.get("topic"),
+        "messages": [{"role": role[t.speaker], "content": t.text} for t in turns],
+    }
 
 
 def _by_dialogue(ep, dialogues, P, cache_path, batch_dir):
@@ -313,25 +355,50 @@ def _by_dialogue(ep, dialogues, P, cache_path, batch_dir):
             r = dialogue_request(d, parts, v)
             r.validate = lambda text, d=d: validate_dialogue(text, d, tp)
             reqs.append(r)
-        res = llm.complete(ep, reqs, llm_params=P.llm, cache_path=cache_path, settings=settings,
-                           retries=tp.validation_retries, desc="transcribe", batch_dir=batch_dir)
-        return [(d, r.parsed if r.ok else None, None if r.ok else r.error, [r]) for d, r in zip(dialogues, res)]
+        res = llm.complete(
+            ep,
+            reqs,
+            llm_params=P.llm,
+            cache_path=cache_path,
+            settings=settings,
+            retries=tp.validation_retries,
+            desc="transcribe",
+            batch_dir=batch_dir,
+        )
+        return [
+            (d, r.parsed if r.ok else None, None if r.ok else r.error, [r])
+            for d, r in zip(dialogues, res)
+        ]
     per = [turn_requests(d, parts, v) for d in dialogues]
     reqs = []
     for d, items in zip(dialogues, per):
         for i, r in items:
-            r.validate = lambda text, d=d, i=i: validate_turn(text, d.turns[i].text, d.turns[:i], tp)
+            r.validate = lambda text, d=d, i=i: validate_turn(
+                text, d.turns[i].text, d.turns[:i], tp
+            )
             reqs.append(r)
     # the local server ignores `stop`, so answers run on past their first line: validate_turn checks it
-    res = iter(llm.complete(ep, reqs, llm_params=P.llm, cache_path=cache_path, settings=settings,
-                            retries=tp.validation_retries, desc="transcribe turns", batch_dir=batch_dir,
-                            truncated_ok=True))
+    res = iter(
+        llm.complete(
+            ep,
+            reqs,
+            llm_params=P.llm,
+            cache_path=cache_path,
+            settings=settings,
+            retries=tp.validation_retries,
+            desc="transcribe turns",
+            batch_dir=batch_dir,
+            truncated_ok=True,
+        )
+    )
     out = []
     for d, items in zip(dialogues, per):
         rs = [next(res) for _ in items]
         failed = [(i, r) for (i, _), r in zip(items, rs) if not r.ok]
         # a transport failure is what the dialogue failed on when there is one: a re-run answers it
-        bad = next((x for x in failed if x[1].error.startswith("transport")), failed[0] if failed else None)
+        bad = next(
+            (x for x in failed if x[1].error.startswith("transport")), failed[0] if failed else None
+        )
         if bad:
             out.append((d, None, f"{_reason(bad[1].error)}: turn {bad[0]}: {bad[1].error}", rs))
             continue
@@ -341,36 +408,70 @@ def _by_dialogue(ep, dialogues, P, cache_path, batch_dir):
     return out
 
 
-def transcribe(ep, dialogues: list[Dialogue], P, cache_path, batch_dir=None) -> tuple[list, list, dict]:
+def transcribe(
+    ep, dialogues: list[Dialogue], P, cache_path, batch_dir=None
+) -> tuple[list, list, dict]:
     """Rewrite, validate and account: (records, failures, report)."""
     if batch_dir is not None and ep.provider != "remote":
-        raise ValueError("transcription.batch_api needs llm.provider: remote (the Batch API is OpenAI's)")
+        raise ValueError(
+            "transcription.batch_api needs llm.provider: remote (the Batch API is OpenAI's)"
+        )
     t0 = time.perf_counter()
     rows = _by_dialogue(ep, dialogues, P, cache_path, batch_dir)
     wall = time.perf_counter() - t0
     v = P.transcription.prompt_version
     records = [to_record(d, turns, v) for d, turns, _, _ in rows if turns is not None]
-    failures = [{"source_corpus": d.corpus, "source_id": str(d.id), "reason": _reason(err), "error": err,
-                 "raw": [r.raw for r in rs]} for d, turns, err, rs in rows if turns is None]
+    failures = [
+        {
+            "source_corpus": d.corpus,
+            "source_id": str(d.id),
+            "reason": _reason(err),
+            "error": err,
+            "raw": [r.raw for r in rs],
+        }
+        for d, turns, err, rs in rows
+        if turns is None
+    ]
     require_transport(failures, len(rows), P.llm)
     units = [r for *_, rs in rows for r in rs]
     use = llm.usage(units, P.llm, ep.model)
     report = {
-        "unit": P.transcription.unit, "prompt_version": prompts.name(v), "model": P.llm.model,
-        "attempted": len(rows), "valid": len(records),
+        "unit": P.transcription.unit,
+        "prompt_version": prompts.name(v),
+        "model": P.llm.model,
+        "attempted": len(rows),
+        "valid": len(records),
         "pass_rate": round(len(records) / len(rows), 3) if rows else None,
         "failed_by_reason": dict(Counter(f["reason"] for f in failures)),
-        "units_attempted": len(units), "units_valid": sum(r.ok for r in units),
+        "units_attempted": len(units),
+        "units_valid": sum(r.ok for r in units),
         "units_retried": sum(r.attempts > 1 for r in units),
         "units_failed_by_reason": dict(Counter(_reason(r.error) for r in units if not r.ok)),
         "rejected_answers_by_reason": dict(Counter(_reason(e) for r in units for e in r.errors)),
-        **use, "wall_s": round(wall, 2),
+        **use,
+        "wall_s": round(wall, 2),
         "requests_per_s": round(use["api_calls"] / wall, 3) if wall > 0 else None,
-        **({"behaviours": dict(Counter(forecast.strip_tag(m["content"])[0] for r in records for m in r["messages"]
-                                       if m["role"] == "assistant"))} if P.transcription.tag_behaviour else {}),
-        "by_corpus": {c: {"attempted": sum(d.corpus == c for d, *_ in rows),
-                          "valid": sum(r["source_corpus"] == c for r in records)}
-                      for c in sorted({d.corpus for d, *_ in rows})},
+        **(
+            {
+                "behaviours": dict(
+                    Counter(
+                        forecast.strip_tag(m["content"])[0]
+                        for r in records
+                        for m in r["messages"]
+                        if m["role"] == "assistant"
+                    )
+                )
+            }
+            if P.transcription.tag_behaviour
+            else {}
+        ),
+        "by_corpus": {
+            c: {
+                "attempted": sum(d.corpus == c for d, *_ in rows),
+                "valid": sum(r["source_corpus"] == c for r in records),
+            }
+            for c in sorted({d.corpus for d, *_ in rows})
+        },
     }
     return records, failures, report
 
@@ -385,7 +486,8 @@ def require_transport(failures: list[dict], attempted: int, llm_params) -> None:
             f"{len(transport)} of {attempted} dialogues failed on transport errors ({share:.0%} > "
             f"llm.max_transport_failures {llm_params.max_transport_failures:.0%}); first: "
             f"{transport[0]['source_corpus']}/{transport[0]['source_id']}: {transport[0]['error']}. "
-            "Every finished answer is cached: re-run to resume.")
+            "Every finished answer is cached: re-run to resume."
+        )
 
 
 # ----------------------------------------------------------------------------- split and save
@@ -414,14 +516,16 @@ def split(records: list[dict], n_train: int, n_test: int, seed: int) -> tuple[li
     # keep at least one record for training when there are fewer than n_train + n_test
     n_test = min(n_test, max(0, total - 1)) if total > 1 else 0
     test_n = _allocate(n_test, {c: len(g) for c, g in groups.items()})
-    rest = {c: g[test_n[c]:] for c, g in groups.items()}
+    rest = {c: g[test_n[c] :] for c, g in groups.items()}
     train_n = _allocate(n_train, {c: len(g) for c, g in rest.items()})
     test = [r for c, g in groups.items() for r in g[: test_n[c]]]
     train = [r for c, g in rest.items() for r in g[: train_n[c]]]
     return train, test
 
 
-def save(out_dir, train: list[dict], test: list[dict], report: dict, failures: list[dict]) -> list[Path]:
+def save(
+    out_dir, train: list[dict], test: list[dict], report: dict, failures: list[dict]
+) -> list[Path]:
     """Write train/test.jsonl, mi_corpus/ (datasets on disk), failures.jsonl, report.json."""
     import json
 
@@ -434,16 +538,35 @@ def save(out_dir, train: list[dict], test: list[dict], report: dict, failures: l
         f = out_dir / f"{name}.jsonl"  # a unique temporary file, then a rename: never half written
         runs.write_atomic(f, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         files.append(f)
-    dd = DatasetDict({k: Dataset.from_list(v) if v else Dataset.from_dict(
-        {c: [] for c in ("id", "source_corpus", "source_id", "prompt_version", "topic", "messages")})
-        for k, v in (("train", train), ("test", test))})
+    dd = DatasetDict(
+        {
+            k: Dataset.from_list(v)
+            if v
+            else Dataset.from_dict(
+                {
+                    c: []
+                    for c in (
+                        "id",
+                        "source_corpus",
+                        "source_id",
+                        "prompt_version",
+                        "topic",
+                        "messages",
+                    )
+                }
+            )
+            for k, v in (("train", train), ("test", test))
+        }
+    )
     with runs.atomic_path(out_dir / "mi_corpus") as tmp:
         dd.save_to_disk(str(tmp))
     rep = {**report, "n_train": len(train), "n_test": len(test)}
     runs.write_atomic(out_dir / "report.json", json.dumps(rep, indent=2, ensure_ascii=False))
     if not train:  # written first, so that report.json and failures.jsonl say why
-        raise RuntimeError(f"no valid MI dialogue to train on; failures by reason: {report.get('failed_by_reason')}"
-                           f" (see {out_dir / 'failures.jsonl'})")
+        raise RuntimeError(
+            f"no valid MI dialogue to train on; failures by reason: {report.get('failed_by_reason')}"
+            f" (see {out_dir / 'failures.jsonl'})"
+        )
     return files + [out_dir / "mi_corpus", out_dir / "report.json"]
 
 
@@ -453,7 +576,12 @@ def report_table(report: dict) -> pd.DataFrame:
     for k, v in report.items():
         if isinstance(v, dict):
             rows += [(f"{k}.{kk}", vv) for kk, vv in v.items() if not isinstance(vv, dict)]
-            rows += [(f"{k}.{kk}.{x}", y) for kk, vv in v.items() if isinstance(vv, dict) for x, y in vv.items()]
+            rows += [
+                (f"{k}.{kk}.{x}", y)
+                for kk, vv in v.items()
+                if isinstance(vv, dict)
+                for x, y in vv.items()
+            ]
         else:
             rows.append((k, v))
     return pd.DataFrame(rows, columns=["figure", "value"]).set_index("figure")
@@ -461,13 +589,30 @@ def report_table(report: dict) -> pd.DataFrame:
 
 def side_by_side(dialogues: list[Dialogue], record: dict) -> pd.DataFrame:
     """One MI record next to its source dialogue, turn by turn."""
-    src = next(d for d in dialogues if d.corpus == record["source_corpus"] and str(d.id) == record["source_id"])
-    return pd.DataFrame({"speaker": [t.speaker for t in src.turns], "source": [t.text for t in src.turns],
-                         "mi_rewrite": [m["content"] for m in record["messages"]]})
+    src = next(
+        d
+        for d in dialogues
+        if d.corpus == record["source_corpus"] and str(d.id) == record["source_id"]
+    )
+    return pd.DataFrame(
+        {
+            "speaker": [t.speaker for t in src.turns],
+            "source": [t.text for t in src.turns],
+            "mi_rewrite": [m["content"] for m in record["messages"]],
+        }
+    )
 
 
 def split_table(train: list[dict], test: list[dict]) -> pd.DataFrame:
     """Dialogues per source corpus in train and test."""
-    rows = [{"split": s, "source_corpus": r["source_corpus"]} for s, rs in (("train", train), ("test", test)) for r in rs]
+    rows = [
+        {"split": s, "source_corpus": r["source_corpus"]}
+        for s, rs in (("train", train), ("test", test))
+        for r in rs
+    ]
     df = pd.DataFrame(rows, columns=["split", "source_corpus"])
-    return df.value_counts().unstack("split", fill_value=0).reindex(columns=["train", "test"], fill_value=0)
+    return (
+        df.value_counts()
+        .unstack("split", fill_value=0)
+        .reindex(columns=["train", "test"], fill_value=0)
+    )

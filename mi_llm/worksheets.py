@@ -20,9 +20,21 @@ from .schema import DataError
 
 COLUMNS = ["row", "speaker", "text", *CODES, "rating", "note"]
 TICKS = {"x", "1", "✓", "✔", "yes", "y"}  # a ticked code cell (case-insensitive); blank or 0: not
-AGREEMENT_COLUMNS = ["comparison", "n_sampled", "n_coded", "n_missing", "pass_rate", "n_compared",
-                     "accuracy", "kappa", "kappa_ci_low", "kappa_ci_high", "labels", "n_rated",
-                     *(f"icc_{g}" for g in GLOBALS)]
+AGREEMENT_COLUMNS = [
+    "comparison",
+    "n_sampled",
+    "n_coded",
+    "n_missing",
+    "pass_rate",
+    "n_compared",
+    "accuracy",
+    "kappa",
+    "kappa_ci_low",
+    "kappa_ci_high",
+    "labels",
+    "n_rated",
+    *(f"icc_{g}" for g in GLOBALS),
+]
 README = f"""# MITI 4.2.1 coding worksheets
 
 One CSV file per dialogue (UTF-8 with BOM, so spreadsheet programs show Chinese correctly);
@@ -62,18 +74,30 @@ def export(units: list[dict], folder) -> list[Path]:
         stem = worksheet_name(u)
         if any(r["file"] == f"{stem}.csv" for r in index):
             raise ValueError(f"two units share the worksheet name {stem!r}")
-        rows = [{"row": i, "speaker": t["speaker"], "text": t["text"]} for i, t in enumerate(u["turns"], 1)]
-        rows += [{"row": g, "speaker": "global", "text": f"{name} ({GLOBAL_MIN}-{GLOBAL_MAX})"}
-                 for g, name in GLOBALS.items()]
+        rows = [
+            {"row": i, "speaker": t["speaker"], "text": t["text"]}
+            for i, t in enumerate(u["turns"], 1)
+        ]
+        rows += [
+            {"row": g, "speaker": "global", "text": f"{name} ({GLOBAL_MIN}-{GLOBAL_MAX})"}
+            for g, name in GLOBALS.items()
+        ]
         file = folder / f"{stem}.csv"
         with open(file, "w", encoding="utf-8-sig", newline="") as f:
             w = csv.DictWriter(f, COLUMNS)
             w.writeheader()
             w.writerows(rows)
         files.append(file)
-        index.append({"file": file.name, "model": u["model"], "variant": u["variant"],
-                      "dialogue_id": u["dialogue_id"], "topic": u.get("topic") or "",
-                      "n_utterances": sum(t["speaker"] == "counselor" for t in u["turns"])})
+        index.append(
+            {
+                "file": file.name,
+                "model": u["model"],
+                "variant": u["variant"],
+                "dialogue_id": u["dialogue_id"],
+                "topic": u.get("topic") or "",
+                "n_utterances": sum(t["speaker"] == "counselor" for t in u["turns"]),
+            }
+        )
     with open(folder / "index.csv", "w", encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, ["file", "model", "variant", "dialogue_id", "topic", "n_utterances"])
         w.writeheader()
@@ -107,20 +131,32 @@ def read_worksheet(file) -> dict:
         if speaker == "global":
             g = (r["row"] or "").strip().upper()
             if g not in GLOBALS or g in globals_:
-                raise DataError(file, f"line {line}", "row", f"{r['row']!r}: unknown or repeated global")
+                raise DataError(
+                    file, f"line {line}", "row", f"{r['row']!r}: unknown or repeated global"
+                )
             if ticks:
-                raise DataError(file, f"line {line}", ticks[0], "global rows take a rating, not codes")
+                raise DataError(
+                    file, f"line {line}", ticks[0], "global rows take a rating, not codes"
+                )
             globals_[g] = _rating(r["rating"], file, line)
             continue
         n_utt += 1
         if speaker not in ("client", "counselor") or str(r["row"]).strip() != str(n_utt):
-            raise DataError(file, f"line {line}", "speaker" if speaker not in ("client", "counselor")
-                            else "row", f"expected utterance row {n_utt} by client or counselor")
+            raise DataError(
+                file,
+                f"line {line}",
+                "speaker" if speaker not in ("client", "counselor") else "row",
+                f"expected utterance row {n_utt} by client or counselor",
+            )
         try:
             code_set(ticks, "")
         except ValueError:
-            raise DataError(file, f"line {line}", ticks[-1],
-                            f"codes {ticks} cannot be one utterance's (at most three, one reflection)") from None
+            raise DataError(
+                file,
+                f"line {line}",
+                ticks[-1],
+                f"codes {ticks} cannot be one utterance's (at most three, one reflection)",
+            ) from None
         if speaker == "client" and ticks:
             raise DataError(file, f"line {line}", ticks[0], "client utterances are not coded")
         if (r["rating"] or "").strip():
@@ -138,7 +174,9 @@ def _rating(value: str, file, line: int) -> int | None:
     if not v:
         return None
     if not re.fullmatch(r"\d+(\.0+)?", v) or not GLOBAL_MIN <= int(float(v)) <= GLOBAL_MAX:
-        raise DataError(file, f"line {line}", "rating", f"{value!r} is not an integer {GLOBAL_MIN}-{GLOBAL_MAX}")
+        raise DataError(
+            file, f"line {line}", "rating", f"{value!r} is not an integer {GLOBAL_MIN}-{GLOBAL_MAX}"
+        )
     return int(float(v))
 
 
@@ -147,7 +185,9 @@ def read_folder(folder) -> dict[str, dict]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such worksheet folder")
-    return {f.stem: read_worksheet(f) for f in sorted(folder.glob("*.csv")) if f.name != "index.csv"}
+    return {
+        f.stem: read_worksheet(f) for f in sorted(folder.glob("*.csv")) if f.name != "index.csv"
+    }
 
 
 def auto_coded(units: list[dict]) -> dict[str, dict]:
@@ -202,17 +242,35 @@ def agreement(a: dict, b: dict, comparison: str) -> dict:
     for stem in common:
         ca, cb = a[stem]["codes"], b[stem]["codes"]
         if len(ca) != len(cb):
-            raise DataError(stem, "worksheet", "codes", f"{len(ca)} vs {len(cb)} counselor utterances")
+            raise DataError(
+                stem, "worksheet", "codes", f"{len(ca)} vs {len(cb)} counselor utterances"
+            )
         n_sampled += len(ca)
-        pairs += [(code_label(x), code_label(y)) for x, y in zip(ca, cb)
-                  if x is not None and y is not None]
+        pairs += [
+            (code_label(x), code_label(y))
+            for x, y in zip(ca, cb)
+            if x is not None and y is not None
+        ]
     xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
-    row = {"comparison": comparison, "n_sampled": n_sampled, "n_coded": len(pairs),
-           "n_missing": n_sampled - len(pairs), "pass_rate": len(pairs) / n_sampled if n_sampled else math.nan, "n_compared": len(pairs),
-           "accuracy": float(np.mean([x == y for x, y in pairs])) if pairs else math.nan,
-           "kappa": cohen_kappa(xs, ys), "labels": " ".join(sorted(set(xs) | set(ys)))}
-    rated = [s for s in common if all(a[s]["globals"].get(g) is not None and
-                                      b[s]["globals"].get(g) is not None for g in GLOBALS)]
+    row = {
+        "comparison": comparison,
+        "n_sampled": n_sampled,
+        "n_coded": len(pairs),
+        "n_missing": n_sampled - len(pairs),
+        "pass_rate": len(pairs) / n_sampled if n_sampled else math.nan,
+        "n_compared": len(pairs),
+        "accuracy": float(np.mean([x == y for x, y in pairs])) if pairs else math.nan,
+        "kappa": cohen_kappa(xs, ys),
+        "labels": " ".join(sorted(set(xs) | set(ys))),
+    }
+    rated = [
+        s
+        for s in common
+        if all(
+            a[s]["globals"].get(g) is not None and b[s]["globals"].get(g) is not None
+            for g in GLOBALS
+        )
+    ]
     row["n_rated"] = len(rated)
     for g in GLOBALS:
         row[f"icc_{g}"] = icc_2_1([[a[s]["globals"][g], b[s]["globals"][g]] for s in rated])
@@ -225,6 +283,10 @@ def human_agreement(folders: dict, units: list[dict]) -> list[dict]:
 
     coders = {name: read_folder(path(folder)) for name, folder in (folders or {}).items()}
     names = sorted(coders)
-    rows = [agreement(coders[x], coders[y], f"{x}_vs_{y}") for i, x in enumerate(names) for y in names[i + 1:]]
+    rows = [
+        agreement(coders[x], coders[y], f"{x}_vs_{y}")
+        for i, x in enumerate(names)
+        for y in names[i + 1 :]
+    ]
     auto = auto_coded(units)
     return rows + [agreement(coders[x], auto, f"{x}_vs_auto") for x in names]

@@ -20,8 +20,11 @@ def make_run(root, tiny_model_dir, adapter=None, system="你是一名动机式�
     """A run folder as the study leaves it: provenance params, the 03 adapter, 02's test split."""
     run = root / "runs" / "chatrun"
     run.mkdir(parents=True)
-    params = {"name": "chatrun", "model_paths": {NAME: str(tiny_model_dir)},
-              "evaluation": {"models": [NAME]}}
+    params = {
+        "name": "chatrun",
+        "model_paths": {NAME: str(tiny_model_dir)},
+        "evaluation": {"models": [NAME]},
+    }
     (run / "provenance.json").write_text(json.dumps({"params": params}), encoding="utf-8")
     if adapter is not None:
         dst = run / "03_sft" / NAME / "adapter"
@@ -30,24 +33,21 @@ def make_run(root, tiny_model_dir, adapter=None, system="你是一名动机式�
             (dst / f.name).write_bytes(f.read_bytes())
     test = run / "02_mi_transcription" / "test.jsonl"
     test.parent.mkdir(parents=True)
-    test.write_text(json.dumps({"id": "t0", "messages": [{"role": "system", "content": system},
-                                                          {"role": "user", "content": "你好"}]},
-                               ensure_ascii=False) + "\n", encoding="utf-8")
+    test.write_text(
+        json.dumps(
+            {
+                "id": "t0",
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": "你好"},
+                ],
+            },
+            ensure_ascii=False,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return run
-
-
-@pytest.fixture(scope="module")
-def tiny_adapter(tiny_model_dir, tmp_path_factory):
-    """A LoRA adapter of the tiny model with non-zero B (merging it changes the weights)."""
-    from peft import LoraConfig, get_peft_model
-
-    from mi_llm import models
-
-    model, _ = models.load(NAME, "cpu", path=tiny_model_dir)
-    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    path = tmp_path_factory.mktemp("adapter")
-    get_peft_model(model, lora).save_pretrained(path)
-    return path
 
 
 def counselor(req: dict) -> str:
@@ -56,19 +56,32 @@ def counselor(req: dict) -> str:
     return f"听起来你很在意这件事。[{len(req['messages'])} {first['role']}]"
 
 
-def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(tiny_model_dir, tiny_adapter, tmp_path):
+def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(
+    tiny_model_dir, tiny_adapter, tmp_path
+):
     run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
-    with fake_model(counselor) as backend, chat.serve(run, backend_url=backend, backend_model="ft") as c:
+    with (
+        fake_model(counselor) as backend,
+        chat.serve(run, backend_url=backend, backend_model="ft") as c,
+    ):
         client = openai.OpenAI(base_url=c.url + "/v1", api_key="none")
         assert [m.id for m in client.models.list().data] == [f"{NAME}:finetuned"]
         msgs = [{"role": "user", "content": "我想少喝点酒，但是很难。"}]
         r1 = client.chat.completions.create(model=c.model_id, messages=msgs)
         reply = r1.choices[0].message.content
-        assert reply.startswith("听起来") and "[2 system]" in reply  # the run's system prompt was sent
-        msgs += [{"role": "assistant", "content": reply}, {"role": "user", "content": "周末尤其难。"}]
-        r2 = client.chat.completions.create(model=c.model_id, messages=msgs)  # no session id: matched
-        other = client.chat.completions.create(model=c.model_id,
-                                               messages=[{"role": "user", "content": "Hi there"}])
+        assert (
+            reply.startswith("听起来") and "[2 system]" in reply
+        )  # the run's system prompt was sent
+        msgs += [
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": "周末尤其难。"},
+        ]
+        r2 = client.chat.completions.create(
+            model=c.model_id, messages=msgs
+        )  # no session id: matched
+        other = client.chat.completions.create(
+            model=c.model_id, messages=[{"role": "user", "content": "Hi there"}]
+        )
         assert backend.stats.count == 3 and {r["model"] for r in backend.stats.requests} == {"ft"}
     files = sorted((run / "chat").glob("*.jsonl"))
     assert len(files) == 2
@@ -81,33 +94,53 @@ def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(tiny_
     assert d.meta["adapter_sha256"] == chat.adapter_sha256(run / "03_sft" / NAME / "adapter")
     assert len(d.meta["adapter_sha256"]) == 64 and d.meta["started"] <= d.meta["updated"]
     assert all("time" in t.annotations for t in d.turns) and d.meta["events"] == []
-    assert Dialogue.from_dict(json.loads(files[0].read_text(encoding="utf-8"))).id in {s.id for s in sessions}
+    assert Dialogue.from_dict(json.loads(files[0].read_text(encoding="utf-8"))).id in {
+        s.id for s in sessions
+    }
     assert other.choices[0].message.content.startswith("听起来")
 
 
 @pytest.mark.parametrize("on_crisis", ["refer", "refer_then_reply"])
-def test_flagged_message_gets_the_referral_and_the_event_is_logged(tiny_model_dir, tiny_adapter, tmp_path,
-                                                                   on_crisis):
+def test_flagged_message_gets_the_referral_and_the_event_is_logged(
+    tiny_model_dir, tiny_adapter, tmp_path, on_crisis
+):
     run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
-    with fake_model(counselor) as backend, chat.serve(run, backend_url=backend, on_crisis=on_crisis,
-                                                      country="UK") as c:
+    with (
+        fake_model(counselor) as backend,
+        chat.serve(run, backend_url=backend, on_crisis=on_crisis, country="UK") as c,
+    ):
         zh = c.say("有时候我觉得我消失了对谁都好。", session="s-zh")
         en = c.say("I've been saving up my pills.", session="s-en")
-        calm = c.say("Work was fine today.", session="s-en",
-                     history=[{"role": "user", "content": "I've been saving up my pills."},
-                              {"role": "assistant", "content": en["choices"][0]["message"]["content"]}])
+        calm = c.say(
+            "Work was fine today.",
+            session="s-en",
+            history=[
+                {"role": "user", "content": "I've been saving up my pills."},
+                {"role": "assistant", "content": en["choices"][0]["message"]["content"]},
+            ],
+        )
         asked = backend.stats.count
-    zh_text, en_text = zh["choices"][0]["message"]["content"], en["choices"][0]["message"]["content"]
+    zh_text, en_text = (
+        zh["choices"][0]["message"]["content"],
+        en["choices"][0]["message"]["content"],
+    )
     assert zh_text.startswith(safety.referral("zh", "UK")) and "116 123" in zh_text
     assert en_text.startswith(safety.referral("en", "UK")) and "Samaritans" in en_text
     assert zh["mi_llm"]["referral"] and not calm["mi_llm"]["referral"]
-    assert asked == (1 if on_crisis == "refer" else 3)  # refer: the model answered only the calm turn
+    assert asked == (
+        1 if on_crisis == "refer" else 3
+    )  # refer: the model answered only the calm turn
     if on_crisis == "refer_then_reply":
         assert "听起来" in zh_text.split(safety.referral("zh", "UK"))[1]
     d = Dialogue.from_dict(json.loads((run / "chat" / "s-en.jsonl").read_text(encoding="utf-8")))
     assert len(d.turns) == 4
     (ev,) = d.meta["events"]
-    assert (ev["type"], ev["category"], ev["turn"], ev["language"]) == ("crisis_referral", safety.SUICIDE, 0, "en")
+    assert (ev["type"], ev["category"], ev["turn"], ev["language"]) == (
+        "crisis_referral",
+        safety.SUICIDE,
+        0,
+        "en",
+    )
     assert ev["evidence"] in "I've been saving up my pills." and ev["action"] == on_crisis
     assert d.turns[0].annotations["screen"]["flagged"] and d.turns[1].annotations["referral"]
     assert not d.turns[2].annotations["screen"]["flagged"]
@@ -122,15 +155,23 @@ def test_bad_requests_and_runs_are_refused_with_a_reason(tiny_model_dir, tiny_ad
     with pytest.raises(ValueError, match="variant 'conditioned'"):
         chat.resolve(run, variant="conditioned")
     assert chat.resolve(run, variant="base").folder == tiny_model_dir
-    with fake_model(counselor) as backend, chat.serve(run, variant="base", backend_url=backend) as c:
+    with (
+        fake_model(counselor) as backend,
+        chat.serve(run, variant="base", backend_url=backend) as c,
+    ):
         client = openai.OpenAI(base_url=c.url + "/v1", api_key="none", max_retries=0)
         with pytest.raises(openai.BadRequestError, match="last message must be the client"):
-            client.chat.completions.create(model="x", messages=[{"role": "assistant", "content": "hi"}])
+            client.chat.completions.create(
+                model="x", messages=[{"role": "assistant", "content": "hi"}]
+            )
         with pytest.raises(openai.BadRequestError, match="session id"):
-            client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}],
-                                           user="../../etc")
+            client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "hi"}], user="../../etc"
+            )
         with pytest.raises(openai.BadRequestError, match="stream"):
-            client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}], stream=True)
+            client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
     zz = chat.serve(run, variant="base", backend_url="http://127.0.0.1:9/v1", country="ZZ")
     with pytest.raises(ValueError, match="no crisis hotline configured for country 'ZZ'"), zz:
         pass
@@ -149,7 +190,12 @@ def test_start_and_talk_keep_one_session_for_notebooks(tiny_model_dir, tiny_adap
             c.say("还在吗？")
     assert "[2 system]" in first and "[4 system]" in second  # the history travelled with each turn
     (d,) = chat.read_sessions(run / "chat")
-    assert d.id == c.session and [t.text for t in d.turns] == ["我想多运动。", first, "但是下班太累了。", second]
+    assert d.id == c.session and [t.text for t in d.turns] == [
+        "我想多运动。",
+        first,
+        "但是下班太累了。",
+        second,
+    ]
 
 
 def test_chat_command_serves_until_sigterm(tiny_model_dir, tiny_adapter, tmp_path):
@@ -165,8 +211,22 @@ def test_chat_command_serves_until_sigterm(tiny_model_dir, tiny_adapter, tmp_pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with fake_model(counselor) as backend:
-        proc = subprocess.Popen([sys.executable, "-m", "mi_llm", "chat", str(run), "--port", str(port),
-                                 "--backend", backend], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mi_llm",
+                "chat",
+                str(run),
+                "--port",
+                str(port),
+                "--backend",
+                backend,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             t0 = time.monotonic()
             while True:

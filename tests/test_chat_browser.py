@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from test_chat import NAME, make_run, tiny_adapter  # noqa: F401 (the fixture)
+from test_chat import make_run
 
 from mi_llm import chat, safety
 from mi_llm.schema import Dialogue
@@ -27,10 +27,22 @@ class Page:
         import websocket
 
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--disable-background-networking", "--no-first-run", "--remote-debugging-port=0",
-             "--remote-allow-origins=*", f"--user-data-dir={profile}", url],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+                f"--user-data-dir={profile}",
+                url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file, t0 = profile / "DevToolsActivePort", time.monotonic()
         while not port_file.exists() or not port_file.read_text().strip():
             if time.monotonic() - t0 > 60 or self.proc.poll() is not None:
@@ -39,7 +51,9 @@ class Page:
         port = port_file.read_text().split()[0]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
             tab = next(t for t in json.load(r) if t["type"] == "page")
-        self.ws = websocket.create_connection(tab["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+        self.ws = websocket.create_connection(
+            tab["webSocketDebuggerUrl"], timeout=60, suppress_origin=True
+        )
         self.n = 0
 
     def send(self, method: str, **params):
@@ -53,7 +67,9 @@ class Page:
                 return msg["result"]
 
     def js(self, expression: str):
-        return self.send("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+        return self.send("Runtime.evaluate", expression=expression, returnByValue=True)[
+            "result"
+        ].get("value")
 
     def wait(self, expression: str, timeout: float = 120):
         t0 = time.monotonic()
@@ -69,8 +85,14 @@ class Page:
         self.js("document.getElementById('input').focus()")
         self.send("Input.insertText", text=text)
         for kind in ("keyDown", "keyUp"):
-            self.send("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13,
-                      **({"text": "\r"} if kind == "keyDown" else {}))
+            self.send(
+                "Input.dispatchKeyEvent",
+                type=kind,
+                key="Enter",
+                code="Enter",
+                windowsVirtualKeyCode=13,
+                **({"text": "\r"} if kind == "keyDown" else {}),
+            )
 
     def close(self):
         self.ws.close()
@@ -78,15 +100,24 @@ class Page:
         self.proc.wait(timeout=30)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
-def test_type_in_the_page_see_the_reply_and_the_saved_session(tiny_model_dir, tiny_adapter, tmp_path,  # noqa: F811
-                                                              monkeypatch):
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"
+)
+def test_type_in_the_page_see_the_reply_and_the_saved_session(
+    tiny_model_dir,
+    tiny_adapter,
+    tmp_path,
+    monkeypatch,
+):
     monkeypatch.setenv("MI_LLM_CACHE", str(tmp_path / "cache"))  # the merged folder goes here
     run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
     with chat.serve(run, max_tokens=12) as c:
         merged = c.served.folder
         assert merged.parent == tmp_path / "cache" / "merged" and (merged / "config.json").exists()
-        assert json.loads((merged / "mi_llm_merged.json").read_text())["adapter_sha256"] == c.served.adapter_sha256
+        assert (
+            json.loads((merged / "mi_llm_merged.json").read_text())["adapter_sha256"]
+            == c.served.adapter_sha256
+        )
         page = Page(c.url + "/", tmp_path / "profile")
         try:
             page.wait("document.readyState === 'complete' && !!document.getElementById('input')")
@@ -105,6 +136,13 @@ def test_type_in_the_page_see_the_reply_and_the_saved_session(tiny_model_dir, ti
     file = run / "chat" / f"{sid}.jsonl"
     assert status == f"session saved: {file}"
     d = Dialogue.from_dict(json.loads(file.read_text(encoding="utf-8")))
-    assert [t.text for t in d.turns] == ["我想戒烟，可是压力一大就想抽。", reply,
-                                         "说实话，我觉得我消失了对谁都好。", referral]
-    assert d.meta["served_folder"] == str(merged) and d.meta["events"][0]["evidence"] == "消失了对谁都好"
+    assert [t.text for t in d.turns] == [
+        "我想戒烟，可是压力一大就想抽。",
+        reply,
+        "说实话，我觉得我消失了对谁都好。",
+        referral,
+    ]
+    assert (
+        d.meta["served_folder"] == str(merged)
+        and d.meta["events"][0]["evidence"] == "消失了对谁都好"
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from openai_server import serve as fake_llm
-from test_chat import counselor, make_run, tiny_adapter  # noqa: F401 (the fixture)
+from test_chat import counselor, make_run
 
 from mi_llm import chat, client_talk, llm, references, sessions
 from mi_llm.params import ROOT
@@ -47,7 +47,9 @@ def test_client_classifier_is_validated_on_held_out_recordings():
     assert v["n_train"] + v["n_test"] == len(data)
     assert v["kappa_ci_low"] <= v["kappa"] <= v["kappa_ci_high"]
     assert v["kappa"] > 0.15  # well above chance (0); a majority-class coder scores 0
-    labels = set(client_talk.predict(client_talk.fit(data.iloc[:2000]), ["I really want to quit.", "ok"]))
+    labels = set(
+        client_talk.predict(client_talk.fit(data.iloc[:2000]), ["I really want to quit.", "ok"])
+    )
     assert labels <= set(client_talk.LABELS)
 
 
@@ -58,20 +60,30 @@ def test_parse_client_codes():
 
 
 def test_code_sessions_writes_the_stage_04_summary_with_client_talk_and_references(
-        tiny_model_dir, tiny_adapter, tmp_path, monkeypatch):  # noqa: F811
+    tiny_model_dir, tiny_adapter, tmp_path, monkeypatch
+):
     monkeypatch.setenv("MI_LLM_RUNS", str(tmp_path / "runs"))
     run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
     with fake_llm(counselor) as backend, chat.serve(run, backend_url=backend) as c:
         h = []
         for text in ["我想少喝点酒。", "可是我不想放弃周末聚会。", "我想试试每周只喝一次。"]:
             r = c.say(text, history=h, session="one")
-            h += [{"role": "user", "content": text}, {"role": "assistant", "content": r["choices"][0]["message"]["content"]}]
+            h += [
+                {"role": "user", "content": text},
+                {"role": "assistant", "content": r["choices"][0]["message"]["content"]},
+            ]
         c.say("我不想活了。", session="two")  # flagged: the referral is not coded
     with fake_llm(coder) as url:
         ep = llm.Endpoint(url, "coder", "k", "remote")
         res = sessions.code_sessions(run / "chat", endpoint=ep, client_coder="llm", validate=False)
     out = run / "chat" / "coded"
-    for f in ("miti_summary.csv", "miti_dialogues.csv", "miti_codes.jsonl", "client_codes.jsonl", "summary.png"):
+    for f in (
+        "miti_summary.csv",
+        "miti_dialogues.csv",
+        "miti_codes.jsonl",
+        "client_codes.jsonl",
+        "summary.png",
+    ):
         assert (out / f).exists(), f
     per = pd.read_csv(out / "miti_dialogues.csv").set_index("dialogue_id")
     # session one: 3 replies "听起来...": 3 SR, 0 Q; client: change, sustain, change
@@ -83,7 +95,9 @@ def test_code_sessions_writes_the_stage_04_summary_with_client_talk_and_referenc
     assert (two["n_utterances"], two["n_referrals"], two["change"], two["sustain"]) == (0, 1, 0, 1)
     assert two["c_s"] == 0.0 and math.isnan(two["r_q"])
     summary = pd.read_csv(out / "miti_summary.csv")
-    assert list(summary.columns[:len(sessions.miti.SUMMARY_COLUMNS)]) == sessions.miti.SUMMARY_COLUMNS
+    assert (
+        list(summary.columns[: len(sessions.miti.SUMMARY_COLUMNS)]) == sessions.miti.SUMMARY_COLUMNS
+    )
     row = summary[summary["group"] == "chat"].iloc[0]
     assert (row["model"], row["variant"], row["n_dialogues"]) == ("gemma3-270m", "finetuned", 2)
     assert (row["change"], row["sustain"], row["c_s"]) == (2, 2, 1.0)
@@ -93,8 +107,18 @@ def test_code_sessions_writes_the_stage_04_summary_with_client_talk_and_referenc
     mibot = summary[summary["model"] == "mibot"].iloc[0]
     published = references.REFERENCES[0]
     assert (mibot["r_q"], mibot["pct_mi_consistent"], mibot["c_s"]) == (
-        published["r_q"], published["pct_mi_consistent"], published["c_s"])
+        published["r_q"],
+        published["pct_mi_consistent"],
+        published["c_s"],
+    )
     assert "Mahmood" in mibot["source"] and mibot["group"] == "published"
-    codes = [json.loads(x) for x in Path(out / "client_codes.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [c["code"] for c in codes if c["dialogue_id"] == "one"] == ["change", "sustain", "change"]
+    codes = [
+        json.loads(x)
+        for x in Path(out / "client_codes.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert [c["code"] for c in codes if c["dialogue_id"] == "one"] == [
+        "change",
+        "sustain",
+        "change",
+    ]
     assert res["figure"].stat().st_size > 10_000

@@ -375,19 +375,29 @@ def test_annomi_truncated_csv_keeps_no_half_utterance(tmp_path):
     # cut in the middle of a row: fewer fields than the header
     row = lines[5]
     cut_row = tmp_path / "cut_row.csv"
-    cut_row.write_text("".join(lines[:5]) + row[: row.index(row.split(",")[6]) + 5], encoding="utf-8")
+    cut_row.write_text(
+        "".join(lines[:5]) + row[: row.index(row.split(",")[6]) + 5], encoding="utf-8"
+    )
     raises(lambda: corpora.load("annomi", cut_row), "cut_row.csv", "record line 6", "truncated")
     # cut inside a quoted utterance: an unterminated quote
     quoted = next(i for i, x in enumerate(lines) if i > 0 and ',"' in x)
     cut_quote = tmp_path / "cut_quote.csv"
-    cut_quote.write_text("".join(lines[:quoted]) + lines[quoted][: lines[quoted].index(',"') + 8], encoding="utf-8")
+    cut_quote.write_text(
+        "".join(lines[:quoted]) + lines[quoted][: lines[quoted].index(',"') + 8], encoding="utf-8"
+    )
     raises(lambda: corpora.load("annomi", cut_quote), "cut_quote.csv", "truncated or malformed CSV")
 
 
-@pytest.mark.parametrize("corpus, name, text", [
-    ("psydtcorpus", "empty.json", ""), ("psydtcorpus", "empty.jsonl", "\n\n"),
-    ("soulchatcorpus", "empty.json", "  "), ("smilechat", "1.json", ""), ("cpsycoune", "1.json", ""),
-])
+@pytest.mark.parametrize(
+    "corpus, name, text",
+    [
+        ("psydtcorpus", "empty.json", ""),
+        ("psydtcorpus", "empty.jsonl", "\n\n"),
+        ("soulchatcorpus", "empty.json", "  "),
+        ("smilechat", "1.json", ""),
+        ("cpsycoune", "1.json", ""),
+    ],
+)
 def test_empty_files_are_errors(tmp_path, corpus, name, text):
     f = write(tmp_path / name, text)
     raises(lambda: corpora.load(corpus, f), name, "empty file")
@@ -397,7 +407,10 @@ def test_empty_files_are_errors(tmp_path, corpus, name, text):
 
 def test_header_only_csv_is_an_error(tmp_path):
     f = tmp_path / "header.csv"
-    f.write_text(annomi_csv(tmp_path / "x.csv").read_text(encoding="utf-8").splitlines(True)[0], encoding="utf-8")
+    f.write_text(
+        annomi_csv(tmp_path / "x.csv").read_text(encoding="utf-8").splitlines(True)[0],
+        encoding="utf-8",
+    )
     raises(lambda: corpora.load("annomi", f), "header.csv", "header only")
 
 
@@ -405,13 +418,22 @@ def test_header_only_csv_is_an_error(tmp_path):
 def test_cpsycound_unknown_speaker_label_is_not_merged(tmp_path, label):
     text = f"来访者：我睡不着。\r\n\r\n心理咨询师：多久了？\r\n\r\n{label}：你愿意说说吗？\r\n\r\n来访者：一个月了。\r\n"
     f = write(tmp_path / "case_9.txt", text)
-    raises(lambda: corpora.load("cpsycound", f), "case_9.txt", "record line 5", "'speaker'", f"{label}：")
+    raises(
+        lambda: corpora.load("cpsycound", f),
+        "case_9.txt",
+        "record line 5",
+        "'speaker'",
+        f"{label}：",
+    )
     # also inside a turn (no blank line before it) when the label names a speaker role
     if label.endswith(("师", "者")):
         f = write(tmp_path / "case_10.txt", f"来访者：我睡不着。\r\n{label}：多久了？\r\n")
         raises(lambda: corpora.load("cpsycound", f), "case_10.txt", "record line 2", f"{label}：")
     # list items inside a turn stay part of it
-    f = write(tmp_path / "case_11.txt", "来访者：我睡不着。\r\n\r\n心理咨询师：试试这些。\r\n第一步：放松。\r\n")
+    f = write(
+        tmp_path / "case_11.txt",
+        "来访者：我睡不着。\r\n\r\n心理咨询师：试试这些。\r\n第一步：放松。\r\n",
+    )
     (d,) = corpora.load("cpsycound", f)
     assert d.turns[1].text == "试试这些。\n第一步：放松。"
 
@@ -434,9 +456,16 @@ def test_formats_that_allow_them_count_non_alternating_and_single_speaker_dialog
     from mi_llm import quality
 
     ds, rep = corpora.load_with_report("smilechat", SMILE)
-    nonalt = sorted(d.id for d in ds if any(a.speaker == b.speaker for a, b in itertools.pairwise(d.turns)))
+    nonalt = sorted(
+        d.id for d in ds if any(a.speaker == b.speaker for a, b in itertools.pairwise(d.turns))
+    )
     single = sorted(d.id for d in ds if {t.speaker for t in d.turns} != {"client", "counselor"})
     assert nonalt and single  # the sample holds both (checked by hand: 82 and 74)
-    assert sorted(rep["findings"]["non_alternating"]) == nonalt and sorted(rep["findings"]["single_speaker"]) == single
+    assert (
+        sorted(rep["findings"]["non_alternating"]) == nonalt
+        and sorted(rep["findings"]["single_speaker"]) == single
+    )
     stats = quality.describe(ds, rep)  # stage 01 reports them
-    assert stats["dialogues_with_violations"] == len(nonalt) and stats["single_speaker_dialogues"] == len(single)
+    assert stats["dialogues_with_violations"] == len(nonalt) and stats[
+        "single_speaker_dialogues"
+    ] == len(single)

@@ -46,13 +46,15 @@ class Mirror:
         path, q = unquote(u.path), parse_qs(u.query)
         ms = "/www.modelscope.cn/api/v1/datasets/"
         if path.startswith(ms):
-            repo, _, rest = path[len(ms):].partition("/repo")
+            repo, _, rest = path[len(ms) :].partition("/repo")
             files = self.modelscope.get(repo)
             if files is None or q.get("Revision") != ["master"]:
                 return None
             if rest == "/tree":
-                listing = [{"Name": p.rsplit("/", 1)[-1], "Path": p, "Type": "blob",
-                            "Size": len(b)} for p, b in files.items()]
+                listing = [
+                    {"Name": p.rsplit("/", 1)[-1], "Path": p, "Type": "blob", "Size": len(b)}
+                    for p, b in files.items()
+                ]
                 listing.append({"Name": "sub", "Path": "sub", "Type": "tree", "Size": 0})
                 return json.dumps({"Code": 200, "Data": {"Files": listing}}).encode()
             return files.get(q.get("FilePath", [""])[0]) if rest == "" else None
@@ -84,7 +86,7 @@ def _handler(mirror: Mirror):
             self.end_headers()
             try:
                 for i in range(start, len(body), 1 << 16):
-                    self.wfile.write(body[i:i + (1 << 16)])
+                    self.wfile.write(body[i : i + (1 << 16)])
                     self.wfile.flush()
                     time.sleep(mirror.delay)
             except (BrokenPipeError, ConnectionResetError):
@@ -118,7 +120,9 @@ def _tar(top: str, files: dict[str, bytes]) -> bytes:
 
 def _manifest_sha(files: dict[str, bytes]) -> str:
     """The folder digest as `sha256sum` would list it (LC_ALL=C order), computed here."""
-    lines = "".join(f"{sha(b)}  {p}\n" for p, b in sorted(files.items(), key=lambda x: x[0].encode()))
+    lines = "".join(
+        f"{sha(b)}  {p}\n" for p, b in sorted(files.items(), key=lambda x: x[0].encode())
+    )
     return sha(lines.encode())
 
 
@@ -128,10 +132,22 @@ def _folder(path: Path) -> dict[str, bytes]:
 
 # ----------------------------------------------------------------------------- registry
 def test_data_list_names_every_corpus_with_pins():
-    r = subprocess.run([sys.executable, "-m", "mi_llm", "data", "list"], cwd=ROOT,
-                       capture_output=True, text=True, check=True)
-    for name in ["cpsycound", "cpsycoune", "smilechat", "psydtcorpus", "soulchatcorpus",
-                 "annomi", "mi_gold"]:
+    r = subprocess.run(
+        [sys.executable, "-m", "mi_llm", "data", "list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for name in [
+        "cpsycound",
+        "cpsycoune",
+        "smilechat",
+        "psydtcorpus",
+        "soulchatcorpus",
+        "annomi",
+        "mi_gold",
+    ]:
         assert f"\n{name}: " in "\n" + r.stdout
     assert "CAS-SIAT-XinHai/CPsyCoun" in r.stdout and "YIRONGCHEN/PsyDTCorpus" in r.stdout
     assert "1954f2e2d01d3b0f568e1673a525a6d3d9a34c03" in r.stdout
@@ -147,10 +163,10 @@ def test_registry_pins_match_the_shipped_byte_identical_copies():
     shipped = {
         ("annomi", "AnnoMI-simple.csv"): DATA / "AnnoMI/AnnoMI-simple.csv",
         ("annomi", "AnnoMI-full.csv"): DATA / "AnnoMI/AnnoMI-full.csv",
-        ("mi_gold", "Software/MI Classifier/output/mi_gold/test_output.csv"):
-            DATA / "MI_Welivita_Pu_gold_test/test_output.csv",
-        ("mi_gold", "Software/MI Classifier/ebp_labels.txt"):
-            DATA / "MI_Welivita_Pu_gold_test/ebp_labels.txt",
+        ("mi_gold", "Software/MI Classifier/output/mi_gold/test_output.csv"): DATA
+        / "MI_Welivita_Pu_gold_test/test_output.csv",
+        ("mi_gold", "Software/MI Classifier/ebp_labels.txt"): DATA
+        / "MI_Welivita_Pu_gold_test/ebp_labels.txt",
         ("cpsycound", "LICENSE"): DATA / "CPsyCounD/LICENSE",
         ("smilechat", "LICENSE"): DATA / "SmileChat/LICENSE",
     }
@@ -164,25 +180,31 @@ def test_urls_follow_each_hosts_layout(monkeypatch):
     monkeypatch.delenv(fetch.MIRROR_ENV, raising=False)
     a = sources.SOURCES["annomi"]
     assert fetch.file_url(a, "AnnoMI-simple.csv", a.revision) == (
-        f"https://raw.githubusercontent.com/uccollab/AnnoMI/{a.revision}/AnnoMI-simple.csv")
+        f"https://raw.githubusercontent.com/uccollab/AnnoMI/{a.revision}/AnnoMI-simple.csv"
+    )
     g = sources.SOURCES["mi_gold"]
     assert fetch.file_url(g, "Data/MI Gold Dataset/MI_Dataset.csv", "c").endswith(
-        "/c/Data/MI%20Gold%20Dataset/MI_Dataset.csv")
+        "/c/Data/MI%20Gold%20Dataset/MI_Dataset.csv"
+    )
     assert fetch.archive_url(sources.SOURCES["cpsycound"]) == (
         "https://codeload.github.com/CAS-SIAT-XinHai/CPsyCoun/tar.gz/"
-        "1954f2e2d01d3b0f568e1673a525a6d3d9a34c03")
+        "1954f2e2d01d3b0f568e1673a525a6d3d9a34c03"
+    )
     p = sources.SOURCES["psydtcorpus"]
     assert fetch.file_url(p, "a b.json", "master") == (
         "https://www.modelscope.cn/api/v1/datasets/YIRONGCHEN/PsyDTCorpus/repo?Source=SDK"
-        "&Revision=master&FilePath=a%20b.json")
+        "&Revision=master&FilePath=a%20b.json"
+    )
     hub = Source("h", "h", "hub", "org/ds", REV, (), "x", "x")
     assert fetch.file_url(hub, "d/x.json", REV) == (
-        f"https://huggingface.co/datasets/org/ds/resolve/{REV}/d/x.json")
+        f"https://huggingface.co/datasets/org/ds/resolve/{REV}/d/x.json"
+    )
     url = "https://www.modelscope.cn/api/v1/datasets/o/n/repo?Revision=master&FilePath=x"
     assert fetch.mirrored(url) == url
     monkeypatch.setenv(fetch.MIRROR_ENV, "http://127.0.0.1:9/m/")
     assert fetch.mirrored(url) == (
-        "http://127.0.0.1:9/m/www.modelscope.cn/api/v1/datasets/o/n/repo?Revision=master&FilePath=x")
+        "http://127.0.0.1:9/m/www.modelscope.cn/api/v1/datasets/o/n/repo?Revision=master&FilePath=x"
+    )
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -192,12 +214,14 @@ def hosted(mirror):
     built from the shipped data, served by the mirror; AnnoMI is the real registry entry."""
     cpsy = {f"CPsyCounD/Data/{k}": v for k, v in _folder(DATA / "CPsyCounD/Data").items()}
     mirror.files[f"/codeload.github.com/o/cpsy/tar.gz/{REV}"] = _tar(
-        f"cpsy-{REV}", {**cpsy, "README.md": b"top", "CPsyCounD/README.md": b"# D\n"})
+        f"cpsy-{REV}", {**cpsy, "README.md": b"top", "CPsyCounD/README.md": b"# D\n"}
+    )
     mirror.files[f"/raw.githubusercontent.com/o/cpsy/{REV}/LICENSE"] = b"CC BY 4.0 text"
     a = sources.SOURCES["annomi"]
     for f in a.files:
         mirror.files[f"/raw.githubusercontent.com/uccollab/AnnoMI/{a.revision}/{f.path}"] = (
-            DATA / "AnnoMI" / f.path).read_bytes()
+            DATA / "AnnoMI" / f.path
+        ).read_bytes()
     psydt = (DATA / "PsyDTCorpus/PsyDTCorpus_sample.json").read_bytes()
     mirror.modelscope["o/psydt"] = {"PsyDTCorpus_train_mulit_turn_packing.json": psydt}
     soul = (DATA / "SoulChatCorpus/SoulChatCorpus_sample.json").read_bytes()
@@ -205,25 +229,67 @@ def hosted(mirror):
     smile = {f"data/{n}.json": (DATA / f"SmileChat/data/{n}.json").read_bytes() for n in (0, 1, 2)}
     for p, b in smile.items():
         mirror.files[f"/huggingface.co/datasets/o/smile/resolve/{REV}/{p}"] = b
-    folder_files = {k[len("CPsyCounD/"):]: v for k, v in cpsy.items()}
+    folder_files = {k[len("CPsyCounD/") :]: v for k, v in cpsy.items()}
     folder_files["README.md"] = b"# D\n"
     reg = {
         "cpsycound": Source(
-            "cpsycound", "t", "github", "o/cpsy", REV,
-            (File("CPsyCounD", _manifest_sha(folder_files), sum(map(len, folder_files.values())),
-                  len(folder_files)),
-             File("LICENSE", sha(b"CC BY 4.0 text"), 14)),
-            "CC BY 4.0", "p", "cpsycound", "CPsyCounD/Data"),
+            "cpsycound",
+            "t",
+            "github",
+            "o/cpsy",
+            REV,
+            (
+                File(
+                    "CPsyCounD",
+                    _manifest_sha(folder_files),
+                    sum(map(len, folder_files.values())),
+                    len(folder_files),
+                ),
+                File("LICENSE", sha(b"CC BY 4.0 text"), 14),
+            ),
+            "CC BY 4.0",
+            "p",
+            "cpsycound",
+            "CPsyCounD/Data",
+        ),
         "annomi": a,
         "psydtcorpus": Source(
-            "psydtcorpus", "t", "modelscope", "o/psydt", None,
-            (File("PsyDTCorpus_train_mulit_turn_packing.json", None, None),), "x", "p",
-            "psydtcorpus", "PsyDTCorpus_train_mulit_turn_packing.json"),
-        "soulchatcorpus": Source("soulchatcorpus", "t", "modelscope", "o/soul", None, (), "x",
-                                 "p", "soulchatcorpus", ".", patterns=("*.json",)),
-        "smilechat": Source("smilechat", "t", "hub", "o/smile", REV,
-                            tuple(File(p, sha(b), len(b)) for p, b in smile.items()), "CC0",
-                            "p", "smilechat", "data"),
+            "psydtcorpus",
+            "t",
+            "modelscope",
+            "o/psydt",
+            None,
+            (File("PsyDTCorpus_train_mulit_turn_packing.json", None, None),),
+            "x",
+            "p",
+            "psydtcorpus",
+            "PsyDTCorpus_train_mulit_turn_packing.json",
+        ),
+        "soulchatcorpus": Source(
+            "soulchatcorpus",
+            "t",
+            "modelscope",
+            "o/soul",
+            None,
+            (),
+            "x",
+            "p",
+            "soulchatcorpus",
+            ".",
+            patterns=("*.json",),
+        ),
+        "smilechat": Source(
+            "smilechat",
+            "t",
+            "hub",
+            "o/smile",
+            REV,
+            tuple(File(p, sha(b), len(b)) for p, b in smile.items()),
+            "CC0",
+            "p",
+            "smilechat",
+            "data",
+        ),
     }
     return reg, {"psydt": psydt, "soul": soul, "cpsy": cpsy}
 
@@ -239,18 +305,32 @@ def test_fetch_pins_writes_provenance_and_the_loaders_read_it(tmp_path, hosted):
         assert corpora.provenance(path)["corpus"] == name and not corpora.is_fixture(path)
     assert len(corpora.load("cpsycound", tmp_path / "cpsycound/CPsyCounD/Data")) == 120
     assert len(corpora.load("annomi", tmp_path / "annomi")) == 133
-    assert len(corpora.load("psydtcorpus", tmp_path / "psydtcorpus"
-                            / "PsyDTCorpus_train_mulit_turn_packing.json")) == 8
+    assert (
+        len(
+            corpora.load(
+                "psydtcorpus",
+                tmp_path / "psydtcorpus" / "PsyDTCorpus_train_mulit_turn_packing.json",
+            )
+        )
+        == 8
+    )
     assert len(corpora.load("soulchatcorpus", tmp_path / "soulchatcorpus")) == 8
     assert len(corpora.load("smilechat", tmp_path / "smilechat/data")) == 3
     assert not (tmp_path / "soulchatcorpus/README.md").exists()  # only the patterns' files
     lock = json.loads((tmp_path / "LOCK.json").read_text())
     assert set(lock) == {"psydtcorpus", "soulchatcorpus"}  # only what the registry cannot pin
-    assert lock["psydtcorpus"] == {"revision": "master", "files": {
-        "PsyDTCorpus_train_mulit_turn_packing.json": {"sha256": sha(raw["psydt"]),
-                                                      "size": len(raw["psydt"])}}}
-    assert lock["soulchatcorpus"]["files"] == {"sub/soul.json": {"sha256": sha(raw["soul"]),
-                                                                 "size": len(raw["soul"])}}
+    assert lock["psydtcorpus"] == {
+        "revision": "master",
+        "files": {
+            "PsyDTCorpus_train_mulit_turn_packing.json": {
+                "sha256": sha(raw["psydt"]),
+                "size": len(raw["psydt"]),
+            }
+        },
+    }
+    assert lock["soulchatcorpus"]["files"] == {
+        "sub/soul.json": {"sha256": sha(raw["soul"]), "size": len(raw["soul"])}
+    }
 
 
 def test_second_fetch_downloads_nothing(tmp_path, hosted, mirror):
@@ -298,8 +378,9 @@ def test_tampered_folder_in_archive_leaves_nothing(tmp_path, hosted, mirror):
     reg, raw = hosted
     cpsy = dict(raw["cpsy"])
     cpsy["CPsyCounD/Data/case_0.txt"] += b"\r\nextra"
-    mirror.files[f"/codeload.github.com/o/cpsy/tar.gz/{REV}"] = _tar(f"cpsy-{REV}", {
-        **cpsy, "CPsyCounD/README.md": b"# D\n"})
+    mirror.files[f"/codeload.github.com/o/cpsy/tar.gz/{REV}"] = _tar(
+        f"cpsy-{REV}", {**cpsy, "CPsyCounD/README.md": b"# D\n"}
+    )
     with pytest.raises(fetch.FetchError, match="checksum mismatch.*tree sha256"):
         fetch.fetch(["cpsycound"], dest=tmp_path, sources=reg)
     assert not (tmp_path / "cpsycound/CPsyCounD").exists()
@@ -337,12 +418,17 @@ def test_killed_download_resumes_where_it_stopped(tmp_path, mirror):
     a = sources.SOURCES["annomi"]
     for f in a.files:
         mirror.files[f"/raw.githubusercontent.com/uccollab/AnnoMI/{a.revision}/{f.path}"] = (
-            DATA / "AnnoMI" / f.path).read_bytes()
+            DATA / "AnnoMI" / f.path
+        ).read_bytes()
     mirror.delay = 0.1  # ~0.65 MB/s: AnnoMI-simple.csv (2.4 MB) takes about 4 s
     env = {**os.environ, fetch.MIRROR_ENV: mirror.url}
-    proc = subprocess.Popen([sys.executable, "-m", "mi_llm", "data", "fetch", "annomi", "--dest",
-                             str(tmp_path)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mi_llm", "data", "fetch", "annomi", "--dest", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     part = tmp_path / "annomi" / "AnnoMI-simple.csv.part"
     deadline = time.time() + 60
     while time.time() < deadline and not (part.exists() and part.stat().st_size > 300_000):

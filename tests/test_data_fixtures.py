@@ -26,8 +26,12 @@ def test_provenance_marks_the_two_fixtures_and_no_real_sample():
     smoke = params.load("params/smoke.yaml")
     marked = {n for n, src in smoke.corpora.sources.items() if corpora.is_fixture(params.path(src))}
     assert marked == FIXTURES
-    for real in ["data/AnnoMI", "data/AnnoMI/AnnoMI-simple.csv", "data/SmileChat/data/0.json",
-                 "data/CPsyCounE/Career"]:
+    for real in [
+        "data/AnnoMI",
+        "data/AnnoMI/AnnoMI-simple.csv",
+        "data/SmileChat/data/0.json",
+        "data/CPsyCounE/Career",
+    ]:
         assert not corpora.is_fixture(params.path(real))
     # what the PROVENANCE.md files say in words, the PROVENANCE.json files say as a flag
     for d in (ROOT / "data").iterdir():  # every corpus folder (data/tokenizers holds no corpus)
@@ -57,8 +61,10 @@ def test_a_run_refuses_fixtures_unless_allowed():
 
 def test_check_refuses_fixtures_unless_allowed():
     errs = check.corpus_problems(_smoke(allow_fixtures=False))
-    assert [e.split(":")[0] for e in errs] == ["corpora.sources.psydtcorpus",
-                                              "corpora.sources.soulchatcorpus"]
+    assert [e.split(":")[0] for e in errs] == [
+        "corpora.sources.psydtcorpus",
+        "corpora.sources.soulchatcorpus",
+    ]
     assert check.corpus_problems(params.load("params/smoke.yaml")) == []
 
 
@@ -79,9 +85,11 @@ def test_paper_params_point_at_full_downloads_and_check_says_how_to_get_them(mon
 
 def test_missing_path_names_the_fetch_command_with_its_dest():
     d = yaml.safe_load((ROOT / "params/smoke.yaml").read_text())
-    d["corpora"]["sources"] = {"annomi": "/nowhere/corpora/annomi",
-                               "cpsycound": "elsewhere/cpsycound/CPsyCounD/Data",
-                               "smilechat": "my/own/smile"}
+    d["corpora"]["sources"] = {
+        "annomi": "/nowhere/corpora/annomi",
+        "cpsycound": "elsewhere/cpsycound/CPsyCounD/Data",
+        "smilechat": "my/own/smile",
+    }
     errs = check.corpus_problems(params.from_dict(d))
     assert "`python -m mi_llm data fetch annomi --dest /nowhere/corpora`" in errs[0]
     assert "`python -m mi_llm data fetch cpsycound --dest elsewhere`" in errs[1]
@@ -91,8 +99,11 @@ def test_missing_path_names_the_fetch_command_with_its_dest():
 def _ranked():
     loaded = quality.load_corpora(_smoke(allow_fixtures=True))
     stats = quality.describe_all(loaded)
-    recs = [{"corpus": c, "ok": True, "scores": dict.fromkeys(quality.CRITERIA, 1), "total": 4}
-            for c in stats["corpus"] for _ in range(2)]
+    recs = [
+        {"corpus": c, "ok": True, "scores": dict.fromkeys(quality.CRITERIA, 1), "total": 4}
+        for c in stats["corpus"]
+        for _ in range(2)
+    ]
     return quality.rank(stats, recs, top_k=2, n_resamples=50, seed=0)
 
 
@@ -117,8 +128,7 @@ def test_quality_figures_hatch_fixtures_with_a_legend_entry(tmp_path):
     legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
     assert any(t.startswith("fixture") for t in legend)
     ax = quality.plot_totals(_ranked())
-    hatched = [t.get_text() for bar, t in zip(ax.patches, ax.get_xticklabels())
-               if bar.get_hatch()]
+    hatched = [t.get_text() for bar, t in zip(ax.patches, ax.get_xticklabels()) if bar.get_hatch()]
     assert set(hatched) == FIXTURES
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["fixture"]
     # no fixture: no hatch, no legend entry

@@ -21,9 +21,26 @@ def _nfkc_key(text: str) -> str:
 
 def test_normalise_is_nfkc_lowercase_without_whitespace():
     rng = random.Random(0)
-    codes = [*range(0x250), *range(0x2000, 0x2070), *range(0x3000, 0x3100),
-             *range(0xFF00, 0xFFF0), *range(0x4E00, 0x4E40), 0x301, 0x308, 0x2460, 0xFB01, 0x85,
-             0xA0, 0x1680, 0x3000, 0x1C, 0x1F, 0xFF21, 0xFF41, 0xFF10]
+    codes = [
+        *range(0x250),
+        *range(0x2000, 0x2070),
+        *range(0x3000, 0x3100),
+        *range(0xFF00, 0xFFF0),
+        *range(0x4E00, 0x4E40),
+        0x301,
+        0x308,
+        0x2460,
+        0xFB01,
+        0x85,
+        0xA0,
+        0x1680,
+        0x3000,
+        0x1C,
+        0x1F,
+        0xFF21,
+        0xFF41,
+        0xFF10,
+    ]
     pool = [chr(c) for c in codes]
     texts = ["".join(rng.choices(pool, k=rng.randint(1, 40))) for _ in range(20000)]
     texts += ["你好，ＡＢＣ？　我很好！", "Ａ\u0301", "ｶﾞ", "①２３"]
@@ -32,11 +49,18 @@ def test_normalise_is_nfkc_lowercase_without_whitespace():
 
 def test_describe_counts_duplicates_and_repeated_turns():
     def d(i, *texts):
-        return Dialogue(str(i), "c", [Turn("client" if k % 2 == 0 else "counselor", t)
-                                      for k, t in enumerate(texts)])
+        return Dialogue(
+            str(i),
+            "c",
+            [Turn("client" if k % 2 == 0 else "counselor", t) for k, t in enumerate(texts)],
+        )
 
-    ds = [d(0, "我很难过。", "你愿意说说吗？"), d(1, "我很难过．", "你愿意说说吗?"),  # a width variant
-          d(2, "我 很难过。", "你愿意说说吗？"), d(3, "别的事", "好的")]
+    ds = [
+        d(0, "我很难过。", "你愿意说说吗？"),
+        d(1, "我很难过．", "你愿意说说吗?"),  # a width variant
+        d(2, "我 很难过。", "你愿意说说吗？"),
+        d(3, "别的事", "好的"),
+    ]
     s = quality.describe(ds)
     keys = [tuple((t.speaker, _nfkc_key(t.text)) for t in x.turns) for x in ds]
     assert s["duplicate_rate"] == (len(keys) - len(set(keys))) / len(keys) == 0.25

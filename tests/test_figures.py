@@ -126,7 +126,12 @@ def write_artifacts(run):
             "model": "annomi",
             "variant": "high",
             **miti.summary_scores({"Q": 2, "SR": 2, "CR": 2}, None, 10),
-            "n_coded": 10, "Q": 2, "SR": 2, "CR": 2, "GI": 1, "AF": np.nan,
+            "n_coded": 10,
+            "Q": 2,
+            "SR": 2,
+            "CR": 2,
+            "GI": 1,
+            "AF": np.nan,
         },
     ]
     pd.DataFrame(summary).to_csv(e / "miti_summary.csv", index=False)
@@ -138,8 +143,10 @@ def write_artifacts(run):
             "topic": "婚恋",
             "utterances": [{"turn": i, "round": i, "codes": c} for i, c in enumerate(codes)],
         }
-        for v, codes in [("base", [["Q"], ["Q"], ["GI"], None]),
-                         ("finetuned", [["SR"], ["Q", "CR"], ["Q"], []])]
+        for v, codes in [
+            ("base", [["Q"], ["Q"], ["GI"], None]),
+            ("finetuned", [["SR"], ["Q", "CR"], ["Q"], []]),
+        ]
     ]
     units.append(  # a coder-check record: not real MI, not drawn
         {"model": "annomi", "variant": "high", "check": "annomi", "utterances": [{"codes": ["CR"]}]}
@@ -224,20 +231,33 @@ def test_tables_carry_the_artifacts_numbers(made):
     assert m[(ft, "pct_cr")] == 25 and m[(hi, "r_q")] == 2
     assert math.isnan(m[(ft, "pct_mi_adherent")])  # no MIA nor MINA: 0/0
     assert figures.table("miti_summary", run).groupby("source").reference.first().to_dict() == {
-        hi: True, ft: False}
+        hi: True,
+        ft: False,
+    }
     c = figures.table("miti_codes", run)
     by = {s: g.set_index("code")["share"].to_dict() for s, g in c.groupby("source")}
     # base: 3 coded utterances (the null one left out), two questions and one information
     assert by["gemma3-270m · base (n=3)"] == pytest.approx(
-        {"Question": 2 / 3, "Giving Information": 1 / 3})
+        {"Question": 2 / 3, "Giving Information": 1 / 3}
+    )
     # finetuned: 4 utterances, one holding a question and a complex reflection (both count)
-    assert by["gemma3-270m · finetuned (n=4)"] == pytest.approx({
-        "Simple Reflection": 1 / 4, "Question": 2 / 4, "Complex Reflection": 1 / 4,
-        "no behaviour": 1 / 4})
+    assert by["gemma3-270m · finetuned (n=4)"] == pytest.approx(
+        {
+            "Simple Reflection": 1 / 4,
+            "Question": 2 / 4,
+            "Complex Reflection": 1 / 4,
+            "no behaviour": 1 / 4,
+        }
+    )
     # real MI: AnnoMI's human codes from the summary, not the coder-check sample
-    assert by["AnnoMI · high (human codes) (n=10)"] == pytest.approx({
-        "Question": 0.2, "Simple Reflection": 0.2, "Complex Reflection": 0.2,
-        "Giving Information": 0.1})
+    assert by["AnnoMI · high (human codes) (n=10)"] == pytest.approx(
+        {
+            "Question": 0.2,
+            "Simple Reflection": 0.2,
+            "Complex Reflection": 0.2,
+            "Giving Information": 0.1,
+        }
+    )
     assert c.reference.iloc[-1] and c.reference.sum() == 4
     f = figures.table("forecaster", run)
     assert set(f.metric) == {"accuracy", "macro_f1", "f1_open_question"}  # n_* are counts
@@ -279,25 +299,37 @@ def test_bad_artifacts_raise_naming_file_and_record(tmp_path):
 
 def test_tidy_reads_wide_long_and_per_reply_tables():
     wide = pd.DataFrame(
-        dict(
-            model=["m"],
-            variant=["base"],
-            bleu4=[3.0],
-            bleu4_ci_low=[2.0],
-            bleu4_ci_high=[4.0],
-            n=[5],
-        )
+        {
+            "model": ["m"],
+            "variant": ["base"],
+            "bleu4": [3.0],
+            "bleu4_ci_low": [2.0],
+            "bleu4_ci_high": [4.0],
+            "n": [5],
+        }
     )
     assert figures.tidy(wide, "w").to_dict("records") == [
-        dict(model="m", variant="base", metric="bleu4", value=3.0, ci_low=2.0, ci_high=4.0)
+        {
+            "model": "m",
+            "variant": "base",
+            "metric": "bleu4",
+            "value": 3.0,
+            "ci_low": 2.0,
+            "ci_high": 4.0,
+        }
     ]
     per_reply = pd.DataFrame(
-        dict(model="m", variant="base", dialogue_id=list("abcd"), bleu4=[1.0, 2.0, 3.0, 4.0])
+        {
+            "model": "m",
+            "variant": "base",
+            "dialogue_id": list("abcd"),
+            "bleu4": [1.0, 2.0, 3.0, 4.0],
+        }
     )
     row = figures.tidy(per_reply, "p").iloc[0]
     assert row.value == 2.5 and 1.0 <= row.ci_low < 2.5 < row.ci_high <= 4.0
     with pytest.raises(ValueError, match="long.csv"):
-        figures.tidy(pd.DataFrame(dict(metric=["bleu4"], x=[1])), "long.csv")
+        figures.tidy(pd.DataFrame({"metric": ["bleu4"], "x": [1]}), "long.csv")
 
 
 def test_chinese_labels_become_pinyin_without_a_cjk_font(monkeypatch):
@@ -309,7 +341,7 @@ def test_chinese_labels_become_pinyin_without_a_cjk_font(monkeypatch):
 
 
 def test_markdown_table_escapes_and_rounds():
-    md = figures.to_markdown(pd.DataFrame(dict(a=["x|y"], b=[1.23456])))
+    md = figures.to_markdown(pd.DataFrame({"a": ["x|y"], "b": [1.23456]}))
     assert md.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1.23 |"]
 
 
@@ -317,8 +349,18 @@ def test_text_metrics_table_names_the_content_scores_beside_the_raw_ones(tmp_pat
     from mi_llm import metrics
 
     (tmp_path / "04_evaluation").mkdir()
-    gens = [{"model": "m", "variant": v, "dialogue_id": f"d{i}", "round": 0, "reply": "你好。",
-             "reference": "你好！"} for v in ("base", "finetuned") for i in range(3)]
+    gens = [
+        {
+            "model": "m",
+            "variant": v,
+            "dialogue_id": f"d{i}",
+            "round": 0,
+            "reply": "你好。",
+            "reference": "你好！",
+        }
+        for v in ("base", "finetuned")
+        for i in range(3)
+    ]
     scores = metrics.reply_scores(gens, content=True)
     metrics.score(scores, bootstrap=20).to_csv(tmp_path / "04_evaluation/metrics.csv", index=False)
     t = figures.text_metrics_table(tmp_path).set_index(["variant", "metric"]).value
@@ -333,10 +375,27 @@ def test_miti_summary_colours_the_papers_three_models_by_three_variants(tmp_path
 
     e = tmp_path / "04_evaluation"
     e.mkdir()
-    rows = [{"group": "generated", "model": m, "variant": v, **miti.summary_scores({"Q": 2, "CR": i + 1})}
-            for i, (m, v) in enumerate((m, v) for m in ["baichuan2-7b-chat", "glm-4-9b-chat", "llama3"]
-                                       for v in ["base", "finetuned", "conditioned"])]
-    rows.append({"group": "reference", "model": "annomi", "variant": "high", **miti.summary_scores({"Q": 2, "SR": 2})})
+    rows = [
+        {
+            "group": "generated",
+            "model": m,
+            "variant": v,
+            **miti.summary_scores({"Q": 2, "CR": i + 1}),
+        }
+        for i, (m, v) in enumerate(
+            (m, v)
+            for m in ["baichuan2-7b-chat", "glm-4-9b-chat", "llama3"]
+            for v in ["base", "finetuned", "conditioned"]
+        )
+    ]
+    rows.append(
+        {
+            "group": "reference",
+            "model": "annomi",
+            "variant": "high",
+            **miti.summary_scores({"Q": 2, "SR": 2}),
+        }
+    )
     pd.DataFrame(rows).to_csv(e / "miti_summary.csv", index=False)
     fig = figures.miti_summary(tmp_path)
     assert len(figures.miti_summary_table(tmp_path).source.unique()) == 10

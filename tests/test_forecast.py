@@ -116,9 +116,13 @@ def test_examples_untagged_hide_history_labels():
 
 
 def test_beats_baselines_needs_the_paired_ci_above_zero():
-    t = pd.DataFrame({"role": ["baseline", "forecaster", "forecaster", "forecaster"],
-                      "macro_f1": [0.30, 0.32, 0.40, 0.25],
-                      "delta_macro_f1_ci_low": [0.0, -0.05, 0.02, -0.1]})
+    t = pd.DataFrame(
+        {
+            "role": ["baseline", "forecaster", "forecaster", "forecaster"],
+            "macro_f1": [0.30, 0.32, 0.40, 0.25],
+            "delta_macro_f1_ci_low": [0.0, -0.05, 0.02, -0.1],
+        }
+    )
     # the first forecaster's point estimate is above the baseline, its CI is not
     assert list(forecast.beats_baselines(t)) == [False, False, True, False]
 
@@ -258,7 +262,9 @@ def test_predict_next_reads_tags_and_chooses_variant(fitted, tmp_path):
         forecast.predict_next(bundle, zh, language="zh")
     # untagged counselor turns: the variant trained on untagged history answers
     plain = [{**m, "content": forecast.strip_tag(m["content"])[1]} for m in zh]
-    Xu = pd.DataFrame([forecast.turn_features(forecast._as_history(plain), bundle["context_turns"])])
+    Xu = pd.DataFrame(
+        [forecast.turn_features(forecast._as_history(plain), bundle["context_turns"])]
+    )
     assert forecast.predict_next(bundle, plain) == bundle["untagged"].predict(Xu)[0]
 
 
@@ -309,7 +315,8 @@ def test_evaluate_writes_table_and_model(tmp_path):
     assert set(cols) <= set(written.columns)
     fc = written.set_index("model")
     assert list(written.beats_baselines) == list(
-        (written.role == "forecaster") & (written.delta_macro_f1_ci_low > 0))
+        (written.role == "forecaster") & (written.delta_macro_f1_ci_low > 0)
+    )
     # split by recording, the text forecaster's gain over the previous behaviour (0.347 vs 0.340)
     # has a CI that spans 0: not a win; untagged, it clearly beats the majority class
     assert not fc.loc["forecaster_text", "beats_baselines"]
@@ -319,7 +326,8 @@ def test_evaluate_writes_table_and_model(tmp_path):
     # scored as used on untagged history: against the majority class (no previous label there)
     assert fc.loc["forecaster_untagged", "reference"] == "majority"
     assert fc.loc["forecaster_untagged", "delta_macro_f1"] == pytest.approx(
-        fc.loc["forecaster_untagged", "macro_f1"] - fc.loc["majority", "macro_f1"])
+        fc.loc["forecaster_untagged", "macro_f1"] - fc.loc["majority", "macro_f1"]
+    )
     forecasters = written[(written.role == "forecaster") & (written.model != "forecaster_untagged")]
     baseline_best = written.loc[written.role == "baseline", "macro_f1"].max()
     assert (forecasters.delta_macro_f1 - (forecasters.macro_f1 - baseline_best)).abs().max() < 1e-9

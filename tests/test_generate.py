@@ -14,12 +14,23 @@ NAME = "gemma3-270m"  # registry entry whose template/eot the tiny model shares
 def _records(n=2):
     """Real CPsyCounD dialogues in the 02 test.jsonl record format."""
     ds = corpora.load("cpsycound", ROOT / "data/CPsyCounD/Data", limit=n)
-    return [{"id": d.id, "source_corpus": d.corpus, "source_id": d.id, "prompt_version": "mi_v1",
-             "topic": d.meta.get("topic"), "messages": d.to_messages()} for d in ds]
+    return [
+        {
+            "id": d.id,
+            "source_corpus": d.corpus,
+            "source_id": d.id,
+            "prompt_version": "mi_v1",
+            "topic": d.meta.get("topic"),
+            "messages": d.to_messages(),
+        }
+        for d in ds
+    ]
 
 
 def _write(path, records):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+    )
     return path
 
 
@@ -27,17 +38,26 @@ def test_rounds_on_a_real_record():
     rec = _records(1)[0]
     msgs = rec["messages"]
     rs = generate.rounds([rec])
-    n_answers = sum(1 for i, m in enumerate(msgs) if i and m["role"] == "assistant"
-                    and msgs[i - 1]["role"] == "user")
+    n_answers = sum(
+        1
+        for i, m in enumerate(msgs)
+        if i and m["role"] == "assistant" and msgs[i - 1]["role"] == "user"
+    )
     assert len(rs) == n_answers > 3
     for k, r in enumerate(rs):
         assert r["round"] == k and r["dialogue_id"] == rec["id"]
         assert r["messages"][-1]["role"] == "user"  # the history ends with the client's turn
         at = len(r["messages"])  # full history: the reference is the very next (counselor) message
-        assert msgs[:at] == r["messages"] and msgs[at] == {"role": "assistant", "content": r["reference"]}
+        assert msgs[:at] == r["messages"] and msgs[at] == {
+            "role": "assistant",
+            "content": r["reference"],
+        }
     capped = generate.rounds([rec, rec], max_dialogues=1, max_rounds=2, context_turns=2)
     assert [r["round"] for r in capped] == [0, 1]
-    assert [len(r["messages"]) for r in capped] == [1, 1]  # window of 2 cannot start with a counselor
+    assert [len(r["messages"]) for r in capped] == [
+        1,
+        1,
+    ]  # window of 2 cannot start with a counselor
     assert capped[1]["messages"][0] == rs[1]["messages"][-1]
 
 
@@ -54,17 +74,29 @@ def test_batched_equals_unbatched_greedy_fp32(tiny_model_dir):
     prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=3, context_turns=4)]
     assert len({len(str(p)) for p in prompts}) > 1  # different lengths, so the batch is padded
     batched = generate.generate(model, tok, prompts, batch_size=len(prompts), max_new_tokens=8)
-    single = [generate.generate(model, tok, [p], batch_size=1, max_new_tokens=8)[0] for p in prompts]
+    single = [
+        generate.generate(model, tok, [p], batch_size=1, max_new_tokens=8)[0] for p in prompts
+    ]
     assert batched == single
     assert all(batched)
     cfg = generate.generation_config(model, tok, 8, stop_tokens=models.get(NAME).special_tokens)
-    assert tok.convert_tokens_to_ids("<start_of_turn>") in cfg.eos_token_id  # a new turn ends a reply
+    assert (
+        tok.convert_tokens_to_ids("<start_of_turn>") in cfg.eos_token_id
+    )  # a new turn ends a reply
     assert tok.convert_tokens_to_ids("<end_of_turn>") in cfg.eos_token_id and not cfg.do_sample
 
 
 def _params(**evaluation):
-    ev = {"models": [NAME], "variants": ["base"], "max_dialogues": 2, "max_rounds": 3,
-          "context_turns": 4, "batch_size": 2, "max_new_tokens": 4, **evaluation}
+    ev = {
+        "models": [NAME],
+        "variants": ["base"],
+        "max_dialogues": 2,
+        "max_rounds": 3,
+        "context_turns": 4,
+        "batch_size": 2,
+        "max_new_tokens": 4,
+        **evaluation,
+    }
     return params.from_dict({"name": "test_generate", "device": "cpu", "evaluation": ev})
 
 
@@ -96,14 +128,27 @@ def test_resume_skips_finished_rounds(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(generate, "generate_batches", spy)
     recs = generate.run(P, test, out, model_paths=paths, progress=False)
     assert len(recs) == 6 and len(asked) == 4  # 2 dialogues x 3 rounds; 2 were done before
-    assert {(r["dialogue_id"], r["round"]) for r in recs} == {(str(d), k) for d in
-                                                              {r["dialogue_id"] for r in recs} for k in range(3)}
-    assert set(first[0]) == {"model", "variant", "dialogue_id", "round", "topic", "messages",
-                             "reference", "reply", "behaviour", "settings"}
+    assert {(r["dialogue_id"], r["round"]) for r in recs} == {
+        (str(d), k) for d in {r["dialogue_id"] for r in recs} for k in range(3)
+    }
+    assert set(first[0]) == {
+        "model",
+        "variant",
+        "dialogue_id",
+        "round",
+        "topic",
+        "messages",
+        "reference",
+        "reply",
+        "behaviour",
+        "settings",
+    }
     asked.clear()
     assert generate.run(P, test, out, model_paths=paths, progress=False) == recs
     assert asked == []  # nothing left to do: the model is not even asked
-    assert {r["settings"] for r in recs} == {generate.fingerprint(P, NAME, "base", tiny_model_dir, None)}
+    assert {r["settings"] for r in recs} == {
+        generate.fingerprint(P, NAME, "base", tiny_model_dir, None)
+    }
     with pytest.raises(ValueError, match="other settings"):  # never mix replies of two settings
         generate.run(_params(max_new_tokens=5), test, out, model_paths=paths, progress=False)
 
@@ -114,15 +159,31 @@ def test_finetuned_variant_needs_and_uses_the_adapter(tiny_model_dir, tmp_path):
     test = _write(tmp_path / "test.jsonl", _records(1))
     P = _params(variants=["finetuned", "base"], max_dialogues=1, max_rounds=2)
     with pytest.raises(FileNotFoundError, match="adapter"):
-        generate.run(P, test, tmp_path / "g.jsonl", model_paths={NAME: tiny_model_dir},
-                     adapter_dirs={NAME: tmp_path / "none"}, progress=False)
+        generate.run(
+            P,
+            test,
+            tmp_path / "g.jsonl",
+            model_paths={NAME: tiny_model_dir},
+            adapter_dirs={NAME: tmp_path / "none"},
+            progress=False,
+        )
     model, _ = models.load(NAME, "cpu", path=tiny_model_dir)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # B != 0
     get_peft_model(model, lora).save_pretrained(tmp_path / "adapter")
-    recs = generate.run(P, test, tmp_path / "g.jsonl", model_paths={NAME: tiny_model_dir},
-                        adapter_dirs={NAME: tmp_path / "adapter"}, progress=False)
-    assert [(r["variant"], r["round"]) for r in recs] == [("base", 0), ("base", 1),
-                                                         ("finetuned", 0), ("finetuned", 1)]
+    recs = generate.run(
+        P,
+        test,
+        tmp_path / "g.jsonl",
+        model_paths={NAME: tiny_model_dir},
+        adapter_dirs={NAME: tmp_path / "adapter"},
+        progress=False,
+    )
+    assert [(r["variant"], r["round"]) for r in recs] == [
+        ("base", 0),
+        ("base", 1),
+        ("finetuned", 0),
+        ("finetuned", 1),
+    ]
 
 
 # ----------------------------------------------------------------------------- conditioned variant
@@ -134,19 +195,29 @@ def _tagged_records(n=1):
     for r in recs:
         for k, m in enumerate(r["messages"]):
             if m["role"] == "assistant":
-                m["content"] = forecast.tag_text(m["content"], forecast.TAGS[k % len(forecast.TAGS)])
+                m["content"] = forecast.tag_text(
+                    m["content"], forecast.TAGS[k % len(forecast.TAGS)]
+                )
     return recs
 
 
 def test_split_tag_and_prefix():
-    assert generate.split_tag("<mi:open_question> 你愿意多说说吗？") == ("open_question", "你愿意多说说吗？")
-    assert generate.split_tag("<mi:advice> 早点睡。") == (None, "早点睡。")  # an invented label is still cut
+    assert generate.split_tag("<mi:open_question> 你愿意多说说吗？") == (
+        "open_question",
+        "你愿意多说说吗？",
+    )
+    assert generate.split_tag("<mi:advice> 早点睡。") == (
+        None,
+        "早点睡。",
+    )  # an invented label is still cut
     assert generate.split_tag("没有标签。") == (None, "没有标签。")
     assert generate.tag_prefix("simple_reflection") == "<mi:simple_reflection>"
     with pytest.raises(ValueError, match="unknown MI behaviour"):
         generate.tag_prefix("advice")
     rs = generate.rounds(_tagged_records(1), max_rounds=2)
-    assert rs[0]["reference"] == _records(1)[0]["messages"][1]["content"]  # the reference is scored untagged
+    assert (
+        rs[0]["reference"] == _records(1)[0]["messages"][1]["content"]
+    )  # the reference is scored untagged
 
 
 @pytest.fixture(scope="module")
@@ -161,16 +232,19 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory):
     return path
 
 
-def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(tiny_model_dir, tiny_adapter, tmp_path,
-                                                                       monkeypatch):
+def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(
+    tiny_model_dir, tiny_adapter, tmp_path, monkeypatch
+):
     test = _write(tmp_path / "test.jsonl", _tagged_records(1))
     out, ad = tmp_path / "g.jsonl", tiny_adapter
-    P = _params(variants=["conditioned", "finetuned"], condition_on="complex_reflection", max_rounds=2)
+    P = _params(
+        variants=["conditioned", "finetuned"], condition_on="complex_reflection", max_rounds=2
+    )
     texts, real_texts, real_batches = [], generate.prompt_texts, generate.generate_batches
 
     def spy_texts(tok, prompts, prefixes=None):
         texts.extend(real_texts(tok, prompts, prefixes))
-        return texts[-len(prompts):]
+        return texts[-len(prompts) :]
 
     def model_writes_a_tag(*a, **kw):  # as a model fine-tuned on a tagged corpus would
         for idx, replies in real_batches(*a, **kw):
@@ -178,22 +252,47 @@ def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(tiny_mode
 
     monkeypatch.setattr(generate, "prompt_texts", spy_texts)
     monkeypatch.setattr(generate, "generate_batches", model_writes_a_tag)
-    recs = generate.run(P, test, out, model_paths={NAME: tiny_model_dir}, adapter_dirs={NAME: ad}, progress=False)
-    assert [(r["variant"], r["round"]) for r in recs] == [("conditioned", 0), ("conditioned", 1),
-                                                         ("finetuned", 0), ("finetuned", 1)]
-    assert [t.endswith("<start_of_turn>model\n") for t in texts] == [True, True, False, False]  # finetuned first
+    recs = generate.run(
+        P, test, out, model_paths={NAME: tiny_model_dir}, adapter_dirs={NAME: ad}, progress=False
+    )
+    assert [(r["variant"], r["round"]) for r in recs] == [
+        ("conditioned", 0),
+        ("conditioned", 1),
+        ("finetuned", 0),
+        ("finetuned", 1),
+    ]
+    assert [t.endswith("<start_of_turn>model\n") for t in texts] == [
+        True,
+        True,
+        False,
+        False,
+    ]  # finetuned first
     assert all(t.endswith("<start_of_turn>model\n<mi:complex_reflection>") for t in texts[2:])
     for r in recs:
         assert "<mi:" not in r["reply"] and "<mi:" not in r["reference"]
-        assert r["behaviour"] == ("complex_reflection" if r["variant"] == "conditioned" else "other")
+        assert r["behaviour"] == (
+            "complex_reflection" if r["variant"] == "conditioned" else "other"
+        )
     fp = {r["variant"]: r["settings"] for r in recs}
     assert fp["conditioned"] != fp["finetuned"]
     with pytest.raises(ValueError, match="other settings"):  # another fixed behaviour: never mixed
-        generate.run(_params(variants=["conditioned"], condition_on="open_question", max_rounds=2), test, out,
-                     model_paths={NAME: tiny_model_dir}, adapter_dirs={NAME: ad}, progress=False)
+        generate.run(
+            _params(variants=["conditioned"], condition_on="open_question", max_rounds=2),
+            test,
+            out,
+            model_paths={NAME: tiny_model_dir},
+            adapter_dirs={NAME: ad},
+            progress=False,
+        )
     with pytest.raises(ValueError, match="condition_on"):
-        generate.run(_params(variants=["conditioned"], condition_on="advice"), test, out,
-                     model_paths={NAME: tiny_model_dir}, adapter_dirs={NAME: ad}, progress=False)
+        generate.run(
+            _params(variants=["conditioned"], condition_on="advice"),
+            test,
+            out,
+            model_paths={NAME: tiny_model_dir},
+            adapter_dirs={NAME: ad},
+            progress=False,
+        )
 
 
 def test_conditioned_on_the_forecaster(tiny_model_dir, tiny_adapter, tmp_path):
@@ -210,13 +309,19 @@ def test_conditioned_on_the_forecaster(tiny_model_dir, tiny_adapter, tmp_path):
         generate.run(P, test, out, forecaster_path=tmp_path / "none.joblib", **kw)
     recs = generate.run(P, test, out, forecaster_path=fc, **kw)
     full = generate.rounds(generate.read_test(test), 2, 3, None)  # whole history, tags included
-    want = {(r["dialogue_id"], r["round"]): forecast.predict_next(bundle, r["messages"]) for r in full}
+    want = {
+        (r["dialogue_id"], r["round"]): forecast.predict_next(bundle, r["messages"]) for r in full
+    }
     assert len(recs) == 6 and {(r["dialogue_id"], r["round"]): r["behaviour"] for r in recs} == want
     lines = out.read_text(encoding="utf-8").splitlines()
     rec = json.loads(lines[0])
     rec["behaviour"] = next(t for t in forecast.TAGS if t != rec["behaviour"])
-    out.write_text("\n".join([json.dumps(rec, ensure_ascii=False), *lines[1:]]) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="other behaviours"):  # the forecaster changed since: refuse to mix
+    out.write_text(
+        "\n".join([json.dumps(rec, ensure_ascii=False), *lines[1:]]) + "\n", encoding="utf-8"
+    )
+    with pytest.raises(
+        ValueError, match="other behaviours"
+    ):  # the forecaster changed since: refuse to mix
         generate.run(P, test, out, forecaster_path=fc, **kw)
 
 
@@ -224,8 +329,14 @@ def test_conditioned_on_an_untagged_corpus_warns(tiny_model_dir, tiny_adapter, t
     test = _write(tmp_path / "test.jsonl", _records(1))
     P = _params(variants=["conditioned"], condition_on="open_question", max_rounds=1)
     with pytest.warns(UserWarning, match="not fine-tuned on"):
-        recs = generate.run(P, test, tmp_path / "g.jsonl", model_paths={NAME: tiny_model_dir},
-                            adapter_dirs={NAME: tiny_adapter}, progress=False)
+        recs = generate.run(
+            P,
+            test,
+            tmp_path / "g.jsonl",
+            model_paths={NAME: tiny_model_dir},
+            adapter_dirs={NAME: tiny_adapter},
+            progress=False,
+        )
     assert [r["behaviour"] for r in recs] == ["open_question"]
 
 
@@ -256,18 +367,23 @@ def test_greedy_loop_drops_finished_rows_and_matches_generate(tiny_model_dir):
     model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
     prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=3, context_turns=4)]
     tok.padding_side = "left"
-    enc = tok(generate.prompt_texts(tok, prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tok(
+        generate.prompt_texts(tok, prompts),
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
     cfg = generate.generation_config(model, tok, 12)
     # stop on frequent tokens of this random model, so that rows finish at different steps
     with torch.inference_mode():
         free = model.generate(**enc, generation_config=generate.generation_config(model, tok, 12))
-    new = free[:, enc["input_ids"].shape[1]:]
+    new = free[:, enc["input_ids"].shape[1] :]
     eos = {int(new[0, 2]), int(new[-1, 5])}
     cfg.eos_token_id = sorted(eos)
     with torch.inference_mode():
-        want = model.generate(**enc, generation_config=cfg)[:, enc["input_ids"].shape[1]:].tolist()
+        want = model.generate(**enc, generation_config=cfg)[:, enc["input_ids"].shape[1] :].tolist()
         got = generate.greedy_rows(model, enc["input_ids"], enc["attention_mask"], 12, eos)
     lengths = [len(r) for r in got]
     assert len(set(lengths)) > 1  # rows did finish at different steps
     for g, w in zip(got, want):
-        assert g == w[:len(g)] and (len(g) == 12 or g[-1] in eos)
+        assert g == w[: len(g)] and (len(g) == 12 or g[-1] in eos)

@@ -15,8 +15,15 @@ from mi_llm.params import LLMParams
 
 def fast_params(**kw) -> LLMParams:
     """Params with short timeouts and backoffs so failure paths run in well under a second."""
-    base = {"provider": "remote", "max_concurrency": 8, "request_timeout": 0.5, "max_retries": 3,
-            "backoff_base": 0.01, "backoff_max": 0.05, "batch_poll_s": 0.01}
+    base = {
+        "provider": "remote",
+        "max_concurrency": 8,
+        "request_timeout": 0.5,
+        "max_retries": 3,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+        "batch_poll_s": 0.01,
+    }
     return LLMParams(**{**base, **kw})
 
 
@@ -25,21 +32,29 @@ def echo(req: dict) -> str:
 
 
 def requests(n: int, prefix: str = "q") -> list[llm.Request]:
-    return [llm.Request(f"{prefix}{i}", [{"role": "user", "content": f"{prefix}{i}"}]) for i in range(n)]
+    return [
+        llm.Request(f"{prefix}{i}", [{"role": "user", "content": f"{prefix}{i}"}]) for i in range(n)
+    ]
 
 
 def run(url, reqs, tmp_path, params=None, **kw):
     ep = llm.Endpoint(url, "test-model", "test-key", "remote")
     kw.setdefault("settings", {"temperature": 0.0, "max_tokens": 16})
-    return llm.complete(ep, reqs, llm_params=params or fast_params(), cache_path=tmp_path / "c.sqlite", **kw)
+    return llm.complete(
+        ep, reqs, llm_params=params or fast_params(), cache_path=tmp_path / "c.sqlite", **kw
+    )
 
 
 def test_answers_in_request_order_with_tokens(tmp_path):
     with serve(echo) as url:
         res = run(url, requests(5), tmp_path)
     assert [r.text for r in res] == [f"答：q{i}" for i in range(5)]
-    assert all(r.ok and r.attempts == 1 and r.prompt_tokens > 0 and r.completion_tokens > 0 for r in res)
-    use = llm.usage(res, fast_params(prices={"test-model": {"prompt": 1.0, "completion": 2.0}}), "test-model")
+    assert all(
+        r.ok and r.attempts == 1 and r.prompt_tokens > 0 and r.completion_tokens > 0 for r in res
+    )
+    use = llm.usage(
+        res, fast_params(prices={"test-model": {"prompt": 1.0, "completion": 2.0}}), "test-model"
+    )
     assert use["requests"] == 5 and use["api_calls"] == 5 and use["cached"] == 0
     expected = (use["prompt_tokens"] * 1.0 + use["completion_tokens"] * 2.0) / 1e6
     assert use["cost_usd"] == pytest.approx(expected) and use["priced"]
@@ -97,14 +112,26 @@ def test_invalid_answers_are_retried_then_failed_by_reason(tmp_path):
 
     with serve(lambda req: next(answers)) as url:
         res = run(url, requests(1), tmp_path, validate=validate, retries=1)
-    assert res[0].ok and res[0].parsed == {"score": 2} and res[0].errors[0].startswith("unparseable")
+    assert (
+        res[0].ok and res[0].parsed == {"score": 2} and res[0].errors[0].startswith("unparseable")
+    )
     with serve(lambda req: "still not json") as url:
         res = run(url, requests(1, "u"), tmp_path, validate=validate, retries=1)
-    assert not res[0].ok and res[0].error.startswith("unparseable") and res[0].raw == ["still not json"] * 2
+    assert (
+        not res[0].ok
+        and res[0].error.startswith("unparseable")
+        and res[0].raw == ["still not json"] * 2
+    )
 
 
 def test_no_answer_lost_or_duplicated_under_failures(tmp_path):
-    script = {3: "500", 7: {"status": 429, "retry_after": 0}, 11: "malformed", 15: "truncated", 19: {"slow": 1.0}}
+    script = {
+        3: "500",
+        7: {"status": 429, "retry_after": 0},
+        11: "malformed",
+        15: "truncated",
+        19: {"slow": 1.0},
+    }
     reqs = requests(40)
     with serve(echo, latency_s=0.02, script=script) as url:
         res = run(url, reqs, tmp_path, retries=1)
@@ -135,9 +162,18 @@ def test_cache_key_separates_model_settings_messages_attempt():
     m = [{"role": "user", "content": "hi"}]
     k = llm.cache_key("a", {"temperature": 0}, m, 0)
     assert k == llm.cache_key("a", {"temperature": 0}, m, 0)
-    assert len({k, llm.cache_key("b", {"temperature": 0}, m, 0), llm.cache_key("a", {"temperature": 1}, m, 0),
+    assert (
+        len(
+            {
+                k,
+                llm.cache_key("b", {"temperature": 0}, m, 0),
+                llm.cache_key("a", {"temperature": 1}, m, 0),
                 llm.cache_key("a", {"temperature": 0}, [{"role": "user", "content": "ho"}], 0),
-                llm.cache_key("a", {"temperature": 0}, m, 1)}) == 5
+                llm.cache_key("a", {"temperature": 0}, m, 1),
+            }
+        )
+        == 5
+    )
 
 
 def test_duplicate_keys_are_refused(tmp_path):
@@ -166,8 +202,10 @@ def test_batch_api_path_and_resume_by_batch_id(tmp_path, monkeypatch):
 
 def test_remote_endpoint_needs_the_key_and_never_shows_it(monkeypatch):
     monkeypatch.delenv("MI_TEST_KEY", raising=False)
-    with pytest.raises(RuntimeError, match=r"\$MI_TEST_KEY is not set"), \
-            llm.endpoint(LLMParams(provider="remote", api_key_env="MI_TEST_KEY")):
+    with (
+        pytest.raises(RuntimeError, match=r"\$MI_TEST_KEY is not set"),
+        llm.endpoint(LLMParams(provider="remote", api_key_env="MI_TEST_KEY")),
+    ):
         pass
     monkeypatch.setenv("MI_TEST_KEY", "sk-secret-123")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
@@ -191,11 +229,22 @@ def test_prompts_load_parts_and_render(tmp_path):
 
 @pytest.mark.slow
 def test_embedded_endpoint_serves_and_stops(tiny_model_dir, tmp_path):
-    p = LLMParams(provider="serve", model=str(tiny_model_dir), serve_timeout=300, max_concurrency=2,
-                  request_timeout=120)
+    p = LLMParams(
+        provider="serve",
+        model=str(tiny_model_dir),
+        serve_timeout=300,
+        max_concurrency=2,
+        request_timeout=120,
+    )
     with llm.endpoint(p, log_dir=tmp_path) as ep:
-        res = llm.complete(ep, requests(2), llm_params=p, cache_path=tmp_path / "c.sqlite",
-                           settings={"max_tokens": 4, "temperature": 0.0}, truncated_ok=True)
+        res = llm.complete(
+            ep,
+            requests(2),
+            llm_params=p,
+            cache_path=tmp_path / "c.sqlite",
+            settings={"max_tokens": 4, "temperature": 0.0},
+            truncated_ok=True,
+        )
         port = ep.base_url.split(":")[-1].split("/")[0]
     assert all(r.text is not None and r.completion_tokens > 0 for r in res)
     time.sleep(0.5)
@@ -203,9 +252,14 @@ def test_embedded_endpoint_serves_and_stops(tiny_model_dir, tmp_path):
         assert s.connect_ex(("127.0.0.1", int(port))) != 0
 
 
-@pytest.mark.parametrize("action, detail", [("empty_choices", "without choices"),
-                                            ("error_body", "upstream overloaded"),
-                                            ("html", "502 Bad Gateway")])
+@pytest.mark.parametrize(
+    "action, detail",
+    [
+        ("empty_choices", "without choices"),
+        ("error_body", "upstream overloaded"),
+        ("html", "502 Bad Gateway"),
+    ],
+)
 def test_malformed_200_answers_are_retried_and_name_the_request(tmp_path, action, detail):
     with serve(echo, script={1: action}) as url:  # once: the retry gets a real answer
         res = run(url, requests(1), tmp_path)
@@ -284,8 +338,10 @@ def test_watchdog_kills_a_process_whose_parent_died():
     import sys
 
     # parent -> child; the child runs watch_parent(parent) and would sleep a minute
-    child = ("import os, time; from mi_llm.embedded import watch_parent; watch_parent(os.getppid(), 0.2); "
-             "print(os.getpid(), flush=True); time.sleep(60)")
+    child = (
+        "import os, time; from mi_llm.embedded import watch_parent; watch_parent(os.getppid(), 0.2); "
+        "print(os.getpid(), flush=True); time.sleep(60)"
+    )
     script = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}])\ntime.sleep(60)"
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     pid = int(parent.stdout.readline())
@@ -297,16 +353,20 @@ def test_watchdog_kills_a_process_whose_parent_died():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pdeathsig", [True, False], ids=["pdeathsig", "watchdog-only"])
-def test_embedded_server_stops_within_seconds_of_its_parents_kill_9(tiny_model_dir, tmp_path, pdeathsig):
+def test_embedded_server_stops_within_seconds_of_its_parents_kill_9(
+    tiny_model_dir, tmp_path, pdeathsig
+):
     import os
     import signal
     import subprocess
     import sys
 
-    script = ("import sys, time\nfrom pathlib import Path\nfrom mi_llm import llm\n"
-              + ("" if pdeathsig else "llm._die_with_parent = lambda: None\n")
-              + f"with llm.serve(Path({str(tiny_model_dir)!r}), log_dir=Path({str(tmp_path)!r})) as base:\n"
-              "    print(base, flush=True)\n    time.sleep(300)\n")
+    script = (
+        "import sys, time\nfrom pathlib import Path\nfrom mi_llm import llm\n"
+        + ("" if pdeathsig else "llm._die_with_parent = lambda: None\n")
+        + f"with llm.serve(Path({str(tiny_model_dir)!r}), log_dir=Path({str(tmp_path)!r})) as base:\n"
+        "    print(base, flush=True)\n    time.sleep(300)\n"
+    )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         base = parent.stdout.readline().strip()
@@ -315,10 +375,17 @@ def test_embedded_server_stops_within_seconds_of_its_parents_kill_9(tiny_model_d
         # a generation in flight when the parent dies: the server must not finish it first
         import threading
 
-        threading.Thread(target=lambda: llm.complete(
-            llm.Endpoint(base, str(tiny_model_dir), "k", "embedded"), requests(1, "late"),
-            llm_params=LLMParams(max_retries=0, request_timeout=30), cache_path=tmp_path / "c.sqlite",
-            settings={"max_tokens": 2000}, truncated_ok=True), daemon=True).start()
+        threading.Thread(
+            target=lambda: llm.complete(
+                llm.Endpoint(base, str(tiny_model_dir), "k", "embedded"),
+                requests(1, "late"),
+                llm_params=LLMParams(max_retries=0, request_timeout=30),
+                cache_path=tmp_path / "c.sqlite",
+                settings={"max_tokens": 2000},
+                truncated_ok=True,
+            ),
+            daemon=True,
+        ).start()
         time.sleep(1.0)
         port = int(base.split(":")[-1].split("/")[0])
         t0 = time.monotonic()
@@ -340,10 +407,16 @@ def test_embedded_server_stops_within_seconds_of_its_parents_kill_9(tiny_model_d
 
 # ----------------------------------------------------------------------------- the embedded model in process
 def chats(n: int) -> list[llm.Request]:
-    texts = ["我最近睡不好，总是担心工作。", "I want to drink less but every evening I end up at the bar.",
-             "孩子不听话，我很累。", "My doctor says I should walk more."]
-    return [llm.Request(f"c{i}", [{"role": "user", "content": texts[i % len(texts)] * (1 + i % 3)}])
-            for i in range(n)]
+    texts = [
+        "我最近睡不好，总是担心工作。",
+        "I want to drink less but every evening I end up at the bar.",
+        "孩子不听话，我很累。",
+        "My doctor says I should walk more.",
+    ]
+    return [
+        llm.Request(f"c{i}", [{"role": "user", "content": texts[i % len(texts)] * (1 + i % 3)}])
+        for i in range(n)
+    ]
 
 
 def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, tmp_path):
@@ -351,20 +424,44 @@ def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, t
     p = LLMParams(provider="embedded", model=str(tiny_model_dir), max_concurrency=4)
     settings = {"temperature": 0.0, "max_tokens": 6}
     with llm.endpoint(p) as ep:
-        assert ep.provider == "embedded" and ep.local.model is None  # nothing loaded before a request
-        res = llm.complete(ep, chats(6), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings,
-                           truncated_ok=True)
-    assert all(r.ok and r.api_calls == 1 and r.completion_tokens > 0 and r.prompt_tokens > 5 for r in res)
+        assert (
+            ep.provider == "embedded" and ep.local.model is None
+        )  # nothing loaded before a request
+        res = llm.complete(
+            ep,
+            chats(6),
+            llm_params=p,
+            cache_path=tmp_path / "c.sqlite",
+            settings=settings,
+            truncated_ok=True,
+        )
+    assert all(
+        r.ok and r.api_calls == 1 and r.completion_tokens > 0 and r.prompt_tokens > 5 for r in res
+    )
     one = []
-    for i, q in enumerate(chats(6)):  # a fresh cache per request: each answered alone (batch of one)
+    for i, q in enumerate(
+        chats(6)
+    ):  # a fresh cache per request: each answered alone (batch of one)
         with llm.endpoint(p) as ep1:
-            one += llm.complete(ep1, [q], llm_params=p, cache_path=tmp_path / f"one{i}.sqlite",
-                                settings=settings, truncated_ok=True)
+            one += llm.complete(
+                ep1,
+                [q],
+                llm_params=p,
+                cache_path=tmp_path / f"one{i}.sqlite",
+                settings=settings,
+                truncated_ok=True,
+            )
     assert [r.text for r in res] == [r.text for r in one]
     assert [r.completion_tokens for r in res] == [r.completion_tokens for r in one]
     with llm.endpoint(p) as ep:  # the re-run: every answer from the cache, the model never loaded
-        again = llm.complete(ep, chats(6), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings,
-                             truncated_ok=True)
+        again = llm.complete(
+            ep,
+            chats(6),
+            llm_params=p,
+            cache_path=tmp_path / "c.sqlite",
+            settings=settings,
+            truncated_ok=True,
+        )
         assert ep.local.model is None
     assert [r.text for r in again] == [r.text for r in res] and all(r.cached for r in again)
 
@@ -375,19 +472,29 @@ def test_served_model_starts_only_for_uncached_requests(tiny_model_dir, tmp_path
     settings = {"temperature": 0.0, "max_tokens": 4}
     cache = llm.Cache(tmp_path / "c.sqlite")
     for q in requests(3):
-        cache.put(llm.cache_key(str(tiny_model_dir), settings, q.messages, 0), q.key, str(tiny_model_dir),
-                  llm.Answer(f"a-{q.key}", "stop", 3, 2))
+        cache.put(
+            llm.cache_key(str(tiny_model_dir), settings, q.messages, 0),
+            q.key,
+            str(tiny_model_dir),
+            llm.Answer(f"a-{q.key}", "stop", 3, 2),
+        )
     cache.close()
     started = []
-    monkeypatch.setattr(llm, "serve", lambda *a, **kw: started.append(1) or pytest.fail("server started"))
+    monkeypatch.setattr(
+        llm, "serve", lambda *a, **kw: started.append(1) or pytest.fail("server started")
+    )
     with llm.endpoint(p) as ep:
-        res = llm.complete(ep, requests(3), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings)
+        res = llm.complete(
+            ep, requests(3), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings
+        )
         assert ep.base_url == "" and not started
     assert [r.text for r in res] == ["a-q0", "a-q1", "a-q2"] and all(r.cached for r in res)
     with serve(echo) as url:  # one uncached request: the opener runs (here: the test server's URL)
         monkeypatch.setattr(llm, "serve", lambda *a, **kw: _url_context(url))
         with llm.endpoint(p) as ep:
-            res = llm.complete(ep, requests(4), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings)
+            res = llm.complete(
+                ep, requests(4), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings
+            )
             assert ep.base_url == url
     assert res[3].text == "答：q3" and res[3].api_calls == 1 and res[0].cached
 

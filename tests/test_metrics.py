@@ -50,11 +50,27 @@ def test_rouge_raw_is_rouge_chinese_on_jieba_words_hand_computed():
 
 def test_content_scoring_is_the_named_option():
     assert metrics.bleu_tokens("I feel OK, 3.5 分。Don't！", "content") == [
-        "i", "feel", "ok", "3.5", "分", "don't"]
-    assert metrics.rouge_tokens("我今天很开心，OK？", "content") == ["我", "今天", "很", "开心", "ok"]
+        "i",
+        "feel",
+        "ok",
+        "3.5",
+        "分",
+        "don't",
+    ]
+    assert metrics.rouge_tokens("我今天很开心，OK？", "content") == [
+        "我",
+        "今天",
+        "很",
+        "开心",
+        "ok",
+    ]
     # punctuation alone does not change a content score; it does change the raw one
-    assert metrics.rouge("我今天很开心。", "我今天很开心！", "content")["rouge1"] == pytest.approx(100.0)
-    assert metrics.rouge("我今天很开心。", "我今天很开心！")["rouge1"] == pytest.approx(80.0, abs=1e-5)
+    assert metrics.rouge("我今天很开心。", "我今天很开心！", "content")["rouge1"] == pytest.approx(
+        100.0
+    )
+    assert metrics.rouge("我今天很开心。", "我今天很开心！")["rouge1"] == pytest.approx(
+        80.0, abs=1e-5
+    )
     # hyp 我今天很难过 vs ref 我今天很开心 on content characters: 4/6, 3/5, 2/4, 1/3
     expected = 100 * (4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
     assert metrics.bleu4("我今天很难过。", "我今天很开心。", "content") == pytest.approx(expected)
@@ -64,13 +80,25 @@ def test_content_scoring_is_the_named_option():
 
 def _gens():
     rows = []
-    replies = {"base": ["你好", "我不知道", "今天天气", "嗯"],
-               "finetuned": ["我今天很难过", "听起来你很难过", "你愿意多说一些吗", "我今天很开心"]}
+    replies = {
+        "base": ["你好", "我不知道", "今天天气", "嗯"],
+        "finetuned": ["我今天很难过", "听起来你很难过", "你愿意多说一些吗", "我今天很开心"],
+    }
     refs = ["我今天很开心", "听起来你很难过", "你愿意多说说吗", "我今天很开心"]
     for v, rs in replies.items():
         for i, (h, r) in enumerate(zip(rs, refs)):
-            rows.append({"model": "m", "variant": v, "dialogue_id": f"d{i // 2}", "round": i % 2,
-                         "topic": "t", "reply": h, "reference": r, "messages": []})
+            rows.append(
+                {
+                    "model": "m",
+                    "variant": v,
+                    "dialogue_id": f"d{i // 2}",
+                    "round": i % 2,
+                    "topic": "t",
+                    "reply": h,
+                    "reference": r,
+                    "messages": [],
+                }
+            )
     return rows
 
 
@@ -142,10 +170,13 @@ def test_paired_tests_match_rounds_when_reordered_and_dropped():
     diffs = {}
     for g in ft:
         b = by_key[(g["dialogue_id"], g["round"])]
-        diffs[(g["dialogue_id"], g["round"])] = (metrics.bleu4(g["reply"], g["reference"])
-                                                 - metrics.bleu4(b["reply"], b["reference"]))
+        diffs[(g["dialogue_id"], g["round"])] = metrics.bleu4(
+            g["reply"], g["reference"]
+        ) - metrics.bleu4(b["reply"], b["reference"])
     assert table.loc["bleu4", "n"] == 3 and table.loc["bleu4", "n_dialogues"] == 2
     assert table.loc["bleu4", "mean_diff"] == pytest.approx(np.mean(list(diffs.values())))
     assert list(table.index) == metrics.METRICS
     pd.testing.assert_frame_equal(
-        metrics.paired_tests(metrics.reply_scores(base + ft), bootstrap=200).set_index("metric"), table)
+        metrics.paired_tests(metrics.reply_scores(base + ft), bootstrap=200).set_index("metric"),
+        table,
+    )

@@ -32,8 +32,13 @@ def generations(tmp_path_factory):
             for r in rounds:
                 # the fine-tuned "model" adds a question to every reply: its Q count must show it
                 reply = r["reference"] + ("你愿意多说一些吗？" if variant == "finetuned" else "")
-                f.write(json.dumps({"model": "tiny", "variant": variant, **r, "reply": reply},
-                                   ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {"model": "tiny", "variant": variant, **r, "reply": reply},
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
     return out
 
 
@@ -53,6 +58,7 @@ def _handler(seen: dict):
     Utterances containing 'never' are answered with prose every time (missing after retries);
     those containing 'once' get prose first and a code on the retry.
     """
+
     def handle(req):
         text = req["messages"][-1]["content"]
         if "Counselor utterance to code:" not in text:
@@ -62,6 +68,7 @@ def _handler(seen: dict):
         if "never" in utt or ("once" in utt and seen[utt] == 1):
             return "I think the counselor is being supportive here."
         return "Q" if ("?" in utt or "？" in utt) else "SR"
+
     return handle
 
 
@@ -75,7 +82,17 @@ def _params(tmp_path, **miti_cfg):
 
 # ----------------------------------------------------------------------------- summary scores
 def test_summary_scores_from_hand_made_counts():
-    counts = {"SR": 2, "CR": 3, "Q": 4, "SEEK": 1, "AF": 2, "AUTO": 1, "PERSUADE": 1, "CONFRONT": 1, "GI": 5}
+    counts = {
+        "SR": 2,
+        "CR": 3,
+        "Q": 4,
+        "SEEK": 1,
+        "AF": 2,
+        "AUTO": 1,
+        "PERSUADE": 1,
+        "CONFRONT": 1,
+        "GI": 5,
+    }
     s = miti.summary_scores(counts, {"CCT": 3, "SST": 4, "PARTNER": 4, "EMPATHY": 5})
     assert s["technical"] == 3.5 and s["relational"] == 4.5
     assert s["pct_cr"] == pytest.approx(60.0) and s["r_q"] == pytest.approx(1.25)
@@ -83,14 +100,26 @@ def test_summary_scores_from_hand_made_counts():
     # MIA = SEEK + AF + AUTO = 4, MINA = PERSUADE + CONFRONT = 2 over 20 coded utterances
     s = miti.summary_scores(counts, {"CCT": 3, "SST": 4, "PARTNER": 4, "EMPATHY": 5}, n_coded=20)
     assert s["pct_mi_adherent"] == pytest.approx(100 * 4 / 6)
-    assert s["mi_adherent"] == pytest.approx(4 / 20) and s["mi_non_adherent"] == pytest.approx(2 / 20)
+    assert s["mi_adherent"] == pytest.approx(4 / 20) and s["mi_non_adherent"] == pytest.approx(
+        2 / 20
+    )
     assert (s["technical_label"], s["relational_label"], s["pct_cr_label"], s["r_q_label"]) == (
-        "fair", "good", "good", "fair")
+        "fair",
+        "good",
+        "good",
+        "fair",
+    )
 
 
-@pytest.mark.parametrize("score,below,fair,good", [
-    ("relational", 3.49, 3.5, 4.0), ("technical", 2.99, 3.0, 4.0),
-    ("pct_cr", 39.9, 40.0, 50.0), ("r_q", 0.99, 1.0, 2.0)])
+@pytest.mark.parametrize(
+    "score,below,fair,good",
+    [
+        ("relational", 3.49, 3.5, 4.0),
+        ("technical", 2.99, 3.0, 4.0),
+        ("pct_cr", 39.9, 40.0, 50.0),
+        ("r_q", 0.99, 1.0, 2.0),
+    ],
+)
 def test_threshold_edges(score, below, fair, good):
     assert miti.label(score, below) == "below fair"
     assert miti.label(score, fair) == "fair"
@@ -108,26 +137,61 @@ def test_division_by_zero_is_nan_not_zero():
 
 
 # ----------------------------------------------------------------------------- parsing
-@pytest.mark.parametrize("answer,codes", [
-    ("SR", ("SR",)), (" cr\n", ("CR",)), ("**Q**", ("Q",)), ("Simple Reflection", ("SR",)),
-    ('{"code": "AF"}', ("AF",)), ("NONE.", ()), ("SR - the counselor repeats", ("SR",)),
-    ("persuade with permission", ("PERSUADE_PERM",)), ("PERSUADE_PERM", ("PERSUADE_PERM",)),
-    ('```json\n{"code": "SEEK"}\n```', ("SEEK",)),
-    # MITI 4.2.1 codes both behaviours of an utterance; the set comes back in CODES order
-    ("CR, Q", ("Q", "CR")), ("Q+SR", ("Q", "SR")), ('{"codes": ["SR", "Q"]}', ("Q", "SR")),
-    ("GI and Q", ("GI", "Q")), ("SR.", ("SR",)), ("CR, Q, GI", ("GI", "Q", "CR"))])
+@pytest.mark.parametrize(
+    "answer,codes",
+    [
+        ("SR", ("SR",)),
+        (" cr\n", ("CR",)),
+        ("**Q**", ("Q",)),
+        ("Simple Reflection", ("SR",)),
+        ('{"code": "AF"}', ("AF",)),
+        ("NONE.", ()),
+        ("SR - the counselor repeats", ("SR",)),
+        ("persuade with permission", ("PERSUADE_PERM",)),
+        ("PERSUADE_PERM", ("PERSUADE_PERM",)),
+        ('```json\n{"code": "SEEK"}\n```', ("SEEK",)),
+        # MITI 4.2.1 codes both behaviours of an utterance; the set comes back in CODES order
+        ("CR, Q", ("Q", "CR")),
+        ("Q+SR", ("Q", "SR")),
+        ('{"codes": ["SR", "Q"]}', ("Q", "SR")),
+        ("GI and Q", ("GI", "Q")),
+        ("SR.", ("SR",)),
+        ("CR, Q, GI", ("GI", "Q", "CR")),
+    ],
+)
 def test_parse_code_good(answer, codes):
     assert miti.parse_code(answer) == codes
 
 
-@pytest.mark.parametrize("answer", [
-    "", "I think it's a reflection", "XYZ", "Reflection", '{"code": "REFLECT"}', '{"label": "SR"}',
-    "sr because it repeats", '{"code": "SR", "why": "x"}', "{not json",
-    # not one coding: an echoed list, alternatives, doubt, a correction, two reflections
-    "GI, PERSUADE, PERSUADE_PERM, Q, SR, CR, AF, SEEK, AUTO, CONFRONT, NONE",
-    "GI, PERSUADE, PERSUADE_PERM, Q, SR, …", "SR or CR", "SR/CR", "Q or SR?", "Q?",
-    "AF: no, actually SEEK", "AF\nno, actually SEEK", "SR, CR", "NONE, Q", "Q, SR, GI, AF",
-    "SR - but it could be CR", "PERSUADE, PERSUADE_PERM", "SR 或 CR"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "",
+        "I think it's a reflection",
+        "XYZ",
+        "Reflection",
+        '{"code": "REFLECT"}',
+        '{"label": "SR"}',
+        "sr because it repeats",
+        '{"code": "SR", "why": "x"}',
+        "{not json",
+        # not one coding: an echoed list, alternatives, doubt, a correction, two reflections
+        "GI, PERSUADE, PERSUADE_PERM, Q, SR, CR, AF, SEEK, AUTO, CONFRONT, NONE",
+        "GI, PERSUADE, PERSUADE_PERM, Q, SR, …",
+        "SR or CR",
+        "SR/CR",
+        "Q or SR?",
+        "Q?",
+        "AF: no, actually SEEK",
+        "AF\nno, actually SEEK",
+        "SR, CR",
+        "NONE, Q",
+        "Q, SR, GI, AF",
+        "SR - but it could be CR",
+        "PERSUADE, PERSUADE_PERM",
+        "SR 或 CR",
+    ],
+)
 def test_parse_code_refuses_to_guess(answer):
     with pytest.raises(ValueError):
         miti.parse_code(answer)
@@ -136,11 +200,15 @@ def test_parse_code_refuses_to_guess(answer):
 def test_parse_globals():
     ok = miti.parse_globals('Sure: {"CCT": 3, "SST": "4", "Partnership": 2, "EMPATHY": 5.0}')
     assert ok == {"CCT": 3, "SST": 4, "PARTNER": 2, "EMPATHY": 5}
-    for bad in ['{"CCT": 3, "SST": 4, "PARTNER": 2}', '{"CCT": 6, "SST": 4, "PARTNER": 2, "EMPATHY": 5}',
-                '{"CCT": 3.5, "SST": 4, "PARTNER": 2, "EMPATHY": 5}', "three, four, two, five",
-                '{"CCT": <1-5>, "SST": <1-5>, "PARTNER": <1-5>, "EMPATHY": <1-5>}',
-                '{"CCT": true, "SST": 4, "PARTNER": 2, "EMPATHY": 5}',
-                '{"CCT": 3, "SST": 4, "PARTNER": 2, "EMPATHY": 5, "MOOD": 1}']:
+    for bad in [
+        '{"CCT": 3, "SST": 4, "PARTNER": 2}',
+        '{"CCT": 6, "SST": 4, "PARTNER": 2, "EMPATHY": 5}',
+        '{"CCT": 3.5, "SST": 4, "PARTNER": 2, "EMPATHY": 5}',
+        "three, four, two, five",
+        '{"CCT": <1-5>, "SST": <1-5>, "PARTNER": <1-5>, "EMPATHY": <1-5>}',
+        '{"CCT": true, "SST": 4, "PARTNER": 2, "EMPATHY": 5}',
+        '{"CCT": 3, "SST": 4, "PARTNER": 2, "EMPATHY": 5, "MOOD": 1}',
+    ]:
         with pytest.raises(ValueError):
             miti.parse_globals(bad)
 
@@ -164,7 +232,9 @@ def test_units_group_generations_in_round_order(generations):
 
 def test_bad_generations_name_line_and_field(tmp_path):
     f = tmp_path / "generations.jsonl"
-    f.write_text('{"model": "m", "variant": "base", "dialogue_id": "1", "round": 0, "messages": []}\n')
+    f.write_text(
+        '{"model": "m", "variant": "base", "dialogue_id": "1", "round": 0, "messages": []}\n'
+    )
     with pytest.raises(DataError, match=r"line 1.*'reply'"):
         miti.units_from_generations(f)
 
@@ -197,24 +267,39 @@ def test_worksheet_export_fill_import_round_trip(generations, tmp_path):
     blank = worksheets.read_worksheet(files[0])
     assert blank == {"codes": [()] * 3, "globals": {g: None for g in miti.GLOBALS}}
     # row 4 holds a reflection and a question: both ticked, both kept
-    _fill(files[0], {2: "CR", 4: "Q"}, {"CCT": 2, "SST": 3, "PARTNER": 4, "EMPATHY": 5},
-          extra={"SR": (4, "x")})
+    _fill(
+        files[0],
+        {2: "CR", 4: "Q"},
+        {"CCT": 2, "SST": 3, "PARTNER": 4, "EMPATHY": 5},
+        extra={"SR": (4, "x")},
+    )
     got = worksheets.read_worksheet(files[0])
-    assert got == {"codes": [("CR",), ("Q", "SR"), ()],
-                   "globals": {"CCT": 2, "SST": 3, "PARTNER": 4, "EMPATHY": 5}}
+    assert got == {
+        "codes": [("CR",), ("Q", "SR"), ()],
+        "globals": {"CCT": 2, "SST": 3, "PARTNER": 4, "EMPATHY": 5},
+    }
     folder = worksheets.read_folder(tmp_path / "ws")
     assert set(folder) == {f.stem for f in files}
 
 
-@pytest.mark.parametrize("edit,where", [
-    ({"CR": (2, "x"), "SR": (2, "x")}, r"line 3: field 'CR': codes \['SR', 'CR'\] cannot be one"),
-    ({"CR": (2, "x"), "Q": (2, "x"), "GI": (2, "x"), "AF": (2, "x")}, r"line 3: field 'AF': codes"),
-    ({"SR": (1, "x")}, r"line 2: field 'SR': client utterances are not coded"),
-    ({"AF": (2, "maybe")}, r"line 3: field 'AF': 'maybe' is not a tick"),
-    ({"rating": ("CCT", "7")}, r"line 8: field 'rating': '7' is not an integer"),
-    ({"rating": (2, "3")}, r"line 3: field 'rating': only global rows"),
-    ({"speaker": (3, "therapist")}, r"line 4: field 'speaker'"),
-])
+@pytest.mark.parametrize(
+    "edit,where",
+    [
+        (
+            {"CR": (2, "x"), "SR": (2, "x")},
+            r"line 3: field 'CR': codes \['SR', 'CR'\] cannot be one",
+        ),
+        (
+            {"CR": (2, "x"), "Q": (2, "x"), "GI": (2, "x"), "AF": (2, "x")},
+            r"line 3: field 'AF': codes",
+        ),
+        ({"SR": (1, "x")}, r"line 2: field 'SR': client utterances are not coded"),
+        ({"AF": (2, "maybe")}, r"line 3: field 'AF': 'maybe' is not a tick"),
+        ({"rating": ("CCT", "7")}, r"line 8: field 'rating': '7' is not an integer"),
+        ({"rating": (2, "3")}, r"line 3: field 'rating': only global rows"),
+        ({"speaker": (3, "therapist")}, r"line 4: field 'speaker'"),
+    ],
+)
 def test_bad_worksheets_name_file_line_and_column(generations, tmp_path, edit, where):
     file = worksheets.export(miti.units_from_generations(generations)[:1], tmp_path)[0]
     _fill(file, {}, {}, extra=edit)
@@ -255,13 +340,20 @@ def test_cohen_kappa_known_table():
 def test_agreement_between_coders(generations, tmp_path):
     units = miti.units_from_generations(generations)
     coders = {}
-    for name, codes, shift in [("a", {2: "SR", 4: "Q", 6: "CR"}, 0), ("b", {2: "SR", 4: "Q", 6: "SR"}, 1)]:
+    for name, codes, shift in [
+        ("a", {2: "SR", 4: "Q", 6: "CR"}, 0),
+        ("b", {2: "SR", 4: "Q", 6: "SR"}, 1),
+    ]:
         files = worksheets.export(units, tmp_path / name)
         for i, f in enumerate(files):
-            _fill(f, codes, {"CCT": 1 + i, "SST": 2 + i % 2, "PARTNER": 3, "EMPATHY": 1 + i + shift})
+            _fill(
+                f, codes, {"CCT": 1 + i, "SST": 2 + i % 2, "PARTNER": 3, "EMPATHY": 1 + i + shift}
+            )
         coders[name] = str(tmp_path / name)
-    rows = worksheets.human_agreement(coders, [{**u, "utterances": [
-        {**ut, "code": "SR"} for ut in u["utterances"]]} for u in units])
+    rows = worksheets.human_agreement(
+        coders,
+        [{**u, "utterances": [{**ut, "code": "SR"} for ut in u["utterances"]]} for u in units],
+    )
     ab = rows[0]
     assert ab["comparison"] == "a_vs_b" and ab["n_compared"] == 12
     assert ab["accuracy"] == pytest.approx(8 / 12)
@@ -275,7 +367,9 @@ def test_agreement_between_coders(generations, tmp_path):
 def _majority(full: pd.DataFrame, col: str) -> pd.Series:
     """Per utterance, the most frequent value of col among its annotators (ties: lowest id)."""
     keys = ["transcript_id", "utterance_id"]
-    votes = full.groupby(keys + [col]).agg(n=("annotator_id", "size"), first=("annotator_id", "min"))
+    votes = full.groupby(keys + [col]).agg(
+        n=("annotator_id", "size"), first=("annotator_id", "min")
+    )
     votes = votes.reset_index().sort_values(["n", "first"], ascending=[False, True])
     return votes.drop_duplicates(keys).set_index(keys)[col]
 
@@ -285,17 +379,25 @@ def test_annomi_reference_counts_every_behaviour_of_an_utterance(annomi):
     simple = pd.read_csv(ANNOMI / "AnnoMI-simple.csv", keep_default_na=False)
     full = pd.read_csv(ANNOMI / "AnnoMI-full.csv", keep_default_na=False)
     full = full[full["interlocutor"] == "therapist"]
-    cols = ["question_exists", "reflection_exists", "reflection_subtype", "therapist_input_exists",
-            "therapist_input_subtype"]
+    cols = [
+        "question_exists",
+        "reflection_exists",
+        "reflection_subtype",
+        "therapist_input_exists",
+        "therapist_input_subtype",
+    ]
     sub = pd.concat([_majority(full, c) for c in cols], axis=1)
-    th = simple[simple["interlocutor"] == "therapist"].join(sub, on=["transcript_id", "utterance_id"])
+    th = simple[simple["interlocutor"] == "therapist"].join(
+        sub, on=["transcript_id", "utterance_id"]
+    )
     ref = miti.annomi_reference(annomi).set_index("variant")
     for quality, d in th.groupby("mi_quality"):
         q, refl = d["question_exists"] == "True", d["reflection_exists"] == "True"
         inp = d["therapist_input_exists"] == "True"
         # not coded (missing): a reflection without its subtype, or only negotiation/options input
         unknown = (refl & ~d["reflection_subtype"].isin(["simple", "complex"])) | (
-            inp & ~d["therapist_input_subtype"].isin(["information", "advice"]) & ~q & ~refl)
+            inp & ~d["therapist_input_subtype"].isin(["information", "advice"]) & ~q & ~refl
+        )
         q = q & ~unknown
         sr = (refl & ~unknown & (d["reflection_subtype"] == "simple")).sum()
         cr = (refl & ~unknown & (d["reflection_subtype"] == "complex")).sum()
@@ -338,7 +440,11 @@ def test_coder_check_kappa_ci_and_confusion_by_hand():
     assert -1 <= row["kappa_ci_low"] <= row["kappa"] <= row["kappa_ci_high"] <= 1
     assert row["kappa_ci_high"] - row["kappa_ci_low"] > 0.5  # three utterances: a wide CI
     assert set(map(tuple, cm[["reference", "coder", "n"]].to_numpy().tolist())) == {
-        ("Q", "Q", 1), ("Q", "SR", 1), ("SR", "SR", 1), ("SR", "missing", 1)}
+        ("Q", "Q", 1),
+        ("Q", "SR", 1),
+        ("SR", "SR", 1),
+        ("SR", "missing", 1),
+    }
     # a question that reflects: both behaviours must be named to agree
     row, _ = miti.coder_check(_check_units(["Q+CR", "Q+CR"], [["Q", "CR"], ["Q"]]), n_boot=10)
     assert row["accuracy"] == 0.5
@@ -385,9 +491,15 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
         again = miti.evaluate(p, generations, out, endpoint=ep)  # everything from the cache
         assert url.stats.count == n_calls
     assert seen["never coded: 我明白你的感受"] == 2 and seen["once: 我明白你的感受"] == 2
-    codes = [json.loads(x) for x in (out / "miti_codes.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(codes) == 4 and all(c["prompt_version"] == miti.DEFAULTS["prompt_version"] for c in codes)
-    checks = [json.loads(x) for x in (out / "miti_check_codes.jsonl").read_text("utf-8").splitlines()]
+    codes = [
+        json.loads(x) for x in (out / "miti_codes.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert len(codes) == 4 and all(
+        c["prompt_version"] == miti.DEFAULTS["prompt_version"] for c in codes
+    )
+    checks = [
+        json.loads(x) for x in (out / "miti_check_codes.jsonl").read_text("utf-8").splitlines()
+    ]
     assert [c["check"] for c in checks] == ["annomi"] * 6 + ["gold"] * 5
     utts = {c["turns"][ut["turn"]]["text"]: ut for c in codes for ut in c["utterances"]}
     never, once = utts["never coded: 我明白你的感受"], utts["once: 我明白你的感受"]
@@ -397,33 +509,51 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     s = res["summary"].set_index(["model", "variant"])
     base, ft = s.loc[("tiny", "base")], s.loc[("tiny", "finetuned")]
     assert ft["Q"] == 6 and ft["SR"] == 0 and ft["n_coded"] == 6  # every fine-tuned reply asks
-    assert base["n_utterances"] == 6 and base["n_coded"] == 5 and base["pass_rate"] == pytest.approx(5 / 6)
+    assert (
+        base["n_utterances"] == 6
+        and base["n_coded"] == 5
+        and base["pass_rate"] == pytest.approx(5 / 6)
+    )
     assert base["n_missing"] == 1 and ft["n_missing"] == 0
-    assert base["technical"] == 3.5 and base["relational"] == 4.5 and base["relational_label"] == "good"
+    assert (
+        base["technical"] == 3.5
+        and base["relational"] == 4.5
+        and base["relational_label"] == "good"
+    )
     assert set(s.index) >= {("annomi", "high"), ("annomi", "low")}
     saved = pd.read_csv(out / "miti_summary.csv")
     assert list(saved.columns) == miti.SUMMARY_COLUMNS and len(saved) == 4
     agree = pd.read_csv(out / "coder_agreement.csv")
-    assert list(agree["comparison"]) == ["auto_vs_annomi", "auto_vs_welivita_pu_gold",
-                                         "welivita_pu_classifier_vs_gold"]
+    assert list(agree["comparison"]) == [
+        "auto_vs_annomi",
+        "auto_vs_welivita_pu_gold",
+        "welivita_pu_classifier_vs_gold",
+    ]
     # the authors' classifier on the same sentences, from the CSV's Prediction column by hand
     raw = pd.read_csv(ROOT / miti.DEFAULTS["gold_path"], keep_default_na=False)
     rows = raw.loc[[int(c["dialogue_id"].split(":")[1]) for c in checks[6:]]]
-    pred = [miti.code_label(miti.GOLD_CODES[x]) if x in miti.GOLD_CODES else None
-            for x in rows["Prediction"]]
+    pred = [
+        miti.code_label(miti.GOLD_CODES[x]) if x in miti.GOLD_CODES else None
+        for x in rows["Prediction"]
+    ]
     truth = [miti.code_label(miti.GOLD_CODES[x]) for x in rows["Ground truth"]]
     hits = [a == b for a, b in zip(pred, truth) if a is not None]
     assert agree.loc[2, "n_coded"] == len(hits) and agree.loc[2, "accuracy"] == pytest.approx(
-        np.mean(hits))
+        np.mean(hits)
+    )
     # the handler answers Q for a question mark, else SR: the expected agreement by hand
     for row, c in zip(list(agree.itertuples())[:2], (checks[:6], checks[6:])):
         said = ["Q" if "?" in u["turns"][-1]["text"] else "SR" for u in c]
         truth = [u["utterances"][0]["reference"] for u in c]
-        assert row.n_sampled == len(c) and row.accuracy == pytest.approx(np.mean(
-            [a == b for a, b in zip(said, truth)]))
+        assert row.n_sampled == len(c) and row.accuracy == pytest.approx(
+            np.mean([a == b for a, b in zip(said, truth)])
+        )
     conf = pd.read_csv(out / "coder_confusion.csv")
     assert conf.groupby("comparison")["n"].sum().to_dict() == {
-        "auto_vs_annomi": 6, "auto_vs_welivita_pu_gold": 5, "welivita_pu_classifier_vs_gold": 5}
+        "auto_vs_annomi": 6,
+        "auto_vs_welivita_pu_gold": 5,
+        "welivita_pu_classifier_vs_gold": 5,
+    }
     assert len(list((out / "worksheets").glob("tiny__*.csv"))) == 4
     pd.testing.assert_frame_equal(again["summary"], res["summary"])
 
@@ -434,7 +564,9 @@ def test_coder_opens_the_remote_endpoint_itself(generations, tmp_path, monkeypat
     for r in recs:  # both variants give the same replies: the same prompt is asked once
         r["reply"] = base[(r["dialogue_id"], r["round"])]
     same = tmp_path / "generations.jsonl"
-    same.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    same.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8"
+    )
     with openai_server.serve(_handler({})) as url:
         p = _params(tmp_path, annomi_sample=0, gold_sample=0, rate_globals=False)
         p.llm.provider, p.llm.base_url = "remote", url
@@ -457,7 +589,11 @@ def test_miti_prompt_examples_are_valid_codes_and_run_ons_keep_the_leading_code(
     v3 = prompts.parts(miti.DEFAULTS["prompt_version"])
     shots = prompts.shots(v3, "code_")
     assert [miti.parse_code(m["content"]) for m in shots[1::2]] == [
-        ("Q",), ("CR",), ("PERSUADE",), ("Q", "CR")]  # a reflection followed by a question
+        ("Q",),
+        ("CR",),
+        ("PERSUADE",),
+        ("Q", "CR"),
+    ]  # a reflection followed by a question
     assert "SEEK, AUTO" not in v3["code_system"]  # no list of codes for a small model to echo
     assert miti.parse_code("CRспекти\n牠们") == ("CR",) and miti.parse_code("Q。你") == ("Q",)
     for bad in ["Questions", "QA", "CRITICAL", "我明白"]:

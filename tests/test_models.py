@@ -59,12 +59,30 @@ ASSISTANT_SPANS = {
     "baichuan2-7b-chat": [f"{A1}</s>", f"{A2}</s>"],
 }
 SPECIALS = {  # (special tokens, bos, eos, pad) of the tiny tokenizers
-    "llama3-8b-chinese-chat-v2": (["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                                   "<|end_header_id|>", "<|eot_id|>"], "<|begin_of_text|>", "<|eot_id|>",
-                                  "<|end_of_text|>"),
-    "glm-4-9b-chat": (["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"],
-                      None, "<|endoftext|>", "<|endoftext|>"),
-    "baichuan2-7b-chat": (["<unk>", "<s>", "</s>", "<reserved_106>", "<reserved_107>"], "<s>", "</s>", "<unk>"),
+    "llama3-8b-chinese-chat-v2": (
+        [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+        ],
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|end_of_text|>",
+    ),
+    "glm-4-9b-chat": (
+        ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"],
+        None,
+        "<|endoftext|>",
+        "<|endoftext|>",
+    ),
+    "baichuan2-7b-chat": (
+        ["<unk>", "<s>", "</s>", "<reserved_106>", "<reserved_107>"],
+        "<s>",
+        "</s>",
+        "<unk>",
+    ),
 }
 
 
@@ -78,8 +96,11 @@ def tiny_tokenizer(name, texts=None, vocab_size=400):
     tk = Tokenizer(BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tk.train_from_iterator(texts or [m["content"] for m in CONV] * 20, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token=pad)
 
@@ -89,8 +110,11 @@ def tokenizers(tiny_model_dir):
     """The registry's tokenizer for every model: Gemma's real one, tiny BPE ones for the others."""
     from transformers import AutoTokenizer
 
-    out = {"gemma3-270m": models.prepare_tokenizer(models.get("gemma3-270m"),
-                                                   AutoTokenizer.from_pretrained(tiny_model_dir))}
+    out = {
+        "gemma3-270m": models.prepare_tokenizer(
+            models.get("gemma3-270m"), AutoTokenizer.from_pretrained(tiny_model_dir)
+        )
+    }
     for name in SPECIALS:
         out[name] = models.prepare_tokenizer(models.get(name), tiny_tokenizer(name))
     return out
@@ -129,7 +153,9 @@ def _runs(ids, mask):
 def test_loss_mask_is_exactly_the_assistant_replies(tokenizers, name):
     tok = tokenizers[name]
     spec = models.get(name)
-    out = tok.apply_chat_template(CONV, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = tok.apply_chat_template(
+        CONV, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     ids, mask = out["input_ids"], out["assistant_masks"]
     runs = _runs(ids, mask)
     assert [tok.decode(r) for r in runs] == ASSISTANT_SPANS[name]
@@ -163,43 +189,73 @@ def _save_tiny(tmp_path, name, config, tok):
 def test_load_tiny_model_per_architecture(tmp_path, tiny_model_dir, name):
     from transformers import Glm4Config, LlamaConfig
 
-    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=1, max_position_embeddings=256)
+    small = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 256,
+    }
     if name == "gemma3-270m":
         d = tiny_model_dir
     else:
         tok = tiny_tokenizer(name)
         cfg = (LlamaConfig if name.startswith("llama") else Glm4Config)(
-            vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            bos_token_id=tok.bos_token_id, **small)
+            vocab_size=len(tok),
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+            **small,
+        )
         d = _save_tiny(tmp_path, name, cfg, tok)
     model, tok = models.load(name, path=d, dtype="float32")
     eot = tok.convert_tokens_to_ids(models.get(name).eot_token)
     assert eot in model.generation_config.eos_token_id
-    ids = tok.apply_chat_template(CONV, tokenize=True, return_dict=True, return_tensors="pt")["input_ids"]
+    ids = tok.apply_chat_template(CONV, tokenize=True, return_dict=True, return_tensors="pt")[
+        "input_ids"
+    ]
     logits = model(input_ids=ids).logits
-    assert logits.shape == (1, ids.shape[1], model.config.vocab_size) and torch.isfinite(logits).all()
+    assert (
+        logits.shape == (1, ids.shape[1], model.config.vocab_size) and torch.isfinite(logits).all()
+    )
 
 
 # ----------------------------------------------------------------------------- Baichuan converter
-BAICHUAN = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
-                rms_norm_eps=1e-6, max_position_embeddings=256)
+BAICHUAN = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 256,
+}
 
 
 def baichuan_state_dict(vocab):
     """Random weights in Baichuan2-7B's layout (fused W_pack, un-normalised NormHead)."""
     H, I, L = BAICHUAN["hidden_size"], BAICHUAN["intermediate_size"], BAICHUAN["num_hidden_layers"]
     g = torch.Generator().manual_seed(0)
+
     def r(*shape, s=0.2):
         return torch.randn(*shape, generator=g) * s
-    sd = {"model.embed_tokens.weight": r(vocab, H, s=1.0), "model.norm.weight": 1 + r(H),
-          "lm_head.weight": r(vocab, H, s=3.0)}
+
+    sd = {
+        "model.embed_tokens.weight": r(vocab, H, s=1.0),
+        "model.norm.weight": 1 + r(H),
+        "lm_head.weight": r(vocab, H, s=3.0),
+    }
     for i in range(L):
         p = f"model.layers.{i}."
-        sd |= {p + "self_attn.W_pack.weight": r(3 * H, H), p + "self_attn.o_proj.weight": r(H, H),
-               p + "mlp.gate_proj.weight": r(I, H), p + "mlp.up_proj.weight": r(I, H),
-               p + "mlp.down_proj.weight": r(H, I), p + "input_layernorm.weight": 1 + r(H),
-               p + "post_attention_layernorm.weight": 1 + r(H)}
+        sd |= {
+            p + "self_attn.W_pack.weight": r(3 * H, H),
+            p + "self_attn.o_proj.weight": r(H, H),
+            p + "mlp.gate_proj.weight": r(I, H),
+            p + "mlp.up_proj.weight": r(I, H),
+            p + "mlp.down_proj.weight": r(H, I),
+            p + "input_layernorm.weight": 1 + r(H),
+            p + "post_attention_layernorm.weight": 1 + r(H),
+        }
     return sd
 
 
@@ -215,7 +271,7 @@ def baichuan_forward(sd, ids):
         return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
     def rot(x):
-        return torch.cat([-x[..., hd // 2:], x[..., : hd // 2]], dim=-1)
+        return torch.cat([-x[..., hd // 2 :], x[..., : hd // 2]], dim=-1)
 
     causal = torch.full((T, T), float("-inf")).triu(1)
     h = sd["model.embed_tokens.weight"][ids]  # [T, H]
@@ -228,8 +284,11 @@ def baichuan_forward(sd, ids):
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + causal, dim=-1)
         h = h + (att @ v).transpose(0, 1).reshape(T, H) @ sd[p + "self_attn.o_proj.weight"].T
         x = rms(h, sd[p + "post_attention_layernorm.weight"])
-        h = h + (F.silu(x @ sd[p + "mlp.gate_proj.weight"].T) * (x @ sd[p + "mlp.up_proj.weight"].T)) \
+        h = (
+            h
+            + (F.silu(x @ sd[p + "mlp.gate_proj.weight"].T) * (x @ sd[p + "mlp.up_proj.weight"].T))
             @ sd[p + "mlp.down_proj.weight"].T
+        )
     return rms(h, sd["model.norm.weight"]) @ F.normalize(sd["lm_head.weight"], dim=-1).T
 
 
@@ -239,26 +298,44 @@ def test_baichuan_converter_gives_identical_logits(tmp_path):
     src.mkdir()
     sd = baichuan_state_dict(len(tok))
     torch.save(sd, src / "pytorch_model.bin")
-    cfg = {"model_type": "baichuan", "architectures": ["BaichuanForCausalLM"], "vocab_size": len(tok),
-           "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-           "tie_word_embeddings": False, "torch_dtype": "float32", **BAICHUAN}
+    cfg = {
+        "model_type": "baichuan",
+        "architectures": ["BaichuanForCausalLM"],
+        "vocab_size": len(tok),
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        **BAICHUAN,
+    }
     (src / "config.json").write_text(json.dumps(cfg))
     tok.save_pretrained(src)
-    model, ltok = models.load("baichuan2-7b-chat", path=src, dtype="float32")  # converts, then loads
+    model, ltok = models.load(
+        "baichuan2-7b-chat", path=src, dtype="float32"
+    )  # converts, then loads
     assert type(model).__name__ == "LlamaForCausalLM"
-    ids = ltok.apply_chat_template(CONV, tokenize=True, return_dict=True, return_tensors="pt")["input_ids"][0]
+    ids = ltok.apply_chat_template(CONV, tokenize=True, return_dict=True, return_tensors="pt")[
+        "input_ids"
+    ][0]
     assert ltok.decode(ids) == GOLDEN["baichuan2-7b-chat"]
     with torch.no_grad():
         got = model(input_ids=ids[None]).logits[0]
     want = baichuan_forward(sd, ids)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    assert (ltok.convert_tokens_to_ids("<reserved_106>"), ltok.convert_tokens_to_ids("<reserved_107>")) == (3, 4)
+    assert (
+        ltok.convert_tokens_to_ids("<reserved_106>"),
+        ltok.convert_tokens_to_ids("<reserved_107>"),
+    ) == (3, 4)
 
 
 def test_converter_rejects_wrong_layout():
     from mi_llm import convert_baichuan
 
     with pytest.raises(ValueError, match="W_pack.weight: expected 192 rows"):
-        convert_baichuan.convert_state_dict({"model.layers.0.self_attn.W_pack.weight": torch.zeros(10, 64)}, 64)
+        convert_baichuan.convert_state_dict(
+            {"model.layers.0.self_attn.W_pack.weight": torch.zeros(10, 64)}, 64
+        )
     with pytest.raises(ValueError, match="expected a Baichuan config"):
         convert_baichuan.llama_config({"model_type": "llama"})

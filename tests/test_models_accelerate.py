@@ -28,7 +28,9 @@ from mi_llm.params import ROOT
 
 CONFIGS = sorted(p.stem for p in (ROOT / "accelerate").glob("*.yaml"))
 LAUNCHED = {"ddp": "MULTI_GPU", "fsdp": "FSDP"}  # launched on CPU here
-CPU_OVERRIDES = {"fsdp": ["--fsdp_sync_module_states", "false", "--fsdp_cpu_ram_efficient_loading", "false"]}
+CPU_OVERRIDES = {
+    "fsdp": ["--fsdp_sync_module_states", "false", "--fsdp_cpu_ram_efficient_loading", "false"]
+}
 VALIDATED = {"deepspeed_zero2": 2, "deepspeed_zero3": 3}  # need CUDA: parsed and checked only
 
 
@@ -46,13 +48,18 @@ def test_deepspeed_configs_validate(name):
     assert cfg.distributed_type == "DEEPSPEED" and cfg.mixed_precision == "bf16"
     ds = cfg.deepspeed_config
     assert ds["zero_stage"] == VALIDATED[name] and ds["offload_optimizer_device"] == "none"
-    plugin = DeepSpeedPlugin(zero_stage=ds["zero_stage"], zero3_init_flag=ds["zero3_init_flag"],
-                             offload_optimizer_device=ds["offload_optimizer_device"],
-                             offload_param_device=ds["offload_param_device"],
-                             zero3_save_16bit_model=ds.get("zero3_save_16bit_model", False))
+    plugin = DeepSpeedPlugin(
+        zero_stage=ds["zero_stage"],
+        zero3_init_flag=ds["zero3_init_flag"],
+        offload_optimizer_device=ds["offload_optimizer_device"],
+        offload_param_device=ds["offload_param_device"],
+        zero3_save_16bit_model=ds.get("zero3_save_16bit_model", False),
+    )
     assert plugin.deepspeed_config["zero_optimization"]["stage"] == VALIDATED[name]
     if VALIDATED[name] == 3:  # the adapter must be saved gathered, loadable without DeepSpeed
-        assert plugin.deepspeed_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+        assert plugin.deepspeed_config["zero_optimization"][
+            "stage3_gather_16bit_weights_on_model_save"
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +78,30 @@ def test_config_launches_two_processes_on_cpu(tiny_run, name):
         import shutil
 
         shutil.rmtree(out)
-    env = {**os.environ, "MI_LLM_RUNS": str(root / "runs"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate" / f"{name}.yaml"),
-           "--num_processes", "2", "--main_process_port", str(_free_port()), *CPU_OVERRIDES.get(name, []),
-           "-m", "mi_llm.sft", str(tiny_run)]
-    r = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    env = {
+        **os.environ,
+        "MI_LLM_RUNS": str(root / "runs"),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate" / f"{name}.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(_free_port()),
+        *CPU_OVERRIDES.get(name, []),
+        "-m",
+        "mi_llm.sft",
+        str(tiny_run),
+    ]
+    r = subprocess.run(
+        cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
+    )
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-3000:]
     assert len(re.findall(r"Packing train dataset: 100%", log)) == 2  # one dataset per process
@@ -83,7 +109,10 @@ def test_config_launches_two_processes_on_cpu(tiny_run, name):
     assert report["steps"] == 2 and math.isfinite(report["last_loss"])
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     ckpt = out / "checkpoints" / "checkpoint-2"
-    assert {p.name for p in ckpt.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}  # 2 ranks
+    assert {p.name for p in ckpt.glob("rng_state_*.pth")} == {
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    }  # 2 ranks
 
 
 def _free_port() -> int:

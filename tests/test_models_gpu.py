@@ -18,8 +18,12 @@ def test_sft_trains_on_cuda(run_root, tiny_llama):  # noqa: F811
 
 def test_load_puts_model_on_cuda(tiny_llama):  # noqa: F811
     model, tok = models.load("llama3-8b-chinese-chat-v2", device="cuda", path=tiny_llama)
-    ids = tok.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True,
-                                  return_dict=True, return_tensors="pt")["input_ids"].cuda()
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "你好"}],
+        add_generation_prompt=True,
+        return_dict=True,
+        return_tensors="pt",
+    )["input_ids"].cuda()
     out = model.generate(ids, max_new_tokens=4, do_sample=False)
     assert out.device.type == "cuda" and out.shape[1] > ids.shape[1]
     assert next(model.parameters()).dtype == torch.bfloat16

@@ -22,21 +22,55 @@ from mi_llm.params import ROOT
 NAMES = ["baichuan2-7b-chat", "glm-4-9b-chat", "llama3-8b-chinese-chat-v2"]
 # sha256 of the published files (data/tokenizers/PROVENANCE.md)
 SHA256 = {
-    "baichuan2-7b-chat": ("tokenizer.model", "79452955be6b419a65984273a9f08af86042e1c2a75ee3ba989cbf620a133cc2"),
-    "glm-4-9b-chat": ("tokenizer.json", "8a7269d6daa6328de533def0082ff9d3a825bb89036cbcc665c324f941f67fbf"),
-    "llama3-8b-chinese-chat-v2": ("tokenizer.json",
-                                  "e134af98b985517b4f068e3755ae90d4e9cd2d45d328325dc503f1c6b2d06cc7"),
+    "baichuan2-7b-chat": (
+        "tokenizer.model",
+        "79452955be6b419a65984273a9f08af86042e1c2a75ee3ba989cbf620a133cc2",
+    ),
+    "glm-4-9b-chat": (
+        "tokenizer.json",
+        "8a7269d6daa6328de533def0082ff9d3a825bb89036cbcc665c324f941f67fbf",
+    ),
+    "llama3-8b-chinese-chat-v2": (
+        "tokenizer.json",
+        "e134af98b985517b4f068e3755ae90d4e9cd2d45d328325dc503f1c6b2d06cc7",
+    ),
 }
-VOCAB = {"baichuan2-7b-chat": 125_696, "glm-4-9b-chat": 151_343, "llama3-8b-chinese-chat-v2": 128_256}
-SYSTEMS = ["你是一位运用动机式访谈的心理咨询师。", "You are an MI counsellor.", "  请简短回答：1+1=？  "]
-NOISE = ["", " ", "  ", "\n", "！", "...", "。。。", "123", "😀", "\t", "《书》", " ok?", "<br>", "％"]
+VOCAB = {
+    "baichuan2-7b-chat": 125_696,
+    "glm-4-9b-chat": 151_343,
+    "llama3-8b-chinese-chat-v2": 128_256,
+}
+SYSTEMS = [
+    "你是一位运用动机式访谈的心理咨询师。",
+    "You are an MI counsellor.",
+    "  请简短回答：1+1=？  ",
+]
+NOISE = [
+    "",
+    " ",
+    "  ",
+    "\n",
+    "！",
+    "...",
+    "。。。",
+    "123",
+    "😀",
+    "\t",
+    "《书》",
+    " ok?",
+    "<br>",
+    "％",
+]
 
 
 def _dialogues(n_per_corpus: int = 12):
     """Real dialogues of the shipped samples (Chinese counselling, English MI sessions)."""
     out = []
-    for corpus, path in [("cpsycound", "data/CPsyCounD/Data"), ("smilechat", "data/SmileChat/data"),
-                         ("annomi", "data/AnnoMI")]:
+    for corpus, path in [
+        ("cpsycound", "data/CPsyCounD/Data"),
+        ("smilechat", "data/SmileChat/data"),
+        ("annomi", "data/AnnoMI"),
+    ]:
         out += corpora.load(corpus, ROOT / path, limit=n_per_corpus)
     return out
 
@@ -97,7 +131,9 @@ def _official_parts(folder):
     import jinja2
     from tokenizers import Tokenizer
 
-    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)  # as transformers renders templates
+    env = jinja2.Environment(
+        trim_blocks=True, lstrip_blocks=True
+    )  # as transformers renders templates
     template = env.from_string((folder / "chat_template.jinja").read_text(encoding="utf-8"))
     return template, Tokenizer.from_file(str(folder / "tokenizer.json"))
 
@@ -152,8 +188,9 @@ def test_generation_prompt_ids_equal_the_models_own(folders, toks, name):
     tok = toks[name]
     for conv in CONVS:
         prompt = conv[:-1]  # ends on a user turn
-        got = tok.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
-                                      return_dict=True)["input_ids"]
+        got = tok.apply_chat_template(
+            prompt, tokenize=True, add_generation_prompt=True, return_dict=True
+        )["input_ids"]
         assert got == reference(name, folders[name], prompt, add_generation_prompt=True)
 
 
@@ -166,21 +203,27 @@ def test_llama3_without_system_turn_gets_the_default_system_prompt(folders, toks
 
 def test_baichuan_markers_and_chinese_survive_conversion(toks):
     tok = toks["baichuan2-7b-chat"]
-    ids = tok("你是咨询师。<reserved_106>我最近睡不好。<reserved_107>听起来你很困扰。</s>",
-              add_special_tokens=False)["input_ids"]
+    ids = tok(
+        "你是咨询师。<reserved_106>我最近睡不好。<reserved_107>听起来你很困扰。</s>",
+        add_special_tokens=False,
+    )["input_ids"]
     assert len(ids) > 10 and ids.count(195) == 1 and ids.count(196) == 1 and ids[-1] == 2
     assert tok.decode(ids, skip_special_tokens=True) == "你是咨询师。我最近睡不好。听起来你很困扰。"
 
 
 def test_raw_baichuan_folder_never_asks_for_remote_code(folders, toks, tmp_path):
     """The snapshot's tokenizer_config names remote code (auto_map); loading must not use it."""
-    assert "auto_map" in json.loads((folders["baichuan2-7b-chat"] / "tokenizer_config.json").read_text())
+    assert "auto_map" in json.loads(
+        (folders["baichuan2-7b-chat"] / "tokenizer_config.json").read_text()
+    )
     tok = toks["baichuan2-7b-chat"]  # loaded from that folder
     tok.save_pretrained(tmp_path)  # the converted tokenizer reloads as tokenizer.json
     again = models.load_tokenizer("baichuan2-7b-chat", tmp_path)
     conv = CONVS[0]
-    assert again.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"] == \
-        tok.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
+    assert (
+        again.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
+        == tok.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
+    )
 
 
 def test_folder_without_tokenizer_files_is_a_clear_error(tmp_path):

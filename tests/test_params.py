@@ -51,8 +51,15 @@ def test_choices_and_name_must_match_stem(tmp_path):
 
 def test_check_reports_missing_paths_and_key(tmp_path, monkeypatch):
     f = tmp_path / "remote.yaml"
-    f.write_text(yaml.safe_dump({"name": "remote", "llm": {"provider": "remote", "api_key_env": "MI_LLM_TEST_KEY"},
-                                 "corpora": {"sources": {"cpsycound": "no/such/folder"}}}))
+    f.write_text(
+        yaml.safe_dump(
+            {
+                "name": "remote",
+                "llm": {"provider": "remote", "api_key_env": "MI_LLM_TEST_KEY"},
+                "corpora": {"sources": {"cpsycound": "no/such/folder"}},
+            }
+        )
+    )
     monkeypatch.delenv("MI_LLM_TEST_KEY", raising=False)
     errs = check.check(str(f))
     assert any("no/such/folder" in e for e in errs)
@@ -79,7 +86,9 @@ def test_notebook_declares_every_params_key(nb):
 def test_notebooks_are_committed_without_outputs(nb):
     for cell in nbformat.read(nb, as_version=4).cells:
         if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, f"{nb.name} has stored outputs"
+            assert not cell.outputs and cell.execution_count is None, (
+                f"{nb.name} has stored outputs"
+            )
 
 
 # ----------------------------------------------------------------------------- refused before any stage runs
@@ -89,12 +98,22 @@ def write_params(tmp_path, name: str, **sections) -> Path:
     return f
 
 
-@pytest.mark.parametrize("section, key, value", [
-    ("llm", "max_concurrency", 0), ("llm", "max_retries", -1), ("transcription", "max_dialogues", -1),
-    ("transcription", "n_train", -5), ("transcription", "n_test", -1), ("llm", "request_timeout", 0.0),
-    ("quality", "judge_sample", 0), ("evaluation", "batch_size", 0), ("corpora", "limit", 0),
-    ("transcription", "client_edit_tolerance", 0.9), ("llm", "max_transport_failures", 1.5),
-])
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("llm", "max_concurrency", 0),
+        ("llm", "max_retries", -1),
+        ("transcription", "max_dialogues", -1),
+        ("transcription", "n_train", -5),
+        ("transcription", "n_test", -1),
+        ("llm", "request_timeout", 0.0),
+        ("quality", "judge_sample", 0),
+        ("evaluation", "batch_size", 0),
+        ("corpora", "limit", 0),
+        ("transcription", "client_edit_tolerance", 0.9),
+        ("llm", "max_transport_failures", 1.5),
+    ],
+)
 def test_numbers_out_of_range_are_refused(tmp_path, section, key, value):
     f = write_params(tmp_path, "bad", **{section: {key: value}})
     with pytest.raises(params.ParamsError, match=rf"{section}\.{key}: {value!r} is out of range"):
@@ -105,24 +124,40 @@ def test_numbers_out_of_range_are_refused(tmp_path, section, key, value):
 
 def test_yaml_syntax_error_is_one_line_with_file_line_column(tmp_path):
     f = tmp_path / "broken.yaml"
-    f.write_text("name: broken\nllm:\n  model: [gemma3-270m\n  provider: embedded\n", encoding="utf-8")
+    f.write_text(
+        "name: broken\nllm:\n  model: [gemma3-270m\n  provider: embedded\n", encoding="utf-8"
+    )
     (err,) = check.check(str(f))
     assert "\n" not in err and re.match(rf"^{re.escape(str(f))}:\d+:\d+: YAML syntax error: ", err)
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "mi_llm", "run", str(f)], capture_output=True, text=True,
-                         cwd=params.ROOT, timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "mi_llm", "run", str(f)],
+        capture_output=True,
+        text=True,
+        cwd=params.ROOT,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [f"[mi_llm] {err}"]
 
 
 def test_check_refuses_prompts_corpora_and_models_a_stage_would_fail_on(tmp_path):
     prompt = tmp_path / "mine.md"
-    prompt.write_text("## system\n改写。\n## user\n请改写下面的回复。\n", encoding="utf-8")  # no {dialogue}
-    f = write_params(tmp_path, "bad", transcription={"prompt_version": str(prompt), "unit": "dialogue"},
-                     corpora={"sources": {"cpsycound": "data/CPsyCounD/Data", "cpsycounD": "data/CPsyCounD/Data"}},
-                     llm={"provider": "embedded", "model": "gpt-4o"})
+    prompt.write_text(
+        "## system\n改写。\n## user\n请改写下面的回复。\n", encoding="utf-8"
+    )  # no {dialogue}
+    f = write_params(
+        tmp_path,
+        "bad",
+        transcription={"prompt_version": str(prompt), "unit": "dialogue"},
+        corpora={
+            "sources": {"cpsycound": "data/CPsyCounD/Data", "cpsycounD": "data/CPsyCounD/Data"}
+        },
+        llm={"provider": "embedded", "model": "gpt-4o"},
+    )
     errs = check.check(str(f))
     assert any(e.startswith("transcription.prompt_version") and "'{dialogue}'" in e for e in errs)
     assert any(e.startswith("corpora.sources.cpsycounD: no loader knows") for e in errs)

@@ -17,13 +17,27 @@ from mi_llm.schema import Dialogue, Turn
 def dlg(id_, *turns, corpus="hand"):
     """A dialogue from (speaker letter, text) pairs: c = client, s = counselor."""
     sp = {"c": "client", "s": "counselor"}
-    return Dialogue(id_, corpus, [Turn(sp[s], t) for s, t in turns], source={"file": "x", "record": id_})
+    return Dialogue(
+        id_, corpus, [Turn(sp[s], t) for s, t in turns], source={"file": "x", "record": id_}
+    )
 
 
 # ----------------------------------------------------------------------------- statistics
 HAND = [
-    dlg("a", ("c", "我最近睡不好。"), ("s", "你愿意多说一些吗"), ("c", "好的"), ("s", "听起来你很累。")),
-    dlg("b", ("c", "我 最近睡不好。"), ("s", "你愿意多说一些吗"), ("c", "好的"), ("s", "听起来你很累。")),
+    dlg(
+        "a",
+        ("c", "我最近睡不好。"),
+        ("s", "你愿意多说一些吗"),
+        ("c", "好的"),
+        ("s", "听起来你很累。"),
+    ),
+    dlg(
+        "b",
+        ("c", "我 最近睡不好。"),
+        ("s", "你愿意多说一些吗"),
+        ("c", "好的"),
+        ("s", "听起来你很累。"),
+    ),
     dlg("c", ("c", "工作压力大"), ("s", "What happened?"), ("s", "我们试试吧"), ("c", "嗯")),
 ]
 
@@ -50,11 +64,20 @@ def test_describe_empty_corpus_is_nan_not_error():
     assert s["n_dialogues"] == 0 and math.isnan(s["mean_turns"]) and math.isnan(s["question_rate"])
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("你觉得呢？", True), ("Why now?", True), ("你愿意试试吗", True), ("你怎么看呢，说说看。", True),
-    ("“你还好吗”", True), ("我们试试吧。", False), ("听起来你很难过。", False),
-    ("这没什么。", False), ("吗啡是一种药物。", False),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("你觉得呢？", True),
+        ("Why now?", True),
+        ("你愿意试试吗", True),
+        ("你怎么看呢，说说看。", True),
+        ("“你还好吗”", True),
+        ("我们试试吧。", False),
+        ("听起来你很难过。", False),
+        ("这没什么。", False),
+        ("吗啡是一种药物。", False),
+    ],
+)
 def test_is_question(text, expected):
     assert quality.is_question(text) is expected
 
@@ -83,35 +106,47 @@ def test_prompt_has_rubric_and_slot():
     assert [m["role"] for m in msgs] == ["system", "user"] and not cut
     assert "来访者：我最近睡不好。" in msgs[1]["content"] and "{dialogue}" not in msgs[1]["content"]
 
+
 # ----------------------------------------------------------------------------- parsing
 GOOD = {"comprehensiveness": 2, "professionalism": 1, "authenticity": 3, "safety": 0}
 
 
-@pytest.mark.parametrize("text", [
-    json.dumps(GOOD),
-    "```json\n" + json.dumps(GOOD) + "\n```",
-    "评分如下：" + json.dumps(GOOD) + " 以上。",
-    "Here you go {not json} then " + json.dumps({**GOOD, "reason": "ok"}),
-    json.dumps({"Comprehensiveness": 2, "PROFESSIONALISM": 1, "authenticity": 3.0, "safety": 0}),
-    json.dumps({"全面性": 2, "专业性": 1, "真实性": 3, "安全性": 0}, ensure_ascii=False),
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        json.dumps(GOOD),
+        "```json\n" + json.dumps(GOOD) + "\n```",
+        "评分如下：" + json.dumps(GOOD) + " 以上。",
+        "Here you go {not json} then " + json.dumps({**GOOD, "reason": "ok"}),
+        json.dumps(
+            {"Comprehensiveness": 2, "PROFESSIONALISM": 1, "authenticity": 3.0, "safety": 0}
+        ),
+        json.dumps({"全面性": 2, "专业性": 1, "真实性": 3, "安全性": 0}, ensure_ascii=False),
+    ],
+)
 def test_parse_good(text):
     assert quality.parse_judgement(text) == GOOD
 
 
-@pytest.mark.parametrize("text,reason", [
-    ("", "empty"),
-    ("I think it is a good dialogue, 8/9.", "no JSON"),
-    ('{"comprehensiveness": 2, "professionalism": 1, "authenticity": 3', "no JSON"),
-    (json.dumps({k: v for k, v in GOOD.items() if k != "safety"}), "missing criterion 'safety'"),
-    (json.dumps({**GOOD, "professionalism": 4}), "outside 0..3"),
-    (json.dumps({**GOOD, "safety": -1}), "outside 0..1"),
-    (json.dumps({**GOOD, "authenticity": "high"}), "not a number"),
-    (json.dumps({**GOOD, "authenticity": "2"}), "not a number"),
-    (json.dumps({**GOOD, "safety": True}), "not a number"),
-    (json.dumps({**GOOD, "professionalism": 1.5}), "whole number"),
-    ('{"comprehensiveness": <0-2>, "professionalism": <0-3>}', "no JSON"),
-])
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("", "empty"),
+        ("I think it is a good dialogue, 8/9.", "no JSON"),
+        ('{"comprehensiveness": 2, "professionalism": 1, "authenticity": 3', "no JSON"),
+        (
+            json.dumps({k: v for k, v in GOOD.items() if k != "safety"}),
+            "missing criterion 'safety'",
+        ),
+        (json.dumps({**GOOD, "professionalism": 4}), "outside 0..3"),
+        (json.dumps({**GOOD, "safety": -1}), "outside 0..1"),
+        (json.dumps({**GOOD, "authenticity": "high"}), "not a number"),
+        (json.dumps({**GOOD, "authenticity": "2"}), "not a number"),
+        (json.dumps({**GOOD, "safety": True}), "not a number"),
+        (json.dumps({**GOOD, "professionalism": 1.5}), "whole number"),
+        ('{"comprehensiveness": <0-2>, "professionalism": <0-3>}', "no JSON"),
+    ],
+)
 def test_parse_bad(text, reason):
     with pytest.raises(ValueError, match=re.escape(reason)):
         quality.parse_judgement(text)
@@ -132,7 +167,12 @@ def test_bootstrap_ci_properties():
 # ----------------------------------------------------------------------------- ranking
 def rec(corpus, scores):
     ok = scores is not None
-    return {"corpus": corpus, "ok": ok, "scores": scores, "total": sum(scores.values()) if ok else None}
+    return {
+        "corpus": corpus,
+        "ok": ok,
+        "scores": scores,
+        "total": sum(scores.values()) if ok else None,
+    }
 
 
 def sc(c, p, a, s):
@@ -150,10 +190,15 @@ def stats_frame(sizes: dict) -> pd.DataFrame:
 def test_rank_means_ci_missing_and_selection():
     stats = stats_frame({"low": 5, "high": 5, "none": 9, "tie_big": 20, "tie_small": 3})
     records = [
-        rec("low", sc(0, 1, 1, 0)), rec("low", sc(1, 1, 1, 0)), rec("low", None),
-        rec("high", sc(2, 3, 3, 1)), rec("high", sc(2, 2, 3, 1)),
-        rec("none", None), rec("none", None),
-        rec("tie_big", sc(1, 2, 2, 1)), rec("tie_small", sc(1, 2, 2, 1)),
+        rec("low", sc(0, 1, 1, 0)),
+        rec("low", sc(1, 1, 1, 0)),
+        rec("low", None),
+        rec("high", sc(2, 3, 3, 1)),
+        rec("high", sc(2, 2, 3, 1)),
+        rec("none", None),
+        rec("none", None),
+        rec("tie_big", sc(1, 2, 2, 1)),
+        rec("tie_small", sc(1, 2, 2, 1)),
     ]
     df = quality.rank(stats, records, top_k=2, n_resamples=500, seed=0)
     assert list(df.columns[: len(quality.QUALITY_COLUMNS)]) == quality.QUALITY_COLUMNS
@@ -203,6 +248,7 @@ def test_sample_dialogues_seeded_and_independent():
 # ----------------------------------------------------------------------------- a judge run
 def _judge_handler(calls: dict):
     """Answers like a judge: 'bad' dialogues get prose the first time, fenced JSON after."""
+
     def handler(req):
         assert req["messages"][0]["role"] == "system" and "safety" in req["messages"][0]["content"]
         text = req["messages"][-1]["content"]
@@ -214,6 +260,7 @@ def _judge_handler(calls: dict):
             return '{"comprehensiveness": 3, "professionalism": 2, "authenticity": 2, "safety": 1}'
         score = 2 if dialogue_id.startswith("good") else 1
         return f'```json\n{{"comprehensiveness": {score}, "professionalism": 2, "authenticity": 3, "safety": 1}}\n```'
+
     return handler
 
 
@@ -223,13 +270,24 @@ def test_judge_run_retries_and_keeps_raw_answers(tmp_path, monkeypatch):
     from mi_llm import llm
 
     corpora = {
-        "alpha": [dlg("good1", ("c", "病例good1 我失眠"), ("s", "你愿意说说吗？"), corpus="alpha"),
-                  dlg("bad1", ("c", "病例bad1 我焦虑"), ("s", "嗯。"), corpus="alpha")],
+        "alpha": [
+            dlg("good1", ("c", "病例good1 我失眠"), ("s", "你愿意说说吗？"), corpus="alpha"),
+            dlg("bad1", ("c", "病例bad1 我焦虑"), ("s", "嗯。"), corpus="alpha"),
+        ],
         "beta": [dlg("never1", ("c", "病例never1 我难过"), ("s", "为什么？"), corpus="beta")],
     }
-    p = params.from_dict({"name": "t", "quality": {"parse_retries": 1, "judge_sample": 2},
-                          "llm": {"provider": "remote", "model": "judge-test", "max_retries": 0,
-                                  "cache_path": str(tmp_path / "cache.sqlite")}})
+    p = params.from_dict(
+        {
+            "name": "t",
+            "quality": {"parse_retries": 1, "judge_sample": 2},
+            "llm": {
+                "provider": "remote",
+                "model": "judge-test",
+                "max_retries": 0,
+                "cache_path": str(tmp_path / "cache.sqlite"),
+            },
+        }
+    )
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     calls = {}
     with serve(_judge_handler(calls)) as url:
@@ -241,7 +299,10 @@ def test_judge_run_retries_and_keeps_raw_answers(tmp_path, monkeypatch):
     by = {r["dialogue_id"]: r for r in records}
     assert by["good1"]["ok"] and by["good1"]["attempts"] == 1 and by["good1"]["total"] == 8
     assert by["bad1"]["ok"] and by["bad1"]["attempts"] == 2 and by["bad1"]["total"] == 7
-    assert by["bad1"]["answers"][0] == "这段对话整体不错，我给 7 分。" and len(by["bad1"]["answers"]) == 2
+    assert (
+        by["bad1"]["answers"][0] == "这段对话整体不错，我给 7 分。"
+        and len(by["bad1"]["answers"]) == 2
+    )
     assert not by["never1"]["ok"] and by["never1"]["scores"] is None
     assert "outside 0..2" in by["never1"]["error"] and len(by["never1"]["answers"]) == 2
     assert all(r["model"] == "judge-test" and r["prompt_version"] == "judge_v2" for r in records)
@@ -268,7 +329,9 @@ def test_judge_run_retries_and_keeps_raw_answers(tmp_path, monkeypatch):
 def test_judge_v2_sends_its_worked_examples_as_chat_turns():
     from mi_llm import schema
 
-    d = schema.Dialogue("x", "t", [schema.Turn("client", "我很累。"), schema.Turn("counselor", "听起来你很辛苦。")])
+    d = schema.Dialogue(
+        "x", "t", [schema.Turn("client", "我很累。"), schema.Turn("counselor", "听起来你很辛苦。")]
+    )
     msgs, _ = quality.judge_messages(d, quality.prompt_template("judge_v2"), 1000)
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
     for m in msgs[2:5:2]:  # the examples answer in exactly the form parse_judgement reads

@@ -68,7 +68,9 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(RuntimeError), runs.atomic_path(f) as tmp:
         tmp.write_text("half a rec")
         raise RuntimeError("killed")
-    assert f.read_text() == "old\n" and sorted(x.name for x in tmp_path.iterdir()) == ["train.jsonl"]
+    assert f.read_text() == "old\n" and sorted(x.name for x in tmp_path.iterdir()) == [
+        "train.jsonl"
+    ]
     d = tmp_path / "mi_corpus"
     for text in ("one", "two"):  # a folder is replaced whole
         with runs.atomic_path(d) as tmp:
@@ -90,15 +92,32 @@ def test_a_second_run_of_the_same_name_stops_at_once(tmp_path, monkeypatch):
 
     env = {**os.environ, "MI_LLM_RUNS": str(tmp_path)}
     holder = subprocess.Popen(
-        [sys.executable, "-c", ("import sys, time; from mi_llm import runs\n"
-                                f"with runs.lock({str(tmp_path / 'smoke')!r}):\n"
-                                "    print('held', flush=True); time.sleep(60)")],
-        env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from mi_llm import runs\n"
+                f"with runs.lock({str(tmp_path / 'smoke')!r}):\n"
+                "    print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         t0 = time.monotonic()
-        second = subprocess.run([sys.executable, "-m", "mi_llm", "run", "params/smoke.yaml", "--no-progress"],
-                                env=env, capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+        second = subprocess.run(
+            [sys.executable, "-m", "mi_llm", "run", "params/smoke.yaml", "--no-progress"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+            check=False,
+        )
         assert second.returncode == 1 and time.monotonic() - t0 < 60
         assert f"already running (pid {holder.pid})" in second.stderr
         assert not (tmp_path / "smoke" / "notebooks").exists()  # no stage started

@@ -17,10 +17,19 @@ DATA = params_mod.ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json"
 
 def make_params(**sft_section):
     """Params of a tiny CPU run; sft_section overrides the sft section."""
-    base = {"models": ["llama3-8b-chinese-chat-v2"], "context_turns": 4,
-            "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1},
-            "config": {"max_steps": 4, "per_device_train_batch_size": 2, "save_steps": 2,
-                       "max_length": 128, "learning_rate": 5e-3, "logging_steps": 1}}
+    base = {
+        "models": ["llama3-8b-chinese-chat-v2"],
+        "context_turns": 4,
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1},
+        "config": {
+            "max_steps": 4,
+            "per_device_train_batch_size": 2,
+            "save_steps": 2,
+            "max_length": 128,
+            "learning_rate": 5e-3,
+            "logging_steps": 1,
+        },
+    }
     return params_mod.from_dict({"name": "t", "device": "cpu", "sft": {**base, **sft_section}})
 
 
@@ -32,16 +41,27 @@ def run_root(tmp_path, monkeypatch):
     f.parent.mkdir(parents=True)
     with open(f, "w", encoding="utf-8") as fh:
         for d in json.loads(DATA.read_text(encoding="utf-8")):
-            rec = {"id": str(d["id"]), "source_corpus": "psydtcorpus", "source_id": str(d["id"]),
-                   "prompt_version": "none", "topic": d.get("normalizedTag"), "messages": d["messages"]}
+            rec = {
+                "id": str(d["id"]),
+                "source_corpus": "psydtcorpus",
+                "source_id": str(d["id"]),
+                "prompt_version": "none",
+                "topic": d.get("normalizedTag"),
+                "messages": d["messages"],
+            }
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return tmp_path
 
 
-DIALOGUE = [{"role": "system", "content": "S"}, {"role": "user", "content": "u1"},
-            {"role": "assistant", "content": "ok"}, {"role": "user", "content": "u2"},
-            {"role": "assistant", "content": "a long reply"}, {"role": "user", "content": "u3"},
-            {"role": "assistant", "content": "another long one"}]
+DIALOGUE = [
+    {"role": "system", "content": "S"},
+    {"role": "user", "content": "u1"},
+    {"role": "assistant", "content": "ok"},
+    {"role": "user", "content": "u2"},
+    {"role": "assistant", "content": "a long reply"},
+    {"role": "user", "content": "u3"},
+    {"role": "assistant", "content": "another long one"},
+]
 
 
 def test_samples_whole_dialogue_by_default():
@@ -100,11 +120,22 @@ def tiny_llama(tmp_path_factory):
     from test_models import tiny_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    text = [m["content"] for d in json.loads(DATA.read_text(encoding="utf-8")) for m in d["messages"]]
+    text = [
+        m["content"] for d in json.loads(DATA.read_text(encoding="utf-8")) for m in d["messages"]
+    ]
     tok = tiny_tokenizer("llama3-8b-chinese-chat-v2", texts=text, vocab_size=1000)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(cfg).save_pretrained(d)
@@ -115,7 +146,9 @@ def tiny_llama(tmp_path_factory):
 def test_fit_context_keeps_the_reply_within_max_length(tiny_llama):
     from transformers import AutoTokenizer
 
-    tok = models.prepare_tokenizer(models.get("llama3-8b-chinese-chat-v2"), AutoTokenizer.from_pretrained(tiny_llama))
+    tok = models.prepare_tokenizer(
+        models.get("llama3-8b-chinese-chat-v2"), AutoTokenizer.from_pretrained(tiny_llama)
+    )
     msgs = json.loads(DATA.read_text(encoding="utf-8"))[0]["messages"]
     rows = sft.samples(msgs, context_turns=None, min_response_chars=1)
     fitted = sft.fit_context(rows, tok, 160)
@@ -142,7 +175,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(run_root, tiny_llam
     out = run_root / "runs/t/03_sft" / name
     want = _adapter(out)
     assert full["steps"] == 4 and full["resumed_from"] is None
-    assert 0 < full["first_loss"] < 20 and full["last_loss"] > 0  # every packed row holds trained tokens
+    assert (
+        0 < full["first_loss"] < 20 and full["last_loss"] > 0
+    )  # every packed row holds trained tokens
 
     class StopAt2(TrainerCallback):  # an interruption right after the checkpoint at step 2
         def on_save(self, args, state, control, **kw):
@@ -151,8 +186,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(run_root, tiny_llam
 
     monkeypatch.setattr(params_mod, "ROOT", run_root / "second")
     (run_root / "second/runs/t/02_mi_transcription").mkdir(parents=True)
-    (run_root / "second/runs/t" / sft.TRAIN_FILE).write_bytes((run_root / "runs/t" / sft.TRAIN_FILE).read_bytes())
-    assert sft.train(P, name, progress=False, model_path=tiny_llama, callbacks=[StopAt2()]) == {"stopped_at": 2}
+    (run_root / "second/runs/t" / sft.TRAIN_FILE).write_bytes(
+        (run_root / "runs/t" / sft.TRAIN_FILE).read_bytes()
+    )
+    assert sft.train(P, name, progress=False, model_path=tiny_llama, callbacks=[StopAt2()]) == {
+        "stopped_at": 2
+    }
     out2 = run_root / "second/runs/t/03_sft" / name
     assert not (out2 / "adapter").exists() and (out2 / "checkpoints/checkpoint-2").is_dir()
     resumed = sft.train(P, name, progress=False, model_path=tiny_llama)
@@ -162,17 +201,28 @@ def test_resume_after_interruption_matches_uninterrupted_run(run_root, tiny_llam
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
     log = (out2 / "train_log.csv").read_text().splitlines()
-    assert log[0] == "step,loss,learning_rate,tokens_per_s" and [r.split(",")[0] for r in log[1:]] == list("1234")
+    assert log[0] == "step,loss,learning_rate,tokens_per_s" and [
+        r.split(",")[0] for r in log[1:]
+    ] == list("1234")
     report = json.loads((out2 / "report.json").read_text())
-    assert report["train_tokens"] > 0 and report["tokens_per_s"] > 0 and report["peak_memory_mb"] > 0
+    assert (
+        report["train_tokens"] > 0 and report["tokens_per_s"] > 0 and report["peak_memory_mb"] > 0
+    )
     from transformers import AutoTokenizer
 
     saved = AutoTokenizer.from_pretrained(out2 / "adapter")  # the template travels with the adapter
     assert saved.chat_template == models.get(name).chat_template
 
 
-@pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("deepspeed_zero2", "DEEPSPEED"),
-                                       ("deepspeed_zero3", "DEEPSPEED"), ("fsdp", "FSDP")])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("ddp", "MULTI_GPU"),
+        ("deepspeed_zero2", "DEEPSPEED"),
+        ("deepspeed_zero3", "DEEPSPEED"),
+        ("fsdp", "FSDP"),
+    ],
+)
 def test_accelerate_configs_parse(name, kind):
     from accelerate.commands.config.config_args import ClusterConfig
 
@@ -186,8 +236,14 @@ def test_command_line_entry_point_rejects_unknown_model(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "mi_llm.sft", "params/smoke.yaml", "--model", "nope"],
-                       check=False, cwd=params_mod.ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "mi_llm.sft", "params/smoke.yaml", "--model", "nope"],
+        check=False,
+        cwd=params_mod.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode != 0 and "unknown model 'nope'" in r.stderr
 
 
@@ -200,7 +256,9 @@ def test_finished_run_is_kept(run_root, tiny_llama):
 
 
 @pytest.mark.slow
-def test_changed_data_or_params_retrain_instead_of_keeping_a_stale_adapter(run_root, tiny_llama, capsys):
+def test_changed_data_or_params_retrain_instead_of_keeping_a_stale_adapter(
+    run_root, tiny_llama, capsys
+):
     import hashlib
 
     P = make_params(config={**make_params().sft.config, "max_steps": 2})
@@ -213,7 +271,9 @@ def test_changed_data_or_params_retrain_instead_of_keeping_a_stale_adapter(run_r
     assert ident == first["identity"]
 
     # the training data changed: one record fewer
-    train_file.write_text("".join(train_file.read_text(encoding="utf-8").splitlines(True)[:-1]), encoding="utf-8")
+    train_file.write_text(
+        "".join(train_file.read_text(encoding="utf-8").splitlines(True)[:-1]), encoding="utf-8"
+    )
     second = sft.train(P, name, progress=False, model_path=tiny_llama)
     assert "training data changed" in capsys.readouterr().err
     assert second["resumed_from"] is None and second["n_samples"] < first["n_samples"]
@@ -224,8 +284,13 @@ def test_changed_data_or_params_retrain_instead_of_keeping_a_stale_adapter(run_r
     P2 = make_params(config={**P.sft.config, "learning_rate": 1e-4})
     third = sft.train(P2, name, progress=False, model_path=tiny_llama)
     assert "sft params changed" in capsys.readouterr().err
-    assert third["resumed_from"] is None and third["identity"]["sft_params_sha256"] != second["identity"]["sft_params_sha256"]
-    assert third["first_loss"] == pytest.approx(second["first_loss"], rel=1e-4)  # same data, same start
+    assert (
+        third["resumed_from"] is None
+        and third["identity"]["sft_params_sha256"] != second["identity"]["sft_params_sha256"]
+    )
+    assert third["first_loss"] == pytest.approx(
+        second["first_loss"], rel=1e-4
+    )  # same data, same start
     assert third["last_loss"] != second["last_loss"]  # trained again with the new rate
     assert sft.train(P2, name, progress=False, model_path=tiny_llama) == third  # unchanged: kept
 
@@ -242,11 +307,17 @@ def _packed_batch(tok, rows, padding_free=True):
 
     examples = []
     for r in rows:
-        enc = tok.apply_chat_template(r["prompt"] + r["completion"], tokenize=True, return_dict=True,
-                                      return_assistant_tokens_mask=True)
+        enc = tok.apply_chat_template(
+            r["prompt"] + r["completion"],
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
         ids, mask = enc["input_ids"], enc["assistant_masks"]
         examples.append({"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)]})
-    return DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=padding_free)(examples)
+    return DataCollatorForLanguageModeling(
+        pad_token_id=tok.pad_token_id, padding_free=padding_free
+    )(examples)
 
 
 def _full_loss(model, batch, num_items):
@@ -254,11 +325,20 @@ def _full_loss(model, batch, num_items):
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, use_cache=False).logits[:, :-1].float()  # as in training (packed rows)
     labels = batch["labels"][:, 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                             ignore_index=-100, reduction="sum") / num_items
+    return (
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        / num_items
+    )
 
 
-@pytest.mark.parametrize("name,padding_free", [("gemma3-270m", True), ("llama3-8b-chinese-chat-v2", False)])
+@pytest.mark.parametrize(
+    "name,padding_free", [("gemma3-270m", True), ("llama3-8b-chinese-chat-v2", False)]
+)
 def test_label_position_loss_equals_full_computation(request, name, padding_free):
     """Same loss and same LoRA gradients as full logits + cross-entropy, under gradient accumulation."""
     from peft import LoraConfig, get_peft_model
@@ -268,23 +348,41 @@ def test_label_position_loss_equals_full_computation(request, name, padding_free
     folder = request.getfixturevalue("tiny_model_dir" if name == "gemma3-270m" else "tiny_llama")
     model, tok = models.load(name, dtype="float32", path=folder)
     torch.manual_seed(1)  # LoRA B random (not zero) so that every LoRA weight has a gradient
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                                             init_lora_weights=False, task_type="CAUSAL_LM"))
-    rows = [r for d in json.loads(DATA.read_text(encoding="utf-8"))[:2] for r in sft.samples(d["messages"], 1, 2)][:4]
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules="all-linear",
+            init_lora_weights=False,
+            task_type="CAUSAL_LM",
+        ),
+    )
+    rows = [
+        r
+        for d in json.loads(DATA.read_text(encoding="utf-8"))[:2]
+        for r in sft.samples(d["messages"], 1, 2)
+    ][:4]
     micro = [_packed_batch(tok, rows[:2], padding_free), _packed_batch(tok, rows[2:], padding_free)]
     # token-weighted accumulation: every micro-batch divides by the tokens of the whole step
     num_items = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-    assert 0 < int((micro[0]["labels"] != -100).sum()) < micro[0]["labels"].numel() // 2  # a real mask
+    assert (
+        0 < int((micro[0]["labels"] != -100).sum()) < micro[0]["labels"].numel() // 2
+    )  # a real mask
 
     def grads(fn):
         model.zero_grad()
         total = sum(fn(b) for b in micro)
         total.backward()
-        return total.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return total.detach(), {
+            n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad
+        }
 
     want_loss, want = grads(lambda b: _full_loss(model, b, num_items))
     loss.add_loss_positions_head(model.get_base_model(), liger=False)
-    got_loss, got = grads(lambda b: model(**b, fused_lm_head=True, num_items_in_batch=num_items).loss)
+    got_loss, got = grads(
+        lambda b: model(**b, fused_lm_head=True, num_items_in_batch=num_items).loss
+    )
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
     assert want.keys() == got.keys() and len(want) > 0
     for k in want:
@@ -293,7 +391,9 @@ def test_label_position_loss_equals_full_computation(request, name, padding_free
     out = model(**micro[0], fused_lm_head=True)  # TRL's metrics read these fields
     assert out.label_mask.sum() == (micro[0]["labels"][:, 1:] != -100).sum()
     assert (out.entropy > 0).sum() == out.label_mask.sum() and out.is_top1.dtype == torch.bool
-    plain = model(**{k: v for k, v in micro[0].items() if k != "labels"})  # generation path unchanged
+    plain = model(
+        **{k: v for k, v in micro[0].items() if k != "labels"}
+    )  # generation path unchanged
     assert plain.logits.shape[1] == micro[0]["input_ids"].shape[1]
 
 

@@ -11,7 +11,11 @@ def _nb(path, code):
     params = nbformat.v4.new_code_cell("name = 'x'")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(code)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nbformat.write(nb, path)
 
 
@@ -44,7 +48,9 @@ def test_runner_stops_at_first_failure_and_names_the_notebook(fake_project, caps
     with pytest.raises(SystemExit):
         study.run(str(pfile), progress=False)
     err = capsys.readouterr().err
-    assert "02_bad" in err and "boom in stage 2" in err and "runs/tiny/notebooks/02_bad.ipynb" in err
+    assert (
+        "02_bad" in err and "boom in stage 2" in err and "runs/tiny/notebooks/02_bad.ipynb" in err
+    )
     out = pfile.parent / "runs" / "tiny" / "notebooks"
     assert (out / "01_ok.ipynb").exists() and (out / "02_bad.ipynb").exists()
     assert not (out / "03_never.ipynb").exists()
@@ -56,10 +62,15 @@ def test_runner_leaves_the_report_to_the_last_notebook(fake_project, monkeypatch
 
     nbs, pfile = fake_project
     calls = []
-    monkeypatch.setattr(report, "build", lambda run_dir: calls.append(run_dir) or run_dir / "report/index.html")
+    monkeypatch.setattr(
+        report, "build", lambda run_dir: calls.append(run_dir) or run_dir / "report/index.html"
+    )
     where = pfile.parent / "runs/tiny/report"
-    _nb(nbs / "01_last.ipynb", f"import pathlib\np = pathlib.Path({str(where)!r})\n"
-                               "p.mkdir(parents=True, exist_ok=True)\n(p / 'index.html').write_text('built')")
+    _nb(
+        nbs / "01_last.ipynb",
+        f"import pathlib\np = pathlib.Path({str(where)!r})\n"
+        "p.mkdir(parents=True, exist_ok=True)\n(p / 'index.html').write_text('built')",
+    )
     run_dir = study.run(str(pfile), progress=False)
     assert calls == []  # the notebook built it (in its own kernel); the runner built nothing
     assert (run_dir / "report/index.html").read_text() == "built"

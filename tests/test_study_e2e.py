@@ -11,11 +11,10 @@ import json
 import re
 
 import pandas as pd
-import pytest
 import yaml
+from openai_server import serve
 
 from mi_llm import params, study
-from openai_server import serve
 
 
 def _answer(req: dict) -> str:
@@ -24,8 +23,14 @@ def _answer(req: dict) -> str:
     last = str(req["messages"][-1]["content"])
     if "CPsyCoun" in text:  # the corpus-quality judge
         n = len(last) % 3
-        return json.dumps({"comprehensiveness": min(n, 2), "professionalism": n + 0,
-                           "authenticity": 3 - n, "safety": 1})
+        return json.dumps(
+            {
+                "comprehensiveness": min(n, 2),
+                "professionalism": n + 0,
+                "authenticity": 3 - n,
+                "safety": 1,
+            }
+        )
     if "改写" in last:  # one counselor turn in MI style
         client = re.findall(r"来访者接着说：(.*)", last)[0][:12]
         return f"听起来“{client}”这件事让你挺不容易的。你希望接下来有什么样的变化呢？"
@@ -44,14 +49,38 @@ def test_whole_study_runs_end_to_end(tmp_path, monkeypatch, tiny_model_dir):
             **smoke,
             "name": "tiny",
             "model_paths": {"gemma3-270m": str(tiny_model_dir)},
-            "llm": {**smoke["llm"], "provider": "remote", "model": "test-model", "base_url": str(url),
-                    "api_key_env": "MI_LLM_TEST_KEY"},
+            "llm": {
+                **smoke["llm"],
+                "provider": "remote",
+                "model": "test-model",
+                "base_url": str(url),
+                "api_key_env": "MI_LLM_TEST_KEY",
+            },
             "quality": {**smoke["quality"], "judge_sample": 2, "bootstrap": 50},
-            "transcription": {**smoke["transcription"], "max_dialogues": 3, "n_train": 3, "n_test": 2},
-            "sft": {**smoke["sft"], "config": {**smoke["sft"]["config"], "max_steps": 4, "save_steps": 2,
-                                               "learning_rate": 2e-3, "max_length": 128}},
-            "evaluation": {**smoke["evaluation"], "max_dialogues": 2, "max_rounds": 2, "max_new_tokens": 8,
-                           "bootstrap": 50, "miti": {**smoke["evaluation"]["miti"], "annomi_sample": 4}},
+            "transcription": {
+                **smoke["transcription"],
+                "max_dialogues": 3,
+                "n_train": 3,
+                "n_test": 2,
+            },
+            "sft": {
+                **smoke["sft"],
+                "config": {
+                    **smoke["sft"]["config"],
+                    "max_steps": 4,
+                    "save_steps": 2,
+                    "learning_rate": 2e-3,
+                    "max_length": 128,
+                },
+            },
+            "evaluation": {
+                **smoke["evaluation"],
+                "max_dialogues": 2,
+                "max_rounds": 2,
+                "max_new_tokens": 8,
+                "bootstrap": 50,
+                "miti": {**smoke["evaluation"]["miti"], "annomi_sample": 4},
+            },
             "figures": {**smoke["figures"], "out_dir": str(tmp_path / "figures")},
         }
         pfile = tmp_path / "tiny.yaml"
@@ -60,10 +89,15 @@ def test_whole_study_runs_end_to_end(tmp_path, monkeypatch, tiny_model_dir):
         monkeypatch.setenv("MI_LLM_TEST_KEY", "test-key-not-stored")
         run_dir = study.run(str(pfile), progress=False)
 
-    assert sorted(p.stem for p in (run_dir / "notebooks").glob("*.ipynb")) == [p.stem for p in study.stages()]
+    assert sorted(p.stem for p in (run_dir / "notebooks").glob("*.ipynb")) == [
+        p.stem for p in study.stages()
+    ]
     q = pd.read_csv(run_dir / "01_corpus_quality" / "quality.csv")
     assert len(q) == 5 and q["selected"].sum() == 2 and q["total"].notna().all()
-    assert set(q.loc[q["fixture"], "corpus"]) == {"psydtcorpus", "soulchatcorpus"}  # PROVENANCE.json
+    assert set(q.loc[q["fixture"], "corpus"]) == {
+        "psydtcorpus",
+        "soulchatcorpus",
+    }  # PROVENANCE.json
     assert (run_dir / "02_mi_transcription" / "train.jsonl").read_text().strip()
     assert (run_dir / "02_mi_transcription" / "test.jsonl").read_text().strip()
     report = json.loads((run_dir / "03_sft" / "gemma3-270m" / "report.json").read_text())
@@ -76,9 +110,14 @@ def test_whole_study_runs_end_to_end(tmp_path, monkeypatch, tiny_model_dir):
     assert (run_dir / "report" / "index.html").exists()
     page = (run_dir / "report" / "index.html").read_text()
     fixtures = next(x for x in page.splitlines() if "<b>Fixtures:</b>" in x)  # the report's line
-    assert "psydtcorpus" in fixtures and "soulchatcorpus" in fixtures and "cpsycound" not in fixtures
+    assert (
+        "psydtcorpus" in fixtures and "soulchatcorpus" in fixtures and "cpsycound" not in fixtures
+    )
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert all(prov["stages"][nb.stem]["finished"] for nb in study.stages())
-    everything = "".join(p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file()
-                         and p.suffix in {".json", ".jsonl", ".ipynb", ".csv", ".html"})
+    everything = "".join(
+        p.read_text(errors="ignore")
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.suffix in {".json", ".jsonl", ".ipynb", ".csv", ".html"}
+    )
     assert "test-key-not-stored" not in everything

@@ -28,13 +28,28 @@ def tag_params() -> params.Params:
     """Smoke params with tagged transcription, a 1-step fp32 SFT and the conditioned variant."""
     P = params.load(ROOT / "params/smoke.yaml")
     return dataclasses.replace(
-        P, name="tags_e2e", device="cpu",
+        P,
+        name="tags_e2e",
+        device="cpu",
         llm=dataclasses.replace(P.llm, provider="remote", request_timeout=10),
-        transcription=dataclasses.replace(P.transcription, prompt_version="mi_turn_tagged_v1", unit="turn",
-                                          tag_behaviour=True, max_length_ratio=5.0, n_train=4, n_test=2),
+        transcription=dataclasses.replace(
+            P.transcription,
+            prompt_version="mi_turn_tagged_v1",
+            unit="turn",
+            tag_behaviour=True,
+            max_length_ratio=5.0,
+            n_train=4,
+            n_test=2,
+        ),
         sft=dataclasses.replace(P.sft, config={**P.sft.config, "max_steps": 1, "bf16": False}),
-        evaluation=dataclasses.replace(P.evaluation, variants=["conditioned"], condition_on="simple_reflection",
-                                       max_new_tokens=4, max_rounds=2))
+        evaluation=dataclasses.replace(
+            P.evaluation,
+            variants=["conditioned"],
+            condition_on="simple_reflection",
+            max_new_tokens=4,
+            max_rounds=2,
+        ),
+    )
 
 
 def trained_text(tok, row: dict) -> str:
@@ -43,7 +58,9 @@ def trained_text(tok, row: dict) -> str:
     return tok.decode([i for i, lab in zip(row["input_ids"], row["labels"]) if lab != -100])
 
 
-def test_a_tag_goes_from_transcription_through_sft_to_generation(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_tag_goes_from_transcription_through_sft_to_generation(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
@@ -51,19 +68,26 @@ def test_a_tag_goes_from_transcription_through_sft_to_generation(tiny_model_dir,
     P = tag_params()
     # 02: the transcriber's tags are validated and kept in the stored assistant turns
     with serve(tagged_answer) as url:
-        recs, fails, rep = transcribe.transcribe(llm.Endpoint(url, "m", "k", "remote"), sample_dialogues(3), P,
-                                                 tmp_path / "cache.sqlite")
+        recs, fails, rep = transcribe.transcribe(
+            llm.Endpoint(url, "m", "k", "remote"), sample_dialogues(3), P, tmp_path / "cache.sqlite"
+        )
     assert not fails and len(recs) == 6 and sum(rep["behaviours"].values()) == 12
     train, test = transcribe.split(recs, 4, 2, P.seed)
     transcribe.save(P.stage_dir("02_mi_transcription"), train, test, rep, fails)
     # 03: every training completion starts with its tag, and TRL trains on the tag's tokens
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     data = sft.build_dataset(P, tok)
-    assert len(data) == 8 and all(forecast.strip_tag(r["completion"][0]["content"])[0] for r in data)
+    assert len(data) == 8 and all(
+        forecast.strip_tag(r["completion"][0]["content"])[0] for r in data
+    )
     spec = models.get(NAME)
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                         args=sft.sft_config(P, spec, tmp_path / "ckpt"), train_dataset=data,
-                         processing_class=tok, peft_config=sft.lora_config(P, spec))
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=sft.sft_config(P, spec, tmp_path / "ckpt"),
+        train_dataset=data,
+        processing_class=tok,
+        peft_config=sft.lora_config(P, spec),
+    )
     trained = "".join(trained_text(tok, row) for row in trainer.train_dataset)
     for r in data:
         assert r["completion"][0]["content"] in trained  # tag and words, unchanged, carry the loss
@@ -74,10 +98,13 @@ def test_a_tag_goes_from_transcription_through_sft_to_generation(tiny_model_dir,
     assert len(gens) == 4 and {g["behaviour"] for g in gens} == {"simple_reflection"}
     for g in gens:
         assert "<mi:" not in g["reply"] and "<mi:" not in g["reference"]
-        assert any(m["content"].startswith("<mi:") for m in g["messages"] if m["role"] == "assistant") \
-            or len(g["messages"]) == 1  # the history is the tagged corpus the model was trained on
-    assert generate.prompt_texts(tok, [gens[0]["messages"]], [generate.tag_prefix("simple_reflection")])[0] \
-        .endswith("<start_of_turn>model\n<mi:simple_reflection>")
+        assert (
+            any(m["content"].startswith("<mi:") for m in g["messages"] if m["role"] == "assistant")
+            or len(g["messages"]) == 1
+        )  # the history is the tagged corpus the model was trained on
+    assert generate.prompt_texts(
+        tok, [gens[0]["messages"]], [generate.tag_prefix("simple_reflection")]
+    )[0].endswith("<start_of_turn>model\n<mi:simple_reflection>")
 
 
 def test_tag_params_are_a_valid_params_file(tmp_path):

@@ -18,8 +18,18 @@ def test_sentiment_distance_of_english_replies_by_hand():
 
     vader = SentimentIntensityAnalyzer()
     ref, reply = "That sounds really hard, and you handled it well.", "You are wrong about this."
-    gens = [{"model": "m", "variant": "base", "dialogue_id": "d", "round": 0, "topic": None,
-             "messages": [], "reference": ref, "reply": reply}]
+    gens = [
+        {
+            "model": "m",
+            "variant": "base",
+            "dialogue_id": "d",
+            "round": 0,
+            "topic": None,
+            "messages": [],
+            "reference": ref,
+            "reply": reply,
+        }
+    ]
     row = therapy.therapy_metrics(gens).set_index("variant").loc["base"]
     c1, c2 = vader.polarity_scores(reply)["compound"], vader.polarity_scores(ref)["compound"]
     assert row["sentiment_distance"] == pytest.approx(abs((c1 + 1) / 2 - (c2 + 1) / 2))
@@ -27,7 +37,10 @@ def test_sentiment_distance_of_english_replies_by_hand():
 
 def test_sentiment_language_choice_and_scale():
     assert therapy.cjk_share("我很好 ok") == pytest.approx(3 / 5)
-    en_pos, en_neg = therapy.sentiment("I am very happy today"), therapy.sentiment("I feel terrible and sad")
+    en_pos, en_neg = (
+        therapy.sentiment("I am very happy today"),
+        therapy.sentiment("I feel terrible and sad"),
+    )
     assert 0.5 < en_pos <= 1 and 0 <= en_neg < 0.5  # VADER compound mapped to 0..1
     zh = therapy.sentiment("我今天很开心")
     assert 0.5 < zh <= 1  # snownlp
@@ -35,30 +48,51 @@ def test_sentiment_language_choice_and_scale():
 
 
 def test_client_name_rule():
-    hist = [{"role": "assistant", "content": "我叫张老师"}, {"role": "user", "content": "你好，我叫王小明，今年二十岁"}]
+    hist = [
+        {"role": "assistant", "content": "我叫张老师"},
+        {"role": "user", "content": "你好，我叫王小明，今年二十岁"},
+    ]
     assert therapy.client_name(hist) == "王小明"  # the counselor's own name is not the client's
     assert therapy.client_name([{"role": "user", "content": "Hi, my name is Anna and I"}]) == "Anna"
-    assert therapy.client_name([{"role": "user", "content": "我叫李华今年二十岁"}]) is None  # ambiguous end
+    assert (
+        therapy.client_name([{"role": "user", "content": "我叫李华今年二十岁"}]) is None
+    )  # ambiguous end
     assert therapy.uses_name("小明，你觉得呢", "王小明")
     assert not therapy.uses_name("你觉得呢", "王小明")
 
 
 def _gen(variant, reply, ref, topic="焦虑", did="d1", rnd=0, name=True):
     user = "我叫王小明，最近很焦虑。" if name else "最近很焦虑。"
-    return {"model": "m", "variant": variant, "dialogue_id": did, "round": rnd, "topic": topic,
-            "messages": [{"role": "user", "content": user}], "reference": ref, "reply": reply}
+    return {
+        "model": "m",
+        "variant": variant,
+        "dialogue_id": did,
+        "round": rnd,
+        "topic": topic,
+        "messages": [{"role": "user", "content": user}],
+        "reference": ref,
+        "reply": reply,
+    }
 
 
 def test_therapy_metrics_hand_made():
-    ref = "小明，听起来你很焦虑。能多说一些吗？"  # 18 chars, 2 sentences, 1 question mark, uses name
+    ref = (
+        "小明，听起来你很焦虑。能多说一些吗？"  # 18 chars, 2 sentences, 1 question mark, uses name
+    )
     gens = [
-        _gen("base", "你应该去看医生？你要放松？你要睡觉？", ref),  # 18 chars, 3 sentences, 3 ?, no name
+        _gen(
+            "base", "你应该去看医生？你要放松？你要睡觉？", ref
+        ),  # 18 chars, 3 sentences, 3 ?, no name
         _gen("finetuned", "小明，你很焦虑。", ref),  # 8 chars, 1 sentence, no ?, uses name
         _gen("base", "好的。", "我明白。", topic=None, did="d2", name=False),
         _gen("finetuned", "我明白你的意思。", "我明白。", topic=None, did="d2", name=False),
     ]
     t = therapy.therapy_metrics(gens).set_index(["category", "variant"])
-    base, ft, refrow = t.loc[("焦虑", "base")], t.loc[("焦虑", "finetuned")], t.loc[("焦虑", "reference")]
+    base, ft, refrow = (
+        t.loc[("焦虑", "base")],
+        t.loc[("焦虑", "finetuned")],
+        t.loc[("焦虑", "reference")],
+    )
     assert base["mean_abs_length_diff"] == 0 and ft["mean_abs_length_diff"] == 10
     assert base["mean_abs_sentence_diff"] == 1 and ft["mean_abs_sentence_diff"] == 1
     assert (base["question_replies"], base["question_marks"]) == (1, 3)
