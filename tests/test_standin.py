@@ -73,13 +73,13 @@ def test_judge_scores_parse_and_follow_the_counselor_side():
 
 
 def test_miti_codes_and_globals_parse():
-    parts = prompts.parts("miti_v2")
+    parts = prompts.parts("miti_v3")
     cases = {
-        "听起来你很想改变，又有些害怕。": "CR",
-        "你最近睡得怎么样？": "Q",
-        "你必须马上戒烟。": "PERSUADE",
-        "如果你愿意，我可以分享一些做法。": "SEEK",
-        "每天走路三十分钟有助于睡眠。": "GI",
+        "听起来你很想改变，又有些害怕。": ("CR",),
+        "你最近睡得怎么样？": ("Q",),
+        "你必须马上戒烟。": ("PERSUADE",),
+        "如果你愿意，我可以分享一些做法。": ("SEEK",),
+        "每天走路三十分钟有助于睡眠。": ("GI",),
     }
     for utt, code in cases.items():
         user = prompts.render(parts["code"], context="Client: 我睡不好。", utterance=utt)
