@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     )
     ch.add_argument("run", help="runs/<name>")
     ch.add_argument("--model", help="registry name (default: the run's first evaluated model)")
-    ch.add_argument("--variant", default="finetuned", choices=["base", "finetuned"])
+    ch.add_argument("--variant", default="finetuned", choices=["base", "finetuned", "conditioned"])
     ch.add_argument("--port", type=int, default=8765)
     ch.add_argument(
         "--country", help="crisis line of this country (CN, US, UK or one in --referral)"

@@ -5,7 +5,13 @@
 The run's model (its `provenance.json` params name the models and their weights) is served with
 `transformers serve` (mi_llm.llm.serve). `transformers serve` loads plain model folders, so the
 finetuned variant serves the base weights with stage 03's LoRA adapter merged in, cached once per
-adapter hash under ~/.cache/mi-llm/merged/. In front of it a small FastAPI app
+adapter hash under ~/.cache/mi-llm/merged/. The conditioned variant (stage 04's third variant)
+needs its reply to start with the behaviour tag `<mi:label>`, which an OpenAI endpoint cannot
+prefill, so it is generated in this process with the same merged weights and the same code as
+stage 04 (generate.generate_batches with the tag as prefix). Each reply's behaviour is the run's
+`evaluation.condition_on`: a fixed label, or `forecaster` (04's forecaster.joblib on the
+conversation so far); a request may name one with the extra field `mi_behaviour`. The tag is
+cut from the reply and saved as the turn's behaviour. In front of either, a small FastAPI app
 
 - answers `POST /v1/chat/completions` and `GET /v1/models` like any OpenAI endpoint (curl, the
   `openai` package), non-streaming;
@@ -41,7 +47,8 @@ from fastapi import Request  # at module level: FastAPI resolves the handler's a
 from . import safety
 from .schema import DataError, Dialogue, Turn, validate
 
-VARIANTS = ("base", "finetuned")
+VARIANTS = ("base", "finetuned", "conditioned")
+ADAPTED = ("finetuned", "conditioned")  # variants that answer with the 03 adapter
 ON_CRISIS = ("refer", "refer_then_reply")
 _ROLE = {"user": "client", "assistant": "counselor"}
 
@@ -63,6 +70,7 @@ class Served:
     adapter: Path | None = None
     adapter_sha256: str | None = None
     system: str | None = None  # the system prompt of the run's test dialogues, if any
+    condition_on: str | None = None  # conditioned: a fixed behaviour label or "forecaster"
 
     def meta(self) -> dict:
         return {
@@ -73,6 +81,7 @@ class Served:
             "served_folder": str(self.folder),
             "adapter": str(self.adapter) if self.adapter else None,
             "adapter_sha256": self.adapter_sha256,
+            "condition_on": self.condition_on,
         }
 
 
@@ -165,21 +174,20 @@ def resolve(
     from .params import path
 
     if variant not in VARIANTS:
-        raise ValueError(
-            f"variant {variant!r}: the chat serves one of {VARIANTS} (the conditioned "
-            "variant's tag-prefilled replies are made by stage 04's generation)"
-        )
+        raise ValueError(f"variant {variant!r}: the chat serves one of {VARIANTS}")
     P = run_params(run_dir)
     model = model or (P.evaluation.models or P.sft.models)[0]
     base = (
         path(P.model_paths[model]) if model in P.model_paths else Path(models.weights_path(model))
     )
     served = Served(Path(run_dir), model, variant, base, base, system=_system_prompt(run_dir))
-    if variant == "finetuned":
+    if variant in ADAPTED:
         served.adapter = Path(run_dir) / "03_sft" / model / "adapter"  # where stage 03 saves it
         served.adapter_sha256 = adapter_sha256(served.adapter)
         if merge:
             served.folder = merged_folder(model, base, served.adapter, served.adapter_sha256)
+    if variant == "conditioned":
+        served.condition_on = P.evaluation.condition_on
     return served
 
 
@@ -306,39 +314,24 @@ def _history(messages, where="request") -> tuple[list[tuple], str]:
     return turns[:-1], turns[-1][1]
 
 
-def make_app(
-    served: Served,
-    backend_url: str,
-    backend_model: str,
-    sessions: Sessions,
-    *,
-    on_crisis: str = "refer",
-    country: str | None = None,
-    referral: dict | None = None,
-    max_tokens: int = 256,
-    timeout: float = 600.0,
-):
-    """The FastAPI app: /v1/chat/completions, /v1/models, /sessions/{id} and the page at /."""
-    import httpx
-    from fastapi import FastAPI, HTTPException
-    from fastapi.responses import HTMLResponse, JSONResponse
+def with_system(served: Served, messages: list[dict]) -> list[dict]:
+    """The request's messages, led by the run's system prompt unless the request brings its own."""
+    if served.system and not (messages and messages[0]["role"] == "system"):
+        return [{"role": "system", "content": served.system}, *messages]
+    return messages
 
-    if on_crisis not in ON_CRISIS:
-        raise ValueError(f"on_crisis {on_crisis!r}: one of {ON_CRISIS}")
-    referral = referral or safety.referral_config()
-    model_id = f"{served.model}:{served.variant}"
-    page = files("mi_llm").joinpath("templates/chat.html").read_text(encoding="utf-8")
-    page = page.replace("{{model_id}}", model_id)
-    app = FastAPI(title="mi-llm chat")
+
+def http_backend(backend_url: str, backend_model: str, max_tokens: int = 256, timeout=600.0):
+    """ask(messages, body) -> (reply, finish_reason, usage, meta) from an OpenAI-compatible server."""
+    import httpx
+    from fastapi import HTTPException
+
     client = httpx.Client(timeout=timeout)
 
-    def ask_model(messages: list[dict], body: dict) -> tuple[str, str, dict]:
-        system = [{"role": "system", "content": served.system}] if served.system else []
-        if messages and messages[0]["role"] == "system":
-            system = []
+    def ask(messages: list[dict], body: dict):
         req = {
             "model": backend_model,
-            "messages": system + messages,
+            "messages": messages,
             "stream": False,
             "max_tokens": body.get("max_tokens") or max_tokens,
         }
@@ -350,11 +343,105 @@ def make_app(
             raise HTTPException(502, f"model server answered {r.status_code}: {r.text[:500]}")
         out = r.json()
         choice = out["choices"][0]
-        return (
-            (choice["message"]["content"] or "").strip(),
-            choice.get("finish_reason") or "stop",
-            out.get("usage") or {},
+        reply = (choice["message"]["content"] or "").strip()
+        return reply, choice.get("finish_reason") or "stop", out.get("usage") or {}, {}
+
+    return ask
+
+
+def conditioned_backend(served: Served, device: str = "cpu", max_tokens: int = 256):
+    """ask(messages, body) for the conditioned variant, in this process: stage 04's generation
+    (generate.generate_batches) with the behaviour's tag `<mi:label>` as the reply's prefix.
+
+    The behaviour is the request's `mi_behaviour`, else the run's `evaluation.condition_on`: a
+    fixed label, or the forecaster stage 04 trained (forecaster.joblib) on the conversation so far.
+    """
+    import torch
+
+    from . import forecast, generate, models
+
+    fc = served.run_dir / "04_evaluation" / "forecaster.joblib"
+    bundle = None
+    if served.condition_on == "forecaster":
+        if not fc.exists():
+            raise FileNotFoundError(
+                f"{fc}: no forecaster; the run's evaluation.condition_on is 'forecaster', so the "
+                "conditioned chat asks stage 04's forecaster (evaluation.forecaster.enabled)"
+            )
+        bundle = forecast.load(fc)
+    elif served.condition_on not in forecast.TAGS:
+        raise ValueError(
+            f"evaluation.condition_on: {served.condition_on!r} is not 'forecaster' or one of "
+            f"{list(forecast.TAGS)}"
         )
+    model, tok = models.load(served.model, generate.resolve_device(device), path=served.folder)
+    if served.folder == served.base_folder:  # not merged on disk (merge=False): merge in memory
+        model, tok = generate._with_adapter(model, tok, served.model, served.adapter)
+    model.eval()
+    stops = models.get(served.model).special_tokens
+    lock = threading.Lock()  # one generation at a time on the one model
+
+    def ask(messages: list[dict], body: dict):
+        label = body.get("mi_behaviour") or (
+            served.condition_on
+            if bundle is None
+            else forecast.predict_next(bundle, generate._window(messages, None))
+        )
+        overrides = {}
+        if body.get("temperature"):
+            overrides = {"do_sample": True, "temperature": float(body["temperature"])}
+            if body.get("top_p") is not None:
+                overrides["top_p"] = float(body["top_p"])
+        with lock:
+            if body.get("seed") is not None:
+                torch.manual_seed(int(body["seed"]))
+            t0 = time.perf_counter()
+            [reply] = generate.generate(
+                model,
+                tok,
+                [messages],
+                batch_size=1,
+                max_new_tokens=body.get("max_tokens") or max_tokens,
+                overrides=overrides,
+                stop_tokens=stops,
+                prefixes=[generate.tag_prefix(label)],
+            )
+        _, reply = generate.split_tag(reply)
+        n = len(tok(reply, add_special_tokens=False)["input_ids"])
+        usage = {"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n}
+        finish = "length" if n >= (body.get("max_tokens") or max_tokens) else "stop"
+        meta = {"behaviour": label, "generate_s": round(time.perf_counter() - t0, 3)}
+        return reply.strip(), finish, usage, meta
+
+    return ask
+
+
+def make_app(
+    served: Served,
+    ask,
+    sessions: Sessions,
+    *,
+    on_crisis: str = "refer",
+    country: str | None = None,
+    referral: dict | None = None,
+):
+    """The FastAPI app: /v1/chat/completions, /v1/models, /sessions/{id} and the page at /.
+
+    ask(messages, body) -> (reply, finish_reason, usage, meta) answers a client message
+    (http_backend or conditioned_backend); meta is saved with the counselor's turn.
+    """
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from . import forecast
+
+    if on_crisis not in ON_CRISIS:
+        raise ValueError(f"on_crisis {on_crisis!r}: one of {ON_CRISIS}")
+    referral = referral or safety.referral_config()
+    model_id = f"{served.model}:{served.variant}"
+    page = files("mi_llm").joinpath("templates/chat.html").read_text(encoding="utf-8")
+    page = page.replace("{{model_id}}", model_id)
+    app = FastAPI(title="mi-llm chat")
 
     @app.get("/", response_class=HTMLResponse)
     def index():
@@ -382,6 +469,12 @@ def make_app(
             raise HTTPException(400, "request body is not JSON") from None
         if body.get("stream"):
             raise HTTPException(400, "stream: true is not supported; ask without streaming")
+        label = body.get("mi_behaviour")
+        if label is not None and (served.variant != "conditioned" or label not in forecast.TAGS):
+            raise HTTPException(
+                400,
+                f"mi_behaviour {label!r}: the conditioned variant takes one of {list(forecast.TAGS)}",
+            )
         try:
             history, client_text = _history(body.get("messages"))
             sid = body.get("user") or request.headers.get("x-session-id")
@@ -409,13 +502,13 @@ def make_app(
                 }
                 meta.update(referral=True, language=lang)
                 if on_crisis == "refer_then_reply":
-                    reply, finish, usage = ask_model(body["messages"], body)
+                    reply, finish, usage, extra = ask(with_system(served, body["messages"]), body)
                     text = text + "\n\n" + reply
-                    meta["model_reply"] = reply
+                    meta.update(extra, model_reply=reply)
             else:
                 t0 = time.perf_counter()
-                text, finish, usage = ask_model(body["messages"], body)
-                meta["latency_s"] = round(time.perf_counter() - t0, 3)
+                text, finish, usage, extra = ask(with_system(served, body["messages"]), body)
+                meta.update(extra, latency_s=round(time.perf_counter() - t0, 3))
             meta.update(model=served.model, variant=served.variant, finish_reason=finish)
             sessions.record(s, history, client_text, text, meta, event)
         return {
@@ -495,17 +588,24 @@ def serve(
     log_dir=None,
     serve_timeout: float = 300.0,
     max_tokens: int = 256,
+    device: str | None = None,
 ):
     """Serve a run's model with the chat in front, on 127.0.0.1 (a background thread); yield a Chat.
 
     backend_url: an already running OpenAI-compatible server for the model (tests; vLLM on a GPU),
     instead of starting `transformers serve`; backend_model: the model name its requests carry
-    (e.g. vLLM's LoRA module name; default: the served folder's path).
+    (e.g. vLLM's LoRA module name; default: the served folder's path). The conditioned variant
+    needs neither: it is generated in this process on `device` (default: the run's device).
     """
     import uvicorn
 
     from . import llm
 
+    if variant == "conditioned" and backend_url is not None:
+        raise ValueError(
+            "variant 'conditioned' is generated in this process (its reply starts with the "
+            "behaviour tag, which an OpenAI endpoint cannot prefill); drop backend_url"
+        )
     served = resolve(run_dir, model, variant, merge=backend_url is None)
     referral = safety.referral_config(referral_file)
     if country:
@@ -514,25 +614,20 @@ def serve(
         )  # an unknown country fails now, not at the first crisis
     sessions = Sessions(Path(run_dir) / "chat", served.meta())
     with contextlib.ExitStack() as stack:
-        if backend_url is None:
-            backend_url = stack.enter_context(
-                llm.serve(
-                    served.folder,
-                    timeout=serve_timeout,
-                    log_dir=log_dir or Path(run_dir) / "chat" / "logs",
+        if variant == "conditioned":
+            ask = conditioned_backend(served, device or run_params(run_dir).device, max_tokens)
+        else:
+            if backend_url is None:
+                backend_url = stack.enter_context(
+                    llm.serve(
+                        served.folder,
+                        timeout=serve_timeout,
+                        log_dir=log_dir or Path(run_dir) / "chat" / "logs",
+                    )
                 )
-            )
-            backend_model = str(served.folder)
-        backend_model = backend_model or str(served.folder)
+            ask = http_backend(backend_url, backend_model or str(served.folder), max_tokens)
         app = make_app(
-            served,
-            backend_url,
-            backend_model,
-            sessions,
-            on_crisis=on_crisis,
-            country=country,
-            referral=referral,
-            max_tokens=max_tokens,
+            served, ask, sessions, on_crisis=on_crisis, country=country, referral=referral
         )
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port or llm._free_port(), log_level="warning"

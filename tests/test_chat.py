@@ -152,7 +152,9 @@ def test_bad_requests_and_runs_are_refused_with_a_reason(tiny_model_dir, tiny_ad
     run = make_run(tmp_path, tiny_model_dir)  # no adapter
     with pytest.raises(FileNotFoundError, match="no PEFT adapter"):
         chat.resolve(run, variant="finetuned")
-    with pytest.raises(ValueError, match="variant 'conditioned'"):
+    with pytest.raises(ValueError, match="variant 'conditional'"):
+        chat.resolve(run, variant="conditional")
+    with pytest.raises(FileNotFoundError, match="no PEFT adapter"):
         chat.resolve(run, variant="conditioned")
     assert chat.resolve(run, variant="base").folder == tiny_model_dir
     with (
@@ -175,6 +177,52 @@ def test_bad_requests_and_runs_are_refused_with_a_reason(tiny_model_dir, tiny_ad
     zz = chat.serve(run, variant="base", backend_url="http://127.0.0.1:9/v1", country="ZZ")
     with pytest.raises(ValueError, match="no crisis hotline configured for country 'ZZ'"), zz:
         pass
+
+
+def test_conditioned_variant_prefills_the_behaviour_tag_in_process(
+    tiny_model_dir, tiny_adapter, tmp_path
+):
+    """The conditioned chat generates with stage 04's code: the reply is what follows the tag
+    <mi:label>, the label is the run's condition_on (or the request's mi_behaviour) and is saved."""
+    from mi_llm import generate, models
+
+    run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
+    prov = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
+    prov["params"]["evaluation"]["condition_on"] = "complex_reflection"
+    (run / "provenance.json").write_text(json.dumps(prov), encoding="utf-8")
+    remote = chat.serve(run, variant="conditioned", backend_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError, match="generated in this process"), remote:
+        pass
+    msgs = [{"role": "user", "content": "我想少喝点酒，但是很难。"}]
+    with chat.serve(run, variant="conditioned", max_tokens=8) as c:
+        client = openai.OpenAI(base_url=c.url + "/v1", api_key="none", max_retries=0)
+        assert [m.id for m in client.models.list().data] == [f"{NAME}:conditioned"]
+        r1 = client.chat.completions.create(model=c.model_id, messages=msgs)
+        r2 = client.chat.completions.create(
+            model=c.model_id, messages=msgs, extra_body={"mi_behaviour": "open_question"}
+        )
+        with pytest.raises(openai.BadRequestError, match="mi_behaviour 'question'"):
+            client.chat.completions.create(
+                model=c.model_id, messages=msgs, extra_body={"mi_behaviour": "question"}
+            )
+    # the same reply as stage 04's generation with the same merged weights and prefix
+    model, tok = models.load(NAME, "cpu", path=tiny_model_dir)
+    model, tok = generate._with_adapter(model, tok, NAME, run / "03_sft" / NAME / "adapter")
+    system = [{"role": "system", "content": "你是一名动机式访谈咨询师。"}]
+    for r, label in ((r1, "complex_reflection"), (r2, "open_question")):
+        [want] = generate.generate(
+            model,
+            tok,
+            [system + msgs],
+            max_new_tokens=8,
+            stop_tokens=models.get(NAME).special_tokens,
+            prefixes=[generate.tag_prefix(label)],
+        )
+        assert r.choices[0].message.content == generate.split_tag(want)[1].strip()
+    sessions = chat.read_sessions(run / "chat")
+    labels = sorted(d.turns[1].annotations["behaviour"] for d in sessions)
+    assert labels == ["complex_reflection", "open_question"]
+    assert {d.meta["variant"] for d in sessions} == {"conditioned"}
 
 
 def test_start_and_talk_keep_one_session_for_notebooks(tiny_model_dir, tiny_adapter, tmp_path):
