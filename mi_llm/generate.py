@@ -26,11 +26,11 @@ import warnings
 from pathlib import Path
 
 from . import forecast
+from .params import VARIANTS  # generation order: the adapter is merged in once
 from .schema import DataError
 
 ROLES = ("system", "user", "assistant")
 KEY = ("model", "variant", "dialogue_id", "round")
-VARIANTS = ("base", "finetuned", "conditioned")  # generation order: the adapter is merged in once
 ADAPTED = ("finetuned", "conditioned")  # variants that answer with the 03 adapter
 _ANY_TAG = re.compile(r"^\s*<mi:[^>\s]*>\s*")
 

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import nbformat
-import yaml
 
 from . import params as params_mod
 from .params import ROOT
@@ -58,8 +57,9 @@ def _run(p, params_file: str, only: list[str] | None, progress: bool) -> Path:
     import papermill as pm
     from tqdm.auto import tqdm
 
-    with open(params_mod.path(params_file), encoding="utf-8") as f:
-        raw = yaml.safe_load(f)
+    # the validated params with every default filled in, never the raw YAML: a key the file leaves
+    # out gets its documented default (mi_llm/params.py), not the parameters cell's smoke value
+    values = p.to_dict()
     out_dir = p.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = select(only)
@@ -72,7 +72,7 @@ def _run(p, params_file: str, only: list[str] | None, progress: bool) -> Path:
             pm.execute_notebook(
                 str(nb),
                 str(out),
-                parameters=raw,
+                parameters=values,
                 cwd=str(ROOT),
                 kernel_name="python3",
                 progress_bar=False,
