@@ -4,6 +4,11 @@ A params file has top-level sections (llm, corpora, quality, transcription, sft,
 figures) plus name/seed/device. The same keys are the papermill parameters of every notebook,
 whose parameters cell holds the smoke defaults (tests keep the two in sync). Unknown keys and
 wrong types are errors, never silently ignored. Relative paths are relative to the project root.
+
+Run folders live in runs/<name>/ under the project root. The one way to put them elsewhere (tests,
+the accelerate check, a scratch disk) is the environment variable $MI_LLM_RUNS (RUNS_ENV): set it to
+the folder that replaces runs/; it is read each time a run folder is asked for (runs_root()), and
+child processes (papermill kernels, `accelerate launch`) inherit it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root (holds params/, notebooks/, runs/)
+RUNS_ENV = "MI_LLM_RUNS"  # the folder that replaces runs/ when set (see the module docstring)
+
+
+def runs_root() -> Path:
+    """The folder holding every run: $MI_LLM_RUNS when set, else runs/ under the project root."""
+    return Path(os.environ.get(RUNS_ENV) or ROOT / "runs")
 
 
 class ParamsError(ValueError):
@@ -194,8 +205,8 @@ class Params:
 
     @property
     def run_dir(self) -> Path:
-        """runs/<name>/ under the project root (or under $MI_LLM_RUNS, which tests use)."""
-        return Path(os.environ.get("MI_LLM_RUNS") or ROOT / "runs") / self.name
+        """runs/<name>/ under the project root, or <$MI_LLM_RUNS>/<name> (runs_root())."""
+        return runs_root() / self.name
 
     def stage_dir(self, stage: str) -> Path:
         """runs/<name>/<stage>/, created on demand."""

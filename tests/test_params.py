@@ -218,3 +218,9 @@ def test_miti_and_forecaster_sections_are_typed_with_defaults():
     assert p.evaluation.forecaster.model == "text"
     assert p.evaluation.condition_on == "forecaster"
     assert params.from_dict({"evaluation": {"condition_on": "open_question"}})
+
+
+def test_each_params_file_has_its_own_figures_folder():
+    """A smoke run never overwrites the paper's figures (nor a dry run either)."""
+    out = {f.name: params.path(params.load(f).figures.out_dir) for f in PARAM_FILES}
+    assert len(set(out.values())) == len(out), out
