@@ -20,6 +20,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import params as params_mod
+from . import stages
 from .tables import (  # the readers stay importable from here (figures.tidy, ...)
     CRITERIA,
     MITI,
@@ -477,15 +478,4 @@ def table(name: str, run_dir) -> pd.DataFrame | None:
 
 def inputs(run_dir) -> list[Path]:
     """The artifact files the figures read that exist in this run (for provenance)."""
-    rels = [
-        "01_corpus_quality/quality.csv",
-        "01_corpus_quality/judgements.jsonl",
-        "02_mi_transcription/report.json",
-        "04_evaluation/metrics.csv",
-        "04_evaluation/therapy_metrics.csv",
-        "04_evaluation/miti_summary.csv",
-        "04_evaluation/miti_codes.jsonl",
-        "04_evaluation/forecaster.csv",
-    ]
-    found = [Path(run_dir) / r for r in rels if (Path(run_dir) / r).exists()]
-    return found + sorted((Path(run_dir) / "03_sft").glob("*/train_log.csv"))
+    return stages.reads(STAGE, run_dir)

@@ -9,6 +9,7 @@ from pathlib import Path
 import nbformat
 
 from . import params as params_mod
+from . import stages as stages_mod
 from .params import ROOT
 
 NOTEBOOKS = ROOT / "notebooks"
@@ -87,6 +88,13 @@ def _run(p, params_file: str, only: list[str] | None, progress: bool) -> Path:
             )
             sys.stderr.write(msg)
             raise SystemExit(1) from None
+        if nb.stem in stages_mod.STAGES:  # its declared products, or a loud stop naming them
+            try:
+                stages_mod.check_writes(nb.stem, p.run_dir, p)
+            except stages_mod.MissingProduct as e:
+                bar.close()
+                sys.stderr.write(f"\n[mi_llm] {e}\n[mi_llm] the executed notebook is {_rel(out)}\n")
+                raise SystemExit(1) from None
         tqdm.write(f"[mi_llm] {nb.stem} done in {time.perf_counter() - t0:.0f} s -> {_rel(out)}")
     index = p.run_dir / "report" / "index.html"  # built once, by the last notebook (05)
     if p.figures.report and todo[-1] == stages()[-1] and index.exists():

@@ -104,3 +104,12 @@ def test_runner_passes_validated_params_with_defaults_not_the_raw_yaml(fake_proj
     device, evaluation = json.loads(out.read_text())
     assert device == params.Params.device == "auto"
     assert evaluation["miti"]["prompt_version"] == params.MitiParams.prompt_version
+
+
+def test_runner_stops_when_a_stage_does_not_write_its_declared_products(fake_project, capsys):
+    nbs, pfile = fake_project
+    _nb(nbs / "01_corpus_quality.ipynb", "pass")  # writes neither quality.csv nor judgements.jsonl
+    with pytest.raises(SystemExit):
+        study.run(str(pfile), progress=False)
+    err = capsys.readouterr().err
+    assert "stage 01_corpus_quality" in err and "01_corpus_quality/quality.csv" in err
