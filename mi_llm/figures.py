@@ -20,6 +20,8 @@ import pandas as pd
 import seaborn as sns
 
 from . import params as params_mod
+from . import stages
+from .miti import CODES as MITI_CODES
 from .tables import (  # the readers stay importable from here (figures.tidy, ...)
     CRITERIA,
     MITI,
@@ -43,18 +45,7 @@ from .tables import (  # the readers stay importable from here (figures.tidy, ..
 
 STAGE = "05_figures"
 COL1, COL2 = 3.5, 7.2  # single / double column width of a paper page, inches
-CODES = [
-    "Giving Information",
-    "Persuade",
-    "Persuade with Permission",
-    "Question",
-    "Simple Reflection",
-    "Complex Reflection",
-    "Affirm",
-    "Seeking Collaboration",
-    "Emphasizing Autonomy",
-    "Confront",
-]  # MITI 4.2.1 behaviour codes, in manual order
+CODES = list(MITI_CODES.values())  # MITI 4.2.1 behaviour names, in manual order (miti.CODES)
 CORPUS_NAMES = {
     "cpsycound": "CPsyCounD",
     "cpsycoune": "CPsyCounE",
@@ -120,8 +111,11 @@ def style() -> str | None:
 
 
 def label(text) -> str:
-    """A data label fit for the current font: Chinese becomes pinyin when no CJK font exists."""
-    text = CORPUS_NAMES.get(str(text), str(text))
+    """A data label fit for the current font: Chinese becomes pinyin when no CJK font exists.
+
+    Each ' · ' part of a source id (tables.source_labels) is named on its own (annomi -> AnnoMI).
+    """
+    text = " · ".join(CORPUS_NAMES.get(part, part) for part in str(text).split(" · "))
     if _cjk_font or not _CJK_RE.search(text):
         return text
     from snownlp import SnowNLP
@@ -322,7 +316,7 @@ def miti_summary(run_dir, table=None):
             horizontal=True,
             colors=[colors[s] for s in t[t.metric == m].source],
         )
-        name, _, thresholds = MITI[m]
+        name, thresholds = MITI[m]
         if thresholds:  # %MI-adherent has no MITI 4.2.1 threshold
             ax.axvline(thresholds[0], color=pal[3], ls="--", lw=1, label="fair")
             ax.axvline(thresholds[1], color=pal[2], ls="-", lw=1, label="good")
@@ -477,15 +471,4 @@ def table(name: str, run_dir) -> pd.DataFrame | None:
 
 def inputs(run_dir) -> list[Path]:
     """The artifact files the figures read that exist in this run (for provenance)."""
-    rels = [
-        "01_corpus_quality/quality.csv",
-        "01_corpus_quality/judgements.jsonl",
-        "02_mi_transcription/report.json",
-        "04_evaluation/metrics.csv",
-        "04_evaluation/therapy_metrics.csv",
-        "04_evaluation/miti_summary.csv",
-        "04_evaluation/miti_codes.jsonl",
-        "04_evaluation/forecaster.csv",
-    ]
-    found = [Path(run_dir) / r for r in rels if (Path(run_dir) / r).exists()]
-    return found + sorted((Path(run_dir) / "03_sft").glob("*/train_log.csv"))
+    return stages.reads(STAGE, run_dir)

@@ -15,6 +15,7 @@ through transcription (02), SFT (03) and conditioned generation (04).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .params import ForecasterParams
 from .schema import DataError, Dialogue, Turn
 
 # The next-behaviour label set: AnnoMI's main_therapist_behaviour with the question and
@@ -347,21 +349,14 @@ def beats_baselines(table: pd.DataFrame) -> pd.Series:
 
 
 # ----------------------------------------------------------------------------- the stage-04 call
-# P.evaluation.forecaster keys (documented in params/*.yaml); unknown keys are errors.
-DEFAULTS = {
-    "enabled": True,
-    "annomi_path": "data/AnnoMI",  # folder: simple's codes + full's question/reflection subtypes
-    "mi_quality": ["high", "low"],  # sessions used, by AnnoMI's MI-quality rating
-    "test_size": 0.2,  # share of sessions held out (split by session, stratified by mi_quality)
-    "context_turns": 2,  # preceding utterances whose words form the context feature
-    "model": "text",  # forecaster kind (KINDS), chosen by benchmarks/forecaster_models.py
-    "C": 0.1,  # inverse L2 strength of the logistic regression
-}
+# P.evaluation.forecaster keys and defaults: params.ForecasterParams documents each
+DEFAULTS = dataclasses.asdict(ForecasterParams())
 
 
 def settings(P) -> dict:
     """P.evaluation.forecaster over DEFAULTS; unknown keys or kinds raise ValueError."""
-    given = dict(P.evaluation.forecaster or {})
+    given = P.evaluation.forecaster
+    given = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given or {})
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise ValueError(

@@ -25,12 +25,12 @@ import re
 import warnings
 from pathlib import Path
 
-from . import forecast
+from . import forecast, stages
+from .params import VARIANTS  # generation order: the adapter is merged in once
 from .schema import DataError
 
 ROLES = ("system", "user", "assistant")
 KEY = ("model", "variant", "dialogue_id", "round")
-VARIANTS = ("base", "finetuned", "conditioned")  # generation order: the adapter is merged in once
 ADAPTED = ("finetuned", "conditioned")  # variants that answer with the 03 adapter
 _ANY_TAG = re.compile(r"^\s*<mi:[^>\s]*>\s*")
 
@@ -333,7 +333,7 @@ def resolve_device(device: str) -> str:
 
 def adapter_dir(P, model: str) -> Path:
     """Where stage 03 saved the LoRA adapter of a model: runs/<name>/03_sft/<model>/adapter/."""
-    return P.run_dir / "03_sft" / model / "adapter"
+    return P.run_dir / stages.ADAPTER.format(model=model)
 
 
 def _check_adapter(name: str, adapter: Path) -> None:
@@ -526,8 +526,9 @@ def run(
     unknown = sorted(set(E.variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"evaluation.variants: unknown {unknown}; known: {list(VARIANTS)}")
-    test_path = Path(test_path or P.run_dir / "02_mi_transcription" / "test.jsonl")
-    out_path = Path(out_path or P.stage_dir("04_evaluation") / "generations.jsonl")
+    test_path = Path(test_path or P.run_dir / stages.TEST)
+    out_path = Path(out_path or P.run_dir / stages.GENERATIONS)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     if not test_path.exists():
         raise FileNotFoundError(f"{test_path}: no MI test set; run stage 02 first")
     records = read_test(test_path)
@@ -544,7 +545,7 @@ def run(
                 "conditioned variant's <mi:...> prefix is a prompt the model was not fine-tuned on"
             )
         full = rounds(records, E.max_dialogues, E.max_rounds, None)
-        fc = forecaster_path or P.run_dir / "04_evaluation" / "forecaster.joblib"
+        fc = forecaster_path or P.run_dir / stages.FORECASTER_MODEL
         for r, label in zip(todo, behaviours(E.condition_on, [f["messages"] for f in full], fc)):
             r["behaviour"] = label
     existing = read_generations(out_path)

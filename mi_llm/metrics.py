@@ -179,7 +179,7 @@ def score(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
 
 
 def paired_test(base, finetuned, dialogues=None, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Paired comparison, round by round: mean difference (finetuned - base) and its CI, Wilcoxon.
+    """Paired comparison, round by round: mean difference (b = finetuned - a = base), CI, Wilcoxon.
 
     dialogues: the dialogue of each round; the CI then resamples dialogues and the Wilcoxon
     signed-rank test compares per-dialogue means (rounds of one dialogue are not independent).
@@ -207,8 +207,8 @@ def paired_test(base, finetuned, dialogues=None, n_boot: int = 1000, seed: int =
     return {
         "n": int(a.size),
         "n_dialogues": len(per),
-        "base_mean": float(a.mean()),
-        "finetuned_mean": float(b.mean()),
+        "mean_a": float(a.mean()),  # side a: `base`
+        "mean_b": float(b.mean()),  # side b: `finetuned`; mean_diff = mean_b - mean_a
         "mean_diff": float(d.mean()),
         "diff_ci_low": lo,
         "diff_ci_high": hi,
@@ -224,7 +224,9 @@ def paired_tests(
     base: str = "base",
     finetuned: str = "finetuned",
 ) -> pd.DataFrame:
-    """Per model and metric, finetuned vs base on the rounds both answered: paired_tests.csv."""
+    """Per model and metric, variant b (`finetuned`) vs variant a (`base`) on the rounds both
+    answered: paired_tests.csv, whose variant_a / variant_b columns name the sides of mean_a,
+    mean_b and mean_diff (b - a)."""
     scores = _scores(generations)
     key = ["dialogue_id", "round"]
     rows = []
@@ -239,6 +241,8 @@ def paired_tests(
             rows.append(
                 {
                     "model": model,
+                    "variant_a": base,
+                    "variant_b": finetuned,
                     "metric": m,
                     "test": "wilcoxon signed-rank on per-dialogue means",
                     **res,

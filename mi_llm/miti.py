@@ -22,6 +22,7 @@ Worksheets for human coders and agreement statistics are in mi_llm.worksheets.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .params import MitiParams
 from .schema import DataError
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -90,30 +92,16 @@ _NAMES = {
     re.sub(r"\W+", "_", v).upper(): k for k, v in CODES.items()
 }  # "SIMPLE_REFLECTION" -> "SR"
 
-DEFAULTS = {  # P.evaluation.miti keys; paths relative to the project root
-    "enabled": True,  # false: stage 04 skips MITI coding
-    "prompt_version": "miti_v3",  # mi_llm/prompts/<version>.md with `## code` and `## globals`
-    "max_tokens": 8,  # tokens of a code answer (one or two code words)
-    "globals_max_tokens": 64,  # tokens of the globals JSON answer
-    "temperature": 0.0,
-    "parse_retries": 1,  # an unparseable answer is asked again this often, then marked missing
-    "context_turns": 4,  # turns of preceding conversation shown with each utterance
-    "max_utterances": None,  # counselor utterances coded per dialogue; None: all
-    "rate_globals": True,  # also rate the four globals per dialogue
-    "annomi_path": "data/AnnoMI",  # folder (simple + full CSV) read by mi_llm.corpora
-    "annomi_sample": 40,  # AnnoMI therapist utterances coded for the coder check; 0: none
-    "gold_path": "data/MI_Welivita_Pu_gold_test/test_output.csv",  # gold MI sentences (CSV)
-    "gold_sample": 40,  # Welivita & Pu gold sentences coded for the coder check; 0: none
-    "check_bootstrap": 1000,  # resamples of the coder-check kappa's 95% CI
-    "human_worksheets": {},  # coder name -> folder of filled worksheets, for agreement
-}
+# P.evaluation.miti keys and defaults: params.MitiParams documents each
+DEFAULTS = dataclasses.asdict(MitiParams())
 
 
 def settings(p) -> dict:
     """P.evaluation.miti merged over DEFAULTS; unknown keys raise ParamsError."""
     from .params import ParamsError
 
-    given = dict(p.evaluation.miti or {})
+    given = p.evaluation.miti
+    given = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given or {})
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise ParamsError(f"evaluation.miti: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")

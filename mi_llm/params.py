@@ -4,6 +4,11 @@ A params file has top-level sections (llm, corpora, quality, transcription, sft,
 figures) plus name/seed/device. The same keys are the papermill parameters of every notebook,
 whose parameters cell holds the smoke defaults (tests keep the two in sync). Unknown keys and
 wrong types are errors, never silently ignored. Relative paths are relative to the project root.
+
+Run folders live in runs/<name>/ under the project root. The one way to put them elsewhere (tests,
+the accelerate check, a scratch disk) is the environment variable $MI_LLM_RUNS (RUNS_ENV): set it to
+the folder that replaces runs/; it is read each time a run folder is asked for (runs_root()), and
+child processes (papermill kernels, `accelerate launch`) inherit it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root (holds params/, notebooks/, runs/)
+RUNS_ENV = "MI_LLM_RUNS"  # the folder that replaces runs/ when set (see the module docstring)
+
+
+def runs_root() -> Path:
+    """The folder holding every run: $MI_LLM_RUNS when set, else runs/ under the project root."""
+    return Path(os.environ.get(RUNS_ENV) or ROOT / "runs")
 
 
 class ParamsError(ValueError):
@@ -112,6 +123,43 @@ class SFTParams:
 
 
 @dataclass
+class MitiParams:  # evaluation.miti: the MITI 4.2.1 coder (mi_llm.miti); paths from the project root
+    enabled: bool = True  # false: stage 04 skips MITI coding
+    prompt_version: str = "miti_v3"  # mi_llm/prompts/<version>.md with `## code` and `## globals`
+    max_tokens: int = 8  # tokens of a code answer (one or two code words)
+    globals_max_tokens: int = 64  # tokens of the globals JSON answer
+    temperature: float = 0.0
+    parse_retries: int = 1  # an unparseable answer is asked again this often, then marked missing
+    context_turns: int = 4  # turns of preceding conversation shown with each utterance
+    max_utterances: int | None = None  # counselor utterances coded per dialogue; None: all
+    rate_globals: bool = True  # also rate the four globals per dialogue
+    annomi_path: str = "data/AnnoMI"  # folder (simple + full CSV) read by mi_llm.corpora
+    annomi_sample: int = 40  # AnnoMI therapist utterances coded for the coder check; 0: none
+    gold_path: str = "data/MI_Welivita_Pu_gold_test/test_output.csv"  # gold MI sentences (CSV)
+    gold_sample: int = 40  # Welivita & Pu gold sentences coded for the coder check; 0: none
+    check_bootstrap: int = 1000  # resamples of the coder-check kappa's 95% CI
+    human_worksheets: dict = field(default_factory=dict)  # coder name -> folder of worksheets
+
+
+@dataclass
+class ForecasterParams:  # evaluation.forecaster: the next-behaviour forecaster (mi_llm.forecast)
+    enabled: bool = True
+    annomi_path: str = "data/AnnoMI"  # folder: simple's codes + full's question/reflection subtypes
+    mi_quality: list = field(default_factory=lambda: ["high", "low"])  # AnnoMI sessions used
+    test_size: float = (
+        0.2  # share of sessions held out (split by session, stratified by mi_quality)
+    )
+    context_turns: int = 2  # preceding utterances whose words form the context feature
+    model: str = (
+        "text"  # forecaster kind (forecast.KINDS), chosen by benchmarks/forecaster_models.py
+    )
+    C: float = 0.1  # inverse L2 strength of the logistic regression
+
+
+VARIANTS = ("base", "finetuned", "conditioned")  # evaluation.variants; generation order
+
+
+@dataclass
 class EvaluationParams:
     models: list = field(default_factory=lambda: ["gemma3-270m"])  # registry names
     # finetuned: + 03 adapter; conditioned: + 03 adapter, each reply begun with an MI behaviour tag
@@ -129,8 +177,8 @@ class EvaluationParams:
     )  # transformers GenerationConfig fields; {}: greedy
     bootstrap: int = 1000  # resamples for the 95% CIs and the paired tests
     content_metrics: bool = False  # also BLEU/ROUGE on content only (no punctuation), beside
-    miti: dict = field(default_factory=dict)
-    forecaster: dict = field(default_factory=dict)
+    miti: MitiParams = field(default_factory=MitiParams)
+    forecaster: ForecasterParams = field(default_factory=ForecasterParams)
 
 
 @dataclass
@@ -157,8 +205,8 @@ class Params:
 
     @property
     def run_dir(self) -> Path:
-        """runs/<name>/ under the project root (or under $MI_LLM_RUNS, which tests use)."""
-        return Path(os.environ.get("MI_LLM_RUNS") or ROOT / "runs") / self.name
+        """runs/<name>/ under the project root, or <$MI_LLM_RUNS>/<name> (runs_root())."""
+        return runs_root() / self.name
 
     def stage_dir(self, stage: str) -> Path:
         """runs/<name>/<stage>/, created on demand."""
@@ -261,6 +309,18 @@ RANGES = [
     ("evaluation.batch_size", 1, None),
     ("evaluation.max_new_tokens", 1, None),
     ("evaluation.bootstrap", 1, None),
+    ("evaluation.miti.max_tokens", 1, None),
+    ("evaluation.miti.globals_max_tokens", 1, None),
+    ("evaluation.miti.temperature", 0, 2),
+    ("evaluation.miti.parse_retries", 0, None),
+    ("evaluation.miti.context_turns", 0, None),
+    ("evaluation.miti.max_utterances", 1, None),
+    ("evaluation.miti.annomi_sample", 0, None),
+    ("evaluation.miti.gold_sample", 0, None),
+    ("evaluation.miti.check_bootstrap", 1, None),
+    ("evaluation.forecaster.test_size", POSITIVE, 1),
+    ("evaluation.forecaster.context_turns", 0, None),
+    ("evaluation.forecaster.C", POSITIVE, None),
     ("figures.dpi", 1, None),
 ]
 
@@ -300,7 +360,31 @@ def from_dict(data: dict, where: str = "params") -> Params:
             value = getattr(value, key)
         if value not in allowed:
             raise ParamsError(f"{where}.{'.'.join(choice)}: {value!r} is not one of {allowed}")
+    _check_evaluation_choices(p.evaluation, f"{where}.evaluation")
     return p
+
+
+def _check_evaluation_choices(e: EvaluationParams, where: str) -> None:
+    """Variants, condition_on and the forecaster's kind and MI qualities are names from fixed lists."""
+    from . import forecast  # the behaviour tags and forecaster kinds live beside their code
+
+    for key, values, allowed in [
+        ("variants", e.variants, VARIANTS),
+        ("forecaster.mi_quality", e.forecaster.mi_quality, ("high", "low")),
+    ]:
+        bad = [v for v in values if v not in allowed]
+        if bad or len(set(values)) != len(values):
+            what = f"unknown {bad}" if bad else f"repeated names in {values}"
+            raise ParamsError(f"{where}.{key}: {what}; known: {list(allowed)}")
+    if e.condition_on not in ("forecaster", *forecast.TAGS):
+        raise ParamsError(
+            f"{where}.condition_on: {e.condition_on!r} is not 'forecaster' or one of "
+            f"{list(forecast.TAGS)}"
+        )
+    if e.forecaster.model not in forecast.KINDS:
+        raise ParamsError(
+            f"{where}.forecaster.model: {e.forecaster.model!r} is not one of {list(forecast.KINDS)}"
+        )
 
 
 def load(file: str | Path) -> Params:

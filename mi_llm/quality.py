@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import stages
 from .schema import Dialogue
 
 STAGE = "01_corpus_quality"
@@ -466,7 +467,8 @@ def write_artifacts(out_dir: Path, ranked: pd.DataFrame, records: list[dict]) ->
     """Write quality.csv and judgements.jsonl into the stage folder; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv, jsonl = out_dir / "quality.csv", out_dir / "judgements.jsonl"
+    csv = out_dir / stages.file_name(stages.QUALITY)
+    jsonl = out_dir / stages.file_name(stages.JUDGEMENTS)
     from .runs import atomic_path, write_atomic  # a unique temporary file, then a rename
 
     with atomic_path(csv) as tmp:

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 import pandas as pd
 
-from . import figures
+from . import figures, stages
 
 EXTERNAL = ("http:", "https:", "data:", "mailto:", "javascript:")
 CSS = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem}
@@ -130,7 +130,7 @@ def _figure_html(name: str, files: list[Path], report_dir: Path) -> str:
 
 def _fixtures_html(run_dir: Path) -> str:
     """A line naming the corpora of 01's quality.csv that are fixtures, or nothing."""
-    q = run_dir / "01_corpus_quality" / "quality.csv"
+    q = run_dir / stages.QUALITY
     if not q.exists():
         return ""
     df = pd.read_csv(q)

@@ -243,7 +243,11 @@ def _write(p: Params, prov: dict) -> None:
 
 def start_stage(p: Params, stage: str, inputs=(), **extra) -> dict:
     """Take the run's lock (unless the runner holds it), seed everything and record the stage's
-    start, inputs (sha256) and environment."""
+    start, inputs (sha256: its declared reads in mi_llm.stages, plus `inputs`) and environment."""
+    from . import stages
+
+    if stage in stages.STAGES:
+        inputs = [*inputs, *stages.reads(stage, p.run_dir, p)]
     acquire(p.run_dir)
     set_seed(p.seed)
     prov = read_provenance(p)

@@ -22,13 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import models
+from . import models, stages
 from .params import Params
 from .params import path as params_path
 from .schema import DataError
 
 STAGE = "03_sft"
-TRAIN_FILE = "02_mi_transcription/train.jsonl"
+TRAIN_FILE = stages.TRAIN
 LOG_FIELDS = ["step", "loss", "learning_rate", "tokens_per_s"]
 # keys mi_llm sets itself from the run (a params file may not override them)
 OWNED_KEYS = {"output_dir", "seed", "use_cpu"}

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import nbformat
-import yaml
 
 from . import params as params_mod
+from . import stages as stages_mod
 from .params import ROOT
 
 NOTEBOOKS = ROOT / "notebooks"
@@ -58,8 +58,9 @@ def _run(p, params_file: str, only: list[str] | None, progress: bool) -> Path:
     import papermill as pm
     from tqdm.auto import tqdm
 
-    with open(params_mod.path(params_file), encoding="utf-8") as f:
-        raw = yaml.safe_load(f)
+    # the validated params with every default filled in, never the raw YAML: a key the file leaves
+    # out gets its documented default (mi_llm/params.py), not the parameters cell's smoke value
+    values = p.to_dict()
     out_dir = p.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = select(only)
@@ -72,7 +73,7 @@ def _run(p, params_file: str, only: list[str] | None, progress: bool) -> Path:
             pm.execute_notebook(
                 str(nb),
                 str(out),
-                parameters=raw,
+                parameters=values,
                 cwd=str(ROOT),
                 kernel_name="python3",
                 progress_bar=False,
@@ -87,6 +88,13 @@ def _run(p, params_file: str, only: list[str] | None, progress: bool) -> Path:
             )
             sys.stderr.write(msg)
             raise SystemExit(1) from None
+        if nb.stem in stages_mod.STAGES:  # its declared products, or a loud stop naming them
+            try:
+                stages_mod.check_writes(nb.stem, p.run_dir, p)
+            except stages_mod.MissingProduct as e:
+                bar.close()
+                sys.stderr.write(f"\n[mi_llm] {e}\n[mi_llm] the executed notebook is {_rel(out)}\n")
+                raise SystemExit(1) from None
         tqdm.write(f"[mi_llm] {nb.stem} done in {time.perf_counter() - t0:.0f} s -> {_rel(out)}")
     index = p.run_dir / "report" / "index.html"  # built once, by the last notebook (05)
     if p.figures.report and todo[-1] == stages()[-1] and index.exists():

@@ -15,15 +15,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import stages
+from .miti import ANNOMI_CODES, CODES, SCORES, THRESHOLDS
+
 CRITERIA = {"comprehensiveness": 2, "professionalism": 3, "authenticity": 3, "safety": 1}  # max
 TEXT_METRICS = {"bleu4": "BLEU-4", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougel": "ROUGE-L"}
-MITI = {  # canonical name -> (axis label, aliases, (fair, good) thresholds or None)
-    "technical": ("Technical global", ("technical",), (3, 4)),
-    "relational": ("Relational global", ("relational",), (3.5, 4)),
-    "pct_cr": ("% complex reflections", ("pctcr", "percentcr", "crpct", "pctcomplex"), (40, 50)),
-    "r_q": ("Reflection : question", ("rq", "rtoq", "reflectiontoquestion", "rqratio"), (1, 2)),
-    "pct_mi_adherent": ("% MI-adherent", ("pctmiadherent", "pctmia"), None),  # no MITI threshold
+MITI_LABELS = {  # miti_summary.csv score column -> axis label, in the figure's order
+    "technical": "Technical global",
+    "relational": "Relational global",
+    "pct_cr": "% complex reflections",
+    "r_q": "Reflection : question",
+    "pct_mi_adherent": "% MI-adherent",
 }
+# score column -> (axis label, (fair, good) of miti.THRESHOLDS or None: %MI-adherent has none)
+MITI = {k: (name, THRESHOLDS.get(k)) for k, name in MITI_LABELS.items()}
 ID_COLS = [
     "source",
     "model",
@@ -141,17 +146,14 @@ def tidy(df: pd.DataFrame, file) -> pd.DataFrame:
 
 
 def source_labels(df: pd.DataFrame) -> pd.Series:
-    """One display label per row from its id columns, e.g. 'gemma3-270m · finetuned'."""
-    from .figures import label  # labels follow the plot font that figures.style() found
-
+    """One source id per row from its id columns, e.g. 'gemma3-270m · finetuned': the ids as the
+    artifacts hold them, never fitted to a font (mi_llm.figures.label does that when drawing)."""
     ids = [
         c for c in ID_COLS if c in df.columns and c not in ("category", "topic", "symptom", "group")
     ]
     if not ids:
         return pd.Series(["all"] * len(df), index=df.index)
-    return df[ids].apply(
-        lambda r: " · ".join(label(v) for v in r if pd.notna(v) and v != ""), axis=1
-    )
+    return df[ids].apply(lambda r: " · ".join(str(v) for v in r if pd.notna(v) and v != ""), axis=1)
 
 
 # ----------------------------------------------------------------------------- (a) corpus quality
@@ -300,67 +302,64 @@ def therapy_metrics_table(run_dir) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- (f) MITI summary
-def miti_summary_table(run_dir) -> pd.DataFrame:
-    """04's miti_summary.csv, long form (source, metric, value, ci_low, ci_high, reference, n).
+def _require(df: pd.DataFrame, f, cols) -> None:
+    """Raise ValueError naming the file and the first column of `cols` that df lacks."""
+    for c in cols:
+        if c not in df.columns:
+            raise ValueError(f"{f}: column {c!r} missing; columns: {list(df.columns)}")
 
-    Assumed (mi_llm.miti's SUMMARY_COLUMNS): one row per coded source (model, variant; group
-    "reference" or a name containing AnnoMI marks real MI) with technical, relational, pct_cr (in
-    percent), r_q, pct_mi_adherent, wide or long; other columns are not drawn. n is the source's
-    coded utterances (n_coded) and is part of its label, "gemma3-270m · finetuned (n=8)".
+
+def miti_summary_table(run_dir) -> pd.DataFrame:
+    """04's miti_summary.csv (miti.SUMMARY_COLUMNS), long form (source, reference, metric, value,
+    ci_low, ci_high, n).
+
+    One row per coded source (group, model, variant; group "reference" is AnnoMI's real MI); the
+    scores are miti.SCORES (pct_cr in percent; the figure draws MITI_LABELS's); n is the source's coded utterances (n_coded),
+    also part of its id, "gemma3-270m · finetuned (n=8)".
     """
-    f = _file(run_dir, "04_evaluation/miti_summary.csv")
-    raw = _csv(run_dir, "04_evaluation/miti_summary.csv")
-    t = tidy(raw, f)
-    alias = {a: k for k, (_, aliases, _) in MITI.items() for a in (k.replace("_", ""), *aliases)}
-    t["metric"] = t.metric.map(lambda m: alias.get(canon(m), m))
-    t = t[t.metric.isin([*MITI, "mi_adherent", "mi_non_adherent"])].copy()
-    t["source"] = source_labels(t)
-    t["reference"] = t.source.str.lower().str.contains("annomi")
-    if "group" in t.columns:
-        t["reference"] |= t["group"].eq("reference")
-    t["n"] = np.nan
-    if "n_coded" in raw.columns:
-        n = dict(zip(source_labels(raw), raw["n_coded"]))
-        t["n"] = t.source.map(n)
-        t["source"] = [f"{s} (n={int(k)})" if pd.notna(k) else s for s, k in zip(t.source, t.n)]
+    f = _file(run_dir, stages.MITI_SUMMARY)
+    raw = _csv(run_dir, stages.MITI_SUMMARY)
+    _require(raw, f, ["group", "model", "variant", "n_coded", *SCORES])
+    ids = ["model", "variant", "group"]
+    t = raw[ids].copy()
+    t["source"] = source_labels(raw)
+    t["reference"] = raw["group"].eq("reference")
+    t["n"] = raw["n_coded"]
+    t["source"] = [f"{s} (n={int(k)})" if pd.notna(k) else s for s, k in zip(t.source, t.n)]
+    t = pd.concat(
+        [t.assign(metric=m, value=raw[m].astype(float)) for m in SCORES], ignore_index=True
+    )
+    t["ci_low"] = t["ci_high"] = np.nan
     cols = ["source", "reference", "metric", "value", "ci_low", "ci_high", "n"]
     return t[cols].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- (g) behaviour codes
-CODE_KEYS = ("utterances", "codes", "code", "behaviour", "behavior", "label", "miti_code")
-
-
 def miti_codes_table(run_dir) -> pd.DataFrame:
     """Share of utterances holding each MITI behaviour per source (source, code, count, n, share,
     reference).
 
-    Generated sources come from miti_codes.jsonl: one record per coded unit with its
-    "utterances": [{"codes": [...]}] (mi_llm.miti; an utterance can hold two behaviours, so a
-    source's shares can add up to more than 1), or per utterance with codes|code|behaviour|
-    behavior|label|miti_code (a string or list). NONE or an empty list counts as "no behaviour", a
-    null code (not coded) is left out, coder-check records ("check") are not drawn. Real MI is
-    AnnoMI's human codes: the reference rows of miti_summary.csv (counts of Q, SR, CR, GI over
-    n_coded utterances; AnnoMI annotates no other MITI code), when that file is there.
+    Generated sources come from miti_codes.jsonl (mi_llm.miti): one record per coded unit with its
+    id fields and "utterances": [{"codes": [...]}] (an utterance can hold two behaviours, so a
+    source's shares can add up to more than 1). NONE or an empty list counts as "no behaviour", a
+    null code (not coded) is left out. Real MI is AnnoMI's human codes: the reference rows of
+    miti_summary.csv (counts of Q, SR, CR, GI over n_coded utterances; AnnoMI annotates no other
+    MITI code), when that file is there.
     """
-    from .miti import CODES as SHORT  # e.g. "CR" -> "Complex Reflection"
-
-    names = {**SHORT, "NONE": "no behaviour"}
-    f = _file(run_dir, "04_evaluation/miti_codes.jsonl")
+    names = {**CODES, "NONE": "no behaviour"}
+    f = _file(run_dir, stages.MITI_CODES)
     rows = []
     for i, rec in enumerate(_jsonl(f)):
-        key = next((k for k in CODE_KEYS if k in rec), None)
-        if key is None:
-            raise ValueError(f"{f}: record {i}: no code under any of {CODE_KEYS}")
-        if rec.get("check"):
+        if "utterances" not in rec:
+            raise ValueError(f"{f}: record {i}: field 'utterances' missing")
+        if rec.get("check"):  # a coder-check record (miti_check_codes.jsonl's): not drawn
             continue
         src = {k: rec[k] for k in ID_COLS if k in rec and not isinstance(rec[k], (dict, list))}
-        utts = rec[key] if key == "utterances" else [rec[key]]
-        for u in utts:
-            c = u.get("codes", u.get("code")) if isinstance(u, dict) else u
+        for u in rec["utterances"]:
+            c = u.get("codes")
             if c is None:
                 continue  # not coded
-            codes = [x for x in (c if isinstance(c, list) else [c]) if x != "NONE"] or ["NONE"]
+            codes = [x for x in c if x != "NONE"] or ["NONE"]
             rows.append({**src, "utt": len(rows), "codes": [names.get(x, x) for x in codes]})
     if not rows:
         raise MissingArtifact(f"{f} has no coded utterances")
@@ -370,29 +369,29 @@ def miti_codes_table(run_dir) -> pd.DataFrame:
     t = df.explode("codes").groupby(["source", "codes"], sort=False).size().rename("count")
     t = t.reset_index().rename(columns={"codes": "code"}).join(n, on="source")
     t["reference"] = False
-    t = pd.concat([t, _annomi_codes(run_dir, SHORT)], ignore_index=True)
+    t = pd.concat([t, _annomi_codes(run_dir)], ignore_index=True)
     t["share"] = t["count"] / t["n"]
     t["source"] = [f"{s} (n={int(k)})" for s, k in zip(t.source, t.n)]
     return t.sort_values("reference", kind="stable").reset_index(drop=True)
 
 
-def _annomi_codes(run_dir, names: dict) -> pd.DataFrame:
+def _annomi_codes(run_dir) -> pd.DataFrame:
     """AnnoMI's human code counts (source, code, count, n, reference) from miti_summary.csv."""
     cols = ["source", "code", "count", "n", "reference"]
     try:
-        s = _csv(run_dir, "04_evaluation/miti_summary.csv")
+        s = _csv(run_dir, stages.MITI_SUMMARY)
     except MissingArtifact:
         return pd.DataFrame(columns=cols)
-    is_ref = s["group"].eq("reference") if "group" in s.columns else s["model"].eq("annomi")
-    s = s[is_ref & s.get("n_coded", pd.Series(np.nan, index=s.index)).notna()]
+    _require(s, Path(run_dir) / stages.MITI_SUMMARY, ["group", "n_coded", *ANNOMI_CODES])
+    s = s[s["group"].eq("reference") & s["n_coded"].notna()]
     if s.empty:
         return pd.DataFrame(columns=cols)
     s = s.assign(source=source_labels(s) + " (human codes)")
     rows = [
-        (r.source, names[c], r[c], r["n_coded"], True)
+        (r.source, CODES[c], r[c], r["n_coded"], True)
         for _, r in s.iterrows()
-        for c in names
-        if c in s.columns and pd.notna(r[c])
+        for c in ANNOMI_CODES
+        if pd.notna(r[c])
     ]
     return pd.DataFrame(rows, columns=cols)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import forecast, llm, prompts, runs
+from . import forecast, llm, prompts, runs, stages
 from .params import path as project_path
 from .schema import DataError, Dialogue, Turn
 
@@ -534,8 +534,10 @@ def save(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    for name, rows in (("train", train), ("test", test), ("failures", failures)):
-        f = out_dir / f"{name}.jsonl"  # a unique temporary file, then a rename: never half written
+    for rel, rows in ((stages.TRAIN, train), (stages.TEST, test), (stages.FAILURES, failures)):
+        f = out_dir / stages.file_name(
+            rel
+        )  # a unique temporary file, then a rename: never half written
         runs.write_atomic(f, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         files.append(f)
     dd = DatasetDict(
@@ -558,16 +560,17 @@ def save(
             for k, v in (("train", train), ("test", test))
         }
     )
-    with runs.atomic_path(out_dir / "mi_corpus") as tmp:
+    with runs.atomic_path(out_dir / stages.file_name(stages.MI_CORPUS)) as tmp:
         dd.save_to_disk(str(tmp))
     rep = {**report, "n_train": len(train), "n_test": len(test)}
-    runs.write_atomic(out_dir / "report.json", json.dumps(rep, indent=2, ensure_ascii=False))
+    report_json = out_dir / stages.file_name(stages.TRANSCRIPTION_REPORT)
+    runs.write_atomic(report_json, json.dumps(rep, indent=2, ensure_ascii=False))
     if not train:  # written first, so that report.json and failures.jsonl say why
         raise RuntimeError(
             f"no valid MI dialogue to train on; failures by reason: {report.get('failed_by_reason')}"
             f" (see {out_dir / 'failures.jsonl'})"
         )
-    return files + [out_dir / "mi_corpus", out_dir / "report.json"]
+    return files + [out_dir / stages.file_name(stages.MI_CORPUS), report_json]
 
 
 def report_table(report: dict) -> pd.DataFrame:

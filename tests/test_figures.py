@@ -227,7 +227,7 @@ def test_tables_carry_the_artifacts_numbers(made):
     base_q = th[(th.variant == "base") & (th.metric == "question_marks") & (th.category == "all")]
     assert base_q.value.tolist() == [4]  # the base replies above hold four question marks
     m = figures.table("miti_summary", run).set_index(["source", "metric"]).value
-    ft, hi = "gemma3-270m · finetuned (n=8)", "AnnoMI · high (n=10)"  # n coded utterances
+    ft, hi = "gemma3-270m · finetuned (n=8)", "annomi · high (n=10)"  # ids, n coded utterances
     assert m[(ft, "pct_cr")] == 25 and m[(hi, "r_q")] == 2
     assert math.isnan(m[(ft, "pct_mi_adherent")])  # no MIA nor MINA: 0/0
     assert figures.table("miti_summary", run).groupby("source").reference.first().to_dict() == {
@@ -250,7 +250,7 @@ def test_tables_carry_the_artifacts_numbers(made):
         }
     )
     # real MI: AnnoMI's human codes from the summary, not the coder-check sample
-    assert by["AnnoMI · high (human codes) (n=10)"] == pytest.approx(
+    assert by["annomi · high (human codes) (n=10)"] == pytest.approx(
         {
             "Question": 0.2,
             "Simple Reflection": 0.2,
@@ -291,10 +291,17 @@ def test_bad_artifacts_raise_naming_file_and_record(tmp_path):
         figures.transcription_table(tmp_path)
     (tmp_path / "04_evaluation").mkdir()
     (tmp_path / "04_evaluation/miti_codes.jsonl").write_text(
-        '{"code": "Question"}\n{"text": "hi"}\n'
-    )
-    with pytest.raises(ValueError, match=r"miti_codes\.jsonl: record 1: no code"):
+        '{"utterances": [{"codes": ["Q"]}]}\n{"code": "Q"}\n'
+    )  # the one schema mi_llm.miti writes: "utterances", nothing else
+    with pytest.raises(
+        ValueError, match=r"miti_codes\.jsonl: record 1: field 'utterances' missing"
+    ):
         figures.miti_codes_table(tmp_path)
+    (tmp_path / "04_evaluation/miti_summary.csv").write_text(
+        "group,model,variant,n_coded,tech\ngenerated,m,base,3,4\n"
+    )
+    with pytest.raises(ValueError, match=r"miti_summary\.csv: column 'technical' missing"):
+        figures.miti_summary_table(tmp_path)
 
 
 def test_tidy_reads_wide_long_and_per_reply_tables():
@@ -380,6 +387,7 @@ def test_miti_summary_colours_the_papers_three_models_by_three_variants(tmp_path
             "group": "generated",
             "model": m,
             "variant": v,
+            "n_coded": 4,
             **miti.summary_scores({"Q": 2, "CR": i + 1}),
         }
         for i, (m, v) in enumerate(
@@ -393,6 +401,7 @@ def test_miti_summary_colours_the_papers_three_models_by_three_variants(tmp_path
             "group": "reference",
             "model": "annomi",
             "variant": "high",
+            "n_coded": 4,
             **miti.summary_scores({"Q": 2, "SR": 2}),
         }
     )

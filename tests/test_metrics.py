@@ -149,6 +149,7 @@ def test_paired_test_wilcoxon_on_dialogue_means():
     dialogues = [i // 2 for i in range(12)]
     res = metrics.paired_test(base, ft, dialogues, n_boot=500)
     assert res["mean_diff"] == pytest.approx(23 / 12)
+    assert res["mean_b"] - res["mean_a"] == pytest.approx(res["mean_diff"])
     assert res["n"] == 12 and res["n_dialogues"] == 6
     assert res["wilcoxon_stat"] == 0.0
     assert res["p_value"] == pytest.approx(2 / 2**6)
@@ -174,6 +175,7 @@ def test_paired_tests_match_rounds_when_reordered_and_dropped():
             g["reply"], g["reference"]
         ) - metrics.bleu4(b["reply"], b["reference"])
     assert table.loc["bleu4", "n"] == 3 and table.loc["bleu4", "n_dialogues"] == 2
+    assert set(table.variant_a) == {"base"} and set(table.variant_b) == {"finetuned"}
     assert table.loc["bleu4", "mean_diff"] == pytest.approx(np.mean(list(diffs.values())))
     assert list(table.index) == metrics.METRICS
     pd.testing.assert_frame_equal(

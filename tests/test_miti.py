@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -76,7 +77,11 @@ def _params(tmp_path, **miti_cfg):
     p = params.load("params/smoke.yaml")
     p.llm.cache_path = str(tmp_path / "cache.sqlite")
     p.llm.max_retries = 0
-    p.evaluation.miti = {**p.evaluation.miti, "max_utterances": None, **miti_cfg}
+    p.evaluation.miti = {
+        **dataclasses.asdict(p.evaluation.miti),
+        "max_utterances": None,
+        **miti_cfg,
+    }
     return p
 
 

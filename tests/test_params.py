@@ -177,3 +177,50 @@ def test_check_lists_the_defaults_it_used(tmp_path, capsys):
     assert main(["check", str(f)]) == 0
     assert "default used: transcription: whole section (defaults)" in capsys.readouterr().out
     assert check.defaults_used("params/smoke.yaml") == []  # the recipe spells out every key
+
+
+@pytest.mark.parametrize(
+    "section, where",
+    [
+        (
+            {"miti": {"promt_version": "miti_v3"}},
+            r"evaluation\.miti: unknown key\(s\) \['promt_version'\]",
+        ),
+        (
+            {"forecaster": {"modle": "text"}},
+            r"evaluation\.forecaster: unknown key\(s\) \['modle'\]",
+        ),
+        ({"miti": {"max_tokens": "eight"}}, r"evaluation\.miti\.max_tokens: expected int"),
+        ({"forecaster": {"test_size": "a fifth"}}, r"evaluation\.forecaster\.test_size: expected"),
+        ({"variants": ["base", "finetunned"]}, r"evaluation\.variants: unknown \['finetunned'\]"),
+        ({"variants": ["base", "base"]}, r"evaluation\.variants: repeated"),
+        ({"condition_on": "reflection"}, r"evaluation\.condition_on: 'reflection' is not"),
+        ({"forecaster": {"model": "forest"}}, r"evaluation\.forecaster\.model: 'forest'"),
+        ({"forecaster": {"mi_quality": ["good"]}}, r"evaluation\.forecaster\.mi_quality"),
+        ({"miti": {"temperature": 3}}, r"evaluation\.miti\.temperature: 3.0 is out of range"),
+    ],
+)
+def test_check_names_file_and_key_path_of_every_evaluation_error(tmp_path, section, where):
+    f = write_params(tmp_path, "bad", evaluation=section)
+    errs = check.check(str(f))
+    assert len(errs) == 1 and re.search(where, errs[0]) and str(f) in errs[0], errs
+    with pytest.raises(params.ParamsError, match=where):  # refused before any stage runs
+        study.run(str(f))
+
+
+def test_miti_and_forecaster_sections_are_typed_with_defaults():
+    p = params.from_dict({"evaluation": {"miti": {"max_utterances": 2}}})
+    assert (
+        isinstance(p.evaluation.miti, params.MitiParams) and p.evaluation.miti.max_utterances == 2
+    )
+    assert p.evaluation.miti.prompt_version == "miti_v3"
+    assert isinstance(p.evaluation.forecaster, params.ForecasterParams)
+    assert p.evaluation.forecaster.model == "text"
+    assert p.evaluation.condition_on == "forecaster"
+    assert params.from_dict({"evaluation": {"condition_on": "open_question"}})
+
+
+def test_each_params_file_has_its_own_figures_folder():
+    """A smoke run never overwrites the paper's figures (nor a dry run either)."""
+    out = {f.name: params.path(params.load(f).figures.out_dir) for f in PARAM_FILES}
+    assert len(set(out.values())) == len(out), out

@@ -6,7 +6,7 @@ from mi_llm import params, runs
 
 
 def test_provenance_records_stage_inputs_and_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("MI_LLM_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv(params.RUNS_ENV, str(tmp_path / "runs"))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value-not-to-store")
     data = tmp_path / "data.txt"
     data.write_text("来访者：你好\n")
@@ -39,7 +39,7 @@ def test_seeding_is_reproducible():
 def test_concurrent_provenance_writes_never_collide(tmp_path, monkeypatch):
     import threading
 
-    monkeypatch.setenv("MI_LLM_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv(params.RUNS_ENV, str(tmp_path / "runs"))
     p = params.from_dict({"name": "conc"})
     errors = []
 
@@ -122,7 +122,7 @@ def test_a_second_run_of_the_same_name_stops_at_once(tmp_path, monkeypatch):
         assert f"already running (pid {holder.pid})" in second.stderr
         assert not (tmp_path / "smoke" / "notebooks").exists()  # no stage started
         # a stage run by hand (start_stage) is refused the same way
-        monkeypatch.setenv("MI_LLM_RUNS", str(tmp_path))
+        monkeypatch.setenv(params.RUNS_ENV, str(tmp_path))
         with pytest.raises(runs.AlreadyRunning, match=f"pid {holder.pid}"):
             runs.start_stage(params.from_dict({"name": "smoke"}), "01_x")
     finally:
@@ -131,3 +131,11 @@ def test_a_second_run_of_the_same_name_stops_at_once(tmp_path, monkeypatch):
     # the holder died: its lock went with it
     with runs.lock(tmp_path / "smoke"):
         assert (tmp_path / "smoke" / ".lock").read_text() == str(os.getpid())
+
+
+def test_runs_folder_is_redirected_by_one_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv(params.RUNS_ENV, raising=False)
+    assert params.runs_root() == params.ROOT / "runs"
+    assert params.from_dict({"name": "x"}).run_dir == params.ROOT / "runs/x"
+    monkeypatch.setenv(params.RUNS_ENV, str(tmp_path))
+    assert params.from_dict({"name": "x"}).run_dir == tmp_path / "x"

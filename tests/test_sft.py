@@ -36,7 +36,7 @@ def make_params(**sft_section):
 @pytest.fixture
 def run_root(tmp_path, monkeypatch):
     """A project root in tmp with runs/t/02_mi_transcription/train.jsonl from the PsyDTCorpus sample."""
-    monkeypatch.setattr(params_mod, "ROOT", tmp_path)
+    monkeypatch.setenv(params_mod.RUNS_ENV, str(tmp_path / "runs"))
     f = tmp_path / "runs/t" / sft.TRAIN_FILE
     f.parent.mkdir(parents=True)
     with open(f, "w", encoding="utf-8") as fh:
@@ -184,7 +184,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(run_root, tiny_llam
             if state.global_step == 2:
                 control.should_training_stop = True
 
-    monkeypatch.setattr(params_mod, "ROOT", run_root / "second")
+    monkeypatch.setenv(params_mod.RUNS_ENV, str(run_root / "second/runs"))
     (run_root / "second/runs/t/02_mi_transcription").mkdir(parents=True)
     (run_root / "second/runs/t" / sft.TRAIN_FILE).write_bytes(
         (run_root / "runs/t" / sft.TRAIN_FILE).read_bytes()

@@ -121,7 +121,7 @@ def test_dryrun_params_only_reach_127_0_0_1_with_a_dummy_key(monkeypatch):
     p = params.load("params/paper-dryrun.yaml")
     assert dryrun.check(p) == 18765
     assert p.sft.models == PAPER.sft.models and p.evaluation.variants == PAPER.evaluation.variants
-    assert p.transcription.unit == "dialogue" and p.evaluation.miti["rate_globals"]
+    assert p.transcription.unit == "dialogue" and p.evaluation.miti.rate_globals
     for bad in (
         {"base_url": None},
         {"base_url": "https://api.openai.com/v1"},

@@ -74,3 +74,42 @@ def test_runner_leaves_the_report_to_the_last_notebook(fake_project, monkeypatch
     run_dir = study.run(str(pfile), progress=False)
     assert calls == []  # the notebook built it (in its own kernel); the runner built nothing
     assert (run_dir / "report/index.html").read_text() == "built"
+
+
+def test_runner_passes_validated_params_with_defaults_not_the_raw_yaml(fake_project):
+    """A key the params file leaves out reaches the notebook as its documented default (params.py),
+    never as the parameters cell's smoke value."""
+    import json
+
+    from mi_llm import params
+
+    nbs, pfile = fake_project
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("device = 'smoke-value'\nevaluation = {}")
+    cell.metadata["tags"] = ["parameters"]
+    out = pfile.parent / "seen.json"
+    nb.cells = [
+        cell,
+        nbformat.v4.new_code_cell(
+            f"import json\nopen({str(out)!r}, 'w').write(json.dumps([device, evaluation]))"
+        ),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, nbs / "01_seen.ipynb")
+    study.run(str(pfile), progress=False)
+    device, evaluation = json.loads(out.read_text())
+    assert device == params.Params.device == "auto"
+    assert evaluation["miti"]["prompt_version"] == params.MitiParams.prompt_version
+
+
+def test_runner_stops_when_a_stage_does_not_write_its_declared_products(fake_project, capsys):
+    nbs, pfile = fake_project
+    _nb(nbs / "01_corpus_quality.ipynb", "pass")  # writes neither quality.csv nor judgements.jsonl
+    with pytest.raises(SystemExit):
+        study.run(str(pfile), progress=False)
+    err = capsys.readouterr().err
+    assert "stage 01_corpus_quality" in err and "01_corpus_quality/quality.csv" in err

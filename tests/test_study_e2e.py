@@ -85,7 +85,7 @@ def test_whole_study_runs_end_to_end(tmp_path, monkeypatch, tiny_model_dir):
         }
         pfile = tmp_path / "tiny.yaml"
         pfile.write_text(yaml.safe_dump(tiny, allow_unicode=True))
-        monkeypatch.setenv("MI_LLM_RUNS", str(tmp_path / "runs"))
+        monkeypatch.setenv(params.RUNS_ENV, str(tmp_path / "runs"))
         monkeypatch.setenv("MI_LLM_TEST_KEY", "test-key-not-stored")
         run_dir = study.run(str(pfile), progress=False)
 

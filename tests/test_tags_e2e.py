@@ -64,7 +64,7 @@ def test_a_tag_goes_from_transcription_through_sft_to_generation(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    monkeypatch.setenv("MI_LLM_RUNS", str(tmp_path))
+    monkeypatch.setenv(params.RUNS_ENV, str(tmp_path))
     P = tag_params()
     # 02: the transcriber's tags are validated and kept in the stored assistant turns
     with serve(tagged_answer) as url:
