@@ -22,14 +22,13 @@ import seaborn as sns
 from . import params as params_mod
 from . import stages
 from .miti import CODES as MITI_CODES
-from .tables import (  # the readers stay importable from here (figures.tidy, ...)
+from .tables import (  # the readers stay importable from here (figures.quality_table, ...)
     CRITERIA,
     MITI,
     TEXT_METRICS,
     THERAPY,
     MissingArtifact,
     bootstrap_ci,  # noqa: F401
-    canon,
     forecaster_table,
     miti_codes_table,
     miti_summary_table,
@@ -37,7 +36,6 @@ from .tables import (  # the readers stay importable from here (figures.tidy, ..
     source_labels,
     text_metrics_table,
     therapy_metrics_table,
-    tidy,  # noqa: F401
     to_markdown,
     training_loss_table,
     transcription_table,
@@ -363,7 +361,7 @@ def miti_codes(run_dir, table=None):
 def forecaster(run_dir, table=None):
     """(h) The MI forecaster's macro-F1 (and per-class F1) against its baselines, 95% CIs."""
     t = forecaster_table(run_dir) if table is None else table
-    macro = t[t.metric.map(canon) == "macrof1"]
+    macro = t[t.metric == "macro_f1"]
     per_class = t[t.metric.str.lower().str.startswith("f1")]
     fig, axes = _grid(
         1 + (not per_class.empty),

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import stages
 from .params import ForecasterParams
 from .schema import DataError, Dialogue, Turn
 
@@ -38,6 +39,30 @@ TAGS = (
     "other",
 )
 NONE = "none"  # the previous behaviour before the counselor has spoken, or when it is unknown
+# forecaster.csv, one row per predictor (model: the forecaster or a baseline): these id and count
+# columns, each of FORECASTER_METRICS (score's, with _ci_low/_ci_high but accuracy), beats_baselines
+FORECASTER_IDS = [
+    "model",
+    "role",
+    "features",
+    "n_train",
+    "n_train_sessions",
+    "n_train_recordings",
+    "n_test_transcripts",
+    "reference",
+    "n_test",
+    "n_test_recordings",
+]
+FORECASTER_METRICS = ["accuracy", "macro_f1", "delta_macro_f1", *(f"f1_{t}" for t in TAGS)]
+FORECASTER_COLUMNS = [
+    *FORECASTER_IDS,
+    *(
+        c
+        for m in FORECASTER_METRICS
+        for c in ((m,) if m == "accuracy" else (m, f"{m}_ci_low", f"{m}_ci_high"))
+    ),
+    "beats_baselines",
+]
 
 # ----------------------------------------------------------------------------- strategy tags
 # Format: an ASCII control tag "<mi:complex_reflection> " at the start of a counselor turn. ASCII,
@@ -539,18 +564,30 @@ def evaluate(P, out_dir) -> pd.DataFrame:
     df["beats_baselines"] = beats_baselines(df)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from .runs import atomic_path, write_atomic  # a unique temporary file, then a rename
+    from .runs import write_atomic  # a unique temporary file, then a rename
 
-    with atomic_path(out_dir / "forecaster.csv") as tmp:
-        df.to_csv(tmp, index=False)
+    write_table(df, out_dir)
     bundle["test_sessions"] = sorted(d.id for d in test)
     bundle["test_recordings"] = sorted(set(groups))
-    save(bundle, out_dir / "forecaster.joblib")
+    save(bundle, out_dir / stages.file_name(stages.FORECASTER_MODEL))
     split = {
         "train": bundle["train_sessions"],
         "test": bundle["test_sessions"],
         "train_recordings": bundle["train_recordings"],
         "test_recordings": bundle["test_recordings"],
     }
-    write_atomic(out_dir / "forecaster_split.json", json.dumps(split))
+    write_atomic(out_dir / stages.file_name(stages.FORECASTER_SPLIT), json.dumps(split))
     return df
+
+
+def write_table(df: pd.DataFrame, out_dir) -> Path:
+    """Write forecaster.csv (FORECASTER_COLUMNS, in that order) into the stage folder."""
+    from .runs import atomic_path  # a unique temporary file, then a rename
+
+    missing = [c for c in FORECASTER_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"forecaster table lacks column(s) {missing}")
+    f = Path(out_dir) / stages.file_name(stages.FORECASTER)
+    with atomic_path(f) as tmp:
+        df[FORECASTER_COLUMNS].to_csv(tmp, index=False)
+    return f

@@ -26,6 +26,7 @@ import pandas as pd
 METRICS = ["bleu4", "rouge1", "rouge2", "rougeL"]
 SCORINGS = ("raw", "content")
 CONTENT = [f"{m}_content" for m in METRICS]  # reply_scores' columns of the content scoring
+SCORE_IDS = ["model", "variant"]  # metrics.csv's id columns (score_columns: all of its columns)
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _BLEU_TOKEN = re.compile(rf"[{_CJK}]|[a-z0-9]+(?:['’.][a-z0-9]+)*")
 _CONTENT = re.compile(rf"[{_CJK}a-z0-9]")
@@ -165,6 +166,12 @@ def bootstrap_ci(
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def score_columns(metrics) -> list[str]:
+    """metrics.csv's columns for these metric names (METRICS, then CONTENT where scored)."""
+    ci = [c for m in metrics for c in (m, f"{m}_ci_low", f"{m}_ci_high")]
+    return [*SCORE_IDS, *ci, "n", "n_dialogues"]
+
+
 def score(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Mean metrics per model/variant with 95% CIs resampling dialogues: metrics.csv."""
     scores = _scores(generations)
@@ -175,7 +182,7 @@ def score(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
             lo, hi = bootstrap_ci(g[m], bootstrap, seed, clusters=g["dialogue_id"])
             row.update({m: float(g[m].mean()), f"{m}_ci_low": lo, f"{m}_ci_high": hi})
         rows.append({**row, "n": len(g), "n_dialogues": int(g["dialogue_id"].nunique())})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=score_columns(_metrics(scores)))
 
 
 def paired_test(base, finetuned, dialogues=None, n_boot: int = 1000, seed: int = 0) -> dict:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import stages
 from .params import MitiParams
 from .schema import DataError
 
@@ -778,8 +779,8 @@ def evaluate(p, generations_path, out_dir, endpoint=None) -> dict:
             code_units(ep, check + gold, p, cfg, rate_globals=False) if check + gold else {}
         )
     version = prompts.name(cfg["prompt_version"])
-    _write_codes(units, out_dir / "miti_codes.jsonl", version)
-    _write_codes(check + gold, out_dir / "miti_check_codes.jsonl", version)
+    _write_codes(units, out_dir / stages.file_name(stages.MITI_CODES), version)
+    _write_codes(check + gold, out_dir / stages.file_name(stages.MITI_CHECK_CODES), version)
     per_dialogue = dialogue_table(units)
     summary = pd.concat(
         [group_summary(per_dialogue, "generated"), annomi_reference(annomi)], ignore_index=True
@@ -805,12 +806,12 @@ def evaluate(p, generations_path, out_dir, endpoint=None) -> dict:
     from .runs import atomic_path
 
     for df, name in (
-        (per_dialogue, "miti_dialogues.csv"),
-        (summary, "miti_summary.csv"),
-        (agreement, "coder_agreement.csv"),
-        (confusion, "coder_confusion.csv"),
+        (per_dialogue, stages.MITI_DIALOGUES),
+        (summary, stages.MITI_SUMMARY),
+        (agreement, stages.CODER_AGREEMENT),
+        (confusion, stages.CODER_CONFUSION),
     ):
-        with atomic_path(out_dir / name) as tmp:
+        with atomic_path(out_dir / stages.file_name(name)) as tmp:
             df.to_csv(tmp, index=False)
     return {
         "summary": summary,

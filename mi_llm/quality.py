@@ -54,6 +54,8 @@ QUALITY_COLUMNS = [  # the contract of quality.csv (later stages and figures rel
     "rank",
     "selected",
 ]
+FIXTURE_COLUMN = "fixture"  # describe()'s flag: a column of quality.csv after QUALITY_COLUMNS
+JUDGEMENT_FIELDS = ("corpus", "ok", "scores", "total")  # judgements.jsonl fields later stages read
 LABELS = {"client": "来访者", "counselor": "咨询师"}  # speaker labels in the judge's transcript
 
 
@@ -147,7 +149,7 @@ def describe(dialogues: list[Dialogue], report: dict | None = None) -> dict:
         "dialogues_with_violations": sum(v > 0 for v in violations),
         "single_speaker_dialogues": sum(len({t.speaker for t in d.turns}) < 2 for d in dialogues),
         "n_bad": int((report or {}).get("n_bad", 0)),
-        "fixture": bool((report or {}).get("fixture", False)),  # written for this project
+        FIXTURE_COLUMN: bool((report or {}).get("fixture", False)),  # written for this project
     }
 
 

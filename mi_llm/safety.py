@@ -32,6 +32,8 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import stages
+
 SUICIDE, HARM = "suicide_self_harm", "harm_others"
 CATEGORIES = (SUICIDE, HARM)
 
@@ -567,6 +569,6 @@ def write_reply_report(generations_path, out_dir):
     and crisis_flagged.csv (every flagged client turn with the reply); returns the summary."""
     summary, flagged = reply_report(generations_path)
     out_dir = Path(out_dir)
-    summary.to_csv(out_dir / "crisis_replies.csv", index=False)
-    flagged.to_csv(out_dir / "crisis_flagged.csv", index=False)
+    summary.to_csv(out_dir / stages.file_name(stages.CRISIS_REPLIES), index=False)
+    flagged.to_csv(out_dir / stages.file_name(stages.CRISIS_FLAGGED), index=False)
     return summary

@@ -29,6 +29,10 @@ from .schema import DataError
 
 STAGE = "03_sft"
 TRAIN_FILE = stages.TRAIN
+# in 03_sft/<model>/: the adapter folder, the training log, the report (stages declares them)
+ADAPTER_DIR, LOG_FILE, REPORT_FILE = map(
+    stages.file_name, (stages.ADAPTER, stages.TRAIN_LOG, stages.SFT_REPORT)
+)
 LOG_FIELDS = ["step", "loss", "learning_rate", "tokens_per_s"]
 # keys mi_llm sets itself from the run (a params file may not override them)
 OWNED_KEYS = {"output_dir", "seed", "use_cpu"}
@@ -316,9 +320,9 @@ def _clear(out: Path) -> None:
     """Remove a stale run's checkpoints, adapter, merged model, log and report."""
     import shutil
 
-    for name in ("checkpoints", "adapter", "merged"):
+    for name in ("checkpoints", ADAPTER_DIR, "merged"):
         shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("train_log.csv", "report.json"):
+    for name in (LOG_FILE, REPORT_FILE):
         (out / name).unlink(missing_ok=True)
 
 
@@ -345,7 +349,7 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
         _clear(out)
         resume = None
     start_step = int(Path(resume).name.split("-")[-1]) if resume else 0
-    done = out / "report.json"
+    done = out / REPORT_FILE
     if resume and done.exists():  # a finished run (notebook after `accelerate launch`): keep it
         report = json.loads(done.read_text(encoding="utf-8"))
         if (
@@ -362,7 +366,7 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     model, tok = models.load(model_name, device="cpu", dtype=dtype, path=model_path)
     dataset = build_dataset(P, tok)
     args = sft_config(P, spec, ckpt_dir, disable_tqdm=not progress)
-    log = _log_callback(out / "train_log.csv", start_step)
+    log = _log_callback(out / LOG_FILE, start_step)
     trainer = LossPositionsSFTTrainer(  # TRL's SFTTrainer, output layer at the label positions only
         model=model,
         args=args,
@@ -379,7 +383,9 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
             "stopped_at": trainer.state.global_step
         }  # interrupted on purpose (tests): no artifacts
     # every rank takes part: under ZeRO-3 / FSDP the adapter is gathered from the shards
-    trainer.save_model(str(out / "adapter"))  # PEFT adapter + tokenizer with the training template
+    trainer.save_model(
+        str(out / ADAPTER_DIR)
+    )  # PEFT adapter + tokenizer with the training template
     if not trainer.is_world_process_zero():
         return {}
     return _finish(P, spec, trainer, out, log.rows, wall, result, resume, len(dataset))
@@ -415,7 +421,7 @@ def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples) 
         "padding_free": trainer.padding_free,
         "identity": identity(P),
     }
-    write_atomic(out / "report.json", json.dumps(report, indent=2))
+    write_atomic(out / REPORT_FILE, json.dumps(report, indent=2))
     return report
 
 
@@ -425,11 +431,11 @@ def train_logs(P: Params, names=None):
 
     frames = []
     for name in names or P.sft.models:
-        f = P.run_dir / STAGE / name / "train_log.csv"
+        f = P.run_dir / stages.TRAIN_LOG.format(model=name)
         if f.exists():
             frames.append(pd.read_csv(f).assign(model=name))
     if not frames:
-        raise FileNotFoundError(f"{P.run_dir / STAGE}: no train_log.csv; train a model first")
+        raise FileNotFoundError(f"{P.run_dir / STAGE}: no {LOG_FILE}; train a model first")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -438,7 +444,7 @@ def artifacts(P: Params, names=None) -> list[Path]:
     out = []
     for name in names or P.sft.models:
         d = P.run_dir / STAGE / name
-        out += [d / "adapter", d / "train_log.csv", d / "report.json"] + (
+        out += [d / ADAPTER_DIR, d / LOG_FILE, d / REPORT_FILE] + (
             [d / "merged"] if P.sft.merge else []
         )
     return out

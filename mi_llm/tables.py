@@ -2,24 +2,27 @@
 
 Each `*_table(run_dir)` reads the run's files (runs/<name>/...) into the tidy table its figure
 (mi_llm.figures) draws; a missing artifact raises MissingArtifact naming the file, which
-figures.make() turns into a printed 'skipped' line. Where the artifact contract leaves columns
-open, each reader's docstring states what it assumes.
+figures.make() turns into a printed 'skipped' line. Each reader reads the one schema its producer
+writes, by the column names (or JSON keys) the producer module defines (quality.QUALITY_COLUMNS,
+transcribe.REPORT_VALID, metrics.score_columns, therapy.THERAPY_COLUMNS,
+forecast.FORECASTER_COLUMNS, miti.SUMMARY_COLUMNS); a missing column raises ValueError naming the
+file and the column.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import stages
+from . import forecast, metrics, quality, stages, therapy, transcribe
 from .miti import ANNOMI_CODES, CODES, SCORES, THRESHOLDS
+from .schema import DataError
 
-CRITERIA = {"comprehensiveness": 2, "professionalism": 3, "authenticity": 3, "safety": 1}  # max
-TEXT_METRICS = {"bleu4": "BLEU-4", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougel": "ROUGE-L"}
+CRITERIA = quality.CRITERIA  # rubric criterion -> max points
+TEXT_METRICS = {"bleu4": "BLEU-4", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
 MITI_LABELS = {  # miti_summary.csv score column -> axis label, in the figure's order
     "technical": "Technical global",
     "relational": "Relational global",
@@ -42,8 +45,7 @@ ID_COLS = [
     "symptom",
     "split",
 ]
-NOT_METRICS = {"n", "round", "step", "seed", "rank"}  # and every n_* column: counts, not metrics
-THERAPY = {  # therapy_metrics.csv column -> panel title; the therapy pipeline's comparison set
+THERAPY = {  # therapy_metrics.csv column of therapy.COMPARISON -> panel title
     "mean_abs_length_diff": "|Δ length| to counselor (chars)",
     "mean_abs_sentence_diff": "|Δ sentences| to counselor",
     "sentiment_distance": "sentiment distance",
@@ -84,9 +86,28 @@ def _jsonl(f: Path) -> list[dict]:
     return rows
 
 
-def canon(name) -> str:
-    """A name compared case- and punctuation-insensitively (BLEU-4 -> bleu4)."""
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+def _require(df: pd.DataFrame, f, cols) -> None:
+    """Raise ValueError naming the file and the first column of `cols` that df lacks."""
+    for c in cols:
+        if c not in df.columns:
+            raise ValueError(f"{f}: column {c!r} missing; columns: {list(df.columns)}")
+
+
+def _long(df: pd.DataFrame, ids: list[str], names, with_ci=()) -> pd.DataFrame:
+    """Long form (ids..., metric, value, ci_low, ci_high) of a table with one column per metric
+    of `names`, metric by metric; those of `with_ci` have `<metric>_ci_low/_ci_high` columns."""
+    out = pd.concat(
+        [
+            df[ids].assign(
+                metric=m,
+                value=df[m].astype(float),
+                ci_low=df[f"{m}_ci_low"] if m in with_ci else np.nan,
+                ci_high=df[f"{m}_ci_high"] if m in with_ci else np.nan,
+            )
+            for m in names
+        ]
+    )
+    return out.reset_index(drop=True)
 
 
 def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
@@ -98,51 +119,6 @@ def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95)
     idx = np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))  # n_boot x n
     means = v[idx].mean(axis=1)
     return tuple(np.quantile(means, [(1 - level) / 2, (1 + level) / 2]))
-
-
-def tidy(df: pd.DataFrame, file) -> pd.DataFrame:
-    """Long form (id columns..., metric, value, ci_low, ci_high) of a long or wide metrics table.
-
-    Long input has a `metric` column and one of mean/value/score (+ optional ci_low, ci_high);
-    wide input has one numeric column per metric with optional `<metric>_ci_low/_ci_high`.
-    Per-item input (a dialogue_id column, no CIs) is averaged with bootstrap CIs.
-    """
-    ids = [c for c in df.columns if c in ID_COLS]
-    if "metric" in df.columns:
-        val = next((c for c in ("mean", "value", "score") if c in df.columns), None)
-        if val is None:
-            raise ValueError(f"{file}: a `metric` column needs a mean/value/score column beside it")
-        out = df[ids + ["metric"]].assign(value=df[val].astype(float))
-        for c in ("ci_low", "ci_high"):
-            out[c] = df[c].astype(float) if c in df.columns else np.nan
-    else:
-        skip = (
-            set(ids)
-            | NOT_METRICS
-            | {c for c in df.columns if c.startswith("n_")}
-            | {c for c in df.columns if re.search(r"_(ci_low|ci_high|std|se)$", c)}
-        )
-        metrics = [c for c in df.select_dtypes("number").columns if c not in skip]
-        if not metrics:
-            raise ValueError(f"{file}: no numeric metric columns found in {list(df.columns)}")
-        out = pd.concat(
-            [
-                df[ids].assign(
-                    metric=m,
-                    value=df[m].astype(float),
-                    ci_low=df.get(f"{m}_ci_low", np.nan),
-                    ci_high=df.get(f"{m}_ci_high", np.nan),
-                )
-                for m in metrics
-            ]
-        )
-    if "dialogue_id" in df.columns and out["ci_low"].isna().all():  # per reply: aggregate here
-        rows = [
-            (*k, g.mean(), *bootstrap_ci(g))
-            for k, g in out.groupby(ids + ["metric"], sort=False)["value"]
-        ]
-        out = pd.DataFrame(rows, columns=ids + ["metric", "value", "ci_low", "ci_high"])
-    return out.reset_index(drop=True)
 
 
 def source_labels(df: pd.DataFrame) -> pd.Series:
@@ -158,27 +134,31 @@ def source_labels(df: pd.DataFrame) -> pd.Series:
 
 # ----------------------------------------------------------------------------- (a) corpus quality
 def quality_table(run_dir) -> pd.DataFrame:
-    """01's quality.csv in long form (corpus, rank, selected, fixture, metric, value, ci_low,
-    ci_high); fixture is False where quality.csv has no such column.
+    """01's quality.csv (quality.QUALITY_COLUMNS and FIXTURE_COLUMN) in long form (corpus, rank,
+    selected, fixture, metric, value, ci_low, ci_high).
 
-    Total CIs come from total_ci_low/high; per-criterion CIs from `<criterion>_ci_low/high` when
-    present, else bootstrapped from judgements.jsonl records that hold the criteria at top level or
-    under "scores"/"parsed" beside a "corpus" key.
+    The total's CI is quality.csv's total_ci_low/high; each criterion's is bootstrapped from the
+    "scores" of judgements.jsonl's records (quality.JUDGEMENT_FIELDS), NaN without that file.
     """
-    q = _csv(run_dir, "01_corpus_quality/quality.csv")
-    scores = _judgement_scores(Path(run_dir) / "01_corpus_quality/judgements.jsonl")
+    f = _file(run_dir, stages.QUALITY)
+    q = _csv(run_dir, stages.QUALITY)
+    _require(q, f, [*quality.QUALITY_COLUMNS, quality.FIXTURE_COLUMN])
+    scores = _judgement_scores(Path(run_dir) / stages.JUDGEMENTS)
     rows = []
     for _, r in q.iterrows():
         for m in [*CRITERIA, "total"]:
-            lo, hi = r.get(f"{m}_ci_low", np.nan), r.get(f"{m}_ci_high", np.nan)
-            if pd.isna(lo) and scores is not None and m in scores:
+            if m == "total":
+                lo, hi = r["total_ci_low"], r["total_ci_high"]
+            elif scores is not None:
                 lo, hi = bootstrap_ci(scores.loc[scores.corpus == r["corpus"], m])
+            else:
+                lo = hi = np.nan
             rows.append(
                 {
                     "corpus": r["corpus"],
-                    "rank": r.get("rank", np.nan),
-                    "selected": bool(r.get("selected", False)),
-                    "fixture": str(r.get("fixture", False)).lower() == "true",
+                    "rank": r["rank"],
+                    "selected": bool(r["selected"]),
+                    "fixture": str(r[quality.FIXTURE_COLUMN]).lower() == "true",
                     "metric": m,
                     "value": float(r[m]),
                     "ci_low": lo,
@@ -189,71 +169,48 @@ def quality_table(run_dir) -> pd.DataFrame:
 
 
 def _judgement_scores(f: Path) -> pd.DataFrame | None:
+    """The rubric scores of judgements.jsonl (corpus, criteria...; NaN for a failed judgement)."""
     if not f.exists():
         return None
     rows = []
-    for rec in _jsonl(f):
-        inner = next((rec[k] for k in ("scores", "parsed") if isinstance(rec.get(k), dict)), rec)
-        rows.append({"corpus": rec.get("corpus"), **{c: inner.get(c) for c in CRITERIA}})
+    for i, rec in enumerate(_jsonl(f)):
+        for k in quality.JUDGEMENT_FIELDS:
+            if k not in rec:
+                raise DataError(f, i, k, "missing")
+        s = rec["scores"]
+        if s is not None and not isinstance(s, dict):
+            raise DataError(f, i, "scores", f"not an object: {s!r}")
+        rows.append({"corpus": rec["corpus"], **{c: (s or {}).get(c) for c in CRITERIA}})
     df = pd.DataFrame(rows)
     return df.apply(pd.to_numeric, errors="coerce").assign(corpus=df.corpus) if len(df) else None
 
 
 # ----------------------------------------------------------------------------- (b) transcription
-VALID_KEYS = ("n_valid", "valid", "n_ok", "ok")
-
-
-FAILED_KEYS = ("failed_by_reason", "failures_by_reason", "failure_reasons", "failures", "failed")
-
-
-def _find(d, keys):
-    """First value under one of `keys` in a nested dict (breadth-first), or None."""
-    todo = [d]
-    while todo:
-        cur = todo.pop(0)
-        for k in keys:
-            if isinstance(cur, dict) and k in cur:
-                return cur[k]
-        todo += [v for v in (cur.values() if isinstance(cur, dict) else []) if isinstance(v, dict)]
-    return None
-
-
 def transcription_table(run_dir) -> pd.DataFrame:
-    """Outcome counts (outcome, count) from 02's report.json.
-
-    Assumed keys, anywhere in the JSON: the valid count under n_valid|valid|n_ok|ok; the failures
-    as {reason: count} (or a list of {"reason": ...} records, or one total count) under
-    failed_by_reason|failures_by_reason|failure_reasons|failures|failed.
-    """
-    f = _file(run_dir, "02_mi_transcription/report.json")
+    """Outcome counts (outcome, count) from 02's report.json: the valid dialogues (key
+    transcribe.REPORT_VALID) and the failed ones by reason (transcribe.REPORT_FAILED: {reason:
+    count})."""
+    f = _file(run_dir, stages.TRANSCRIPTION_REPORT)
     rep = json.loads(f.read_text(encoding="utf-8"))
-    valid, failed = _find(rep, VALID_KEYS), _find(rep, FAILED_KEYS)
-    if valid is None or isinstance(valid, (dict, list, str)):
-        raise ValueError(f"{f}: no valid count under any of {VALID_KEYS}; keys: {sorted(rep)}")
-    rows = [("valid", int(valid))]
-    if isinstance(failed, dict):
-        rows += [(f"failed: {k}", int(v)) for k, v in failed.items()]
-    elif isinstance(failed, list):
-        reasons = pd.Series(
-            [
-                r.get("reason", r.get("error", "unknown")) if isinstance(r, dict) else str(r)
-                for r in failed
-            ],
-            dtype=object,
-        )
-        rows += [(f"failed: {k}", int(v)) for k, v in reasons.value_counts().items()]
-    elif isinstance(failed, (int, float)):
-        rows.append(("failed", int(failed)))
+    for k in (transcribe.REPORT_VALID, transcribe.REPORT_FAILED):
+        if k not in rep:
+            raise DataError(f, "(file)", k, f"missing; keys: {sorted(rep)}")
+    valid, failed = rep[transcribe.REPORT_VALID], rep[transcribe.REPORT_FAILED]
+    if not isinstance(valid, int) or isinstance(valid, bool):
+        raise DataError(f, "(file)", transcribe.REPORT_VALID, f"not a count: {valid!r}")
+    if not isinstance(failed, dict):
+        raise DataError(f, "(file)", transcribe.REPORT_FAILED, "not {reason: count}")
+    rows = [("valid", int(valid))] + [(f"failed: {k}", int(v)) for k, v in failed.items()]
     return pd.DataFrame(rows, columns=["outcome", "count"])
 
 
 # ----------------------------------------------------------------------------- (c) training loss
 def training_loss_table(run_dir) -> pd.DataFrame:
     """03's train_log.csv of every model (model, step, loss, learning_rate, tokens_per_s)."""
-    logs = sorted((Path(run_dir) / "03_sft").glob("*/train_log.csv"))
+    logs = sorted(Path(run_dir).glob(stages.TRAIN_LOG.format(model="*")))
     if not logs:
         raise MissingArtifact(
-            f"{Path(run_dir) / '03_sft'}/<model>/train_log.csv is missing "
+            f"{Path(run_dir) / stages.TRAIN_LOG.format(model='<model>')} is missing "
             "(stage 03_sft has not written it)"
         )
     frames = [pd.read_csv(f).assign(model=f.parent.name) for f in logs]
@@ -266,49 +223,40 @@ def training_loss_table(run_dir) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- (d) BLEU / ROUGE
 def text_metrics_table(run_dir) -> pd.DataFrame:
-    """04's metrics.csv, long form (model, variant, metric, value, ci_low, ci_high), ×100 scale.
+    """04's metrics.csv (metrics.score_columns), long form (model, variant, metric, value, ci_low,
+    ci_high), ×100 scale.
 
-    Accepts long (metric + mean|value) or wide (bleu4, rouge1, ... with _ci_low/_ci_high) tables,
-    or per-reply rows (averaged here with bootstrap CIs); metric names match case- and
-    punctuation-insensitively (BLEU-4 = bleu_4 = bleu4); the content-only scores of
-    `evaluation.content_metrics` (bleu4_content, ...) are named "BLEU-4 (content only)", ...
+    The metrics are metrics.METRICS, named as TEXT_METRICS says, and, where the run scored them
+    (`evaluation.content_metrics`), metrics.CONTENT: "BLEU-4 (content only)", ...
     """
-    f = _file(run_dir, "04_evaluation/metrics.csv")
-    t = tidy(_csv(run_dir, "04_evaluation/metrics.csv"), f)
-    content = {f"{k}content": f"{v} (content only)" for k, v in TEXT_METRICS.items()}
-    t["metric"] = t.metric.map(lambda m: TEXT_METRICS.get(canon(m), content.get(canon(m), m)))
-    for col in ("model", "variant"):
-        if col not in t.columns:
-            raise ValueError(f"{f}: column {col!r} missing")
+    f = _file(run_dir, stages.METRICS)
+    raw = _csv(run_dir, stages.METRICS)
+    content = any(c in raw.columns for c in metrics.CONTENT)
+    names = [*metrics.METRICS, *(metrics.CONTENT if content else [])]
+    _require(raw, f, metrics.score_columns(names))
+    labels = {
+        **TEXT_METRICS,
+        **{f"{k}_content": f"{v} (content only)" for k, v in TEXT_METRICS.items()},
+    }
+    t = _long(raw, metrics.SCORE_IDS, names, with_ci=names)
+    t["metric"] = t.metric.map(labels)
     return t
 
 
 # ----------------------------------------------------------------------------- (e) therapy metrics
 def therapy_metrics_table(run_dir) -> pd.DataFrame:
-    """04's therapy_metrics.csv, long form (model, variant, category, metric, value, ci_*).
+    """04's therapy_metrics.csv (therapy.THERAPY_COLUMNS), long form (model, category, variant,
+    metric, value, ci_low, ci_high) of therapy.COMPARISON's columns (no CIs: NaN).
 
-    Assumed (mi_llm.therapy): a category column category|topic|symptom, id columns model/variant
-    (variant "reference" = the gold counselor), one numeric column per metric (wide) or metric +
-    value (long); of mi_llm.therapy's columns only THERAPY's are kept; n/n_* columns are counts.
+    variant "reference" is the gold counselor; category "all" pools a model's categories.
     """
-    f = _file(run_dir, "04_evaluation/therapy_metrics.csv")
-    t = tidy(_csv(run_dir, "04_evaluation/therapy_metrics.csv"), f)
-    if t.metric.isin(list(THERAPY)).any():  # mi_llm.therapy's columns: keep the comparison set
-        t = t[t.metric.isin(list(THERAPY))]
-    cat = next((c for c in ("category", "topic", "symptom") if c in t.columns), None)
-    if cat is None:
-        raise ValueError(f"{f}: no category column (category|topic|symptom)")
-    return t.rename(columns={cat: "category"})
+    f = _file(run_dir, stages.THERAPY_METRICS)
+    raw = _csv(run_dir, stages.THERAPY_METRICS)
+    _require(raw, f, therapy.THERAPY_COLUMNS)
+    return _long(raw, therapy.THERAPY_IDS, therapy.COMPARISON)
 
 
 # ----------------------------------------------------------------------------- (f) MITI summary
-def _require(df: pd.DataFrame, f, cols) -> None:
-    """Raise ValueError naming the file and the first column of `cols` that df lacks."""
-    for c in cols:
-        if c not in df.columns:
-            raise ValueError(f"{f}: column {c!r} missing; columns: {list(df.columns)}")
-
-
 def miti_summary_table(run_dir) -> pd.DataFrame:
     """04's miti_summary.csv (miti.SUMMARY_COLUMNS), long form (source, reference, metric, value,
     ci_low, ci_high, n).
@@ -398,17 +346,21 @@ def _annomi_codes(run_dir) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- (h) forecaster
 def forecaster_table(run_dir) -> pd.DataFrame:
-    """04's forecaster.csv, long form (method, metric, value, ci_low, ci_high).
-
-    Assumed: one row per predictor (the forecaster and its baselines) under model|method, with
-    macro_f1 and per-class f1_<class> columns (wide) or metric + value (long), CIs optional.
+    """04's forecaster.csv (forecast.FORECASTER_COLUMNS), long form (method, metric, value, ci_low,
+    ci_high): one method per predictor (the forecasters and their baselines, the file's `model`),
+    the metrics forecast.FORECASTER_METRICS (accuracy without a CI).
     """
-    f = _file(run_dir, "04_evaluation/forecaster.csv")
-    t = tidy(_csv(run_dir, "04_evaluation/forecaster.csv"), f)
-    who = next((c for c in ("method", "model", "source") if c in t.columns), None)
-    if who is None:
-        raise ValueError(f"{f}: no predictor column (method|model|source)")
-    return t.rename(columns={who: "method"})[["method", "metric", "value", "ci_low", "ci_high"]]
+    f = _file(run_dir, stages.FORECASTER)
+    raw = _csv(run_dir, stages.FORECASTER)
+    _require(raw, f, forecast.FORECASTER_COLUMNS)
+    names = forecast.FORECASTER_METRICS
+    t = _long(
+        raw,
+        ["model"],
+        names,
+        with_ci=[m for m in names if f"{m}_ci_low" in forecast.FORECASTER_COLUMNS],
+    )
+    return t.rename(columns={"model": "method"})[["method", "metric", "value", "ci_low", "ci_high"]]
 
 
 # ----------------------------------------------------------------------------- Markdown

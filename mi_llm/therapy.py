@@ -34,6 +34,31 @@ _ZH_NAME = re.compile(
 )
 _EN_NAME = re.compile(r"\b(?:[Mm]y name is|[Cc]all me|[Nn]ame's)\s+([A-Z][a-z]+)")
 _NOT_NAMES = {"什么", "这个", "那个", "自己", "一个", "他们", "我们", "你们"}
+# therapy_metrics.csv: these id columns, then _summary's columns; COMPARISON: the comparison set
+# of the therapy pipeline, the columns stage 05's figure draws
+THERAPY_IDS = ["model", "category", "variant"]
+COMPARISON = [
+    "mean_abs_length_diff",
+    "mean_abs_sentence_diff",
+    "sentiment_distance",
+    "question_replies",
+    "question_marks",
+    "name_mismatch",
+]
+THERAPY_COLUMNS = [
+    *THERAPY_IDS,
+    "n",
+    "mean_length",
+    "mean_sentences",
+    "mean_sentiment",
+    "mean_abs_length_diff",
+    "mean_abs_sentence_diff",
+    "sentiment_distance",
+    "question_replies",
+    "question_marks",
+    "named_rounds",
+    "name_mismatch",
+]
 
 
 def length(text: str) -> int:
@@ -187,5 +212,5 @@ def therapy_metrics(generations) -> pd.DataFrame:
         for cat in cats + (["all"] if len(cats) > 1 else []):
             fc = fm if cat == "all" else fm[fm["category"] == cat]
             for variant, g in sorted(fc.groupby("variant"), key=lambda kv: order.get(kv[0], 9)):
-                rows.append({"model": model, "category": cat, "variant": variant, **_summary(g)})
-    return pd.DataFrame(rows)
+                rows.append(dict(zip(THERAPY_IDS, (model, cat, variant)), **_summary(g)))
+    return pd.DataFrame(rows, columns=THERAPY_COLUMNS)

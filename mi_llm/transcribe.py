@@ -40,6 +40,9 @@ REPLY_LABEL = re.compile(
     r"^\s*(?:原回复|原句|原文|改写后的回复|改写后|改写|回复|回答|MI回复|MI改写|新回复|输出)"
     r"\s*[：:]\s*"
 )
+# report.json keys later stages read: the valid dialogues, and the failed ones as {reason: count}
+REPORT_VALID = "valid"
+REPORT_FAILED = "failed_by_reason"
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -440,9 +443,9 @@ def transcribe(
         "prompt_version": prompts.name(v),
         "model": P.llm.model,
         "attempted": len(rows),
-        "valid": len(records),
+        REPORT_VALID: len(records),
         "pass_rate": round(len(records) / len(rows), 3) if rows else None,
-        "failed_by_reason": dict(Counter(f["reason"] for f in failures)),
+        REPORT_FAILED: dict(Counter(f["reason"] for f in failures)),
         "units_attempted": len(units),
         "units_valid": sum(r.ok for r in units),
         "units_retried": sum(r.attempts > 1 for r in units),
@@ -567,8 +570,8 @@ def save(
     runs.write_atomic(report_json, json.dumps(rep, indent=2, ensure_ascii=False))
     if not train:  # written first, so that report.json and failures.jsonl say why
         raise RuntimeError(
-            f"no valid MI dialogue to train on; failures by reason: {report.get('failed_by_reason')}"
-            f" (see {out_dir / 'failures.jsonl'})"
+            f"no valid MI dialogue to train on; failures by reason: {report.get(REPORT_FAILED)}"
+            f" (see {out_dir / stages.file_name(stages.FAILURES)})"
         )
     return files + [out_dir / stages.file_name(stages.MI_CORPUS), report_json]
 

@@ -12,7 +12,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from mi_llm import figures
+from mi_llm import figures, forecast
 from mi_llm.params import FiguresParams
 
 CRIT = ["comprehensiveness", "professionalism", "authenticity", "safety"]
@@ -50,7 +50,7 @@ def _generations():
 def write_artifacts(run):
     """A small but complete run: stages 01-04's artifacts in their real formats (04's tables are
     computed by mi_llm.metrics / mi_llm.therapy / mi_llm.miti from hand-made generations)."""
-    from mi_llm import metrics, miti, therapy
+    from mi_llm import metrics, miti, quality, therapy
 
     q = run / "01_corpus_quality"
     q.mkdir(parents=True)
@@ -74,7 +74,10 @@ def write_artifacts(run):
                 "corpus": c,
                 "n_dialogues": 10,
                 "mean_turns": 12.0,
+                "mean_counselor_chars": 30.0,
+                "mean_client_chars": 20.0,
                 "question_rate": 0.3,
+                "duplicate_rate": 0.0,
                 **means,
                 "total": tot,
                 "total_ci_low": tot - 1,
@@ -83,7 +86,8 @@ def write_artifacts(run):
         )
     df = pd.DataFrame(rows).sort_values("total", ascending=False)
     df["rank"], df["selected"] = range(1, len(df) + 1), [True, True, False, False]
-    df.to_csv(q / "quality.csv", index=False)
+    df[quality.FIXTURE_COLUMN] = False
+    df.to_csv(q / "quality.csv", index=False)  # quality.QUALITY_COLUMNS, then the fixture flag
     (q / "judgements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     (run / "02_mi_transcription").mkdir()
     (run / "02_mi_transcription/report.json").write_text(
@@ -154,28 +158,31 @@ def write_artifacts(run):
     (e / "miti_codes.jsonl").write_text(
         "".join(json.dumps(u, ensure_ascii=False) + "\n" for u in units)
     )
+    rng = np.random.default_rng(0)  # forecast.evaluate's table: forecast.score per predictor
+    y = list(rng.choice(forecast.TAGS, 60))
+    groups = [f"rec{i // 6}" for i in range(60)]
+    preds = {
+        "majority": ("baseline", [y[0]] * 60),
+        "previous_behaviour": ("baseline", list(rng.permutation(y))),
+        "forecaster_universal": ("forecaster", y[:40] + [y[0]] * 20),
+    }
     rows = [
         {
             "model": m,
             "role": role,
+            "features": "none" if role == "baseline" else "language-independent",
             "n_train": 900,
-            "n_test": 300,
-            "accuracy": f + 0.1,
-            "macro_f1": f,
-            "macro_f1_ci_low": f - 0.05,
-            "macro_f1_ci_high": f + 0.05,
-            "f1_open_question": f,
-            "f1_open_question_ci_low": f - 0.1,
-            "f1_open_question_ci_high": f + 0.1,
-            "beats_baselines": role == "forecaster" and f > 0.3,
+            "n_train_sessions": 40,
+            "n_train_recordings": 30,
+            "n_test_transcripts": 10,
+            "reference": "previous_behaviour",
+            **forecast.score(y, p, groups, 100, 0, reference=preds["previous_behaviour"][1]),
         }
-        for m, role, f in [
-            ("majority", "baseline", 0.12),
-            ("previous_behaviour", "baseline", 0.3),
-            ("forecaster_universal", "forecaster", 0.45),
-        ]
+        for m, (role, p) in preds.items()
     ]
-    pd.DataFrame(rows).to_csv(e / "forecaster.csv", index=False)
+    df = pd.DataFrame(rows)
+    df["beats_baselines"] = forecast.beats_baselines(df)
+    forecast.write_table(df, e)
     return run
 
 
@@ -260,7 +267,7 @@ def test_tables_carry_the_artifacts_numbers(made):
     )
     assert c.reference.iloc[-1] and c.reference.sum() == 4
     f = figures.table("forecaster", run)
-    assert set(f.metric) == {"accuracy", "macro_f1", "f1_open_question"}  # n_* are counts
+    assert list(dict.fromkeys(f.metric)) == forecast.FORECASTER_METRICS  # n_* are counts
     assert figures.table("training_loss", run).model.unique().tolist() == ["gemma3-270m", "tiny"]
 
 
@@ -287,7 +294,7 @@ def test_missing_artifact_is_skipped_with_its_file_named(made, tmp_path, capsys)
 def test_bad_artifacts_raise_naming_file_and_record(tmp_path):
     (tmp_path / "02_mi_transcription").mkdir()
     (tmp_path / "02_mi_transcription/report.json").write_text('{"n_requests": 3}')
-    with pytest.raises(ValueError, match=r"report\.json: no valid count"):
+    with pytest.raises(ValueError, match=r"report\.json: .*field 'valid': missing"):
         figures.transcription_table(tmp_path)
     (tmp_path / "04_evaluation").mkdir()
     (tmp_path / "04_evaluation/miti_codes.jsonl").write_text(
@@ -302,41 +309,6 @@ def test_bad_artifacts_raise_naming_file_and_record(tmp_path):
     )
     with pytest.raises(ValueError, match=r"miti_summary\.csv: column 'technical' missing"):
         figures.miti_summary_table(tmp_path)
-
-
-def test_tidy_reads_wide_long_and_per_reply_tables():
-    wide = pd.DataFrame(
-        {
-            "model": ["m"],
-            "variant": ["base"],
-            "bleu4": [3.0],
-            "bleu4_ci_low": [2.0],
-            "bleu4_ci_high": [4.0],
-            "n": [5],
-        }
-    )
-    assert figures.tidy(wide, "w").to_dict("records") == [
-        {
-            "model": "m",
-            "variant": "base",
-            "metric": "bleu4",
-            "value": 3.0,
-            "ci_low": 2.0,
-            "ci_high": 4.0,
-        }
-    ]
-    per_reply = pd.DataFrame(
-        {
-            "model": "m",
-            "variant": "base",
-            "dialogue_id": list("abcd"),
-            "bleu4": [1.0, 2.0, 3.0, 4.0],
-        }
-    )
-    row = figures.tidy(per_reply, "p").iloc[0]
-    assert row.value == 2.5 and 1.0 <= row.ci_low < 2.5 < row.ci_high <= 4.0
-    with pytest.raises(ValueError, match="long.csv"):
-        figures.tidy(pd.DataFrame({"metric": ["bleu4"], "x": [1]}), "long.csv")
 
 
 def test_chinese_labels_become_pinyin_without_a_cjk_font(monkeypatch):
