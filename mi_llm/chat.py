@@ -44,7 +44,7 @@ from pathlib import Path
 
 from fastapi import Request  # at module level: FastAPI resolves the handler's annotation here
 
-from . import safety
+from . import safety, stages
 from .schema import DataError, Dialogue, Turn, validate
 
 VARIANTS = ("base", "finetuned", "conditioned")
@@ -155,7 +155,7 @@ def merged_folder(model: str, base_folder: Path, adapter: Path, sha: str) -> Pat
 
 
 def _system_prompt(run_dir) -> str | None:
-    test = Path(run_dir) / "02_mi_transcription" / "test.jsonl"
+    test = Path(run_dir) / stages.TEST
     if not test.exists():
         return None
     with open(test, encoding="utf-8") as f:
@@ -182,7 +182,7 @@ def resolve(
     )
     served = Served(Path(run_dir), model, variant, base, base, system=_system_prompt(run_dir))
     if variant in ADAPTED:
-        served.adapter = Path(run_dir) / "03_sft" / model / "adapter"  # where stage 03 saves it
+        served.adapter = Path(run_dir) / stages.ADAPTER.format(model=model)  # stage 03's
         served.adapter_sha256 = adapter_sha256(served.adapter)
         if merge:
             served.folder = merged_folder(model, base, served.adapter, served.adapter_sha256)
@@ -360,7 +360,7 @@ def conditioned_backend(served: Served, device: str = "cpu", max_tokens: int = 2
 
     from . import forecast, generate, models
 
-    fc = served.run_dir / "04_evaluation" / "forecaster.joblib"
+    fc = served.run_dir / stages.FORECASTER_MODEL
     bundle = None
     if served.condition_on == "forecaster":
         if not fc.exists():

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import chat, client_talk, miti, references, safety
+from . import chat, client_talk, miti, references, safety, stages
 
 EXTRA_COLUMNS = [
     "change",
@@ -242,7 +242,7 @@ def code_sessions(
         code_clients(clients, ep, P, client_coder, classifier)
     summary, per = tables(dialogues, coded, clients, annomi_path)
     version = prompts.name(cfg["prompt_version"])
-    with open(out / "miti_codes.jsonl", "w", encoding="utf-8") as f:
+    with open(out / stages.file_name(stages.MITI_CODES), "w", encoding="utf-8") as f:
         f.writelines(
             json.dumps({**u, "prompt_version": version}, ensure_ascii=False) + "\n" for u in coded
         )
