@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SPEAKERS = ("client", "counselor")
+WHOLE_FILE = "(file)"  # the `record` of an error that spoils a whole file (bad JSON, not a list)
 
 
 class DataError(ValueError):
@@ -17,6 +18,52 @@ class DataError(ValueError):
     def __init__(self, file, record, field_name, problem):
         self.file, self.record, self.field, self.problem = str(file), record, field_name, problem
         super().__init__(f"{file}: record {record}: field {field_name!r}: {problem}")
+
+
+# ----------------------------------------------------------------------------- fields
+# Read a field of a corpus record or raise the DataError that names it; shared by every loader.
+def read_text(file: Path) -> str:
+    """A file's UTF-8 text (a BOM dropped), or DataError naming the whole file."""
+    try:
+        return file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(file, WHOLE_FILE, "encoding", f"not UTF-8: {e}") from e
+
+
+def text_value(value, file, record, field_name) -> str:
+    """The stripped text of a field, or DataError when it is not a non-empty string."""
+    if not isinstance(value, str):
+        raise DataError(file, record, field_name, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(file, record, field_name, "empty text")
+    return value.strip()
+
+
+def field_value(obj, key, file, record, kind=None):
+    """obj[key], or DataError naming the missing field / wrong type."""
+    if not isinstance(obj, dict):
+        raise DataError(file, record, key, f"record is a {type(obj).__name__}, expected an object")
+    if key not in obj:
+        raise DataError(file, record, key, "missing field")
+    if kind is not None and not isinstance(obj[key], kind):
+        raise DataError(
+            file, record, key, f"expected {kind.__name__}, got {type(obj[key]).__name__}"
+        )
+    return obj[key]
+
+
+def relative_file(root: Path, file: Path) -> str:
+    """A corpus file's path relative to the corpus root (its folder when root is a file)."""
+    base = root if root.is_dir() else root.parent
+    return file.relative_to(base).as_posix()
+
+
+def guard(fn: Callable[..., Dialogue], *args) -> Dialogue | DataError:
+    """fn(*args), or the DataError it raised (one bad record does not stop a loader)."""
+    try:
+        return fn(*args)
+    except DataError as e:
+        return e
 
 
 @dataclass
