@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import cache as answer_cache
 from .schema import DataError
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -328,7 +329,7 @@ def code_units(ep, units: list[dict], p, cfg: dict, rate_globals: bool = True) -
 
     parts = prompts.parts(cfg["prompt_version"])
     version = prompts.name(cfg["prompt_version"])
-    cache = _cache_path(p)
+    cache = answer_cache.cache_path(p)
     common = {"llm_params": p.llm, "cache_path": cache, "retries": cfg["parse_retries"]}
     reqs, slots = {}, []  # identical prompts (same reply, same context) are asked once
     for u in units:
@@ -389,12 +390,6 @@ def code_units(ep, units: list[dict], p, cfg: dict, rate_globals: bool = True) -
                 globals_raw=r.raw,
             )
     return llm.usage(results + g_results, p.llm, ep.model)
-
-
-def _cache_path(p) -> Path:
-    from .params import path
-
-    return path(p.llm.cache_path) if p.llm.cache_path else p.run_dir / "llm_cache.sqlite"
 
 
 # ----------------------------------------------------------------------------- tables

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import cache
 from .schema import Dialogue
 
 STAGE = "01_corpus_quality"
@@ -292,13 +293,6 @@ def judge_samples(loaded: dict, p) -> dict[str, list[Dialogue]]:
     }
 
 
-def cache_path(p) -> Path:
-    """The LLM answer cache of the run: p.llm.cache_path or runs/<name>/llm_cache.sqlite."""
-    from . import params
-
-    return params.path(p.llm.cache_path) if p.llm.cache_path else p.run_dir / "llm_cache.sqlite"
-
-
 def judge(ep, samples: dict[str, list[Dialogue]], p) -> tuple[list[dict], dict]:
     """Score every sampled dialogue with the LLM judge: (records for judgements.jsonl, llm.usage).
 
@@ -320,7 +314,7 @@ def judge(ep, samples: dict[str, list[Dialogue]], p) -> tuple[list[dict], dict]:
         ep,
         requests,
         llm_params=p.llm,
-        cache_path=cache_path(p),
+        cache_path=cache.cache_path(p),
         settings=settings,
         validate=parse_judgement,
         retries=q.parse_retries,

@@ -9,7 +9,7 @@ import time
 import pytest
 from openai_server import serve
 
-from mi_llm import batch, llm, prompts
+from mi_llm import batch, cache, llm, prompts
 from mi_llm.params import LLMParams
 
 
@@ -156,24 +156,6 @@ def test_cache_makes_rerun_free(tmp_path):
         assert url.stats.count == n == 6
     assert [r.text for r in again] == [r.text for r in first] and all(r.cached for r in again)
     assert llm.usage(again, fast_params(), "test-model")["api_calls"] == 0
-
-
-def test_cache_key_separates_model_settings_messages_attempt():
-    m = [{"role": "user", "content": "hi"}]
-    k = llm.cache_key("a", {"temperature": 0}, m, 0)
-    assert k == llm.cache_key("a", {"temperature": 0}, m, 0)
-    assert (
-        len(
-            {
-                k,
-                llm.cache_key("b", {"temperature": 0}, m, 0),
-                llm.cache_key("a", {"temperature": 1}, m, 0),
-                llm.cache_key("a", {"temperature": 0}, [{"role": "user", "content": "ho"}], 0),
-                llm.cache_key("a", {"temperature": 0}, m, 1),
-            }
-        )
-        == 5
-    )
 
 
 def test_duplicate_keys_are_refused(tmp_path):
@@ -470,15 +452,15 @@ def test_served_model_starts_only_for_uncached_requests(tiny_model_dir, tmp_path
     """provider serve: a re-run whose answers are all cached never starts `transformers serve`."""
     p = LLMParams(provider="serve", model=str(tiny_model_dir), max_concurrency=2)
     settings = {"temperature": 0.0, "max_tokens": 4}
-    cache = llm.Cache(tmp_path / "c.sqlite")
+    store = cache.Cache(tmp_path / "c.sqlite")
     for q in requests(3):
-        cache.put(
-            llm.cache_key(str(tiny_model_dir), settings, q.messages, 0),
+        store.put(
+            cache.cache_key(str(tiny_model_dir), settings, q.messages, 0),
             q.key,
             str(tiny_model_dir),
-            llm.Answer(f"a-{q.key}", "stop", 3, 2),
+            cache.Answer(f"a-{q.key}", "stop", 3, 2),
         )
-    cache.close()
+    store.close()
     started = []
     monkeypatch.setattr(
         llm, "serve", lambda *a, **kw: started.append(1) or pytest.fail("server started")
