@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .metrics import cohen_kappa
+
 LABELS = ("change", "sustain", "neutral")
 
 
@@ -129,16 +131,6 @@ def predict(model, texts: list[str], previous: list[str] | None = None) -> list[
     return [str(y) for y in model.predict(X)] if texts else []
 
 
-def kappa(a, b) -> float:
-    """Cohen's kappa of two label sequences (nan when undefined)."""
-    from sklearn.metrics import cohen_kappa_score
-
-    a, b = list(a), list(b)
-    if not a or len(set(a) | set(b)) < 2:
-        return math.nan
-    return float(cohen_kappa_score(a, b))
-
-
 def validate(
     client: pd.DataFrame,
     test_size: float = 0.25,
@@ -164,7 +156,7 @@ def validate(
     boots = []
     for _ in range(bootstrap):
         pick = np.concatenate([idx[g] for g in rng.choice(uniq, size=len(uniq), replace=True)])
-        boots.append(kappa(y[pick], pred[pick]))
+        boots.append(cohen_kappa(y[pick], pred[pick]))
     boots = np.array([b for b in boots if not math.isnan(b)])
     recall = recall_score(y, pred, labels=list(LABELS), average=None, zero_division=0)
     n = pd.Series(pred).value_counts()
@@ -174,7 +166,7 @@ def validate(
         "n_test": len(test),
         "train_recordings": train["video_url"].nunique(),
         "test_recordings": len(uniq),
-        "kappa": kappa(y, pred),
+        "kappa": cohen_kappa(y, pred),
         "kappa_ci_low": float(np.percentile(boots, 2.5)) if len(boots) else math.nan,
         "kappa_ci_high": float(np.percentile(boots, 97.5)) if len(boots) else math.nan,
         "accuracy": float(np.mean(y == pred)),

@@ -17,6 +17,7 @@ Rounds of one dialogue share its history and reference style, so the 95% CIs res
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 
@@ -141,7 +142,7 @@ def _metrics(scores: pd.DataFrame) -> list[str]:
 
 # ----------------------------------------------------------------------------- statistics
 def bootstrap_ci(
-    values, n_boot: int = 1000, seed: int = 0, level: float = 0.95, clusters=None
+    values, bootstrap: int = 1000, seed: int = 0, level: float = 0.95, clusters=None
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of `values` (NaN, NaN when empty).
 
@@ -154,15 +155,27 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     alpha = (1 - level) / 2
     if clusters is None:
-        means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)  # n_boot means
+        means = x[rng.integers(0, x.size, size=(bootstrap, x.size))].mean(axis=1)  # (bootstrap,)
     else:
         codes, _ = pd.factorize(pd.Series(list(clusters)).astype(str))
         k = codes.max() + 1
         sums = np.bincount(codes, weights=x, minlength=k)  # per cluster: sum and size
         sizes = np.bincount(codes, minlength=k).astype(float)
-        draws = rng.integers(0, k, size=(n_boot, k))  # n_boot x k resampled clusters
+        draws = rng.integers(0, k, size=(bootstrap, k))  # bootstrap x k resampled clusters
         means = sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def cohen_kappa(a, b) -> float:
+    """Cohen's kappa of two raters' labels (scikit-learn); NaN when undefined (one label only)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    a, b = list(a), list(b)
+    if len(a) != len(b):
+        raise ValueError(f"kappa needs paired labels, got {len(a)} and {len(b)}")
+    if not a or len(set(a) | set(b)) < 2:
+        return math.nan
+    return float(cohen_kappa_score(a, b))
 
 
 def score(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -178,7 +191,7 @@ def score(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_test(base, finetuned, dialogues=None, n_boot: int = 1000, seed: int = 0) -> dict:
+def paired_test(base, finetuned, dialogues=None, bootstrap: int = 1000, seed: int = 0) -> dict:
     """Paired comparison, round by round: mean difference (finetuned - base) and its CI, Wilcoxon.
 
     dialogues: the dialogue of each round; the CI then resamples dialogues and the Wilcoxon
@@ -196,7 +209,7 @@ def paired_test(base, finetuned, dialogues=None, n_boot: int = 1000, seed: int =
     if groups.size != a.size:
         raise ValueError(f"{groups.size} dialogue labels for {a.size} rounds")
     d = b - a
-    lo, hi = bootstrap_ci(d, n_boot, seed, clusters=groups)
+    lo, hi = bootstrap_ci(d, bootstrap, seed, clusters=groups)
     per = pd.DataFrame({"g": groups, "a": a, "b": b}).groupby("g", sort=False).mean()
     da, db = per["a"].to_numpy(), per["b"].to_numpy()
     if np.all(db - da == 0):  # no difference at all: scipy cannot rank zeros

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import cache
+from .metrics import bootstrap_ci
 from .schema import Dialogue
 
 STAGE = "01_corpus_quality"
@@ -372,23 +373,11 @@ def judgements_table(records: list[dict]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- ranking
-def bootstrap_ci(values, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean; (nan, nan) with fewer than 2 values."""
-    x = np.asarray(values, dtype=float)
-    if x.size < 2:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)  # (n_resamples,)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return float(low), float(high)
-
-
 MIN_CI_JUDGED = 5  # judged dialogues a corpus needs for its total's CI; fewer: NaN and ci_note
 
 
 def rank(
-    stats: pd.DataFrame, records: list[dict], top_k: int, n_resamples: int, seed: int
+    stats: pd.DataFrame, records: list[dict], top_k: int, bootstrap: int, seed: int
 ) -> pd.DataFrame:
     """quality.csv: statistics + mean rubric scores, bootstrap CI of the total, rank, selection.
 
@@ -408,7 +397,7 @@ def rank(
         judged = [r for r in recs if r["ok"]]
         row = {c: _mean([r["scores"][c] for r in judged]) for c in CRITERIA}
         totals = [r["total"] for r in judged]
-        low, high = bootstrap_ci(totals, n_resamples, seed + i)
+        low, high = bootstrap_ci(totals, bootstrap, seed + i)
         note = ""
         if len(totals) < MIN_CI_JUDGED:  # a bootstrap of 1-4 values is no interval (often width 0)
             low = high = math.nan

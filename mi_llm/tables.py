@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .metrics import bootstrap_ci
+
 CRITERIA = {"comprehensiveness": 2, "professionalism": 3, "authenticity": 3, "safety": 1}  # max
 TEXT_METRICS = {"bleu4": "BLEU-4", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougel": "ROUGE-L"}
 MITI = {  # canonical name -> (axis label, aliases, (fair, good) thresholds or None)
@@ -84,17 +86,6 @@ def canon(name) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
-    """Percentile bootstrap CI of the mean of `values` (NaN-free), as (low, high)."""
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if len(v) == 0:
-        return np.nan, np.nan
-    idx = np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))  # n_boot x n
-    means = v[idx].mean(axis=1)
-    return tuple(np.quantile(means, [(1 - level) / 2, (1 + level) / 2]))
-
-
 def tidy(df: pd.DataFrame, file) -> pd.DataFrame:
     """Long form (id columns..., metric, value, ci_low, ci_high) of a long or wide metrics table.
 
@@ -133,7 +124,7 @@ def tidy(df: pd.DataFrame, file) -> pd.DataFrame:
         )
     if "dialogue_id" in df.columns and out["ci_low"].isna().all():  # per reply: aggregate here
         rows = [
-            (*k, g.mean(), *bootstrap_ci(g))
+            (*k, g.mean(), *bootstrap_ci(g.dropna()))
             for k, g in out.groupby(ids + ["metric"], sort=False)["value"]
         ]
         out = pd.DataFrame(rows, columns=ids + ["metric", "value", "ci_low", "ci_high"])
@@ -170,7 +161,7 @@ def quality_table(run_dir) -> pd.DataFrame:
         for m in [*CRITERIA, "total"]:
             lo, hi = r.get(f"{m}_ci_low", np.nan), r.get(f"{m}_ci_high", np.nan)
             if pd.isna(lo) and scores is not None and m in scores:
-                lo, hi = bootstrap_ci(scores.loc[scores.corpus == r["corpus"], m])
+                lo, hi = bootstrap_ci(scores.loc[scores.corpus == r["corpus"], m].dropna())
             rows.append(
                 {
                     "corpus": r["corpus"],

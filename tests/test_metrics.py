@@ -147,7 +147,7 @@ def test_paired_test_wilcoxon_on_dialogue_means():
     base = [1.0, 2.0] * 6
     ft = [b + d for b, d in zip(base, [1, 2, 3, 1, 2, 2, 4, 1, 1, 1, 5, 0])]
     dialogues = [i // 2 for i in range(12)]
-    res = metrics.paired_test(base, ft, dialogues, n_boot=500)
+    res = metrics.paired_test(base, ft, dialogues, bootstrap=500)
     assert res["mean_diff"] == pytest.approx(23 / 12)
     assert res["n"] == 12 and res["n_dialogues"] == 6
     assert res["wilcoxon_stat"] == 0.0
@@ -180,3 +180,14 @@ def test_paired_tests_match_rounds_when_reordered_and_dropped():
         metrics.paired_tests(metrics.reply_scores(base + ft), bootstrap=200).set_index("metric"),
         table,
     )
+
+
+def test_bootstrap_ci_properties():
+    x = [3, 5, 6, 7, 7, 8, 9, 4]
+    low, high = metrics.bootstrap_ci(x, 1000, seed=1)
+    assert low <= np.mean(x) <= high and low < high
+    assert (low, high) == metrics.bootstrap_ci(x, 1000, seed=1)  # deterministic by seed
+    assert (low, high) != metrics.bootstrap_ci(x, 1000, seed=2)
+    assert metrics.bootstrap_ci([5], 1000, seed=1) == (5.0, 5.0)  # a CI of one value: width 0
+    assert all(math.isnan(v) for v in metrics.bootstrap_ci([], 1000, seed=1))
+    assert metrics.bootstrap_ci([4, 4, 4], 200, seed=0) == (4.0, 4.0)

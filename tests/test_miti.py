@@ -12,7 +12,7 @@ import openai_server  # tests/ is on sys.path (pytest rootdir-relative import)
 import pandas as pd
 import pytest
 
-from mi_llm import corpora, generate, llm, miti, params, worksheets
+from mi_llm import corpora, evaluation, generate, llm, metrics, miti, params, worksheets
 from mi_llm.params import ROOT, ParamsError
 from mi_llm.schema import DataError
 
@@ -333,8 +333,8 @@ def test_cohen_kappa_known_table():
     # 2x2 table [[20, 5], [10, 15]]: po = 0.7, pe = (25*30 + 25*20) / 50^2 = 0.5, kappa = 0.4
     a = ["y"] * 25 + ["n"] * 25
     b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
-    assert worksheets.cohen_kappa(a, b) == pytest.approx(0.4)
-    assert math.isnan(worksheets.cohen_kappa(["Q", "Q"], ["Q", "Q"]))
+    assert metrics.cohen_kappa(a, b) == pytest.approx(0.4)
+    assert math.isnan(metrics.cohen_kappa(["Q", "Q"], ["Q", "Q"]))
 
 
 def test_agreement_between_coders(generations, tmp_path):
@@ -434,7 +434,7 @@ def test_coder_check_kappa_ci_and_confusion_by_hand():
     # compared: (Q,Q) (Q,SR) (SR,SR): po = 2/3; marginals ref Q 2/3 SR 1/3, coder Q 1/3 SR 2/3:
     # pe = 2/9 + 2/9 = 4/9; kappa = (2/3 - 4/9) / (1 - 4/9) = 0.4
     units = _check_units(["Q", "Q", "SR", "SR"], [["Q"], ["SR", "AF"], ["SR"], None])
-    row, cm = miti.coder_check(units, n_boot=500, seed=0)
+    row, cm = miti.coder_check(units, bootstrap=500, seed=0)
     assert row["accuracy"] == pytest.approx(2 / 3) and row["kappa"] == pytest.approx(0.4)
     assert (row["n_sampled"], row["n_coded"], row["n_missing"]) == (4, 3, 1)
     assert -1 <= row["kappa_ci_low"] <= row["kappa"] <= row["kappa_ci_high"] <= 1
@@ -446,7 +446,7 @@ def test_coder_check_kappa_ci_and_confusion_by_hand():
         ("SR", "missing", 1),
     }
     # a question that reflects: both behaviours must be named to agree
-    row, _ = miti.coder_check(_check_units(["Q+CR", "Q+CR"], [["Q", "CR"], ["Q"]]), n_boot=10)
+    row, _ = miti.coder_check(_check_units(["Q+CR", "Q+CR"], [["Q", "CR"], ["Q"]]), bootstrap=10)
     assert row["accuracy"] == 0.5
 
 
@@ -486,9 +486,9 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     seen = {}
     with openai_server.serve(_handler(seen)) as url:
         ep = llm.Endpoint(url, "test-model", "test-key")
-        res = miti.evaluate(p, generations, out, endpoint=ep)
+        res = evaluation.write_miti(p, generations, out, endpoint=ep)
         n_calls = url.stats.count
-        again = miti.evaluate(p, generations, out, endpoint=ep)  # everything from the cache
+        again = evaluation.write_miti(p, generations, out, endpoint=ep)  # everything from the cache
         assert url.stats.count == n_calls
     assert seen["never coded: 我明白你的感受"] == 2 and seen["once: 我明白你的感受"] == 2
     codes = [
@@ -571,7 +571,7 @@ def test_coder_opens_the_remote_endpoint_itself(generations, tmp_path, monkeypat
         p = _params(tmp_path, annomi_sample=0, gold_sample=0, rate_globals=False)
         p.llm.provider, p.llm.base_url = "remote", url
         monkeypatch.setenv(p.llm.api_key_env, "test-key")
-        res = miti.evaluate(p, same, tmp_path, endpoint=None)
+        res = evaluation.write_miti(p, same, tmp_path, endpoint=None)
     assert url.stats.count == 6 and len(recs) == 12
     s = res["summary"].set_index("variant")
     assert s.loc["base", "SR"] == s.loc["finetuned", "SR"] and s.loc["base", "n_coded"] == 6
