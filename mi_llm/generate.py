@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 from . import forecast
-from .schema import DataError
+from .schema import TAGS, DataError, strip_tag, tag_text
 
 ROLES = ("system", "user", "assistant")
 KEY = ("model", "variant", "dialogue_id", "round")
@@ -38,7 +38,7 @@ _ANY_TAG = re.compile(r"^\s*<mi:[^>\s]*>\s*")
 def split_tag(text: str) -> tuple[str | None, str]:
     """(label, text) of a reply or reference; a malformed <mi:...> tag is cut off with label None."""
     try:
-        label, rest = forecast.strip_tag(text)
+        label, rest = strip_tag(text)
     except ValueError:  # a model may invent a label: it is still not part of the reply's words
         label, rest = None, _ANY_TAG.sub("", text, count=1)
     return label, rest.strip()
@@ -50,7 +50,7 @@ def tag_prefix(label: str) -> str:
     Gemma tokenizes "<mi:x> 听" as ">", " ", "听" but "<mi:x> It" as ">", " It": a prefix ending at
     ">" leaves the model the next token it saw in training, in either language.
     """
-    return forecast.tag_text("", label).rstrip()
+    return tag_text("", label).rstrip()
 
 
 # ----------------------------------------------------------------------------- rounds
@@ -399,16 +399,16 @@ def _check_fingerprints(
 
 def behaviours(condition_on: str, histories: list[list[dict]], forecaster_path=None) -> list[str]:
     """The MI behaviour of each conditioned round: a fixed TAGS label, or the forecaster's on its history."""
-    if condition_on in forecast.TAGS:
+    if condition_on in TAGS:
         return [condition_on] * len(histories)
     if condition_on != "forecaster":
         raise ValueError(
-            f"evaluation.condition_on: {condition_on!r} is not 'forecaster' or one of {list(forecast.TAGS)}"
+            f"evaluation.condition_on: {condition_on!r} is not 'forecaster' or one of {list(TAGS)}"
         )
     if forecaster_path is None or not Path(forecaster_path).exists():
         raise FileNotFoundError(
             f"{forecaster_path}: no forecaster; run forecast.evaluate (04, evaluation.forecaster"
-            f".enabled) before generation, or set evaluation.condition_on to one of {list(forecast.TAGS)}"
+            f".enabled) before generation, or set evaluation.condition_on to one of {list(TAGS)}"
         )
     bundle = forecast.load(forecaster_path)
     return [forecast.predict_next(bundle, h) for h in histories]

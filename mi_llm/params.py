@@ -93,7 +93,7 @@ class TranscriptionParams:
     n_train: int = 2000
     n_test: int = 40
     batch_api: bool = False  # OpenAI Batch API instead of live requests (remote only)
-    # start each counselor turn with its MI behaviour tag <mi:label> (forecast.TAGS), kept in the
+    # start each counselor turn with its MI behaviour tag <mi:label> (schema.TAGS), kept in the
     # corpus so SFT learns it; needs a tagged prompt version (mi_tagged_v1, mi_turn_tagged_v1)
     tag_behaviour: bool = False
     # whole-dialogue unit: a client turn may differ from its source by at most this share of its
@@ -117,7 +117,7 @@ class EvaluationParams:
     # finetuned: + 03 adapter; conditioned: + 03 adapter, each reply begun with an MI behaviour tag
     variants: list = field(default_factory=lambda: ["base", "finetuned"])
     condition_on: str = (
-        "forecaster"  # conditioned variant's behaviour: forecaster | a forecast.TAGS label
+        "forecaster"  # conditioned variant's behaviour: forecaster | a schema.TAGS label
     )
     max_dialogues: int | None = None  # test dialogues evaluated; None: all
     max_rounds: int | None = None  # counselor turns per dialogue (the first ones); None: all

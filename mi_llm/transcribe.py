@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import forecast, llm, prompts, runs
+from . import llm, prompts, runs, schema
 from .params import path as project_path
 from .schema import DataError, Dialogue, Turn
 
@@ -163,11 +163,11 @@ def _untag(turns: list[Turn]) -> tuple[list[Turn], list[Turn]]:
     for i, t in enumerate(turns):
         if t.speaker == "counselor":
             try:
-                label, rest = forecast.require_tag(t.text)
+                label, rest = schema.require_tag(t.text)
             except ValueError as e:
                 raise ValueError(f"untagged: turn {i}: {e}") from e
             t, bare = (
-                Turn(t.speaker, forecast.tag_text(rest.strip(), label)),
+                Turn(t.speaker, schema.tag_text(rest.strip(), label)),
                 Turn(t.speaker, rest.strip()),
             )
         else:
@@ -269,7 +269,7 @@ def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
     label = None
     if tp.tag_behaviour:
         try:
-            label, line = forecast.require_tag(line)
+            label, line = schema.require_tag(line)
         except ValueError as e:
             raise ValueError(f"untagged: {e}") from e
     line = whole_sentences(line.strip())
@@ -277,7 +277,7 @@ def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
     if key == normalise(source) or any(key == normalise(t.text) for t in context):
         raise ValueError("copied: the reply repeats the source or the context")
     check_text(line, source, tp)
-    return forecast.tag_text(line, label) if label else line
+    return schema.tag_text(line, label) if label else line
 
 
 # ----------------------------------------------------------------------------- requests
@@ -455,7 +455,7 @@ def transcribe(
             {
                 "behaviours": dict(
                     Counter(
-                        forecast.strip_tag(m["content"])[0]
+                        schema.strip_tag(m["content"])[0]
                         for r in records
                         for m in r["messages"]
                         if m["role"] == "assistant"

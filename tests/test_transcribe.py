@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from openai_server import serve
 
-from mi_llm import corpora, llm, params, transcribe
+from mi_llm import corpora, llm, params, schema, transcribe
 from mi_llm.params import ROOT
 from mi_llm.schema import DataError, Dialogue, Turn
 
@@ -360,17 +360,17 @@ TAGGED = dataclasses.replace(TP, tag_behaviour=True)
     [("mi_v1", False), ("mi_turn_v1", False), ("mi_tagged_v1", True), ("mi_turn_tagged_v1", True)],
 )
 def test_tagged_prompts_name_every_tag_and_must_match_the_option(version, tagged):
-    from mi_llm import forecast, prompts
+    from mi_llm import prompts
 
     parts = prompts.parts(version)
     named = set(re.findall(r"<mi:([a-z_]+)>", parts["system"]))  # <mi:标签> shows the format
-    assert named == (set(forecast.TAGS) if tagged else set())
+    assert named == (set(schema.TAGS) if tagged else set())
     transcribe.check_prompt(parts, version, TAGGED if tagged else TP)
     with pytest.raises(ValueError, match="tag_behaviour"):
         transcribe.check_prompt(parts, version, TP if tagged else TAGGED)
     for k, v in parts.items():  # the few-shot answers are tagged exactly like a valid answer
         if k.endswith("_assistant"):
-            assert (forecast.strip_tag(v)[0] in forecast.TAGS) == tagged
+            assert (schema.strip_tag(v)[0] in schema.TAGS) == tagged
 
 
 def test_validate_turn_keeps_a_valid_tag():
@@ -414,7 +414,6 @@ def test_validate_dialogue_needs_a_tag_on_every_counselor_turn():
 
 def tagged_model(seen: dict):
     """A model that follows the tagged prompts, but forgets the tag the first time it sees a request."""
-    from mi_llm import forecast
 
     def answer(req: dict) -> str:
         body = json.dumps(req["messages"], ensure_ascii=False)
@@ -422,7 +421,7 @@ def tagged_model(seen: dict):
         text = mi_model(req)
         if seen[body] == 1:
             return text
-        label = forecast.TAGS[len(body) % len(forecast.TAGS)]
+        label = schema.TAGS[len(body) % len(schema.TAGS)]
         return (
             "\n".join(
                 x.replace("咨询师：", f"咨询师：<mi:{label}> ") if x.startswith("咨询师") else x
@@ -439,8 +438,6 @@ def tagged_model(seen: dict):
     "unit, version", [("turn", "mi_turn_tagged_v1"), ("dialogue", "mi_tagged_v1")]
 )
 def test_tags_round_trip_through_transcription(tmp_path, unit, version):
-    from mi_llm import forecast
-
     P = smoke_params(
         unit=unit,
         prompt_version=version,
@@ -460,7 +457,7 @@ def test_tags_round_trip_through_transcription(tmp_path, unit, version):
     labels = []
     for r in recs:
         for m in r["messages"]:
-            label, text = forecast.strip_tag(m["content"])
+            label, text = schema.strip_tag(m["content"])
             assert (label is not None) == (m["role"] == "assistant") and text.startswith(
                 "听起来"
             ) == bool(label)
