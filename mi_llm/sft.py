@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import models
+from . import devices, models
 from .params import Params
 from .params import path as params_path
 from .schema import DataError
@@ -103,7 +103,7 @@ def sft_config(P: Params, spec: models.ModelSpec, output_dir: Path, **overrides)
         kw.update(packing=True, packing_strategy="bfd")
     if not kw.get("gradient_checkpointing"):
         kw.pop("gradient_checkpointing_kwargs", None)
-    if _on_cpu(P) and kw.get("bf16", True) and not models.cpu_bf16():
+    if _on_cpu(P) and kw.get("bf16", True) and not devices.cpu_bf16():
         # bf16 autocast on a CPU without native bf16 emulates every matmul (4x+ slower than fp32);
         # models.load gives fp32 weights there, so training runs in fp32
         kw["bf16"] = False
@@ -356,7 +356,7 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     _write_identity(ckpt_dir, ident)
     if model_path is None and model_name in P.model_paths:
         model_path = params_path(P.model_paths[model_name])
-    dtype = models.compute_dtype(
+    dtype = devices.compute_dtype(
         spec.dtype, "cpu" if _on_cpu(P) else "cuda"
     )  # fp32 on a CPU without bf16
     model, tok = models.load(model_name, device="cpu", dtype=dtype, path=model_path)
