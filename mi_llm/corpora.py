@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mi_llm import annomi
 from mi_llm.schema import (
+    SPEAKER_OF,
     WHOLE_FILE,
     DataError,
     Dialogue,
@@ -229,7 +230,7 @@ def load_smilechat(root: Path) -> Iterator[Dialogue | DataError]:
 
 
 # ----------------------------------------------------------------------------- OpenAI-style records
-_OPENAI_SPEAKERS = {"user": "client", "assistant": "counselor"}
+_OPENAI_SPEAKERS = SPEAKER_OF
 
 
 def _messages(obj, file, record, unknown_role: str | None) -> tuple[list[Turn], list[str]]:

@@ -20,6 +20,7 @@ import pandas as pd
 import seaborn as sns
 
 from . import params as params_mod
+from .schema import CJK_CHARS
 from .tables import (  # the readers stay importable from here (figures.tidy, ...)
     CRITERIA,
     MITI,
@@ -74,7 +75,7 @@ CJK_FONTS = (
     "PingFang SC",
     "Droid Sans Fallback",
 )
-_CJK_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+_CJK_RE = re.compile(f"[{CJK_CHARS}]+")
 _cjk_font: str | None = None
 
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .schema import TAGS, DataError, Dialogue, Turn, strip_tag
+from .schema import CJK, SPEAKER_OF, TAGS, DataError, Dialogue, Turn, strip_tag
 
 NONE = "none"  # the previous behaviour before the counselor has spoken, or when it is unknown
 
@@ -381,9 +380,6 @@ def load(path) -> dict:
     return bundle
 
 
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-
-
 def _as_history(turns) -> list[tuple[str, str, str | None]]:
     """Turns or {speaker,text} / {role,content} dicts -> (speaker, text, label); tags give labels."""
     out = []
@@ -393,7 +389,7 @@ def _as_history(turns) -> list[tuple[str, str, str | None]]:
         elif isinstance(t, dict) and "role" in t:
             if t["role"] == "system":
                 continue
-            speaker = {"user": "client", "assistant": "counselor"}.get(t["role"], t["role"])
+            speaker = SPEAKER_OF.get(t["role"], t["role"])
             text, ann = t.get("content", ""), {}
         elif isinstance(t, dict):
             speaker, text, ann = t.get("speaker"), t.get("text", ""), t.get("annotations", {})
@@ -419,7 +415,7 @@ def predict_next(model: dict, dialogue_turns, language: str = "auto") -> str:
     """
     hist = _as_history(dialogue_turns)
     if language == "auto":
-        language = "universal" if any(_CJK.search(t) for _, t, _ in hist) else "text"
+        language = "universal" if any(CJK.search(t) for _, t, _ in hist) else "text"
     if language not in ("text", "universal"):
         raise ValueError(f"language must be 'auto', 'text' or 'universal', got {language!r}")
     counselor = [lab for s, _, lab in hist if s == "counselor"]

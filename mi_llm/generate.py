@@ -26,9 +26,8 @@ import warnings
 from pathlib import Path
 
 from . import forecast
-from .schema import TAGS, DataError, strip_tag, tag_text
+from .schema import TAGS, DataError, read_split, strip_tag, tag_text
 
-ROLES = ("system", "user", "assistant")
 KEY = ("model", "variant", "dialogue_id", "round")
 VARIANTS = ("base", "finetuned", "conditioned")  # generation order: the adapter is merged in once
 ADAPTED = ("finetuned", "conditioned")  # variants that answer with the 03 adapter
@@ -54,33 +53,6 @@ def tag_prefix(label: str) -> str:
 
 
 # ----------------------------------------------------------------------------- rounds
-def read_test(path: str | Path) -> list[dict]:
-    """Read 02's test.jsonl, checking each record's id and messages (DataError names the field)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, i, "line", f"not JSON: {e}") from e
-            if not isinstance(rec, dict) or not isinstance(rec.get("id"), (str, int)):
-                raise DataError(path, i, "id", "missing or not a string")
-            msgs = rec.get("messages")
-            if not isinstance(msgs, list) or not msgs:
-                raise DataError(path, rec["id"], "messages", "missing or empty")
-            for j, m in enumerate(msgs):
-                if not isinstance(m, dict) or m.get("role") not in ROLES:
-                    raise DataError(path, rec["id"], f"messages[{j}].role", f"not one of {ROLES}")
-                if not isinstance(m.get("content"), str) or not m["content"].strip():
-                    raise DataError(
-                        path, rec["id"], f"messages[{j}].content", "empty or not a string"
-                    )
-            records.append(rec)
-    return records
-
-
 def _window(history: list[dict], context_turns: int | None) -> list[dict]:
     """System message (if any) + the last `context_turns` messages, starting at a client turn."""
     system = [m for m in history[:1] if m["role"] == "system"]
@@ -530,7 +502,7 @@ def run(
     out_path = Path(out_path or P.stage_dir("04_evaluation") / "generations.jsonl")
     if not test_path.exists():
         raise FileNotFoundError(f"{test_path}: no MI test set; run stage 02 first")
-    records = read_test(test_path)
+    records = read_split(test_path)
     todo = rounds(records, E.max_dialogues, E.max_rounds, E.context_turns)
     if "conditioned" in E.variants:  # the forecaster reads the whole gold history, not the window
         if not any(

@@ -24,10 +24,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .schema import CJK_CHARS
+
 METRICS = ["bleu4", "rouge1", "rouge2", "rougeL"]
 SCORINGS = ("raw", "content")
 CONTENT = [f"{m}_content" for m in METRICS]  # reply_scores' columns of the content scoring
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK = CJK_CHARS
 _BLEU_TOKEN = re.compile(rf"[{_CJK}]|[a-z0-9]+(?:['’.][a-z0-9]+)*")
 _CONTENT = re.compile(rf"[{_CJK}a-z0-9]")
 

@@ -33,7 +33,7 @@ import pandas as pd
 
 from . import cache as answer_cache
 from .metrics import cohen_kappa
-from .schema import DataError
+from .schema import SPEAKER_OF, DataError
 
 # ----------------------------------------------------------------------------- vocabulary
 CODES = {  # MITI 4.2.1 behaviour codes: short code -> name
@@ -266,7 +266,7 @@ def parse_globals(text: str) -> dict:
 # ----------------------------------------------------------------------------- coding units
 # A unit is one dialogue to code: {"model", "variant", "dialogue_id", "topic", "turns": [{"speaker",
 # "text"}], "utterances": [{"turn": index into turns, "round", "context": [{"speaker", "text"}]}]}.
-_SPEAKER = {"user": "client", "assistant": "counselor"}
+_SPEAKER = SPEAKER_OF
 
 
 def units_from_generations(path, max_utterances: int | None = None) -> list[dict]:

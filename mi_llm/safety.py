@@ -32,6 +32,8 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .schema import CJK
+
 SUICIDE, HARM = "suicide_self_harm", "harm_others"
 CATEGORIES = (SUICIDE, HARM)
 
@@ -430,7 +432,7 @@ REFERRAL = {
 
 def language(text: str) -> str:
     """'zh' when the text has any CJK ideograph, else 'en'."""
-    return "zh" if re.search(r"[\u4e00-\u9fff]", text or "") else "en"
+    return "zh" if CJK.search(text or "") else "en"
 
 
 def referral_config(path=None) -> dict:

@@ -10,6 +10,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SPEAKERS = ("client", "counselor")
+ROLES = ("system", "user", "assistant")  # chat-messages roles
+ROLE_OF = {"client": "user", "counselor": "assistant"}  # speaker -> chat role
+SPEAKER_OF = {role: speaker for speaker, role in ROLE_OF.items()}  # chat role -> speaker
+# CJK ideographs: Extension A, the unified block and the compatibility ideographs
+CJK_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+CJK = re.compile(f"[{CJK_CHARS}]")
 WHOLE_FILE = "(file)"  # the `record` of an error that spoils a whole file (bad JSON, not a list)
 
 
@@ -100,8 +106,7 @@ class Dialogue:
     def to_messages(self, system: str | None = None) -> list[dict]:
         """Chat-messages form: client -> user, counselor -> assistant."""
         msgs = [{"role": "system", "content": system}] if system else []
-        role = {"client": "user", "counselor": "assistant"}
-        return msgs + [{"role": role[t.speaker], "content": t.text} for t in self.turns]
+        return msgs + [{"role": ROLE_OF[t.speaker], "content": t.text} for t in self.turns]
 
 
 def validate(d: Dialogue, file=None, record=None) -> Dialogue:
@@ -116,6 +121,47 @@ def validate(d: Dialogue, file=None, record=None) -> Dialogue:
         if not isinstance(t.text, str) or not t.text.strip():
             raise DataError(where, rec, f"turns[{i}].text", "empty or not a string")
     return d
+
+
+def cjk_share(text: str, among: str = "letters") -> float:
+    """Share of CJK characters among the CJK + Latin letters ("letters") or among all non-space
+    characters ("chars"); 0 when there are none."""
+    cjk = len(CJK.findall(text))
+    if among == "letters":
+        total = cjk + len(re.findall(r"[A-Za-z]", text))
+    elif among == "chars":
+        total = sum(not c.isspace() for c in text)
+    else:
+        raise ValueError(f"cjk_share: among must be 'letters' or 'chars', got {among!r}")
+    return cjk / total if total else 0.0
+
+
+def read_split(path: str | Path) -> list[dict]:
+    """Read a split of stage 02 (train.jsonl, test.jsonl): records with an id and chat messages,
+    each checked (DataError names the file, the record and the field)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, i, "line", f"not JSON: {e}") from e
+            if not isinstance(rec, dict) or not isinstance(rec.get("id"), (str, int)):
+                raise DataError(path, i, "id", "missing or not a string")
+            msgs = rec.get("messages")
+            if not isinstance(msgs, list) or not msgs:
+                raise DataError(path, rec["id"], "messages", "missing or empty")
+            for j, m in enumerate(msgs):
+                if not isinstance(m, dict) or m.get("role") not in ROLES:
+                    raise DataError(path, rec["id"], f"messages[{j}].role", f"not one of {ROLES}")
+                if not isinstance(m.get("content"), str) or not m["content"].strip():
+                    raise DataError(
+                        path, rec["id"], f"messages[{j}].content", "empty or not a string"
+                    )
+            records.append(rec)
+    return records
 
 
 def write_jsonl(dialogues: Iterable[Dialogue], path: str | Path) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from . import devices, models
 from .params import Params
 from .params import path as params_path
-from .schema import DataError
+from .schema import DataError, read_split
 
 STAGE = "03_sft"
 TRAIN_FILE = "02_mi_transcription/train.jsonl"
@@ -122,32 +122,10 @@ def read_train(P: Params) -> list[dict]:
     f = P.run_dir / TRAIN_FILE
     if not f.exists():
         raise FileNotFoundError(f"{f}: no training split; run stage 02 (02_mi_transcription) first")
-    records = []
-    with open(f, encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f, i, "line", f"not JSON: {e}") from e
-            _check_messages(rec.get("messages"), f, rec.get("id", i))
-            records.append(rec)
+    records = read_split(f)
     if not records:
         raise DataError(f, None, "messages", "the training split is empty")
     return records
-
-
-def _check_messages(msgs, f, rec) -> None:
-    if not isinstance(msgs, list) or not msgs:
-        raise DataError(f, rec, "messages", "missing or empty")
-    for j, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            raise DataError(
-                f, rec, f"messages[{j}].role", f"expected system|user|assistant in {m!r}"
-            )
-        if not isinstance(m.get("content"), str) or not m["content"].strip():
-            raise DataError(f, rec, f"messages[{j}].content", "empty or not a string")
 
 
 def samples(
@@ -417,20 +395,6 @@ def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples) 
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2))
     return report
-
-
-def train_logs(P: Params, names=None):
-    """pandas DataFrame of every model's train_log.csv (model, step, loss, learning_rate, tokens_per_s)."""
-    import pandas as pd
-
-    frames = []
-    for name in names or P.sft.models:
-        f = P.run_dir / STAGE / name / "train_log.csv"
-        if f.exists():
-            frames.append(pd.read_csv(f).assign(model=name))
-    if not frames:
-        raise FileNotFoundError(f"{P.run_dir / STAGE}: no train_log.csv; train a model first")
-    return pd.concat(frames, ignore_index=True)
 
 
 def artifacts(P: Params, names=None) -> list[Path]:

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .metrics import bootstrap_ci
+from .quality import CRITERIA
 
-CRITERIA = {"comprehensiveness": 2, "professionalism": 3, "authenticity": 3, "safety": 1}  # max
 TEXT_METRICS = {"bleu4": "BLEU-4", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougel": "ROUGE-L"}
 MITI = {  # canonical name -> (axis label, aliases, (fair, good) thresholds or None)
     "technical": ("Technical global", ("technical",), (3, 4)),

@@ -28,12 +28,11 @@ import pandas as pd
 
 from . import llm, prompts, runs, schema
 from .params import path as project_path
-from .schema import DataError, Dialogue, Turn
+from .schema import ROLE_OF, DataError, Dialogue, Turn, cjk_share
 
 LABEL = {"client": "来访者", "counselor": "咨询师"}
 SPEAKER_OF = {"来访者": "client", "咨询师": "counselor", "心理咨询师": "counselor"}
 LINE = re.compile(r"^\s*(来访者|心理咨询师|咨询师)\s*[：:]\s*(.*)$")
-CJK = re.compile(r"[\u3400-\u9fff]")
 SPEAKER_INSIDE = re.compile(r"(来访者(?:接着说)?|心理咨询师|咨询师|求助者|支持者)\s*[：:]")
 # labels a small model puts before its reply, echoing the prompt (原回复：…) or announcing it (改写：…)
 REPLY_LABEL = re.compile(
@@ -125,18 +124,12 @@ def parse_dialogue(text: str) -> list[Turn]:
     return turns
 
 
-def cjk_share(text: str) -> float:
-    """Share of non-space characters that are CJK ideographs (0..1)."""
-    chars = [c for c in text if not c.isspace()]
-    return sum(bool(CJK.match(c)) for c in chars) / len(chars) if chars else 0.0
-
-
 # ----------------------------------------------------------------------------- validation
 def check_text(new: str, source: str, tp) -> None:
     """Language and length checks shared by both units; raises ValueError("reason: detail")."""
     if not new.strip():
         raise ValueError("empty: no text")
-    src_cjk, new_cjk = cjk_share(source), cjk_share(new)
+    src_cjk, new_cjk = cjk_share(source, "chars"), cjk_share(new, "chars")
     if src_cjk >= 0.3 and new_cjk < 0.5 * src_cjk:  # a Chinese source must give a Chinese rewrite
         raise ValueError(f"language: CJK share {new_cjk:.2f} vs source {src_cjk:.2f}")
     ratio = len(new) / max(1, len(source))
@@ -332,14 +325,13 @@ def _reason(error: str | None) -> str:
 
 def to_record(d: Dialogue, turns: list[Turn], version: str) -> dict:
     """The MI corpus record of one rewritten dialogue (contract of 02's train/test.jsonl)."""
-    role = {"client": "user", "counselor": "assistant"}
     return {
         "id": f"{d.corpus}-{d.id}",
         "source_corpus": d.corpus,
         "source_id": str(d.id),
         "prompt_version": prompts.name(version),
         "topic": d.meta.get("topic"),
-        "messages": [{"role": role[t.speaker], "content": t.text} for t in turns],
+        "messages": [{"role": ROLE_OF[t.speaker], "content": t.text} for t in turns],
     }
 
 

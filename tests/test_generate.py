@@ -65,7 +65,7 @@ def test_read_test_names_the_bad_field(tmp_path):
     rec = _records(1)[0]
     rec["messages"][2]["content"] = "  "
     with pytest.raises(DataError, match=r"messages\[2\]\.content"):
-        generate.read_test(_write(tmp_path / "test.jsonl", [rec]))
+        schema.read_split(_write(tmp_path / "test.jsonl", [rec]))
 
 
 def test_batched_equals_unbatched_greedy_fp32(tiny_model_dir):
@@ -302,7 +302,7 @@ def test_conditioned_on_the_forecaster(tiny_model_dir, tiny_adapter, tmp_path):
     with pytest.raises(FileNotFoundError, match="forecaster"):
         generate.run(P, test, out, forecaster_path=tmp_path / "none.joblib", **kw)
     recs = generate.run(P, test, out, forecaster_path=fc, **kw)
-    full = generate.rounds(generate.read_test(test), 2, 3, None)  # whole history, tags included
+    full = generate.rounds(schema.read_split(test), 2, 3, None)  # whole history, tags included
     want = {
         (r["dialogue_id"], r["round"]): forecast.predict_next(bundle, r["messages"]) for r in full
     }

@@ -97,7 +97,7 @@ def test_validate_turn_takes_the_first_line_and_checks_it():
 
 
 def test_cjk_share_and_format_roundtrip():
-    assert transcribe.cjk_share("你好ab") == 0.5 and transcribe.cjk_share("") == 0.0
+    assert schema.cjk_share("你好ab", "chars") == 0.5 and schema.cjk_share("", "chars") == 0.0
     assert [
         (t.speaker, t.text) for t in transcribe.parse_dialogue(transcribe.format_turns(SRC.turns))
     ] == [(t.speaker, t.text) for t in SRC.turns]
