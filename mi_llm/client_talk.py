@@ -204,22 +204,15 @@ def code_llm(
     """Client codes from an LLM through llm.complete (cached); None where no valid answer came."""
     from . import llm
 
-    reqs, keys = {}, []
+    contents, keys = {}, []
     for t, p in zip(texts, previous):
         content = PROMPT.format(previous=(p or "(none)").strip(), text=t.strip())
         k = "client_talk:" + hashlib.sha256(content.encode("utf-8")).hexdigest()[:20]
-        reqs[k] = llm.Request(k, [{"role": "user", "content": content}])
+        contents[k] = content
         keys.append(k)
-    results = llm.complete(
-        ep,
-        list(reqs.values()),
-        llm_params=llm_params,
-        cache_path=cache_path,
-        retries=retries,
-        settings={"temperature": 0.0, "max_tokens": 6},
-        validate=parse,
-        truncated_ok=True,
-        desc="client talk",
-    )
-    by_key = {r.key: r for r in results}
+    settings = {"temperature": 0.0, "max_tokens": 6}
+    by_key = llm.complete_by_key(
+        ep, contents, llm_params=llm_params, cache_path=cache_path, retries=retries,
+        settings=settings, validate=parse, truncated_ok=True, desc="client talk",
+    )  # fmt: skip
     return [by_key[k].parsed if by_key[k].ok else None for k in keys]

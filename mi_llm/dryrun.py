@@ -87,7 +87,6 @@ def tiny_sft_run(
     """A params file for a few LoRA steps of `model`'s tiny checkpoint on the shipped PsyDTCorpus
     dialogues (runs under $MI_LLM_RUNS=<root>/runs): what `accelerate launch ... -m mi_llm.sft` takes
     in the accelerate tests and in benchmarks/gpu_check.sh. Returns the params file."""
-    import json
 
     import yaml
 
@@ -96,29 +95,7 @@ def tiny_sft_run(
     root = Path(root)
     name = "tiny-sft"
     ckpt = snapshots.tiny_checkpoint(model, root / "models" / model)
-    train = root / "runs" / name / sft.TRAIN_FILE
-    train.parent.mkdir(parents=True, exist_ok=True)
-    dialogues = json.loads(
-        (params_mod.ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json").read_text("utf-8")
-    )
-    train.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "id": str(d["id"]),
-                    "source_corpus": "psydtcorpus",
-                    "source_id": str(d["id"]),
-                    "prompt_version": "none",
-                    "topic": d.get("normalizedTag"),
-                    "messages": d["messages"],
-                },
-                ensure_ascii=False,
-            )
-            + "\n"
-            for d in dialogues
-        ),
-        encoding="utf-8",
-    )
+    write_sample_train(root / "runs" / name / sft.TRAIN_FILE)
     p = {
         "name": name,
         "device": device,
@@ -150,3 +127,26 @@ if __name__ == "__main__":  # python -m mi_llm.dryrun tiny-sft <root> [model] [d
         print(tiny_sft_run(sys.argv[2], *sys.argv[3:5]))
     else:
         sys.exit("usage: python -m mi_llm.dryrun tiny-sft <root> [model] [device]")
+
+
+def write_sample_train(file: Path) -> Path:
+    """A stage-02 train.jsonl of the shipped PsyDTCorpus sample's dialogues, untagged, at `file`."""
+    import json
+
+    dialogues = json.loads(
+        (params_mod.ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json").read_text("utf-8")
+    )
+    lines = []
+    for d in dialogues:
+        rec = {
+            "id": str(d["id"]),
+            "source_corpus": "psydtcorpus",
+            "source_id": str(d["id"]),
+            "prompt_version": "none",
+            "topic": d.get("normalizedTag"),
+            "messages": d["messages"],
+        }
+        lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("".join(lines), encoding="utf-8")
+    return file

@@ -491,6 +491,12 @@ def complete(
     return results
 
 
+def complete_by_key(ep: Endpoint, contents: dict[str, str], **kw) -> dict[str, Result]:
+    """complete() for one user message per key (each asked once); the results by key."""
+    reqs = [Request(k, [{"role": "user", "content": c}]) for k, c in contents.items()]
+    return {r.key: r for r in complete(ep, reqs, **kw)}
+
+
 # ----------------------------------------------------------------------------- accounting
 def usage(results: list[Result], llm_params, model: str) -> dict:
     """Requests, API calls, cache hits, tokens and cost in USD (prices per 1M tokens from params)."""

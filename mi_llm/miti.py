@@ -33,7 +33,7 @@ import pandas as pd
 
 from . import cache as answer_cache
 from .metrics import cohen_kappa
-from .schema import SPEAKER_OF, DataError
+from .schema import SPEAKER_OF, DataError, jsonl_rows
 
 # ----------------------------------------------------------------------------- vocabulary
 CODES = {  # MITI 4.2.1 behaviour codes: short code -> name
@@ -276,18 +276,9 @@ def units_from_generations(path, max_utterances: int | None = None) -> list[dict
     is coded with the gold history it was generated from as its context.
     """
     groups: dict[tuple, list] = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"line {i}", "line", f"not JSON: {e.msg}") from None
-            for k in ("model", "variant", "dialogue_id", "round", "messages", "reply"):
-                if k not in r:
-                    raise DataError(path, f"line {i}", k, "missing")
-            groups.setdefault((r["model"], r["variant"], str(r["dialogue_id"])), []).append(r)
+    required = ("model", "variant", "dialogue_id", "round", "messages", "reply")
+    for _, r in jsonl_rows(path, required):
+        groups.setdefault((r["model"], r["variant"], str(r["dialogue_id"])), []).append(r)
     units = []
     for (model, variant, did), recs in groups.items():
         recs = sorted(recs, key=lambda r: r["round"])[:max_utterances]

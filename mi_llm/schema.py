@@ -136,6 +136,23 @@ def cjk_share(text: str, among: str = "letters") -> float:
     return cjk / total if total else 0.0
 
 
+def jsonl_rows(path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a JSONL file's non-blank lines; DataError names a bad line or a
+    missing field."""
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, f"line {i}", "line", f"not JSON: {e.msg}") from None
+            for k in required:
+                if k not in r:
+                    raise DataError(path, f"line {i}", k, "missing")
+            yield i, r
+
+
 def read_split(path: str | Path) -> list[dict]:
     """Read a split of stage 02 (train.jsonl, test.jsonl): records with an id and chat messages,
     each checked (DataError names the file, the record and the field)."""

@@ -340,23 +340,20 @@ def _by_dialogue(ep, dialogues, P, cache_path, batch_dir):
     tp, v = P.transcription, P.transcription.prompt_version
     parts = prompts.parts(v)
     check_prompt(parts, v, tp)
-    settings = {"temperature": tp.temperature, "max_tokens": tp.max_tokens}
+    common = {  # llm.complete's arguments for either unit
+        "llm_params": P.llm,
+        "cache_path": cache_path,
+        "settings": {"temperature": tp.temperature, "max_tokens": tp.max_tokens},
+        "retries": tp.validation_retries,
+        "batch_dir": batch_dir,
+    }
     if tp.unit == "dialogue":
         reqs = []
         for d in dialogues:
             r = dialogue_request(d, parts, v)
             r.validate = lambda text, d=d: validate_dialogue(text, d, tp)
             reqs.append(r)
-        res = llm.complete(
-            ep,
-            reqs,
-            llm_params=P.llm,
-            cache_path=cache_path,
-            settings=settings,
-            retries=tp.validation_retries,
-            desc="transcribe",
-            batch_dir=batch_dir,
-        )
+        res = llm.complete(ep, reqs, desc="transcribe", **common)
         return [
             (d, r.parsed if r.ok else None, None if r.ok else r.error, [r])
             for d, r in zip(dialogues, res)
@@ -370,19 +367,7 @@ def _by_dialogue(ep, dialogues, P, cache_path, batch_dir):
             )
             reqs.append(r)
     # the local server ignores `stop`, so answers run on past their first line: validate_turn checks it
-    res = iter(
-        llm.complete(
-            ep,
-            reqs,
-            llm_params=P.llm,
-            cache_path=cache_path,
-            settings=settings,
-            retries=tp.validation_retries,
-            desc="transcribe turns",
-            batch_dir=batch_dir,
-            truncated_ok=True,
-        )
-    )
+    res = iter(llm.complete(ep, reqs, desc="transcribe turns", truncated_ok=True, **common))
     out = []
     for d, items in zip(dialogues, per):
         rs = [next(res) for _ in items]

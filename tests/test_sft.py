@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_llm import models, sft
+from mi_llm import dryrun, models, sft
 from mi_llm import params as params_mod
 from mi_llm.schema import DataError
 
@@ -36,20 +36,8 @@ def make_params(**sft_section):
 @pytest.fixture
 def run_root(tmp_path, monkeypatch):
     """A project root in tmp with runs/t/02_mi_transcription/train.jsonl from the PsyDTCorpus sample."""
+    dryrun.write_sample_train(tmp_path / "runs/t" / sft.TRAIN_FILE)  # reads the real ROOT's sample
     monkeypatch.setattr(params_mod, "ROOT", tmp_path)
-    f = tmp_path / "runs/t" / sft.TRAIN_FILE
-    f.parent.mkdir(parents=True)
-    with open(f, "w", encoding="utf-8") as fh:
-        for d in json.loads(DATA.read_text(encoding="utf-8")):
-            rec = {
-                "id": str(d["id"]),
-                "source_corpus": "psydtcorpus",
-                "source_id": str(d["id"]),
-                "prompt_version": "none",
-                "topic": d.get("normalizedTag"),
-                "messages": d["messages"],
-            }
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return tmp_path
 
 
