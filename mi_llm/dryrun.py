@@ -19,29 +19,29 @@ from . import params as params_mod
 DUMMY_KEY = "dry-run-key-not-a-secret"
 
 
-def check(p) -> int:
+def check(P) -> int:
     """The stand-in's port; raises ParamsError when the params could reach a real endpoint or key."""
-    url = urlparse(p.llm.base_url or "")
-    if p.llm.provider != "remote" or url.hostname != "127.0.0.1" or not url.port:
+    url = urlparse(P.llm.base_url or "")
+    if P.llm.provider != "remote" or url.hostname != "127.0.0.1" or not url.port:
         raise params_mod.ParamsError(
-            f"{p.name}: a dry run needs llm.provider remote and llm.base_url http://127.0.0.1:<port>/v1, "
-            f"got provider {p.llm.provider!r}, base_url {p.llm.base_url!r}"
+            f"{P.name}: a dry run needs llm.provider remote and llm.base_url http://127.0.0.1:<port>/v1, "
+            f"got provider {P.llm.provider!r}, base_url {P.llm.base_url!r}"
         )
-    if p.llm.api_key_env == "OPENAI_API_KEY":
+    if P.llm.api_key_env == "OPENAI_API_KEY":
         raise params_mod.ParamsError(
-            f"{p.name}: llm.api_key_env must not be OPENAI_API_KEY in a dry run "
+            f"{P.name}: llm.api_key_env must not be OPENAI_API_KEY in a dry run "
             "(it is set to a dummy key)"
         )
     return url.port
 
 
-def build_models(p) -> dict:
+def build_models(P) -> dict:
     """Write (once) the tiny checkpoint of every model in model_paths; {name: folder}."""
     from . import snapshots
 
     return {
         name: snapshots.tiny_checkpoint(name, params_mod.path(folder))
-        for name, folder in p.model_paths.items()
+        for name, folder in P.model_paths.items()
     }
 
 
@@ -50,19 +50,19 @@ def standins(params_file: str):
     """The tiny checkpoints written and the stand-in serving, with the dummy key set, for a run."""
     from . import standin
 
-    p = params_mod.load(params_file)
-    port = check(p)
-    build_models(p)
-    old = os.environ.get(p.llm.api_key_env)
-    os.environ[p.llm.api_key_env] = DUMMY_KEY
+    P = params_mod.load(params_file)
+    port = check(P)
+    build_models(P)
+    old = os.environ.get(P.llm.api_key_env)
+    os.environ[P.llm.api_key_env] = DUMMY_KEY
     try:
         with standin.serving(port) as url:
             yield url
     finally:
         if old is None:
-            os.environ.pop(p.llm.api_key_env, None)
+            os.environ.pop(P.llm.api_key_env, None)
         else:
-            os.environ[p.llm.api_key_env] = old
+            os.environ[P.llm.api_key_env] = old
 
 
 def run(

@@ -34,29 +34,29 @@ def write_metrics(out_dir, table, paired, paired_conditioned, therapy_metrics) -
     return written
 
 
-def write_miti(p, generations_path, out_dir, endpoint=None) -> dict:
+def write_miti(P, generations_path, out_dir, endpoint=None) -> dict:
     """Code stage 04's generations and the coder-check samples; write miti_codes.jsonl (the
     generations), miti_check_codes.jsonl (AnnoMI and gold samples), miti_summary.csv,
     miti_dialogues.csv, coder_agreement.csv, coder_confusion.csv and blank worksheets/.
 
-    Opens llm.endpoint(p.llm) unless an endpoint is given.
+    Opens llm.endpoint(P.llm) unless an endpoint is given.
     """
-    cfg, out_dir = miti.settings(p), Path(out_dir)
+    cfg, out_dir = miti.settings(P), Path(out_dir)
     if not cfg["enabled"]:
         return {}
     units = miti.units_from_generations(generations_path, cfg["max_utterances"])
     annomi = miti.read_annomi(path(cfg["annomi_path"]))
-    check = miti.annomi_sample(annomi, cfg["annomi_sample"], p.seed, cfg["context_turns"])
+    check = miti.annomi_sample(annomi, cfg["annomi_sample"], P.seed, cfg["context_turns"])
     gold = (
-        miti.gold_sample(miti.read_gold(path(cfg["gold_path"])), cfg["gold_sample"], p.seed)
+        miti.gold_sample(miti.read_gold(path(cfg["gold_path"])), cfg["gold_sample"], P.seed)
         if cfg["gold_sample"]
         else []
     )
-    opened = contextlib.nullcontext(endpoint) if endpoint is not None else llm.endpoint(p.llm)
+    opened = contextlib.nullcontext(endpoint) if endpoint is not None else llm.endpoint(P.llm)
     with opened as ep:
-        usage = miti.code_units(ep, units, p, cfg, rate_globals=cfg["rate_globals"])
+        usage = miti.code_units(ep, units, P, cfg, rate_globals=cfg["rate_globals"])
         usage_check = (
-            miti.code_units(ep, check + gold, p, cfg, rate_globals=False) if check + gold else {}
+            miti.code_units(ep, check + gold, P, cfg, rate_globals=False) if check + gold else {}
         )
     version = prompts.name(cfg["prompt_version"])
     miti.write_codes(units, out_dir / "miti_codes.jsonl", version)
@@ -74,7 +74,7 @@ def write_miti(p, generations_path, out_dir, endpoint=None) -> dict:
         ("welivita_pu_classifier_vs_gold", miti.gold_baseline(gold), miti.code_label),
     ]:
         if sample:
-            row, cm = miti.coder_check(sample, name, to_label, cfg["check_bootstrap"], p.seed)
+            row, cm = miti.coder_check(sample, name, to_label, cfg["check_bootstrap"], P.seed)
             rows.append(row)
             confusions.append(cm)
     rows += worksheets.human_agreement(cfg["human_worksheets"], units)

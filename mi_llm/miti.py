@@ -111,11 +111,11 @@ DEFAULTS = {  # P.evaluation.miti keys; paths relative to the project root
 }
 
 
-def settings(p) -> dict:
+def settings(P) -> dict:
     """P.evaluation.miti merged over DEFAULTS; unknown keys raise ParamsError."""
     from .params import ParamsError
 
-    given = dict(p.evaluation.miti or {})
+    given = dict(P.evaluation.miti or {})
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise ParamsError(f"evaluation.miti: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
@@ -315,14 +315,14 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:20]
 
 
-def code_units(ep, units: list[dict], p, cfg: dict, rate_globals: bool = True) -> dict:
+def code_units(ep, units: list[dict], P, cfg: dict, rate_globals: bool = True) -> dict:
     """Code every utterance (and rate globals) of the units in place; return the LLM usage."""
     from . import llm, prompts
 
     parts = prompts.parts(cfg["prompt_version"])
     version = prompts.name(cfg["prompt_version"])
-    cache = answer_cache.cache_path(p)
-    common = {"llm_params": p.llm, "cache_path": cache, "retries": cfg["parse_retries"]}
+    cache = answer_cache.cache_path(P)
+    common = {"llm_params": P.llm, "cache_path": cache, "retries": cfg["parse_retries"]}
     reqs, slots = {}, []  # identical prompts (same reply, same context) are asked once
     for u in units:
         for ut in u["utterances"]:
@@ -381,7 +381,7 @@ def code_units(ep, units: list[dict], p, cfg: dict, rate_globals: bool = True) -
                 globals_error=r.error,
                 globals_raw=r.raw,
             )
-    return llm.usage(results + g_results, p.llm, ep.model)
+    return llm.usage(results + g_results, P.llm, ep.model)
 
 
 # ----------------------------------------------------------------------------- tables

@@ -335,8 +335,9 @@ def miti_codes_table(run_dir) -> pd.DataFrame:
     n_coded utterances; AnnoMI annotates no other MITI code), when that file is there.
     """
     from .miti import CODES as SHORT  # e.g. "CR" -> "Complex Reflection"
+    from .miti import NONE
 
-    names = {**SHORT, "NONE": "no behaviour"}
+    names = {**SHORT, NONE: "no behaviour"}
     f = _file(run_dir, "04_evaluation/miti_codes.jsonl")
     rows = []
     for i, rec in enumerate(_jsonl(f)):
@@ -351,7 +352,7 @@ def miti_codes_table(run_dir) -> pd.DataFrame:
             c = u.get("codes", u.get("code")) if isinstance(u, dict) else u
             if c is None:
                 continue  # not coded
-            codes = [x for x in (c if isinstance(c, list) else [c]) if x != "NONE"] or ["NONE"]
+            codes = [x for x in (c if isinstance(c, list) else [c]) if x != NONE] or [NONE]
             rows.append({**src, "utt": len(rows), "codes": [names.get(x, x) for x in codes]})
     if not rows:
         raise MissingArtifact(f"{f} has no coded utterances")
