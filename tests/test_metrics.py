@@ -191,3 +191,11 @@ def test_bootstrap_ci_properties():
     assert metrics.bootstrap_ci([5], 1000, seed=1) == (5.0, 5.0)  # a CI of one value: width 0
     assert all(math.isnan(v) for v in metrics.bootstrap_ci([], 1000, seed=1))
     assert metrics.bootstrap_ci([4, 4, 4], 200, seed=0) == (4.0, 4.0)
+
+
+def test_cohen_kappa_known_table():
+    # 2x2 table [[20, 5], [10, 15]]: po = 0.7, pe = (25*30 + 25*20) / 50^2 = 0.5, kappa = 0.4
+    a = ["y"] * 25 + ["n"] * 25
+    b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    assert metrics.cohen_kappa(a, b) == pytest.approx(0.4)
+    assert math.isnan(metrics.cohen_kappa(["Q", "Q"], ["Q", "Q"]))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import mi_model, sample_dialogues
 from openai_server import serve
-from test_transcribe import mi_model, sample_dialogues
 
 from mi_llm import generate, llm, models, params, schema, sft, transcribe
 from mi_llm.params import ROOT

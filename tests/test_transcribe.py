@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import mi_model, sample_dialogues, smoke_params
 from openai_server import serve
 
-from mi_llm import corpora, llm, params, schema, transcribe
+from mi_llm import llm, params, schema, transcribe
 from mi_llm.params import ROOT
 from mi_llm.schema import DataError, Dialogue, Turn
 
@@ -180,35 +181,6 @@ def test_split_keeps_training_data_when_short():
 
 
 # ----------------------------------------------------------------------------- against the test server
-def mi_model(req: dict) -> str:
-    """Answers like a model that follows the prompts: one MI reply (turn) or labelled lines (dialogue)."""
-    last = req["messages"][-1]["content"]
-    if "原回复：" in last:
-        src = re.search(r"原回复：(.*)", last).group(1)
-        return f"听起来这件事让你很在意，{src[:12]}……你愿意多说说吗？\n来访者接着说：嗯。"
-    lines = re.search(r"原始对话：\n(.*?)\n\n", last, re.DOTALL).group(1).splitlines()
-    return "\n".join(
-        x if x.startswith("来访者") else "咨询师：听起来你很在意这件事，" + x[4:] for x in lines
-    )
-
-
-def smoke_params(**tp) -> params.Params:
-    P = params.load(ROOT / "params/smoke.yaml")
-    llm_p = dataclasses.replace(
-        P.llm, provider="remote", request_timeout=10, backoff_base=0.01, backoff_max=0.05
-    )
-    return dataclasses.replace(
-        P, llm=llm_p, transcription=dataclasses.replace(P.transcription, **tp)
-    )
-
-
-def sample_dialogues(n=3) -> list[Dialogue]:
-    P = params.load(ROOT / "params/smoke.yaml")
-    out = []
-    for name in ("cpsycound", "psydtcorpus"):
-        ds = corpora.load(name, params.path(P.corpora.sources[name]))[:n]
-        out += [transcribe.trim(d, 4) for d in ds]
-    return out
 
 
 @pytest.mark.parametrize("unit, version", [("turn", "mi_turn_v1"), ("dialogue", "mi_v1")])
@@ -289,7 +261,7 @@ def test_save_writes_jsonl_and_datasets(tmp_path):
 WORKER = """
 import dataclasses, json, sys
 sys.path.insert(0, {tests!r})
-from test_transcribe import sample_dialogues, smoke_params
+from conftest import sample_dialogues, smoke_params
 from mi_llm import llm, transcribe
 P = smoke_params(unit="turn", prompt_version="mi_turn_v1")
 P = dataclasses.replace(P, llm=dataclasses.replace(P.llm, max_concurrency=2))
