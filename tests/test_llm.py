@@ -60,7 +60,18 @@ def test_answers_in_request_order_with_tokens(tmp_path):
     assert use["cost_usd"] == pytest.approx(expected) and use["priced"]
 
 
-def test_retry_after_is_honoured(tmp_path):
+def _http_date_in_3s() -> str:
+    from email.utils import formatdate
+
+    return formatdate(time.time() + 3, usegmt=True)  # whole seconds: the wait is 2..3 s
+
+
+@pytest.mark.parametrize(
+    "retry_after, min_wait",  # backoff alone would wait <= 0.01 s
+    [(lambda: 1, 1.0), (_http_date_in_3s, 1.9)],
+    ids=["seconds", "http-date"],
+)
+def test_retry_after_is_honoured(tmp_path, retry_after, min_wait):
     arrivals = []
 
     def handler(req):
@@ -68,11 +79,12 @@ def test_retry_after_is_honoured(tmp_path):
         return "ok"
 
     t0 = time.monotonic()
-    with serve(handler, script={1: {"status": 429, "retry_after": 1}}) as url:
+    script = {1: {"status": 429, "retry_after": retry_after()}}
+    with serve(handler, script=script) as url:
         res = run(url, requests(1), tmp_path)
         assert url.stats.count == 2
-    # backoff alone would wait <= 0.01 s: the second try came only after Retry-After's 1 s
-    assert res[0].ok and res[0].api_calls == 2 and arrivals[0] - t0 >= 1.0
+    # the second try came only after Retry-After
+    assert res[0].ok and res[0].api_calls == 2 and arrivals[0] - t0 >= min_wait
 
 
 @pytest.mark.parametrize("action", ["500", "malformed", {"slow": 1.5}])
@@ -253,22 +265,6 @@ def test_malformed_200_answers_are_retried_and_name_the_request(tmp_path, action
     for r in res:
         assert not r.ok and r.error.startswith("transport: ") and detail in r.error
         assert f"request {r.key}" in r.error
-
-
-def test_retry_after_as_an_http_date_is_honoured(tmp_path):
-    from email.utils import formatdate
-
-    arrivals = []
-
-    def handler(req):
-        arrivals.append(time.monotonic())
-        return "ok"
-
-    t0 = time.monotonic()
-    when = formatdate(time.time() + 3, usegmt=True)  # whole seconds: the wait is 2..3 s
-    with serve(handler, script={1: {"status": 429, "retry_after": when}}) as url:
-        res = run(url, requests(1), tmp_path)
-    assert res[0].ok and res[0].api_calls == 2 and arrivals[0] - t0 >= 1.9
 
 
 def test_failure_reason_records_status_and_message(tmp_path):
