@@ -401,18 +401,22 @@ def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, t
     """Greedy batched answers equal those of one request at a time; a cached re-run loads no model."""
     p = LLMParams(provider="embedded", model=str(tiny_model_dir), max_concurrency=4)
     settings = {"temperature": 0.0, "max_tokens": 6}
+
+    def ask(ep, reqs, cache="c.sqlite"):
+        return llm.complete(
+            ep,
+            reqs,
+            llm_params=p,
+            cache_path=tmp_path / cache,
+            settings=settings,
+            truncated_ok=True,
+        )
+
     with llm.endpoint(p) as ep:
         assert (
             ep.provider == "embedded" and ep.local.model is None
         )  # nothing loaded before a request
-        res = llm.complete(
-            ep,
-            chats(6),
-            llm_params=p,
-            cache_path=tmp_path / "c.sqlite",
-            settings=settings,
-            truncated_ok=True,
-        )
+        res = ask(ep, chats(6))
     assert all(
         r.ok and r.api_calls == 1 and r.completion_tokens > 0 and r.prompt_tokens > 5 for r in res
     )
@@ -421,25 +425,11 @@ def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, t
         chats(6)
     ):  # a fresh cache per request: each answered alone (batch of one)
         with llm.endpoint(p) as ep1:
-            one += llm.complete(
-                ep1,
-                [q],
-                llm_params=p,
-                cache_path=tmp_path / f"one{i}.sqlite",
-                settings=settings,
-                truncated_ok=True,
-            )
+            one += ask(ep1, [q], f"one{i}.sqlite")
     assert [r.text for r in res] == [r.text for r in one]
     assert [r.completion_tokens for r in res] == [r.completion_tokens for r in one]
     with llm.endpoint(p) as ep:  # the re-run: every answer from the cache, the model never loaded
-        again = llm.complete(
-            ep,
-            chats(6),
-            llm_params=p,
-            cache_path=tmp_path / "c.sqlite",
-            settings=settings,
-            truncated_ok=True,
-        )
+        again = ask(ep, chats(6))
         assert ep.local.model is None
     assert [r.text for r in again] == [r.text for r in res] and all(r.cached for r in again)
 
