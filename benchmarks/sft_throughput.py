@@ -160,11 +160,11 @@ def peak_flops(gpu: bool) -> tuple[float, str]:
         for key, val in GPU_PEAK_BF16.items():
             if key in name:
                 return val, f"{name} datasheet dense bf16"
-    from mi_llm import models
+    from mi_llm import devices
 
     n, dev = (8192, "cuda") if gpu else (1024, "cpu")
     dtype = getattr(
-        torch, models.compute_dtype("bfloat16", dev)
+        torch, devices.compute_dtype("bfloat16", dev)
     )  # fp32 on a CPU without native bf16
     a = torch.randn(n, n, dtype=dtype, device=dev)
     b = torch.randn(n, n, dtype=dtype, device=dev)
@@ -194,7 +194,7 @@ def run_one(args, which: str) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from mi_llm import models, params, sft
+    from mi_llm import devices, params, sft
     from mi_llm.loss import LossPositionsSFTTrainer, use_liger
 
     project = which == "project"
@@ -206,7 +206,7 @@ def run_one(args, which: str) -> dict:
     # defaults: the checkpoint's bf16 (TRL loads dtype "auto" and trains with bf16 autocast);
     # project: models.compute_dtype, fp32 on a CPU without native bf16
     dtype = (
-        models.compute_dtype("bfloat16", "cuda" if args.gpu else "cpu") if project else "bfloat16"
+        devices.compute_dtype("bfloat16", "cuda" if args.gpu else "cpu") if project else "bfloat16"
     )
     model, tok, spec = build_model(args, attn, dtype)
     rows = data_rows()
@@ -323,9 +323,9 @@ def run_one(args, which: str) -> dict:
 def optimisations(gpu: bool, model: str | None) -> list[str]:
     """The project's optimisations and whether each is active on this device."""
     cuda = gpu
-    from mi_llm import models
+    from mi_llm import devices
 
-    bf16 = cuda or models.cpu_bf16()
+    bf16 = cuda or devices.cpu_bf16()
     return [
         f"bf16: {'on' if bf16 else 'off: this CPU has no native bf16 (emulated bf16 products 4x+ slower), fp32 instead'}",
         "output layer + cross-entropy at label positions only: on",
