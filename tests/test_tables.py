@@ -67,7 +67,7 @@ def write_quality(run):
         for c, judged in JUDGED.items()
         for i, s in enumerate(judged)
     ]
-    ranked = quality.rank(quality.describe_all(loaded), records, 1, n_resamples=200, seed=0)
+    ranked = quality.rank(quality.describe_all(loaded), records, 1, bootstrap=200, seed=0)
     quality.write_artifacts(run / "01_corpus_quality", ranked, records)
     return ranked
 
