@@ -163,19 +163,18 @@ def peak_flops(gpu: bool) -> tuple[float, str]:
         for key, val in GPU_PEAK_BF16.items():
             if key in name:
                 return val, f"{name} datasheet dense bf16"
-    from mi_llm import models
+    from mi_llm import devices
 
     n, dev = (8192, "cuda") if gpu else (2048, "cpu")
     dtype = getattr(
-        torch, models.compute_dtype("bfloat16", dev)
+        torch, devices.compute_dtype("bfloat16", dev)
     )  # fp32 on a CPU without native bf16
     a = torch.randn(n, n, dtype=dtype, device=dev)
     b = torch.randn(n, n, dtype=dtype, device=dev)
     a @ b  # warm-up
     best = float("inf")
-    for _ in range(
-        5
-    ):  # the best of five: a moment of contention on a shared machine is not the peak
+    # the best of five: a moment of contention on a shared machine is not the peak
+    for _ in range(5):
         t0 = time.perf_counter()
         a @ b
         if gpu:
@@ -198,7 +197,7 @@ def run_one(args, which: str) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from mi_llm import models, params, sft
+    from mi_llm import devices, params, sft
     from mi_llm.loss import LossPositionsSFTTrainer, use_liger
 
     project = which == "project"
@@ -208,11 +207,11 @@ def run_one(args, which: str) -> dict:
         else "sdpa"
     )
     # defaults: the checkpoint's bf16 (TRL loads dtype "auto" and trains with bf16 autocast);
-    # project and defaults-fp32: models.compute_dtype, fp32 on a CPU without native bf16
+    # project and defaults-fp32: devices.compute_dtype, fp32 on a CPU without native bf16
     dtype = (
         "bfloat16"
         if which == "defaults"
-        else models.compute_dtype("bfloat16", "cuda" if args.gpu else "cpu")
+        else devices.compute_dtype("bfloat16", "cuda" if args.gpu else "cpu")
     )
     model, tok, spec = build_model(args, attn, dtype)
     rows = data_rows()
@@ -330,9 +329,9 @@ def run_one(args, which: str) -> dict:
 def optimisations(gpu: bool, model: str | None) -> list[str]:
     """The project's optimisations and whether each is active on this device."""
     cuda = gpu
-    from mi_llm import models
+    from mi_llm import devices
 
-    bf16 = cuda or models.cpu_bf16()
+    bf16 = cuda or devices.cpu_bf16()
     return [
         f"bf16: {'on' if bf16 else 'off: this CPU has no native bf16 (emulated bf16 products 4x+ slower), fp32 instead'}",
         "output layer + cross-entropy at label positions only: on",
@@ -404,11 +403,11 @@ def main() -> int:
         "project optimisations on this device:\n  " + "\n  ".join(optimisations(a.gpu, a.model)),
         flush=True,
     )
-    from mi_llm import models
+    from mi_llm import devices
 
     # where the project computes in fp32 (a CPU without native bf16), TRL's defaults are also run
     # in fp32, so the table separates the dtype's share from the loss-position and packing share
-    fp32 = models.compute_dtype("bfloat16", "cuda" if a.gpu else "cpu") != "bfloat16"
+    fp32 = devices.compute_dtype("bfloat16", "cuda" if a.gpu else "cpu") != "bfloat16"
     sides = ["defaults", *(["defaults-fp32"] * fp32), "project"]
     results = [sub(which, "--peak-flops", str(peak)) for which in sides]
     for r in results:

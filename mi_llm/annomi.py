@@ -1,7 +1,8 @@
 """AnnoMI loader: its CSVs (simple and full) into one `schema.Dialogue` per transcript.
 
-Registered in mi_llm.corpora as "annomi" (corpora.load("annomi", path)); it shares that module's
-helpers and error conventions: a DataError names the CSV, "line N" and the column.
+Registered in mi_llm.corpora as "annomi" (corpora.load("annomi", path)); it shares the field
+helpers of mi_llm.schema and their error conventions: a DataError names the CSV, "line N" and the
+column.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from mi_llm.corpora import WHOLE_FILE, _guard, _rel, _text
-from mi_llm.schema import DataError, Dialogue, Turn
+from mi_llm.schema import WHOLE_FILE, DataError, Dialogue, Turn, guard, relative_file, text_value
 
 # AnnoMI-simple holds one (majority) annotation per utterance; AnnoMI-full one row per annotator
 # (428 utterances of 7 transcripts were coded by 10 annotators) and adds the subtypes. A folder
@@ -97,7 +97,7 @@ def _annomi_turn(file: Path, line: int, row: dict, extra: dict) -> Turn:
         raise DataError(
             file, f"line {line}", "interlocutor", f"unknown interlocutor {row['interlocutor']!r}"
         )
-    text = _text(row["utterance_text"], file, f"line {line}", "utterance_text")
+    text = text_value(row["utterance_text"], file, f"line {line}", "utterance_text")
     return Turn(speaker, text, {**{c: row[c] for c in ANNOMI_CODES}, **extra})
 
 
@@ -123,7 +123,7 @@ def load_annomi(root: Path) -> Iterator[Dialogue | DataError]:
     for key in sorted(rows):
         by_transcript.setdefault(key[0], []).append(key)
     for tid, keys in by_transcript.items():
-        yield _guard(_annomi_dialogue, root, main, tid, keys, rows, full_rows or rows)
+        yield guard(_annomi_dialogue, root, main, tid, keys, rows, full_rows or rows)
 
 
 def _annomi_dialogue(root, file, tid, keys, rows, code_rows) -> Dialogue:
@@ -159,4 +159,6 @@ def _annomi_dialogue(root, file, tid, keys, rows, code_rows) -> Dialogue:
             "mi_quality",
             f"expected high or low, got {meta['mi_quality']!r}",
         )
-    return Dialogue(str(tid), "annomi", turns, meta, {"file": _rel(root, file), "record": tid})
+    return Dialogue(
+        str(tid), "annomi", turns, meta, {"file": relative_file(root, file), "record": tid}
+    )

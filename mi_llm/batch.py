@@ -15,13 +15,11 @@ from pathlib import Path
 import openai
 from tqdm.auto import tqdm
 
-from .llm import Answer, Cache, Endpoint, cache_key
+from .cache import Answer, Cache, cache_key
 from .runs import write_atomic
 
 
-def run_batch(
-    ep: Endpoint, todo, llm_params, cache: Cache, settings: dict, state_dir: Path
-) -> None:
+def run_batch(ep, todo, llm_params, cache: Cache, settings: dict, state_dir: Path) -> None:
     """Answer the uncached requests through the Batch API into the cache; resumable by stored batch id."""
     missing = {}
     for req, _, attempt in todo:

@@ -45,12 +45,12 @@ from pathlib import Path
 from fastapi import Request  # at module level: FastAPI resolves the handler's annotation here
 
 from . import safety, stages
-from .schema import DataError, Dialogue, Turn, validate
+from .schema import SPEAKER_OF, DataError, Dialogue, Turn, validate
 
 VARIANTS = ("base", "finetuned", "conditioned")
 ADAPTED = ("finetuned", "conditioned")  # variants that answer with the 03 adapter
 ON_CRISIS = ("refer", "refer_then_reply")
-_ROLE = {"user": "client", "assistant": "counselor"}
+_ROLE = SPEAKER_OF
 
 
 def _now() -> str:

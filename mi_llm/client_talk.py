@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .metrics import cohen_kappa
+
 LABELS = ("change", "sustain", "neutral")
 
 
@@ -129,16 +131,6 @@ def predict(model, texts: list[str], previous: list[str] | None = None) -> list[
     return [str(y) for y in model.predict(X)] if texts else []
 
 
-def kappa(a, b) -> float:
-    """Cohen's kappa of two label sequences (nan when undefined)."""
-    from sklearn.metrics import cohen_kappa_score
-
-    a, b = list(a), list(b)
-    if not a or len(set(a) | set(b)) < 2:
-        return math.nan
-    return float(cohen_kappa_score(a, b))
-
-
 def validate(
     client: pd.DataFrame,
     test_size: float = 0.25,
@@ -164,7 +156,7 @@ def validate(
     boots = []
     for _ in range(bootstrap):
         pick = np.concatenate([idx[g] for g in rng.choice(uniq, size=len(uniq), replace=True)])
-        boots.append(kappa(y[pick], pred[pick]))
+        boots.append(cohen_kappa(y[pick], pred[pick]))
     boots = np.array([b for b in boots if not math.isnan(b)])
     recall = recall_score(y, pred, labels=list(LABELS), average=None, zero_division=0)
     n = pd.Series(pred).value_counts()
@@ -174,7 +166,7 @@ def validate(
         "n_test": len(test),
         "train_recordings": train["video_url"].nunique(),
         "test_recordings": len(uniq),
-        "kappa": kappa(y, pred),
+        "kappa": cohen_kappa(y, pred),
         "kappa_ci_low": float(np.percentile(boots, 2.5)) if len(boots) else math.nan,
         "kappa_ci_high": float(np.percentile(boots, 97.5)) if len(boots) else math.nan,
         "accuracy": float(np.mean(y == pred)),
@@ -212,22 +204,15 @@ def code_llm(
     """Client codes from an LLM through llm.complete (cached); None where no valid answer came."""
     from . import llm
 
-    reqs, keys = {}, []
+    contents, keys = {}, []
     for t, p in zip(texts, previous):
         content = PROMPT.format(previous=(p or "(none)").strip(), text=t.strip())
         k = "client_talk:" + hashlib.sha256(content.encode("utf-8")).hexdigest()[:20]
-        reqs[k] = llm.Request(k, [{"role": "user", "content": content}])
+        contents[k] = content
         keys.append(k)
-    results = llm.complete(
-        ep,
-        list(reqs.values()),
-        llm_params=llm_params,
-        cache_path=cache_path,
-        retries=retries,
-        settings={"temperature": 0.0, "max_tokens": 6},
-        validate=parse,
-        truncated_ok=True,
-        desc="client talk",
-    )
-    by_key = {r.key: r for r in results}
+    settings = {"temperature": 0.0, "max_tokens": 6}
+    by_key = llm.complete_by_key(
+        ep, contents, llm_params=llm_params, cache_path=cache_path, retries=retries,
+        settings=settings, validate=parse, truncated_ok=True, desc="client talk",
+    )  # fmt: skip
     return [by_key[k].parsed if by_key[k].ok else None for k in keys]

@@ -17,9 +17,21 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mi_llm.schema import DataError, Dialogue, Turn, validate
+from mi_llm import annomi
+from mi_llm.schema import (
+    SPEAKER_OF,
+    WHOLE_FILE,
+    DataError,
+    Dialogue,
+    Turn,
+    field_value,
+    guard,
+    read_text,
+    relative_file,
+    text_value,
+    validate,
+)
 
-WHOLE_FILE = "(file)"  # the `record` of an error that spoils a whole file (bad JSON, not a list)
 PROVENANCE = "PROVENANCE.json"  # beside a corpus: its source; "fixture": true marks a fixture
 
 
@@ -43,21 +55,9 @@ def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.relative_to(root).as_posix()))
 
 
-def _rel(root: Path, file: Path) -> str:
-    base = root if root.is_dir() else root.parent
-    return file.relative_to(base).as_posix()
-
-
-def _read_text(file: Path) -> str:
-    try:
-        return file.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(file, WHOLE_FILE, "encoding", f"not UTF-8: {e}") from e
-
-
 def _json_array(file: Path, text: str | None = None) -> list:
     """The non-empty JSON array in a file, or DataError (bad JSON, not an array, empty)."""
-    text = _read_text(file) if text is None else text
+    text = read_text(file) if text is None else text
     if not text.strip():
         raise DataError(file, WHOLE_FILE, "(file)", "empty file: no JSON array")
     try:
@@ -75,7 +75,7 @@ def _json_array(file: Path, text: str | None = None) -> list:
 
 def _json_records(file: Path) -> Iterator[tuple[object, object]]:
     """Yield (record, obj) from a JSON array (record = index) or JSONL (record = 'line N')."""
-    text = _read_text(file)
+    text = read_text(file)
     if not text.strip():
         raise DataError(file, WHOLE_FILE, "(file)", "empty file: no records")
     if text.lstrip().startswith("["):
@@ -87,28 +87,6 @@ def _json_records(file: Path) -> Iterator[tuple[object, object]]:
                 yield f"line {n}", json.loads(line)
             except json.JSONDecodeError as e:
                 yield f"line {n}", DataError(file, f"line {n}", "json", f"bad JSON: {e.msg}")
-
-
-def _text(value, file, record, field) -> str:
-    """The stripped text of a field, or DataError when it is not a non-empty string."""
-    if not isinstance(value, str):
-        raise DataError(file, record, field, f"expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(file, record, field, "empty text")
-    return value.strip()
-
-
-def _field(obj, key, file, record, kind=None):
-    """obj[key], or DataError naming the missing field / wrong type."""
-    if not isinstance(obj, dict):
-        raise DataError(file, record, key, f"record is a {type(obj).__name__}, expected an object")
-    if key not in obj:
-        raise DataError(file, record, key, "missing field")
-    if kind is not None and not isinstance(obj[key], kind):
-        raise DataError(
-            file, record, key, f"expected {kind.__name__}, got {type(obj[key]).__name__}"
-        )
-    return obj[key]
 
 
 # ----------------------------------------------------------------------------- CPsyCounD
@@ -152,7 +130,7 @@ def _cpsycound_speaker(line: str, at_boundary: bool, file=None, n=None):
 
 def _cpsycound_file(root: Path, file: Path) -> Dialogue:
     """Parse one CPsyCounD case_N.txt (CRLF text, one dialogue) into a Dialogue."""
-    lines = _read_text(file).splitlines()  # splitlines also strips the CRLF's \r
+    lines = read_text(file).splitlines()  # splitlines also strips the CRLF's \r
     turns: list[tuple[int, Turn]] = []  # (line number, turn)
     prev_blank = True
     for n, raw in enumerate(lines, 1):
@@ -182,7 +160,11 @@ def _cpsycound_file(root: Path, file: Path) -> Dialogue:
         if not t.text:
             raise DataError(file, f"line {n}", "text", f"empty {t.speaker} turn")
     return Dialogue(
-        file.stem, "cpsycound", [t for _, t in turns], {}, {"file": _rel(root, file), "record": 0}
+        file.stem,
+        "cpsycound",
+        [t for _, t in turns],
+        {},
+        {"file": relative_file(root, file), "record": 0},
     )
 
 
@@ -199,7 +181,7 @@ def _cpsycoune_file(root: Path, file: Path) -> Dialogue:
     """Parse one CPsyCounE <Topic>/<k>.json (JSON array of prefixed strings)."""
     turns = []
     for i, s in enumerate(_json_array(file)):
-        s = _text(s, file, i, "utterance")
+        s = text_value(s, file, i, "utterance")
         label, sep, rest = s.partition("：")
         if not sep or label not in CPSYCOUNE_SPEAKERS:
             raise DataError(
@@ -208,8 +190,8 @@ def _cpsycoune_file(root: Path, file: Path) -> Dialogue:
                 "speaker",
                 f"unknown speaker prefix {s[:8]!r} (expected 求助者： or 支持者：)",
             )
-        turns.append(Turn(CPSYCOUNE_SPEAKERS[label], _text(rest, file, i, "text")))
-    rel = _rel(root, file)
+        turns.append(Turn(CPSYCOUNE_SPEAKERS[label], text_value(rest, file, i, "text")))
+    rel = relative_file(root, file)
     topic = file.parent.name  # the topic is only given by the folder
     return Dialogue(
         rel.rsplit(".", 1)[0], "cpsycoune", turns, {"topic": topic}, {"file": rel, "record": 0}
@@ -229,16 +211,16 @@ def _smilechat_file(root: Path, file: Path) -> Dialogue:
     """Parse one SmileChat N.json (array of {role, content, annotation})."""
     turns = []
     for i, m in enumerate(_json_array(file)):
-        role = _field(m, "role", file, i, str)
+        role = field_value(m, "role", file, i, str)
         if role not in SMILECHAT_SPEAKERS:
             raise DataError(
                 file, i, "role", f"unknown role {role!r} (expected client or counselor)"
             )
-        text = _text(_field(m, "content", file, i), file, i, "content")
+        text = text_value(field_value(m, "content", file, i), file, i, "content")
         labels = [a.get("label", "") for a in m.get("annotation") or [] if isinstance(a, dict)]
         ann = {"labels": labels} if any(labels) else {}  # the sample's labels are all empty
         turns.append(Turn(SMILECHAT_SPEAKERS[role], text, ann))
-    rel = _rel(root, file)
+    rel = relative_file(root, file)
     return Dialogue(rel.rsplit(".", 1)[0], "smilechat", turns, {}, {"file": rel, "record": 0})
 
 
@@ -248,7 +230,7 @@ def load_smilechat(root: Path) -> Iterator[Dialogue | DataError]:
 
 
 # ----------------------------------------------------------------------------- OpenAI-style records
-_OPENAI_SPEAKERS = {"user": "client", "assistant": "counselor"}
+_OPENAI_SPEAKERS = SPEAKER_OF
 
 
 def _messages(obj, file, record, unknown_role: str | None) -> tuple[list[Turn], list[str]]:
@@ -256,7 +238,7 @@ def _messages(obj, file, record, unknown_role: str | None) -> tuple[list[Turn], 
 
     user -> client, assistant -> counselor; other roles -> `unknown_role`, or a DataError if None.
     """
-    msgs = _field(obj, "messages", file, record, list)
+    msgs = field_value(obj, "messages", file, record, list)
     turns, system = [], []
     for i, m in enumerate(msgs):  # field names are formatted only for an error (full corpora)
         if not isinstance(m, dict):
@@ -267,7 +249,7 @@ def _messages(obj, file, record, unknown_role: str | None) -> tuple[list[Turn], 
         if not isinstance(role, str):
             raise DataError(file, record, f"messages[{i}].role", "missing or not a string")
         if not (isinstance(content, str) and content.strip()):
-            _text(content, file, record, f"messages[{i}].content")  # raises the DataError
+            text_value(content, file, record, f"messages[{i}].content")  # raises the DataError
         text = content.strip()
         if role == "system":
             system.append(text)
@@ -295,7 +277,7 @@ def _records(root: Path, corpus: str, parse: Callable) -> Iterator[Dialogue | Da
     """Run parse(obj, file, record) -> (id, turns, meta) over every record of every JSON(L) file."""
     files = _files(root, (".json", ".jsonl"))
     for file in files:
-        rel = _rel(root, file)
+        rel = relative_file(root, file)
         try:
             records = list(_json_records(file))
         except DataError as e:
@@ -322,8 +304,8 @@ def _record_id(rid, file, record) -> str:
 
 
 def _psydt_record(obj, file, record):
-    rid = _record_id(_field(obj, "id", file, record), file, record)
-    tag = _text(_field(obj, "normalizedTag", file, record), file, record, "normalizedTag")
+    rid = _record_id(field_value(obj, "id", file, record), file, record)
+    tag = text_value(field_value(obj, "normalizedTag", file, record), file, record, "normalizedTag")
     turns, system = _messages(obj, file, record, unknown_role=None)
     meta = {"topic": tag}
     if system:
@@ -343,7 +325,7 @@ def _soulchat_record(obj, file, record):
     meta = {}
     topic = obj.get("topic")
     if topic is not None:
-        meta["topic"] = _text(topic, file, record, "topic")
+        meta["topic"] = text_value(topic, file, record, "topic")
     if system:
         meta["system"] = "\n\n".join(system)
     return rid, turns, meta
@@ -354,26 +336,11 @@ def load_soulchatcorpus(root: Path) -> Iterator[Dialogue | DataError]:
     yield from _records(root, "soulchatcorpus", _soulchat_record)
 
 
-# ----------------------------------------------------------------------------- AnnoMI
-def load_annomi(root: Path) -> Iterator[Dialogue | DataError]:
-    """AnnoMI: its folder (simple + full) or one of its CSVs; one dialogue per transcript."""
-    from mi_llm import annomi  # imported here: mi_llm.annomi builds on this module's helpers
-
-    return annomi.load_annomi(root)
-
-
 # ----------------------------------------------------------------------------- registry
-def _guard(fn: Callable[..., Dialogue], *args) -> Dialogue | DataError:
-    try:
-        return fn(*args)
-    except DataError as e:
-        return e
-
-
 def _one_per_file(root: Path, suffixes: tuple, parse: Callable) -> Iterator[Dialogue | DataError]:
     """Run parse(root, file) -> Dialogue over every file; a bad file yields its DataError."""
     for file in _files(root, suffixes):
-        yield _guard(parse, root, file)
+        yield guard(parse, root, file)
 
 
 LOADERS: dict[str, Callable[[Path], Iterator[Dialogue | DataError]]] = {
@@ -382,7 +349,7 @@ LOADERS: dict[str, Callable[[Path], Iterator[Dialogue | DataError]]] = {
     "smilechat": load_smilechat,
     "psydtcorpus": load_psydtcorpus,
     "soulchatcorpus": load_soulchatcorpus,
-    "annomi": load_annomi,
+    "annomi": annomi.load_annomi,
 }
 NAMES = tuple(LOADERS)
 

@@ -19,29 +19,29 @@ from . import params as params_mod
 DUMMY_KEY = "dry-run-key-not-a-secret"
 
 
-def check(p) -> int:
+def check(P) -> int:
     """The stand-in's port; raises ParamsError when the params could reach a real endpoint or key."""
-    url = urlparse(p.llm.base_url or "")
-    if p.llm.provider != "remote" or url.hostname != "127.0.0.1" or not url.port:
+    url = urlparse(P.llm.base_url or "")
+    if P.llm.provider != "remote" or url.hostname != "127.0.0.1" or not url.port:
         raise params_mod.ParamsError(
-            f"{p.name}: a dry run needs llm.provider remote and llm.base_url http://127.0.0.1:<port>/v1, "
-            f"got provider {p.llm.provider!r}, base_url {p.llm.base_url!r}"
+            f"{P.name}: a dry run needs llm.provider remote and llm.base_url http://127.0.0.1:<port>/v1, "
+            f"got provider {P.llm.provider!r}, base_url {P.llm.base_url!r}"
         )
-    if p.llm.api_key_env == "OPENAI_API_KEY":
+    if P.llm.api_key_env == "OPENAI_API_KEY":
         raise params_mod.ParamsError(
-            f"{p.name}: llm.api_key_env must not be OPENAI_API_KEY in a dry run "
+            f"{P.name}: llm.api_key_env must not be OPENAI_API_KEY in a dry run "
             "(it is set to a dummy key)"
         )
     return url.port
 
 
-def build_models(p) -> dict:
+def build_models(P) -> dict:
     """Write (once) the tiny checkpoint of every model in model_paths; {name: folder}."""
     from . import snapshots
 
     return {
         name: snapshots.tiny_checkpoint(name, params_mod.path(folder))
-        for name, folder in p.model_paths.items()
+        for name, folder in P.model_paths.items()
     }
 
 
@@ -50,19 +50,19 @@ def standins(params_file: str):
     """The tiny checkpoints written and the stand-in serving, with the dummy key set, for a run."""
     from . import standin
 
-    p = params_mod.load(params_file)
-    port = check(p)
-    build_models(p)
-    old = os.environ.get(p.llm.api_key_env)
-    os.environ[p.llm.api_key_env] = DUMMY_KEY
+    P = params_mod.load(params_file)
+    port = check(P)
+    build_models(P)
+    old = os.environ.get(P.llm.api_key_env)
+    os.environ[P.llm.api_key_env] = DUMMY_KEY
     try:
         with standin.serving(port) as url:
             yield url
     finally:
         if old is None:
-            os.environ.pop(p.llm.api_key_env, None)
+            os.environ.pop(P.llm.api_key_env, None)
         else:
-            os.environ[p.llm.api_key_env] = old
+            os.environ[P.llm.api_key_env] = old
 
 
 def run(
@@ -87,7 +87,6 @@ def tiny_sft_run(
     """A params file for a few LoRA steps of `model`'s tiny checkpoint on the shipped PsyDTCorpus
     dialogues (runs under $MI_LLM_RUNS=<root>/runs): what `accelerate launch ... -m mi_llm.sft` takes
     in the accelerate tests and in benchmarks/gpu_check.sh. Returns the params file."""
-    import json
 
     import yaml
 
@@ -96,29 +95,7 @@ def tiny_sft_run(
     root = Path(root)
     name = "tiny-sft"
     ckpt = snapshots.tiny_checkpoint(model, root / "models" / model)
-    train = root / "runs" / name / sft.TRAIN_FILE
-    train.parent.mkdir(parents=True, exist_ok=True)
-    dialogues = json.loads(
-        (params_mod.ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json").read_text("utf-8")
-    )
-    train.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "id": str(d["id"]),
-                    "source_corpus": "psydtcorpus",
-                    "source_id": str(d["id"]),
-                    "prompt_version": "none",
-                    "topic": d.get("normalizedTag"),
-                    "messages": d["messages"],
-                },
-                ensure_ascii=False,
-            )
-            + "\n"
-            for d in dialogues
-        ),
-        encoding="utf-8",
-    )
+    write_sample_train(root / "runs" / name / sft.TRAIN_FILE)
     p = {
         "name": name,
         "device": device,
@@ -150,3 +127,26 @@ if __name__ == "__main__":  # python -m mi_llm.dryrun tiny-sft <root> [model] [d
         print(tiny_sft_run(sys.argv[2], *sys.argv[3:5]))
     else:
         sys.exit("usage: python -m mi_llm.dryrun tiny-sft <root> [model] [device]")
+
+
+def write_sample_train(file: Path) -> Path:
+    """A stage-02 train.jsonl of the shipped PsyDTCorpus sample's dialogues, untagged, at `file`."""
+    import json
+
+    dialogues = json.loads(
+        (params_mod.ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json").read_text("utf-8")
+    )
+    lines = []
+    for d in dialogues:
+        rec = {
+            "id": str(d["id"]),
+            "source_corpus": "psydtcorpus",
+            "source_id": str(d["id"]),
+            "prompt_version": "none",
+            "topic": d.get("normalizedTag"),
+            "messages": d["messages"],
+        }
+        lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("".join(lines), encoding="utf-8")
+    return file

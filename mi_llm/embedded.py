@@ -24,6 +24,8 @@ from pathlib import Path
 
 import platformdirs
 
+from .devices import compute_dtype
+
 NAME = "gemma3-270m"
 FORMAT_VERSION = "1"  # bump when the conversion below changes, to rebuild caches
 
@@ -107,12 +109,8 @@ class Generator:
             self.tok.padding_side = "left"
             if self.tok.pad_token is None:
                 self.tok.pad_token = self.tok.eos_token
-            from . import models
-
             # the checkpoint's dtype, but fp32 on a CPU without native bf16 (emulated bf16 is 4x+ slower)
-            dtype = (
-                "float32" if models.compute_dtype("bfloat16", self.device) == "float32" else "auto"
-            )
+            dtype = "float32" if compute_dtype("bfloat16", self.device) == "float32" else "auto"
             self.model = AutoModelForCausalLM.from_pretrained(
                 str(self.folder), dtype=dtype, attn_implementation="sdpa"
             )

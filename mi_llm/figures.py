@@ -22,6 +22,7 @@ import seaborn as sns
 from . import params as params_mod
 from . import stages
 from .miti import CODES as MITI_CODES
+from .schema import CJK_CHARS
 from .tables import (  # the readers stay importable from here (figures.quality_table, ...)
     CRITERIA,
     MITI,
@@ -63,7 +64,7 @@ CJK_FONTS = (
     "PingFang SC",
     "Droid Sans Fallback",
 )
-_CJK_RE = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+_CJK_RE = re.compile(f"[{CJK_CHARS}]+")
 _cjk_font: str | None = None
 
 

@@ -9,8 +9,8 @@ and "universal" (previous behaviours, turn position, question marks, length rati
 dialogues it cannot read, e.g. the Chinese MI corpus. A third, "untagged", is the language-
 independent one trained with the behaviours of the history hidden: the forecaster of a dialogue
 whose counselor turns carry no labels (a corpus transcribed without tags), scored the same way.
-Also the strategy tags that carry a behaviour
-through transcription (02), SFT (03) and conditioned generation (04).
+The strategy tags that carry a behaviour through transcription (02), SFT (03) and conditioned
+generation (04) are defined in mi_llm.schema.
 """
 
 from __future__ import annotations
@@ -18,26 +18,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import stages
-from .params import ForecasterParams
-from .schema import DataError, Dialogue, Turn
+from .params import FORECASTER_KINDS, ForecasterParams
+from .schema import CJK, SPEAKER_OF, TAGS, DataError, Dialogue, Turn, strip_tag
 
-# The next-behaviour label set: AnnoMI's main_therapist_behaviour with the question and
-# reflection subtypes of AnnoMI-full (the split MITI cares about: %CR, open vs closed questions).
-TAGS = (
-    "open_question",
-    "closed_question",
-    "simple_reflection",
-    "complex_reflection",
-    "therapist_input",
-    "other",
-)
 NONE = "none"  # the previous behaviour before the counselor has spoken, or when it is unknown
 # forecaster.csv, one row per predictor (model: the forecaster or a baseline): these id and count
 # columns, each of FORECASTER_METRICS (score's, with _ci_low/_ci_high but accuracy), beats_baselines
@@ -63,40 +52,6 @@ FORECASTER_COLUMNS = [
     ),
     "beats_baselines",
 ]
-
-# ----------------------------------------------------------------------------- strategy tags
-# Format: an ASCII control tag "<mi:complex_reflection> " at the start of a counselor turn. ASCII,
-# not "[复杂反映]": one tag set for English (AnnoMI) and Chinese turns, no clash with brackets
-# that occur in Chinese text, no special tokens to add (LoRA needs no embedding resize), readable
-# English words a multilingual model already knows, and one exact regex to parse.
-_TAG_RE = re.compile(r"^\s*<mi:([A-Za-z_]*)>[ \t]*")
-
-
-def tag_text(text: str, label: str) -> str:
-    """Prepend the control tag of an MI behaviour to a counselor turn."""
-    if label not in TAGS:
-        raise ValueError(f"unknown MI behaviour {label!r}; known: {list(TAGS)}")
-    return f"<mi:{label}> {text}"
-
-
-def strip_tag(text: str) -> tuple[str | None, str]:
-    """Split a leading control tag off a turn: (label, text), or (None, text) when it has none."""
-    m = _TAG_RE.match(text)
-    if not m:
-        return None, text
-    if m.group(1) not in TAGS:
-        raise ValueError(f"unknown MI behaviour tag <mi:{m.group(1)}>; known: {list(TAGS)}")
-    return m.group(1), text[m.end() :]
-
-
-def require_tag(text: str) -> tuple[str, str]:
-    """Validator for tagged LLM output (stage 02): (label, text), ValueError(reason) if unusable."""
-    label, rest = strip_tag(text)
-    if label is None:
-        raise ValueError(f"counselor turn lacks a leading <mi:behaviour> tag: {text[:60]!r}")
-    if not rest.strip():
-        raise ValueError(f"counselor turn has a <mi:{label}> tag but no text")
-    return label, rest
 
 
 # ----------------------------------------------------------------------------- AnnoMI sessions
@@ -247,7 +202,7 @@ def examples(
 
 
 # ----------------------------------------------------------------------------- models
-KINDS = ("universal", "text", "char", "boost")
+KINDS = FORECASTER_KINDS  # forecaster kinds, named in params
 
 
 def build(kind: str, C: float = 1.0, seed: int = 0):
@@ -445,9 +400,6 @@ def load(path) -> dict:
     return bundle
 
 
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-
-
 def _as_history(turns) -> list[tuple[str, str, str | None]]:
     """Turns or {speaker,text} / {role,content} dicts -> (speaker, text, label); tags give labels."""
     out = []
@@ -457,7 +409,7 @@ def _as_history(turns) -> list[tuple[str, str, str | None]]:
         elif isinstance(t, dict) and "role" in t:
             if t["role"] == "system":
                 continue
-            speaker = {"user": "client", "assistant": "counselor"}.get(t["role"], t["role"])
+            speaker = SPEAKER_OF.get(t["role"], t["role"])
             text, ann = t.get("content", ""), {}
         elif isinstance(t, dict):
             speaker, text, ann = t.get("speaker"), t.get("text", ""), t.get("annotations", {})
@@ -483,7 +435,7 @@ def predict_next(model: dict, dialogue_turns, language: str = "auto") -> str:
     """
     hist = _as_history(dialogue_turns)
     if language == "auto":
-        language = "universal" if any(_CJK.search(t) for _, t, _ in hist) else "text"
+        language = "universal" if any(CJK.search(t) for _, t, _ in hist) else "text"
     if language not in ("text", "universal"):
         raise ValueError(f"language must be 'auto', 'text' or 'universal', got {language!r}")
     counselor = [lab for s, _, lab in hist if s == "counselor"]

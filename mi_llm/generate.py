@@ -27,9 +27,8 @@ from pathlib import Path
 
 from . import forecast, stages
 from .params import VARIANTS  # generation order: the adapter is merged in once
-from .schema import DataError
+from .schema import TAGS, DataError, read_split, strip_tag, tag_text
 
-ROLES = ("system", "user", "assistant")
 KEY = ("model", "variant", "dialogue_id", "round")
 ADAPTED = ("finetuned", "conditioned")  # variants that answer with the 03 adapter
 _ANY_TAG = re.compile(r"^\s*<mi:[^>\s]*>\s*")
@@ -38,7 +37,7 @@ _ANY_TAG = re.compile(r"^\s*<mi:[^>\s]*>\s*")
 def split_tag(text: str) -> tuple[str | None, str]:
     """(label, text) of a reply or reference; a malformed <mi:...> tag is cut off with label None."""
     try:
-        label, rest = forecast.strip_tag(text)
+        label, rest = strip_tag(text)
     except ValueError:  # a model may invent a label: it is still not part of the reply's words
         label, rest = None, _ANY_TAG.sub("", text, count=1)
     return label, rest.strip()
@@ -50,37 +49,10 @@ def tag_prefix(label: str) -> str:
     Gemma tokenizes "<mi:x> 听" as ">", " ", "听" but "<mi:x> It" as ">", " It": a prefix ending at
     ">" leaves the model the next token it saw in training, in either language.
     """
-    return forecast.tag_text("", label).rstrip()
+    return tag_text("", label).rstrip()
 
 
 # ----------------------------------------------------------------------------- rounds
-def read_test(path: str | Path) -> list[dict]:
-    """Read 02's test.jsonl, checking each record's id and messages (DataError names the field)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, i, "line", f"not JSON: {e}") from e
-            if not isinstance(rec, dict) or not isinstance(rec.get("id"), (str, int)):
-                raise DataError(path, i, "id", "missing or not a string")
-            msgs = rec.get("messages")
-            if not isinstance(msgs, list) or not msgs:
-                raise DataError(path, rec["id"], "messages", "missing or empty")
-            for j, m in enumerate(msgs):
-                if not isinstance(m, dict) or m.get("role") not in ROLES:
-                    raise DataError(path, rec["id"], f"messages[{j}].role", f"not one of {ROLES}")
-                if not isinstance(m.get("content"), str) or not m["content"].strip():
-                    raise DataError(
-                        path, rec["id"], f"messages[{j}].content", "empty or not a string"
-                    )
-            records.append(rec)
-    return records
-
-
 def _window(history: list[dict], context_turns: int | None) -> list[dict]:
     """System message (if any) + the last `context_turns` messages, starting at a client turn."""
     system = [m for m in history[:1] if m["role"] == "system"]
@@ -399,16 +371,16 @@ def _check_fingerprints(
 
 def behaviours(condition_on: str, histories: list[list[dict]], forecaster_path=None) -> list[str]:
     """The MI behaviour of each conditioned round: a fixed TAGS label, or the forecaster's on its history."""
-    if condition_on in forecast.TAGS:
+    if condition_on in TAGS:
         return [condition_on] * len(histories)
     if condition_on != "forecaster":
         raise ValueError(
-            f"evaluation.condition_on: {condition_on!r} is not 'forecaster' or one of {list(forecast.TAGS)}"
+            f"evaluation.condition_on: {condition_on!r} is not 'forecaster' or one of {list(TAGS)}"
         )
     if forecaster_path is None or not Path(forecaster_path).exists():
         raise FileNotFoundError(
             f"{forecaster_path}: no forecaster; run forecast.evaluate (04, evaluation.forecaster"
-            f".enabled) before generation, or set evaluation.condition_on to one of {list(forecast.TAGS)}"
+            f".enabled) before generation, or set evaluation.condition_on to one of {list(TAGS)}"
         )
     bundle = forecast.load(forecaster_path)
     return [forecast.predict_next(bundle, h) for h in histories]
@@ -531,7 +503,7 @@ def run(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if not test_path.exists():
         raise FileNotFoundError(f"{test_path}: no MI test set; run stage 02 first")
-    records = read_test(test_path)
+    records = read_split(test_path)
     todo = rounds(records, E.max_dialogues, E.max_rounds, E.context_turns)
     if "conditioned" in E.variants:  # the forecaster reads the whole gold history, not the window
         if not any(

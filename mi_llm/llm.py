@@ -20,13 +20,11 @@ import asyncio
 import concurrent.futures
 import datetime
 import email.utils
-import hashlib
 import json
 import os
 import random
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -37,6 +35,9 @@ from pathlib import Path
 
 import openai
 from tqdm.auto import tqdm
+
+from . import batch
+from .cache import Answer, Cache, cache_key
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 
@@ -229,70 +230,6 @@ def endpoint(llm_params, log_dir: Path | None = None):
 
         # the server is pinned to the folder: requests must name it as their model
         yield Endpoint("", str(folder), "embedded-no-key", "serve", opener=opener)
-
-
-# ----------------------------------------------------------------------------- cache
-@dataclass
-class Answer:
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class Cache:
-    """SQLite store of finished answers; WAL, one committed row per answer (kill -9 safe)."""
-
-    def __init__(self, path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), timeout=60, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: committed rows survive a crash
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, request_key TEXT,"
-            " model TEXT, text TEXT, finish_reason TEXT, prompt_tokens INT,"
-            " completion_tokens INT, created REAL)"
-        )
-        self.db.commit()
-
-    def get(self, key: str) -> Answer | None:
-        row = self.db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens FROM answers WHERE key=?",
-            (key,),
-        ).fetchone()
-        return Answer(*row) if row else None
-
-    def put(self, key: str, request_key: str, model: str, a: Answer) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?,?)",
-            (
-                key,
-                request_key,
-                model,
-                a.text,
-                a.finish_reason,
-                a.prompt_tokens,
-                a.completion_tokens,
-                time.time(),
-            ),
-        )
-        self.db.commit()
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def cache_path(P) -> Path:
-    """The run's answer cache: P.llm.cache_path, or runs/<name>/llm_cache.sqlite."""
-    from .params import path
-
-    return path(P.llm.cache_path) if P.llm.cache_path else P.run_dir / "llm_cache.sqlite"
-
-
-def cache_key(model: str, settings: dict, messages: list[dict], attempt: int) -> str:
-    """sha256 identity of one answer: model, generation settings, messages and attempt number."""
-    blob = json.dumps([model, settings, messages, attempt], ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 # ----------------------------------------------------------------------------- requests and results
@@ -521,8 +458,6 @@ def complete(
     keys = [r.key for r in requests]
     if len(set(keys)) != len(keys):
         raise ValueError("llm.complete: request keys must be unique")
-    if batch_dir is not None:
-        from . import batch  # imported here: mi_llm.batch builds on this module's cache
     cache = Cache(cache_path)
     results = [Result(r.key) for r in requests]
     bar = tqdm(total=len(requests), desc=desc, unit="req")
@@ -536,34 +471,14 @@ def complete(
                 batch.run_batch(
                     ep, todo, llm_params, cache, settings, Path(batch_dir) / f"attempt{attempt}"
                 )
+            args = (ep, todo, llm_params, cache, settings, validate, truncated_ok, bar)
+            last = attempt == retries
             if ep.local is not None or not _uncached(ep, todo, cache, settings):
                 # in process, or every answer cached: a served model is never started for nothing
-                _run_local(
-                    ep,
-                    todo,
-                    llm_params,
-                    cache,
-                    settings,
-                    validate,
-                    truncated_ok,
-                    bar,
-                    attempt == retries,
-                )
+                _run_local(*args, last)
             else:
                 ep.open()
-                _in_thread(
-                    _run_live(
-                        ep,
-                        todo,
-                        llm_params,
-                        cache,
-                        settings,
-                        validate,
-                        truncated_ok,
-                        bar,
-                        attempt == retries,
-                    )
-                )
+                _in_thread(_run_live(*args, last))
             # a transport failure already used its own retries; only invalid answers are asked again
             pending = [(q, r) for q, r in pending if not (r.ok or r.error.startswith("transport"))]
             if not pending:
@@ -574,6 +489,12 @@ def complete(
         bar.close()
         cache.close()
     return results
+
+
+def complete_by_key(ep: Endpoint, contents: dict[str, str], **kw) -> dict[str, Result]:
+    """complete() for one user message per key (each asked once); the results by key."""
+    reqs = [Request(k, [{"role": "user", "content": c}]) for k, c in contents.items()]
+    return {r.key: r for r in complete(ep, reqs, **kw)}
 
 
 # ----------------------------------------------------------------------------- accounting

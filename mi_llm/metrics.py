@@ -17,17 +17,20 @@ Rounds of one dialogue share its history and reference style, so the 95% CIs res
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 
 import numpy as np
 import pandas as pd
 
+from .schema import CJK_CHARS
+
 METRICS = ["bleu4", "rouge1", "rouge2", "rougeL"]
 SCORINGS = ("raw", "content")
 CONTENT = [f"{m}_content" for m in METRICS]  # reply_scores' columns of the content scoring
 SCORE_IDS = ["model", "variant"]  # metrics.csv's id columns (score_columns: all of its columns)
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK = CJK_CHARS
 _BLEU_TOKEN = re.compile(rf"[{_CJK}]|[a-z0-9]+(?:['’.][a-z0-9]+)*")
 _CONTENT = re.compile(rf"[{_CJK}a-z0-9]")
 
@@ -142,7 +145,7 @@ def _metrics(scores: pd.DataFrame) -> list[str]:
 
 # ----------------------------------------------------------------------------- statistics
 def bootstrap_ci(
-    values, n_boot: int = 1000, seed: int = 0, level: float = 0.95, clusters=None
+    values, bootstrap: int = 1000, seed: int = 0, level: float = 0.95, clusters=None
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of `values` (NaN, NaN when empty).
 
@@ -155,13 +158,13 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     alpha = (1 - level) / 2
     if clusters is None:
-        means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)  # n_boot means
+        means = x[rng.integers(0, x.size, size=(bootstrap, x.size))].mean(axis=1)  # (bootstrap,)
     else:
         codes, _ = pd.factorize(pd.Series(list(clusters)).astype(str))
         k = codes.max() + 1
         sums = np.bincount(codes, weights=x, minlength=k)  # per cluster: sum and size
         sizes = np.bincount(codes, minlength=k).astype(float)
-        draws = rng.integers(0, k, size=(n_boot, k))  # n_boot x k resampled clusters
+        draws = rng.integers(0, k, size=(bootstrap, k))  # bootstrap x k resampled clusters
         means = sums[draws].sum(axis=1) / sizes[draws].sum(axis=1)
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
@@ -170,6 +173,18 @@ def score_columns(metrics) -> list[str]:
     """metrics.csv's columns for these metric names (METRICS, then CONTENT where scored)."""
     ci = [c for m in metrics for c in (m, f"{m}_ci_low", f"{m}_ci_high")]
     return [*SCORE_IDS, *ci, "n", "n_dialogues"]
+
+
+def cohen_kappa(a, b) -> float:
+    """Cohen's kappa of two raters' labels (scikit-learn); NaN when undefined (one label only)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    a, b = list(a), list(b)
+    if len(a) != len(b):
+        raise ValueError(f"kappa needs paired labels, got {len(a)} and {len(b)}")
+    if not a or len(set(a) | set(b)) < 2:
+        return math.nan
+    return float(cohen_kappa_score(a, b))
 
 
 def score(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -185,7 +200,7 @@ def score(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=score_columns(_metrics(scores)))
 
 
-def paired_test(base, finetuned, dialogues=None, n_boot: int = 1000, seed: int = 0) -> dict:
+def paired_test(base, finetuned, dialogues=None, bootstrap: int = 1000, seed: int = 0) -> dict:
     """Paired comparison, round by round: mean difference (b = finetuned - a = base), CI, Wilcoxon.
 
     dialogues: the dialogue of each round; the CI then resamples dialogues and the Wilcoxon
@@ -203,7 +218,7 @@ def paired_test(base, finetuned, dialogues=None, n_boot: int = 1000, seed: int =
     if groups.size != a.size:
         raise ValueError(f"{groups.size} dialogue labels for {a.size} rounds")
     d = b - a
-    lo, hi = bootstrap_ci(d, n_boot, seed, clusters=groups)
+    lo, hi = bootstrap_ci(d, bootstrap, seed, clusters=groups)
     per = pd.DataFrame({"g": groups, "a": a, "b": b}).groupby("g", sort=False).mean()
     da, db = per["a"].to_numpy(), per["b"].to_numpy()
     if np.all(db - da == 0):  # no difference at all: scipy cannot rank zeros

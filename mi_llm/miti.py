@@ -16,12 +16,12 @@ so groups of short dialogues are not dominated by the many dialogues whose own r
 counts that grow with the number of utterances (MI-adherent, MI-non-adherent) are reported per
 coded utterance; globals are the mean of the dialogues' ratings. Beside every score: n coded and
 n missing. A ratio with a zero denominator is NaN, never 0 or infinity.
-Worksheets for human coders and agreement statistics are in mi_llm.worksheets.
+Worksheets for human coders and agreement statistics are in mi_llm.worksheets; stage 04 codes its
+generations and writes the MITI artifacts through mi_llm.evaluation.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import stages
+from . import cache as answer_cache
+from .metrics import cohen_kappa
 from .params import MitiParams
-from .schema import DataError
+from .schema import SPEAKER_OF, DataError, jsonl_rows
 
 # ----------------------------------------------------------------------------- vocabulary
 CODES = {  # MITI 4.2.1 behaviour codes: short code -> name
@@ -97,11 +98,11 @@ _NAMES = {
 DEFAULTS = dataclasses.asdict(MitiParams())
 
 
-def settings(p) -> dict:
+def settings(P) -> dict:
     """P.evaluation.miti merged over DEFAULTS; unknown keys raise ParamsError."""
     from .params import ParamsError
 
-    given = p.evaluation.miti
+    given = P.evaluation.miti
     given = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given or {})
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
@@ -253,7 +254,7 @@ def parse_globals(text: str) -> dict:
 # ----------------------------------------------------------------------------- coding units
 # A unit is one dialogue to code: {"model", "variant", "dialogue_id", "topic", "turns": [{"speaker",
 # "text"}], "utterances": [{"turn": index into turns, "round", "context": [{"speaker", "text"}]}]}.
-_SPEAKER = {"user": "client", "assistant": "counselor"}
+_SPEAKER = SPEAKER_OF
 
 
 def units_from_generations(path, max_utterances: int | None = None) -> list[dict]:
@@ -263,18 +264,9 @@ def units_from_generations(path, max_utterances: int | None = None) -> list[dict
     is coded with the gold history it was generated from as its context.
     """
     groups: dict[tuple, list] = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"line {i}", "line", f"not JSON: {e.msg}") from None
-            for k in ("model", "variant", "dialogue_id", "round", "messages", "reply"):
-                if k not in r:
-                    raise DataError(path, f"line {i}", k, "missing")
-            groups.setdefault((r["model"], r["variant"], str(r["dialogue_id"])), []).append(r)
+    required = ("model", "variant", "dialogue_id", "round", "messages", "reply")
+    for _, r in jsonl_rows(path, required):
+        groups.setdefault((r["model"], r["variant"], str(r["dialogue_id"])), []).append(r)
     units = []
     for (model, variant, did), recs in groups.items():
         recs = sorted(recs, key=lambda r: r["round"])[:max_utterances]
@@ -311,14 +303,14 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:20]
 
 
-def code_units(ep, units: list[dict], p, cfg: dict, rate_globals: bool = True) -> dict:
+def code_units(ep, units: list[dict], P, cfg: dict, rate_globals: bool = True) -> dict:
     """Code every utterance (and rate globals) of the units in place; return the LLM usage."""
     from . import llm, prompts
 
     parts = prompts.parts(cfg["prompt_version"])
     version = prompts.name(cfg["prompt_version"])
-    cache = _cache_path(p)
-    common = {"llm_params": p.llm, "cache_path": cache, "retries": cfg["parse_retries"]}
+    cache = answer_cache.cache_path(P)
+    common = {"llm_params": P.llm, "cache_path": cache, "retries": cfg["parse_retries"]}
     reqs, slots = {}, []  # identical prompts (same reply, same context) are asked once
     for u in units:
         for ut in u["utterances"]:
@@ -377,13 +369,7 @@ def code_units(ep, units: list[dict], p, cfg: dict, rate_globals: bool = True) -
                 globals_error=r.error,
                 globals_raw=r.raw,
             )
-    return llm.usage(results + g_results, p.llm, ep.model)
-
-
-def _cache_path(p) -> Path:
-    from .params import path
-
-    return path(p.llm.cache_path) if p.llm.cache_path else p.run_dir / "llm_cache.sqlite"
+    return llm.usage(results + g_results, P.llm, ep.model)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -695,7 +681,7 @@ def coder_check(
     units: list[dict],
     comparison: str = "auto_vs_annomi",
     to_label=coder_label,
-    n_boot: int = 1000,
+    bootstrap: int = 1000,
     seed: int = 0,
 ) -> tuple[dict, pd.DataFrame]:
     """Agreement of the automatic coder with reference labels on a coded sample.
@@ -704,8 +690,6 @@ def coder_check(
     compared utterances) and the confusion matrix in long form (reference, coder, n), where the
     coder's missing answers are the column 'missing'.
     """
-    from .worksheets import cohen_kappa
-
     uts = [ut for u in units for ut in u["utterances"]]
     got = [(ut["reference"], to_label(ut.get("codes"))) for ut in uts]
     pairs = [(a, b) for a, b in got if b is not None]
@@ -713,7 +697,7 @@ def coder_check(
     lo = hi = math.nan
     if len(pairs) > 1:
         rng = np.random.default_rng(seed)
-        draws = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))
+        draws = rng.integers(0, len(pairs), size=(bootstrap, len(pairs)))
         kappas = [cohen_kappa([ref[i] for i in d], [auto[i] for i in d]) for d in draws]
         kappas = np.array(kappas)[~np.isnan(kappas)]  # a draw with one label only: undefined
         if kappas.size:
@@ -739,8 +723,9 @@ def coder_check(
     return row, cm.assign(comparison=comparison)[["comparison", "reference", "coder", "n"]]
 
 
-# ----------------------------------------------------------------------------- the stage's call
-def _write_codes(units: list[dict], file: Path, version: str) -> None:
+# ----------------------------------------------------------------------------- artifacts
+def write_codes(units: list[dict], file: Path, version: str) -> None:
+    """Coded units, one JSON line each with the prompt version that coded them."""
     from .runs import write_atomic  # a unique temporary file, then a rename
 
     write_atomic(
@@ -749,75 +734,3 @@ def _write_codes(units: list[dict], file: Path, version: str) -> None:
             json.dumps({**u, "prompt_version": version}, ensure_ascii=False) + "\n" for u in units
         ),
     )
-
-
-def evaluate(p, generations_path, out_dir, endpoint=None) -> dict:
-    """Code stage 04's generations and the coder-check samples; write miti_codes.jsonl (the
-    generations), miti_check_codes.jsonl (AnnoMI and gold samples), miti_summary.csv,
-    miti_dialogues.csv, coder_agreement.csv, coder_confusion.csv and blank worksheets/.
-
-    Opens llm.endpoint(p.llm) unless an endpoint is given.
-    """
-    from . import llm, prompts, worksheets
-    from .params import path
-
-    cfg, out_dir = settings(p), Path(out_dir)
-    if not cfg["enabled"]:
-        return {}
-    units = units_from_generations(generations_path, cfg["max_utterances"])
-    annomi = read_annomi(path(cfg["annomi_path"]))
-    check = annomi_sample(annomi, cfg["annomi_sample"], p.seed, cfg["context_turns"])
-    gold = (
-        gold_sample(read_gold(path(cfg["gold_path"])), cfg["gold_sample"], p.seed)
-        if cfg["gold_sample"]
-        else []
-    )
-    opened = contextlib.nullcontext(endpoint) if endpoint is not None else llm.endpoint(p.llm)
-    with opened as ep:
-        usage = code_units(ep, units, p, cfg, rate_globals=cfg["rate_globals"])
-        usage_check = (
-            code_units(ep, check + gold, p, cfg, rate_globals=False) if check + gold else {}
-        )
-    version = prompts.name(cfg["prompt_version"])
-    _write_codes(units, out_dir / stages.file_name(stages.MITI_CODES), version)
-    _write_codes(check + gold, out_dir / stages.file_name(stages.MITI_CHECK_CODES), version)
-    per_dialogue = dialogue_table(units)
-    summary = pd.concat(
-        [group_summary(per_dialogue, "generated"), annomi_reference(annomi)], ignore_index=True
-    )
-    exported = worksheets.export(units, out_dir / "worksheets")
-    rows, confusions = [], []
-    for name, sample, to_label in [
-        ("auto_vs_annomi", check, coder_label),
-        ("auto_vs_welivita_pu_gold", gold, code_label),
-        ("welivita_pu_classifier_vs_gold", gold_baseline(gold), code_label),
-    ]:
-        if sample:
-            row, cm = coder_check(sample, name, to_label, cfg["check_bootstrap"], p.seed)
-            rows.append(row)
-            confusions.append(cm)
-    rows += worksheets.human_agreement(cfg["human_worksheets"], units)
-    agreement = pd.DataFrame(rows, columns=worksheets.AGREEMENT_COLUMNS)
-    confusion = (
-        pd.concat(confusions, ignore_index=True)
-        if confusions
-        else pd.DataFrame(columns=["comparison", "reference", "coder", "n"])
-    )
-    from .runs import atomic_path
-
-    for df, name in (
-        (per_dialogue, stages.MITI_DIALOGUES),
-        (summary, stages.MITI_SUMMARY),
-        (agreement, stages.CODER_AGREEMENT),
-        (confusion, stages.CODER_CONFUSION),
-    ):
-        with atomic_path(out_dir / stages.file_name(name)) as tmp:
-            df.to_csv(tmp, index=False)
-    return {
-        "summary": summary,
-        "per_dialogue": per_dialogue,
-        "agreement": agreement,
-        "confusion": confusion,
-        "usage": {"generations": usage, "coder_check": usage_check},
-        "worksheets": exported,
-    }

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
+from .devices import compute_dtype
+
 # ----------------------------------------------------------------------------- chat templates
 # Llama3-8B-Chinese-Chat-v2 (its tokenizer_config's template, Meta's Llama 3 layout): every turn's text
 # is trimmed and a conversation without a system turn gets the model's default system prompt:
@@ -232,28 +234,6 @@ def prepare_tokenizer(spec: ModelSpec, tok):
             f"model {spec.name}: end-of-turn token {spec.eot_token!r} is not in the tokenizer"
         )
     return tok
-
-
-def cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without it torch emulates
-    bf16 products: a bf16 Linear ran 4.4x slower than fp32 and a bf16 `@` 65x slower (0.45 vs 2.0
-    and 0.023 vs 1.5 GFLOP/s, 512x640x2048, measured on a busy 2-core AVX2 EPYC)."""
-    import torch
-
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # an older torch: read the CPU flags
-        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def compute_dtype(dtype: str, device: str) -> str:
-    """The dtype to compute in: `dtype`, except bf16 on a CPU without native bf16, which runs in fp32."""
-    return (
-        "float32"
-        if dtype == "bfloat16" and str(device).startswith("cpu") and not cpu_bf16()
-        else dtype
-    )
 
 
 def load(name: str, device: str = "cpu", dtype: str | None = None, path: str | Path | None = None):

@@ -104,7 +104,7 @@ class TranscriptionParams:
     n_train: int = 2000
     n_test: int = 40
     batch_api: bool = False  # OpenAI Batch API instead of live requests (remote only)
-    # start each counselor turn with its MI behaviour tag <mi:label> (forecast.TAGS), kept in the
+    # start each counselor turn with its MI behaviour tag <mi:label> (schema.TAGS), kept in the
     # corpus so SFT learns it; needs a tagged prompt version (mi_tagged_v1, mi_turn_tagged_v1)
     tag_behaviour: bool = False
     # whole-dialogue unit: a client turn may differ from its source by at most this share of its
@@ -141,6 +141,9 @@ class MitiParams:  # evaluation.miti: the MITI 4.2.1 coder (mi_llm.miti); paths 
     human_worksheets: dict = field(default_factory=dict)  # coder name -> folder of worksheets
 
 
+FORECASTER_KINDS = ("universal", "text", "char", "boost")  # forecast.build makes each
+
+
 @dataclass
 class ForecasterParams:  # evaluation.forecaster: the next-behaviour forecaster (mi_llm.forecast)
     enabled: bool = True
@@ -151,7 +154,7 @@ class ForecasterParams:  # evaluation.forecaster: the next-behaviour forecaster 
     )
     context_turns: int = 2  # preceding utterances whose words form the context feature
     model: str = (
-        "text"  # forecaster kind (forecast.KINDS), chosen by benchmarks/forecaster_models.py
+        "text"  # forecaster kind (FORECASTER_KINDS), chosen by benchmarks/forecaster_models.py
     )
     C: float = 0.1  # inverse L2 strength of the logistic regression
 
@@ -165,7 +168,7 @@ class EvaluationParams:
     # finetuned: + 03 adapter; conditioned: + 03 adapter, each reply begun with an MI behaviour tag
     variants: list = field(default_factory=lambda: ["base", "finetuned"])
     condition_on: str = (
-        "forecaster"  # conditioned variant's behaviour: forecaster | a forecast.TAGS label
+        "forecaster"  # conditioned variant's behaviour: forecaster | a schema.TAGS label
     )
     max_dialogues: int | None = None  # test dialogues evaluated; None: all
     max_rounds: int | None = None  # counselor turns per dialogue (the first ones); None: all
@@ -366,7 +369,7 @@ def from_dict(data: dict, where: str = "params") -> Params:
 
 def _check_evaluation_choices(e: EvaluationParams, where: str) -> None:
     """Variants, condition_on and the forecaster's kind and MI qualities are names from fixed lists."""
-    from . import forecast  # the behaviour tags and forecaster kinds live beside their code
+    from .schema import TAGS  # the behaviour tags
 
     for key, values, allowed in [
         ("variants", e.variants, VARIANTS),
@@ -376,14 +379,13 @@ def _check_evaluation_choices(e: EvaluationParams, where: str) -> None:
         if bad or len(set(values)) != len(values):
             what = f"unknown {bad}" if bad else f"repeated names in {values}"
             raise ParamsError(f"{where}.{key}: {what}; known: {list(allowed)}")
-    if e.condition_on not in ("forecaster", *forecast.TAGS):
+    if e.condition_on not in ("forecaster", *TAGS):
         raise ParamsError(
-            f"{where}.condition_on: {e.condition_on!r} is not 'forecaster' or one of "
-            f"{list(forecast.TAGS)}"
+            f"{where}.condition_on: {e.condition_on!r} is not 'forecaster' or one of {list(TAGS)}"
         )
-    if e.forecaster.model not in forecast.KINDS:
+    if e.forecaster.model not in FORECASTER_KINDS:
         raise ParamsError(
-            f"{where}.forecaster.model: {e.forecaster.model!r} is not one of {list(forecast.KINDS)}"
+            f"{where}.forecaster.model: {e.forecaster.model!r} is not one of {list(FORECASTER_KINDS)}"
         )
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import stages
+from . import cache, stages
+from .metrics import bootstrap_ci
 from .schema import Dialogue
 
 STAGE = "01_corpus_quality"
@@ -153,21 +154,21 @@ def describe(dialogues: list[Dialogue], report: dict | None = None) -> dict:
     }
 
 
-def load_corpora(p) -> dict[str, tuple[list[Dialogue], dict]]:
-    """Load every corpus of p.corpora.sources: name -> (dialogues, loader report), limit applied.
+def load_corpora(P) -> dict[str, tuple[list[Dialogue], dict]]:
+    """Load every corpus of P.corpora.sources: name -> (dialogues, loader report), limit applied.
 
     Refuses (ValueError) a missing path and a fixture (check.corpus_problems) unless
-    p.corpora.allow_fixtures; the report's "fixture" says whether the corpus is one.
+    P.corpora.allow_fixtures; the report's "fixture" says whether the corpus is one.
     """
     from . import check, corpora, params
 
-    problems = check.corpus_problems(p)  # a missing path, or a fixture without allow_fixtures
+    problems = check.corpus_problems(P)  # a missing path, or a fixture without allow_fixtures
     if problems:
         raise ValueError("corpora: " + "\n".join(problems))
     out = {}
-    for name, src in p.corpora.sources.items():
+    for name, src in P.corpora.sources.items():
         dialogues, report = corpora.load_with_report(
-            name, params.path(src), on_error=p.corpora.on_error, limit=p.corpora.limit
+            name, params.path(src), on_error=P.corpora.on_error, limit=P.corpora.limit
         )
         out[name] = (dialogues, {**report, "fixture": corpora.is_fixture(params.path(src))})
     return out
@@ -287,30 +288,23 @@ def sample_dialogues(dialogues: list[Dialogue], n: int, seed: int, corpus: str) 
     return [dialogues[i] for i in idx]
 
 
-def judge_samples(loaded: dict, p) -> dict[str, list[Dialogue]]:
-    """The judge's sample of every loaded corpus: name -> p.quality.judge_sample dialogues."""
+def judge_samples(loaded: dict, P) -> dict[str, list[Dialogue]]:
+    """The judge's sample of every loaded corpus: name -> P.quality.judge_sample dialogues."""
     return {
-        name: sample_dialogues(ds, p.quality.judge_sample, p.seed, name)
+        name: sample_dialogues(ds, P.quality.judge_sample, P.seed, name)
         for name, (ds, _) in loaded.items()
     }
 
 
-def cache_path(p) -> Path:
-    """The LLM answer cache of the run: p.llm.cache_path or runs/<name>/llm_cache.sqlite."""
-    from . import params
-
-    return params.path(p.llm.cache_path) if p.llm.cache_path else p.run_dir / "llm_cache.sqlite"
-
-
-def judge(ep, samples: dict[str, list[Dialogue]], p) -> tuple[list[dict], dict]:
+def judge(ep, samples: dict[str, list[Dialogue]], P) -> tuple[list[dict], dict]:
     """Score every sampled dialogue with the LLM judge: (records for judgements.jsonl, llm.usage).
 
-    An answer that parse_judgement rejects is asked again up to p.quality.parse_retries times, then
+    An answer that parse_judgement rejects is asked again up to P.quality.parse_retries times, then
     recorded with ok=False and the reason; every raw answer is kept in `answers`.
     """
     from . import llm, prompts
 
-    q = p.quality
+    q = P.quality
     template, version = prompt_template(q.prompt_version), prompts.name(q.prompt_version)
     units, requests = [], []
     for corpus, ds in samples.items():
@@ -322,8 +316,8 @@ def judge(ep, samples: dict[str, list[Dialogue]], p) -> tuple[list[dict], dict]:
     results = llm.complete(
         ep,
         requests,
-        llm_params=p.llm,
-        cache_path=cache_path(p),
+        llm_params=P.llm,
+        cache_path=cache.cache_path(P),
         settings=settings,
         validate=parse_judgement,
         retries=q.parse_retries,
@@ -334,7 +328,7 @@ def judge(ep, samples: dict[str, list[Dialogue]], p) -> tuple[list[dict], dict]:
         _record(corpus, d, truncated, r, version, ep)
         for (corpus, d, truncated), r in zip(units, results)
     ]
-    return records, llm.usage(results, p.llm, ep.model)
+    return records, llm.usage(results, P.llm, ep.model)
 
 
 def _record(corpus, d: Dialogue, truncated: bool, r, prompt_version: str, ep) -> dict:
@@ -381,23 +375,11 @@ def judgements_table(records: list[dict]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- ranking
-def bootstrap_ci(values, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean; (nan, nan) with fewer than 2 values."""
-    x = np.asarray(values, dtype=float)
-    if x.size < 2:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)  # (n_resamples,)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return float(low), float(high)
-
-
 MIN_CI_JUDGED = 5  # judged dialogues a corpus needs for its total's CI; fewer: NaN and ci_note
 
 
 def rank(
-    stats: pd.DataFrame, records: list[dict], top_k: int, n_resamples: int, seed: int
+    stats: pd.DataFrame, records: list[dict], top_k: int, bootstrap: int, seed: int
 ) -> pd.DataFrame:
     """quality.csv: statistics + mean rubric scores, bootstrap CI of the total, rank, selection.
 
@@ -417,7 +399,7 @@ def rank(
         judged = [r for r in recs if r["ok"]]
         row = {c: _mean([r["scores"][c] for r in judged]) for c in CRITERIA}
         totals = [r["total"] for r in judged]
-        low, high = bootstrap_ci(totals, n_resamples, seed + i)
+        low, high = bootstrap_ci(totals, bootstrap, seed + i)
         note = ""
         if len(totals) < MIN_CI_JUDGED:  # a bootstrap of 1-4 values is no interval (often width 0)
             low = high = math.nan

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import stages
+from .schema import CJK, DataError, jsonl_rows
 
 SUICIDE, HARM = "suicide_self_harm", "harm_others"
 CATEGORIES = (SUICIDE, HARM)
@@ -298,21 +299,12 @@ def screen_llm(ep, texts: list[str], llm_params, cache_path=None, retries: int =
     from . import llm
 
     keys = ["crisis:" + hashlib.sha256(t.encode("utf-8")).hexdigest()[:20] for t in texts]
-    reqs = {
-        k: llm.Request(k, [{"role": "user", "content": LLM_PROMPT.format(text=t)}])
-        for k, t in zip(keys, texts)
-    }  # a repeated message is asked once
-    results = llm.complete(
-        ep,
-        list(reqs.values()),
-        llm_params=llm_params,
-        cache_path=cache_path,
-        retries=retries,
-        settings={"temperature": 0.0, "max_tokens": 96},
-        validate=parse_llm,
-        desc="crisis screen",
-    )
-    by_key = {r.key: r for r in results}
+    contents = {k: LLM_PROMPT.format(text=t) for k, t in zip(keys, texts)}  # asked once per text
+    settings = {"temperature": 0.0, "max_tokens": 96}
+    by_key = llm.complete_by_key(
+        ep, contents, llm_params=llm_params, cache_path=cache_path, retries=retries,
+        settings=settings, validate=parse_llm, desc="crisis screen",
+    )  # fmt: skip
     out = []
     for t, k in zip(texts, keys):
         r = by_key[k]
@@ -352,25 +344,13 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 def read_labelled(path) -> list[dict]:
     """The labelled set: JSONL with text, label (0/1), category, lang, split; errors name the field."""
-    from .schema import DataError
-
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"line {i}", "line", f"not JSON: {e.msg}") from None
-            for k in ("text", "label", "category"):
-                if k not in r:
-                    raise DataError(path, f"line {i}", k, "missing")
-            if r["label"] not in (0, 1):
-                raise DataError(path, f"line {i}", "label", f"must be 0 or 1, got {r['label']!r}")
-            if r["label"] and r["category"] not in CATEGORIES:
-                raise DataError(path, f"line {i}", "category", f"must be one of {CATEGORIES}")
-            rows.append(r)
+    for i, r in jsonl_rows(path, ("text", "label", "category")):
+        if r["label"] not in (0, 1):
+            raise DataError(path, f"line {i}", "label", f"must be 0 or 1, got {r['label']!r}")
+        if r["label"] and r["category"] not in CATEGORIES:
+            raise DataError(path, f"line {i}", "category", f"must be one of {CATEGORIES}")
+        rows.append(r)
     return rows
 
 
@@ -432,7 +412,7 @@ REFERRAL = {
 
 def language(text: str) -> str:
     """'zh' when the text has any CJK ideograph, else 'en'."""
-    return "zh" if re.search(r"[\u4e00-\u9fff]", text or "") else "en"
+    return "zh" if CJK.search(text or "") else "en"
 
 
 def referral_config(path=None) -> dict:
@@ -441,8 +421,6 @@ def referral_config(path=None) -> dict:
     if path is None:
         return cfg
     import yaml
-
-    from .schema import DataError
 
     try:
         user = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -497,17 +475,7 @@ def reply_report(generations) -> tuple:
     import pandas as pd
 
     if isinstance(generations, (str, Path)):
-        from .schema import DataError
-
-        path, records = generations, []
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(path, f"line {i}", "line", f"not JSON: {e.msg}") from None
-        generations = records
+        generations = [r for _, r in jsonl_rows(generations, ())]
     rows, totals = [], {}
     for r in generations:
         key = (r["model"], r["variant"])

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import chat, client_talk, miti, references, safety, stages
+from . import cache, chat, client_talk, miti, references, safety, stages
 
 EXTRA_COLUMNS = [
     "change",
@@ -109,7 +109,7 @@ def code_clients(rows: list[dict], ep, P, client_coder: str = "auto", classifier
             [r["text"] for r in by_llm],
             [r["previous"] for r in by_llm],
             P.llm,
-            cache_path=miti._cache_path(P),
+            cache_path=cache.cache_path(P),
         )
         for r, y in zip(by_llm, codes):
             r.update(code=y, coder="llm")

@@ -22,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import models, stages
+from . import devices, models, stages
 from .params import Params
 from .params import path as params_path
-from .schema import DataError
+from .schema import DataError, read_split
 
 STAGE = "03_sft"
 TRAIN_FILE = stages.TRAIN
@@ -107,7 +107,7 @@ def sft_config(P: Params, spec: models.ModelSpec, output_dir: Path, **overrides)
         kw.update(packing=True, packing_strategy="bfd")
     if not kw.get("gradient_checkpointing"):
         kw.pop("gradient_checkpointing_kwargs", None)
-    if _on_cpu(P) and kw.get("bf16", True) and not models.cpu_bf16():
+    if _on_cpu(P) and kw.get("bf16", True) and not devices.cpu_bf16():
         # bf16 autocast on a CPU without native bf16 emulates every matmul (4x+ slower than fp32);
         # models.load gives fp32 weights there, so training runs in fp32
         kw["bf16"] = False
@@ -126,32 +126,10 @@ def read_train(P: Params) -> list[dict]:
     f = P.run_dir / TRAIN_FILE
     if not f.exists():
         raise FileNotFoundError(f"{f}: no training split; run stage 02 (02_mi_transcription) first")
-    records = []
-    with open(f, encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f, i, "line", f"not JSON: {e}") from e
-            _check_messages(rec.get("messages"), f, rec.get("id", i))
-            records.append(rec)
+    records = read_split(f)
     if not records:
         raise DataError(f, None, "messages", "the training split is empty")
     return records
-
-
-def _check_messages(msgs, f, rec) -> None:
-    if not isinstance(msgs, list) or not msgs:
-        raise DataError(f, rec, "messages", "missing or empty")
-    for j, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            raise DataError(
-                f, rec, f"messages[{j}].role", f"expected system|user|assistant in {m!r}"
-            )
-        if not isinstance(m.get("content"), str) or not m["content"].strip():
-            raise DataError(f, rec, f"messages[{j}].content", "empty or not a string")
 
 
 def samples(
@@ -360,7 +338,7 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     _write_identity(ckpt_dir, ident)
     if model_path is None and model_name in P.model_paths:
         model_path = params_path(P.model_paths[model_name])
-    dtype = models.compute_dtype(
+    dtype = devices.compute_dtype(
         spec.dtype, "cpu" if _on_cpu(P) else "cuda"
     )  # fp32 on a CPU without bf16
     model, tok = models.load(model_name, device="cpu", dtype=dtype, path=model_path)
@@ -423,20 +401,6 @@ def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples) 
     }
     write_atomic(out / REPORT_FILE, json.dumps(report, indent=2))
     return report
-
-
-def train_logs(P: Params, names=None):
-    """pandas DataFrame of every model's train_log.csv (model, step, loss, learning_rate, tokens_per_s)."""
-    import pandas as pd
-
-    frames = []
-    for name in names or P.sft.models:
-        f = P.run_dir / stages.TRAIN_LOG.format(model=name)
-        if f.exists():
-            frames.append(pd.read_csv(f).assign(model=name))
-    if not frames:
-        raise FileNotFoundError(f"{P.run_dir / STAGE}: no {LOG_FILE}; train a model first")
-    return pd.concat(frames, ignore_index=True)
 
 
 def artifacts(P: Params, names=None) -> list[Path]:

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from . import forecast, metrics, quality, stages, therapy, transcribe
-from .miti import ANNOMI_CODES, CODES, SCORES, THRESHOLDS
+from .metrics import bootstrap_ci
+from .miti import ANNOMI_CODES, CODES, NONE, SCORES, THRESHOLDS
 from .schema import DataError
 
 CRITERIA = quality.CRITERIA  # rubric criterion -> max points
@@ -110,17 +111,6 @@ def _long(df: pd.DataFrame, ids: list[str], names, with_ci=()) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95):
-    """Percentile bootstrap CI of the mean of `values` (NaN-free), as (low, high)."""
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if len(v) == 0:
-        return np.nan, np.nan
-    idx = np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))  # n_boot x n
-    means = v[idx].mean(axis=1)
-    return tuple(np.quantile(means, [(1 - level) / 2, (1 + level) / 2]))
-
-
 def source_labels(df: pd.DataFrame) -> pd.Series:
     """One source id per row from its id columns, e.g. 'gemma3-270m · finetuned': the ids as the
     artifacts hold them, never fitted to a font (mi_llm.figures.label does that when drawing)."""
@@ -150,7 +140,7 @@ def quality_table(run_dir) -> pd.DataFrame:
             if m == "total":
                 lo, hi = r["total_ci_low"], r["total_ci_high"]
             elif scores is not None:
-                lo, hi = bootstrap_ci(scores.loc[scores.corpus == r["corpus"], m])
+                lo, hi = bootstrap_ci(scores.loc[scores.corpus == r["corpus"], m].dropna())
             else:
                 lo = hi = np.nan
             rows.append(
@@ -294,7 +284,7 @@ def miti_codes_table(run_dir) -> pd.DataFrame:
     miti_summary.csv (counts of Q, SR, CR, GI over n_coded utterances; AnnoMI annotates no other
     MITI code), when that file is there.
     """
-    names = {**CODES, "NONE": "no behaviour"}
+    names = {**CODES, NONE: "no behaviour"}
     f = _file(run_dir, stages.MITI_CODES)
     rows = []
     for i, rec in enumerate(_jsonl(f)):
@@ -307,7 +297,7 @@ def miti_codes_table(run_dir) -> pd.DataFrame:
             c = u.get("codes")
             if c is None:
                 continue  # not coded
-            codes = [x for x in c if x != "NONE"] or ["NONE"]
+            codes = [x for x in c if x != NONE] or [NONE]
             rows.append({**src, "utt": len(rows), "codes": [names.get(x, x) for x in codes]})
     if not rows:
         raise MissingArtifact(f"{f} has no coded utterances")

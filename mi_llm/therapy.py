@@ -26,7 +26,9 @@ import re
 import numpy as np
 import pandas as pd
 
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+from .schema import CJK_CHARS, cjk_share
+
+_CJK = CJK_CHARS
 _SENTENCE_END = re.compile(r"(?:[。！？!?\n]|(?<!\d)\.|\.(?!\d))+")
 _CONTENT = re.compile(rf"[{_CJK}A-Za-z0-9]")
 _ZH_NAME = re.compile(
@@ -74,13 +76,6 @@ def sentences(text: str) -> int:
 def question_marks(text: str) -> int:
     """Number of ? and full-width ？ in the text."""
     return text.count("?") + text.count("？")
-
-
-def cjk_share(text: str) -> float:
-    """Share of CJK characters among CJK + Latin letters (0 when there are none)."""
-    cjk = len(re.findall(rf"[{_CJK}]", text))
-    latin = len(re.findall(r"[A-Za-z]", text))
-    return cjk / (cjk + latin) if cjk + latin else 0.0
 
 
 _VADER = None

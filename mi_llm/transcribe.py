@@ -26,14 +26,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import forecast, llm, prompts, runs, stages
+from . import llm, prompts, runs, schema, stages
 from .params import path as project_path
-from .schema import DataError, Dialogue, Turn
+from .schema import ROLE_OF, DataError, Dialogue, Turn, cjk_share
 
 LABEL = {"client": "来访者", "counselor": "咨询师"}
 SPEAKER_OF = {"来访者": "client", "咨询师": "counselor", "心理咨询师": "counselor"}
 LINE = re.compile(r"^\s*(来访者|心理咨询师|咨询师)\s*[：:]\s*(.*)$")
-CJK = re.compile(r"[\u3400-\u9fff]")
 SPEAKER_INSIDE = re.compile(r"(来访者(?:接着说)?|心理咨询师|咨询师|求助者|支持者)\s*[：:]")
 # labels a small model puts before its reply, echoing the prompt (原回复：…) or announcing it (改写：…)
 REPLY_LABEL = re.compile(
@@ -128,18 +127,12 @@ def parse_dialogue(text: str) -> list[Turn]:
     return turns
 
 
-def cjk_share(text: str) -> float:
-    """Share of non-space characters that are CJK ideographs (0..1)."""
-    chars = [c for c in text if not c.isspace()]
-    return sum(bool(CJK.match(c)) for c in chars) / len(chars) if chars else 0.0
-
-
 # ----------------------------------------------------------------------------- validation
 def check_text(new: str, source: str, tp) -> None:
     """Language and length checks shared by both units; raises ValueError("reason: detail")."""
     if not new.strip():
         raise ValueError("empty: no text")
-    src_cjk, new_cjk = cjk_share(source), cjk_share(new)
+    src_cjk, new_cjk = cjk_share(source, "chars"), cjk_share(new, "chars")
     if src_cjk >= 0.3 and new_cjk < 0.5 * src_cjk:  # a Chinese source must give a Chinese rewrite
         raise ValueError(f"language: CJK share {new_cjk:.2f} vs source {src_cjk:.2f}")
     ratio = len(new) / max(1, len(source))
@@ -166,11 +159,11 @@ def _untag(turns: list[Turn]) -> tuple[list[Turn], list[Turn]]:
     for i, t in enumerate(turns):
         if t.speaker == "counselor":
             try:
-                label, rest = forecast.require_tag(t.text)
+                label, rest = schema.require_tag(t.text)
             except ValueError as e:
                 raise ValueError(f"untagged: turn {i}: {e}") from e
             t, bare = (
-                Turn(t.speaker, forecast.tag_text(rest.strip(), label)),
+                Turn(t.speaker, schema.tag_text(rest.strip(), label)),
                 Turn(t.speaker, rest.strip()),
             )
         else:
@@ -272,7 +265,7 @@ def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
     label = None
     if tp.tag_behaviour:
         try:
-            label, line = forecast.require_tag(line)
+            label, line = schema.require_tag(line)
         except ValueError as e:
             raise ValueError(f"untagged: {e}") from e
     line = whole_sentences(line.strip())
@@ -280,7 +273,7 @@ def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
     if key == normalise(source) or any(key == normalise(t.text) for t in context):
         raise ValueError("copied: the reply repeats the source or the context")
     check_text(line, source, tp)
-    return forecast.tag_text(line, label) if label else line
+    return schema.tag_text(line, label) if label else line
 
 
 # ----------------------------------------------------------------------------- requests
@@ -335,14 +328,13 @@ def _reason(error: str | None) -> str:
 
 def to_record(d: Dialogue, turns: list[Turn], version: str) -> dict:
     """The MI corpus record of one rewritten dialogue (contract of 02's train/test.jsonl)."""
-    role = {"client": "user", "counselor": "assistant"}
     return {
         "id": f"{d.corpus}-{d.id}",
         "source_corpus": d.corpus,
         "source_id": str(d.id),
         "prompt_version": prompts.name(version),
         "topic": d.meta.get("topic"),
-        "messages": [{"role": role[t.speaker], "content": t.text} for t in turns],
+        "messages": [{"role": ROLE_OF[t.speaker], "content": t.text} for t in turns],
     }
 
 
@@ -351,23 +343,20 @@ def _by_dialogue(ep, dialogues, P, cache_path, batch_dir):
     tp, v = P.transcription, P.transcription.prompt_version
     parts = prompts.parts(v)
     check_prompt(parts, v, tp)
-    settings = {"temperature": tp.temperature, "max_tokens": tp.max_tokens}
+    common = {  # llm.complete's arguments for either unit
+        "llm_params": P.llm,
+        "cache_path": cache_path,
+        "settings": {"temperature": tp.temperature, "max_tokens": tp.max_tokens},
+        "retries": tp.validation_retries,
+        "batch_dir": batch_dir,
+    }
     if tp.unit == "dialogue":
         reqs = []
         for d in dialogues:
             r = dialogue_request(d, parts, v)
             r.validate = lambda text, d=d: validate_dialogue(text, d, tp)
             reqs.append(r)
-        res = llm.complete(
-            ep,
-            reqs,
-            llm_params=P.llm,
-            cache_path=cache_path,
-            settings=settings,
-            retries=tp.validation_retries,
-            desc="transcribe",
-            batch_dir=batch_dir,
-        )
+        res = llm.complete(ep, reqs, desc="transcribe", **common)
         return [
             (d, r.parsed if r.ok else None, None if r.ok else r.error, [r])
             for d, r in zip(dialogues, res)
@@ -381,19 +370,7 @@ def _by_dialogue(ep, dialogues, P, cache_path, batch_dir):
             )
             reqs.append(r)
     # the local server ignores `stop`, so answers run on past their first line: validate_turn checks it
-    res = iter(
-        llm.complete(
-            ep,
-            reqs,
-            llm_params=P.llm,
-            cache_path=cache_path,
-            settings=settings,
-            retries=tp.validation_retries,
-            desc="transcribe turns",
-            batch_dir=batch_dir,
-            truncated_ok=True,
-        )
-    )
+    res = iter(llm.complete(ep, reqs, desc="transcribe turns", truncated_ok=True, **common))
     out = []
     for d, items in zip(dialogues, per):
         rs = [next(res) for _ in items]
@@ -458,7 +435,7 @@ def transcribe(
             {
                 "behaviours": dict(
                     Counter(
-                        forecast.strip_tag(m["content"])[0]
+                        schema.strip_tag(m["content"])[0]
                         for r in records
                         for m in r["messages"]
                         if m["role"] == "assistant"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import cohen_kappa
 from .miti import CODES, GLOBAL_MAX, GLOBAL_MIN, GLOBALS, code_label, code_set
 from .schema import DataError
 
@@ -222,17 +223,6 @@ def icc_2_1(ratings) -> float:
     ems = (((x - grand) ** 2).sum() - bms * (n - 1) - jms * (k - 1)) / ((n - 1) * (k - 1))
     denom = bms + (k - 1) * ems + k * (jms - ems) / n
     return float((bms - ems) / denom) if denom > 0 else math.nan
-
-
-def cohen_kappa(a: list, b: list) -> float:
-    """Cohen's kappa of two raters' labels (scikit-learn); NaN when undefined (one label only)."""
-    from sklearn.metrics import cohen_kappa_score
-
-    if len(a) != len(b):
-        raise ValueError(f"kappa needs paired labels, got {len(a)} and {len(b)}")
-    if not a or len(set(a) | set(b)) < 2:
-        return math.nan
-    return float(cohen_kappa_score(a, b))
 
 
 def agreement(a: dict, b: dict, comparison: str) -> dict:

@@ -8,52 +8,11 @@ import json
 
 import openai
 import pytest
+from conftest import CHAT_MODEL, counselor, make_run
 from openai_server import serve as fake_model
 
 from mi_llm import chat, safety
 from mi_llm.schema import Dialogue, validate
-
-NAME = "gemma3-270m"
-
-
-def make_run(root, tiny_model_dir, adapter=None, system="你是一名动机式访谈咨询师。"):
-    """A run folder as the study leaves it: provenance params, the 03 adapter, 02's test split."""
-    run = root / "runs" / "chatrun"
-    run.mkdir(parents=True)
-    params = {
-        "name": "chatrun",
-        "model_paths": {NAME: str(tiny_model_dir)},
-        "evaluation": {"models": [NAME]},
-    }
-    (run / "provenance.json").write_text(json.dumps({"params": params}), encoding="utf-8")
-    if adapter is not None:
-        dst = run / "03_sft" / NAME / "adapter"
-        dst.mkdir(parents=True)
-        for f in adapter.iterdir():
-            (dst / f.name).write_bytes(f.read_bytes())
-    test = run / "02_mi_transcription" / "test.jsonl"
-    test.parent.mkdir(parents=True)
-    test.write_text(
-        json.dumps(
-            {
-                "id": "t0",
-                "messages": [
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": "你好"},
-                ],
-            },
-            ensure_ascii=False,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    return run
-
-
-def counselor(req: dict) -> str:
-    """The stand-in model: echoes how many messages it got and whether the system prompt came first."""
-    first = req["messages"][0]
-    return f"听起来你很在意这件事。[{len(req['messages'])} {first['role']}]"
 
 
 def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(
@@ -65,7 +24,7 @@ def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(
         chat.serve(run, backend_url=backend, backend_model="ft") as c,
     ):
         client = openai.OpenAI(base_url=c.url + "/v1", api_key="none")
-        assert [m.id for m in client.models.list().data] == [f"{NAME}:finetuned"]
+        assert [m.id for m in client.models.list().data] == [f"{CHAT_MODEL}:finetuned"]
         msgs = [{"role": "user", "content": "我想少喝点酒，但是很难。"}]
         r1 = client.chat.completions.create(model=c.model_id, messages=msgs)
         reply = r1.choices[0].message.content
@@ -90,8 +49,8 @@ def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(
     validate(d)
     assert [t.speaker for t in d.turns] == ["client", "counselor", "client", "counselor"]
     assert d.turns[3].text == r2.choices[0].message.content
-    assert d.corpus == "chat" and d.meta["model"] == NAME and d.meta["variant"] == "finetuned"
-    assert d.meta["adapter_sha256"] == chat.adapter_sha256(run / "03_sft" / NAME / "adapter")
+    assert d.corpus == "chat" and d.meta["model"] == CHAT_MODEL and d.meta["variant"] == "finetuned"
+    assert d.meta["adapter_sha256"] == chat.adapter_sha256(run / "03_sft" / CHAT_MODEL / "adapter")
     assert len(d.meta["adapter_sha256"]) == 64 and d.meta["started"] <= d.meta["updated"]
     assert all("time" in t.annotations for t in d.turns) and d.meta["events"] == []
     assert Dialogue.from_dict(json.loads(files[0].read_text(encoding="utf-8"))).id in {
@@ -196,7 +155,7 @@ def test_conditioned_variant_prefills_the_behaviour_tag_in_process(
     msgs = [{"role": "user", "content": "我想少喝点酒，但是很难。"}]
     with chat.serve(run, variant="conditioned", max_tokens=8) as c:
         client = openai.OpenAI(base_url=c.url + "/v1", api_key="none", max_retries=0)
-        assert [m.id for m in client.models.list().data] == [f"{NAME}:conditioned"]
+        assert [m.id for m in client.models.list().data] == [f"{CHAT_MODEL}:conditioned"]
         r1 = client.chat.completions.create(model=c.model_id, messages=msgs)
         r2 = client.chat.completions.create(
             model=c.model_id, messages=msgs, extra_body={"mi_behaviour": "open_question"}
@@ -206,8 +165,10 @@ def test_conditioned_variant_prefills_the_behaviour_tag_in_process(
                 model=c.model_id, messages=msgs, extra_body={"mi_behaviour": "question"}
             )
     # the same reply as stage 04's generation with the same merged weights and prefix
-    model, tok = models.load(NAME, "cpu", path=tiny_model_dir)
-    model, tok = generate._with_adapter(model, tok, NAME, run / "03_sft" / NAME / "adapter")
+    model, tok = models.load(CHAT_MODEL, "cpu", path=tiny_model_dir)
+    model, tok = generate._with_adapter(
+        model, tok, CHAT_MODEL, run / "03_sft" / CHAT_MODEL / "adapter"
+    )
     system = [{"role": "system", "content": "你是一名动机式访谈咨询师。"}]
     for r, label in ((r1, "complex_reflection"), (r2, "open_question")):
         [want] = generate.generate(
@@ -215,7 +176,7 @@ def test_conditioned_variant_prefills_the_behaviour_tag_in_process(
             tok,
             [system + msgs],
             max_new_tokens=8,
-            stop_tokens=models.get(NAME).special_tokens,
+            stop_tokens=models.get(CHAT_MODEL).special_tokens,
             prefixes=[generate.tag_prefix(label)],
         )
         assert r.choices[0].message.content == generate.split_tag(want)[1].strip()

@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from test_chat import make_run
+from conftest import make_run
 
 from mi_llm import chat, safety
 from mi_llm.schema import Dialogue

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import counselor, make_run
 from openai_server import serve as fake_llm
-from test_chat import counselor, make_run
 
 from mi_llm import chat, client_talk, llm, references, sessions
 from mi_llm.params import ROOT

@@ -139,15 +139,7 @@ def test_data_list_names_every_corpus_with_pins():
         text=True,
         check=True,
     )
-    for name in [
-        "cpsycound",
-        "cpsycoune",
-        "smilechat",
-        "psydtcorpus",
-        "soulchatcorpus",
-        "annomi",
-        "mi_gold",
-    ]:
+    for name in [*corpora.NAMES, "mi_gold"]:  # every loadable corpus and the MI gold sentences
         assert f"\n{name}: " in "\n" + r.stdout
     assert "CAS-SIAT-XinHai/CPsyCoun" in r.stdout and "YIRONGCHEN/PsyDTCorpus" in r.stdout
     assert "1954f2e2d01d3b0f568e1673a525a6d3d9a34c03" in r.stdout

@@ -104,7 +104,7 @@ def _ranked():
         for c in stats["corpus"]
         for _ in range(2)
     ]
-    return quality.rank(stats, recs, top_k=2, n_resamples=50, seed=0)
+    return quality.rank(stats, recs, top_k=2, bootstrap=50, seed=0)
 
 
 def test_quality_csv_has_a_fixture_column(tmp_path):

@@ -2,188 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import matplotlib
-import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_artifacts
 
 matplotlib.use("Agg")
 
 from mi_llm import figures, forecast
 from mi_llm.params import FiguresParams
-
-CRIT = ["comprehensiveness", "professionalism", "authenticity", "safety"]
-JUDGED = {  # corpus -> rubric scores of its judged dialogues (None: the judge's answer failed)
-    "cpsycound": [[2, 3, 3, 1], [1, 2, 3, 1]],
-    "psydtcorpus": [[2, 2, 2, 1], [1, 2, 2, 1], None],
-    "smilechat": [[1, 2, 2, 1], [1, 1, 2, 0]],
-    "cpsycoune": [[1, 1, 2, 1], [0, 1, 1, 1]],
-}
-REPLIES = [  # (topic, round, reference, base reply, finetuned reply): stage 04's generations
-    ("婚恋", 0, "听起来你很在意这段关系。", "你应该和他谈谈吧？你试过吗？", "你很在意这段关系。"),
-    ("婚恋", 1, "你希望他更理解你。", "为什么不分手？", "你希望被理解。"),
-    ("家庭", 0, "和父母的争吵让你很累。", "你父母怎么说？", "争吵让你很累，是吗？"),
-    ("家庭", 1, "你想找到一种平静的沟通方式。", "多沟通就好了。", "你想平静地沟通。"),
-]
-
-
-def _generations():
-    return [
-        {
-            "model": "gemma3-270m",
-            "variant": v,
-            "dialogue_id": f"d-{topic}",
-            "round": r,
-            "topic": topic,
-            "messages": [{"role": "user", "content": "我最近很烦。"}],
-            "reference": ref,
-            "reply": base if v == "base" else ft,
-        }
-        for topic, r, ref, base, ft in REPLIES
-        for v in ("base", "finetuned")
-    ]
-
-
-def write_artifacts(run):
-    """A small but complete run: stages 01-04's artifacts in their real formats (04's tables are
-    computed by mi_llm.metrics / mi_llm.therapy / mi_llm.miti from hand-made generations)."""
-    from mi_llm import metrics, miti, quality, therapy
-
-    q = run / "01_corpus_quality"
-    q.mkdir(parents=True)
-    rows, recs = [], []
-    for c, judged in JUDGED.items():
-        recs += [
-            {
-                "corpus": c,
-                "dialogue_id": f"{c}-{i}",
-                "ok": s is not None,
-                "scores": dict(zip(CRIT, s)) if s else None,
-                "total": sum(s) if s else None,
-            }
-            for i, s in enumerate(judged)
-        ]
-        ok = [s for s in judged if s]
-        means = dict(zip(CRIT, [sum(x[k] for x in ok) / len(ok) for k in range(4)]))
-        tot = sum(means.values())
-        rows.append(
-            {
-                "corpus": c,
-                "n_dialogues": 10,
-                "mean_turns": 12.0,
-                "mean_counselor_chars": 30.0,
-                "mean_client_chars": 20.0,
-                "question_rate": 0.3,
-                "duplicate_rate": 0.0,
-                **means,
-                "total": tot,
-                "total_ci_low": tot - 1,
-                "total_ci_high": min(tot + 1, 9),
-            }
-        )
-    df = pd.DataFrame(rows).sort_values("total", ascending=False)
-    df["rank"], df["selected"] = range(1, len(df) + 1), [True, True, False, False]
-    df[quality.FIXTURE_COLUMN] = False
-    df.to_csv(q / "quality.csv", index=False)  # quality.QUALITY_COLUMNS, then the fixture flag
-    (q / "judgements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    (run / "02_mi_transcription").mkdir()
-    (run / "02_mi_transcription/report.json").write_text(
-        json.dumps(
-            {
-                "unit": "turn",
-                "attempted": 10,
-                "valid": 7,
-                "failed_by_reason": {"too short": 2, "speakers do not alternate": 1},
-                "by_corpus": {"cpsycound": {"attempted": 5, "valid": 4}},
-            }
-        )
-    )
-    for m, l0 in [("gemma3-270m", 4.5), ("tiny", 6.0)]:
-        (run / "03_sft" / m).mkdir(parents=True)
-        log = {
-            "step": range(1, 6),
-            "loss": [l0 * 0.8**i for i in range(5)],
-            "learning_rate": 2e-4,
-            "tokens_per_s": 50.0,
-        }
-        pd.DataFrame(log).to_csv(run / "03_sft" / m / "train_log.csv", index=False)
-    e = run / "04_evaluation"
-    e.mkdir()
-    gens = _generations()
-    metrics.score(gens, bootstrap=200).to_csv(e / "metrics.csv", index=False)
-    therapy.therapy_metrics(gens).to_csv(e / "therapy_metrics.csv", index=False)
-    summary = [
-        {
-            "group": "generated",
-            "model": "gemma3-270m",
-            "variant": "finetuned",
-            **miti.summary_scores(
-                {"Q": 4, "SR": 3, "CR": 1}, {"CCT": 3, "SST": 4, "PARTNER": 4, "EMPATHY": 3}, 8
-            ),
-            "n_coded": 8,
-        },
-        {
-            "group": "reference",
-            "model": "annomi",
-            "variant": "high",
-            **miti.summary_scores({"Q": 2, "SR": 2, "CR": 2}, None, 10),
-            "n_coded": 10,
-            "Q": 2,
-            "SR": 2,
-            "CR": 2,
-            "GI": 1,
-            "AF": np.nan,
-        },
-    ]
-    pd.DataFrame(summary).to_csv(e / "miti_summary.csv", index=False)
-    units = [
-        {
-            "model": "gemma3-270m",
-            "variant": v,
-            "dialogue_id": "d0",
-            "topic": "婚恋",
-            "utterances": [{"turn": i, "round": i, "codes": c} for i, c in enumerate(codes)],
-        }
-        for v, codes in [
-            ("base", [["Q"], ["Q"], ["GI"], None]),
-            ("finetuned", [["SR"], ["Q", "CR"], ["Q"], []]),
-        ]
-    ]
-    units.append(  # a coder-check record: not real MI, not drawn
-        {"model": "annomi", "variant": "high", "check": "annomi", "utterances": [{"codes": ["CR"]}]}
-    )
-    (e / "miti_codes.jsonl").write_text(
-        "".join(json.dumps(u, ensure_ascii=False) + "\n" for u in units)
-    )
-    rng = np.random.default_rng(0)  # forecast.evaluate's table: forecast.score per predictor
-    y = list(rng.choice(forecast.TAGS, 60))
-    groups = [f"rec{i // 6}" for i in range(60)]
-    preds = {
-        "majority": ("baseline", [y[0]] * 60),
-        "previous_behaviour": ("baseline", list(rng.permutation(y))),
-        "forecaster_universal": ("forecaster", y[:40] + [y[0]] * 20),
-    }
-    rows = [
-        {
-            "model": m,
-            "role": role,
-            "features": "none" if role == "baseline" else "language-independent",
-            "n_train": 900,
-            "n_train_sessions": 40,
-            "n_train_recordings": 30,
-            "n_test_transcripts": 10,
-            "reference": "previous_behaviour",
-            **forecast.score(y, p, groups, 100, 0, reference=preds["previous_behaviour"][1]),
-        }
-        for m, (role, p) in preds.items()
-    ]
-    df = pd.DataFrame(rows)
-    df["beats_baselines"] = forecast.beats_baselines(df)
-    forecast.write_table(df, e)
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -291,26 +120,6 @@ def test_missing_artifact_is_skipped_with_its_file_named(made, tmp_path, capsys)
     assert not figures.saved(run).made.any()
 
 
-def test_bad_artifacts_raise_naming_file_and_record(tmp_path):
-    (tmp_path / "02_mi_transcription").mkdir()
-    (tmp_path / "02_mi_transcription/report.json").write_text('{"n_requests": 3}')
-    with pytest.raises(ValueError, match=r"report\.json: .*field 'valid': missing"):
-        figures.transcription_table(tmp_path)
-    (tmp_path / "04_evaluation").mkdir()
-    (tmp_path / "04_evaluation/miti_codes.jsonl").write_text(
-        '{"utterances": [{"codes": ["Q"]}]}\n{"code": "Q"}\n'
-    )  # the one schema mi_llm.miti writes: "utterances", nothing else
-    with pytest.raises(
-        ValueError, match=r"miti_codes\.jsonl: record 1: field 'utterances' missing"
-    ):
-        figures.miti_codes_table(tmp_path)
-    (tmp_path / "04_evaluation/miti_summary.csv").write_text(
-        "group,model,variant,n_coded,tech\ngenerated,m,base,3,4\n"
-    )
-    with pytest.raises(ValueError, match=r"miti_summary\.csv: column 'technical' missing"):
-        figures.miti_summary_table(tmp_path)
-
-
 def test_chinese_labels_become_pinyin_without_a_cjk_font(monkeypatch):
     monkeypatch.setattr(figures, "_cjk_font", None)
     assert figures.label("婚恋 (n=3)") == "Hun Lian (n=3)"
@@ -322,30 +131,6 @@ def test_chinese_labels_become_pinyin_without_a_cjk_font(monkeypatch):
 def test_markdown_table_escapes_and_rounds():
     md = figures.to_markdown(pd.DataFrame({"a": ["x|y"], "b": [1.23456]}))
     assert md.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1.23 |"]
-
-
-def test_text_metrics_table_names_the_content_scores_beside_the_raw_ones(tmp_path):
-    from mi_llm import metrics
-
-    (tmp_path / "04_evaluation").mkdir()
-    gens = [
-        {
-            "model": "m",
-            "variant": v,
-            "dialogue_id": f"d{i}",
-            "round": 0,
-            "reply": "你好。",
-            "reference": "你好！",
-        }
-        for v in ("base", "finetuned")
-        for i in range(3)
-    ]
-    scores = metrics.reply_scores(gens, content=True)
-    metrics.score(scores, bootstrap=20).to_csv(tmp_path / "04_evaluation/metrics.csv", index=False)
-    t = figures.text_metrics_table(tmp_path).set_index(["variant", "metric"]).value
-    # 你好/。 vs 你好/！: raw ROUGE-1 1/2 (你好 matches, the marks do not); content-only 1
-    assert t[("base", "ROUGE-1")] == pytest.approx(50.0, abs=1e-4)
-    assert t[("base", "ROUGE-1 (content only)")] == pytest.approx(100.0)
 
 
 def test_miti_summary_colours_the_papers_three_models_by_three_variants(tmp_path):

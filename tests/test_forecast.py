@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mi_llm import forecast, params
+from mi_llm import forecast, params, schema
 from mi_llm.schema import DataError, Dialogue, Turn
 
 ANNOMI = params.path(forecast.DEFAULTS["annomi_path"])
@@ -57,7 +57,7 @@ def test_sessions_label_every_counselor_turn(sessions):
     assert len(sessions) == 133  # 110 high + 23 low (PROVENANCE.md)
     assert sum(d.meta["mi_quality"] == "low" for d in sessions) == 23
     labels = [forecast.turn_label(t) for d in sessions for t in d.turns if t.speaker == "counselor"]
-    assert len(labels) == 4882 and set(labels) - {None} == set(forecast.TAGS)
+    assert len(labels) == 4882 and set(labels) - {None} == set(schema.TAGS)
     assert labels.count(None) <= 2  # a reflection whose annotators' majority subtype is n/a
     assert len(forecast.load_sessions(ANNOMI, ["low"])) == 23
 
@@ -147,13 +147,13 @@ def test_score_matches_sklearn_and_cis_bracket():
     from sklearn.metrics import f1_score
 
     rng = np.random.default_rng(0)
-    y = rng.choice(forecast.TAGS, 400)
-    p = np.where(rng.random(400) < 0.6, y, rng.choice(forecast.TAGS, 400))
+    y = rng.choice(schema.TAGS, 400)
+    p = np.where(rng.random(400) < 0.6, y, rng.choice(schema.TAGS, 400))
     groups = np.repeat(np.arange(20), 20)
     s = forecast.score(y, p, groups, bootstrap=300, seed=0)
     assert s["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
-    per = f1_score(y, p, average=None, labels=list(forecast.TAGS))
-    for tag, v in zip(forecast.TAGS, per):
+    per = f1_score(y, p, average=None, labels=list(schema.TAGS))
+    for tag, v in zip(schema.TAGS, per):
         assert s[f"f1_{tag}"] == pytest.approx(v)
         assert s[f"f1_{tag}_ci_low"] <= v <= s[f"f1_{tag}_ci_high"]
     assert s["macro_f1_ci_low"] < s["macro_f1"] < s["macro_f1_ci_high"]
@@ -175,30 +175,6 @@ def test_score_matches_sklearn_and_cis_bracket():
         <= better["delta_macro_f1"]
         <= better["delta_macro_f1_ci_high"]
     )
-
-
-# ----------------------------------------------------------------------------- tags
-def test_tag_round_trip():
-    for tag in forecast.TAGS:
-        for text in ["听起来你很想改变，但又担心失败。", "So you want to cut down?", ""]:
-            assert forecast.strip_tag(forecast.tag_text(text, tag)) == (tag, text)
-    assert forecast.strip_tag("没有标签的句子") == (None, "没有标签的句子")
-    assert forecast.strip_tag("[复杂反映] x") == (None, "[复杂反映] x")
-    with pytest.raises(ValueError, match="unknown MI behaviour"):
-        forecast.tag_text("x", "advice")
-    with pytest.raises(ValueError, match="unknown MI behaviour tag <mi:advice>"):
-        forecast.strip_tag("<mi:advice> x")
-
-
-def test_require_tag_validates_transcriber_output():
-    assert forecast.require_tag(" <mi:open_question> 你想怎么做？") == (
-        "open_question",
-        "你想怎么做？",
-    )
-    with pytest.raises(ValueError, match="lacks a leading"):
-        forecast.require_tag("你想怎么做？")
-    with pytest.raises(ValueError, match="no text"):
-        forecast.require_tag("<mi:open_question>  ")
 
 
 # ----------------------------------------------------------------------------- forecaster
@@ -228,7 +204,7 @@ def test_predict_next_reads_tags_and_chooses_variant(fitted, tmp_path):
     d = test[0]
     i = next(i for i, t in enumerate(d.turns) if i > 4 and t.speaker == "counselor")
     label = forecast.predict_next(bundle, d.turns[:i])
-    assert label in forecast.TAGS
+    assert label in schema.TAGS
     X = pd.DataFrame(
         [forecast.turn_features(forecast._as_history(d.turns[:i]), bundle["context_turns"])]
     )
@@ -237,7 +213,7 @@ def test_predict_next_reads_tags_and_chooses_variant(fitted, tmp_path):
     msgs = [
         {
             "role": "user" if t.speaker == "client" else "assistant",
-            "content": forecast.tag_text(t.text, forecast.turn_label(t))
+            "content": schema.tag_text(t.text, forecast.turn_label(t))
             if t.speaker == "counselor" and forecast.turn_label(t)
             else t.text,
         }
@@ -248,7 +224,7 @@ def test_predict_next_reads_tags_and_chooses_variant(fitted, tmp_path):
         {"role": "user", "content": "我最近总是睡不着，工作压力很大。"},
         {
             "role": "assistant",
-            "content": forecast.tag_text("你愿意多说说工作上的压力吗？", "open_question"),
+            "content": schema.tag_text("你愿意多说说工作上的压力吗？", "open_question"),
         },
         {
             "role": "user",
@@ -261,7 +237,7 @@ def test_predict_next_reads_tags_and_chooses_variant(fitted, tmp_path):
     with pytest.raises(ValueError, match="language"):
         forecast.predict_next(bundle, zh, language="zh")
     # untagged counselor turns: the variant trained on untagged history answers
-    plain = [{**m, "content": forecast.strip_tag(m["content"])[1]} for m in zh]
+    plain = [{**m, "content": schema.strip_tag(m["content"])[1]} for m in zh]
     Xu = pd.DataFrame(
         [forecast.turn_features(forecast._as_history(plain), bundle["context_turns"])]
     )
@@ -311,7 +287,7 @@ def test_evaluate_writes_table_and_model(tmp_path):
         "delta_macro_f1_ci_low",
         "delta_macro_f1_ci_high",
     ]
-    cols += [f"f1_{t}{s}" for t in forecast.TAGS for s in ("", "_ci_low", "_ci_high")]
+    cols += [f"f1_{t}{s}" for t in schema.TAGS for s in ("", "_ci_low", "_ci_high")]
     assert set(cols) <= set(written.columns)
     fc = written.set_index("model")
     assert list(written.beats_baselines) == list(

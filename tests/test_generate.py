@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mi_llm import corpora, generate, models, params
+from mi_llm import corpora, forecast, generate, models, params, schema
 from mi_llm.params import ROOT
 from mi_llm.schema import DataError
 
@@ -65,7 +65,7 @@ def test_read_test_names_the_bad_field(tmp_path):
     rec = _records(1)[0]
     rec["messages"][2]["content"] = "  "
     with pytest.raises(DataError, match=r"messages\[2\]\.content"):
-        generate.read_test(_write(tmp_path / "test.jsonl", [rec]))
+        schema.read_split(_write(tmp_path / "test.jsonl", [rec]))
 
 
 def test_batched_equals_unbatched_greedy_fp32(tiny_model_dir):
@@ -189,15 +189,11 @@ def test_finetuned_variant_needs_and_uses_the_adapter(tiny_model_dir, tmp_path):
 # ----------------------------------------------------------------------------- conditioned variant
 def _tagged_records(n=1):
     """Real records as a tag_behaviour corpus stores them: every counselor turn starts with a tag."""
-    from mi_llm import forecast
-
     recs = _records(n)
     for r in recs:
         for k, m in enumerate(r["messages"]):
             if m["role"] == "assistant":
-                m["content"] = forecast.tag_text(
-                    m["content"], forecast.TAGS[k % len(forecast.TAGS)]
-                )
+                m["content"] = schema.tag_text(m["content"], schema.TAGS[k % len(schema.TAGS)])
     return recs
 
 
@@ -296,8 +292,6 @@ def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(
 
 
 def test_conditioned_on_the_forecaster(tiny_model_dir, tiny_adapter, tmp_path):
-    from mi_llm import forecast
-
     sessions = forecast.load_sessions(ROOT / "data/AnnoMI")[:20]  # real AnnoMI codes, a quick fit
     bundle = forecast.fit(sessions, {**forecast.DEFAULTS, "model": "universal"}, seed=0)
     fc = forecast.save(bundle, tmp_path / "forecaster.joblib")
@@ -308,14 +302,14 @@ def test_conditioned_on_the_forecaster(tiny_model_dir, tiny_adapter, tmp_path):
     with pytest.raises(FileNotFoundError, match="forecaster"):
         generate.run(P, test, out, forecaster_path=tmp_path / "none.joblib", **kw)
     recs = generate.run(P, test, out, forecaster_path=fc, **kw)
-    full = generate.rounds(generate.read_test(test), 2, 3, None)  # whole history, tags included
+    full = generate.rounds(schema.read_split(test), 2, 3, None)  # whole history, tags included
     want = {
         (r["dialogue_id"], r["round"]): forecast.predict_next(bundle, r["messages"]) for r in full
     }
     assert len(recs) == 6 and {(r["dialogue_id"], r["round"]): r["behaviour"] for r in recs} == want
     lines = out.read_text(encoding="utf-8").splitlines()
     rec = json.loads(lines[0])
-    rec["behaviour"] = next(t for t in forecast.TAGS if t != rec["behaviour"])
+    rec["behaviour"] = next(t for t in schema.TAGS if t != rec["behaviour"])
     out.write_text(
         "\n".join([json.dumps(rec, ensure_ascii=False), *lines[1:]]) + "\n", encoding="utf-8"
     )

@@ -9,7 +9,7 @@ import time
 import pytest
 from openai_server import serve
 
-from mi_llm import batch, llm, prompts
+from mi_llm import batch, cache, llm, prompts
 from mi_llm.params import LLMParams
 
 
@@ -60,7 +60,18 @@ def test_answers_in_request_order_with_tokens(tmp_path):
     assert use["cost_usd"] == pytest.approx(expected) and use["priced"]
 
 
-def test_retry_after_is_honoured(tmp_path):
+def _http_date_in_3s() -> str:
+    from email.utils import formatdate
+
+    return formatdate(time.time() + 3, usegmt=True)  # whole seconds: the wait is 2..3 s
+
+
+@pytest.mark.parametrize(
+    "retry_after, min_wait",  # backoff alone would wait <= 0.01 s
+    [(lambda: 1, 1.0), (_http_date_in_3s, 1.9)],
+    ids=["seconds", "http-date"],
+)
+def test_retry_after_is_honoured(tmp_path, retry_after, min_wait):
     arrivals = []
 
     def handler(req):
@@ -68,11 +79,12 @@ def test_retry_after_is_honoured(tmp_path):
         return "ok"
 
     t0 = time.monotonic()
-    with serve(handler, script={1: {"status": 429, "retry_after": 1}}) as url:
+    script = {1: {"status": 429, "retry_after": retry_after()}}
+    with serve(handler, script=script) as url:
         res = run(url, requests(1), tmp_path)
         assert url.stats.count == 2
-    # backoff alone would wait <= 0.01 s: the second try came only after Retry-After's 1 s
-    assert res[0].ok and res[0].api_calls == 2 and arrivals[0] - t0 >= 1.0
+    # the second try came only after Retry-After
+    assert res[0].ok and res[0].api_calls == 2 and arrivals[0] - t0 >= min_wait
 
 
 @pytest.mark.parametrize("action", ["500", "malformed", {"slow": 1.5}])
@@ -156,24 +168,6 @@ def test_cache_makes_rerun_free(tmp_path):
         assert url.stats.count == n == 6
     assert [r.text for r in again] == [r.text for r in first] and all(r.cached for r in again)
     assert llm.usage(again, fast_params(), "test-model")["api_calls"] == 0
-
-
-def test_cache_key_separates_model_settings_messages_attempt():
-    m = [{"role": "user", "content": "hi"}]
-    k = llm.cache_key("a", {"temperature": 0}, m, 0)
-    assert k == llm.cache_key("a", {"temperature": 0}, m, 0)
-    assert (
-        len(
-            {
-                k,
-                llm.cache_key("b", {"temperature": 0}, m, 0),
-                llm.cache_key("a", {"temperature": 1}, m, 0),
-                llm.cache_key("a", {"temperature": 0}, [{"role": "user", "content": "ho"}], 0),
-                llm.cache_key("a", {"temperature": 0}, m, 1),
-            }
-        )
-        == 5
-    )
 
 
 def test_duplicate_keys_are_refused(tmp_path):
@@ -271,22 +265,6 @@ def test_malformed_200_answers_are_retried_and_name_the_request(tmp_path, action
     for r in res:
         assert not r.ok and r.error.startswith("transport: ") and detail in r.error
         assert f"request {r.key}" in r.error
-
-
-def test_retry_after_as_an_http_date_is_honoured(tmp_path):
-    from email.utils import formatdate
-
-    arrivals = []
-
-    def handler(req):
-        arrivals.append(time.monotonic())
-        return "ok"
-
-    t0 = time.monotonic()
-    when = formatdate(time.time() + 3, usegmt=True)  # whole seconds: the wait is 2..3 s
-    with serve(handler, script={1: {"status": 429, "retry_after": when}}) as url:
-        res = run(url, requests(1), tmp_path)
-    assert res[0].ok and res[0].api_calls == 2 and arrivals[0] - t0 >= 1.9
 
 
 def test_failure_reason_records_status_and_message(tmp_path):
@@ -423,18 +401,22 @@ def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, t
     """Greedy batched answers equal those of one request at a time; a cached re-run loads no model."""
     p = LLMParams(provider="embedded", model=str(tiny_model_dir), max_concurrency=4)
     settings = {"temperature": 0.0, "max_tokens": 6}
+
+    def ask(ep, reqs, cache="c.sqlite"):
+        return llm.complete(
+            ep,
+            reqs,
+            llm_params=p,
+            cache_path=tmp_path / cache,
+            settings=settings,
+            truncated_ok=True,
+        )
+
     with llm.endpoint(p) as ep:
         assert (
             ep.provider == "embedded" and ep.local.model is None
         )  # nothing loaded before a request
-        res = llm.complete(
-            ep,
-            chats(6),
-            llm_params=p,
-            cache_path=tmp_path / "c.sqlite",
-            settings=settings,
-            truncated_ok=True,
-        )
+        res = ask(ep, chats(6))
     assert all(
         r.ok and r.api_calls == 1 and r.completion_tokens > 0 and r.prompt_tokens > 5 for r in res
     )
@@ -443,25 +425,11 @@ def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, t
         chats(6)
     ):  # a fresh cache per request: each answered alone (batch of one)
         with llm.endpoint(p) as ep1:
-            one += llm.complete(
-                ep1,
-                [q],
-                llm_params=p,
-                cache_path=tmp_path / f"one{i}.sqlite",
-                settings=settings,
-                truncated_ok=True,
-            )
+            one += ask(ep1, [q], f"one{i}.sqlite")
     assert [r.text for r in res] == [r.text for r in one]
     assert [r.completion_tokens for r in res] == [r.completion_tokens for r in one]
     with llm.endpoint(p) as ep:  # the re-run: every answer from the cache, the model never loaded
-        again = llm.complete(
-            ep,
-            chats(6),
-            llm_params=p,
-            cache_path=tmp_path / "c.sqlite",
-            settings=settings,
-            truncated_ok=True,
-        )
+        again = ask(ep, chats(6))
         assert ep.local.model is None
     assert [r.text for r in again] == [r.text for r in res] and all(r.cached for r in again)
 
@@ -470,15 +438,15 @@ def test_served_model_starts_only_for_uncached_requests(tiny_model_dir, tmp_path
     """provider serve: a re-run whose answers are all cached never starts `transformers serve`."""
     p = LLMParams(provider="serve", model=str(tiny_model_dir), max_concurrency=2)
     settings = {"temperature": 0.0, "max_tokens": 4}
-    cache = llm.Cache(tmp_path / "c.sqlite")
+    store = cache.Cache(tmp_path / "c.sqlite")
     for q in requests(3):
-        cache.put(
-            llm.cache_key(str(tiny_model_dir), settings, q.messages, 0),
+        store.put(
+            cache.cache_key(str(tiny_model_dir), settings, q.messages, 0),
             q.key,
             str(tiny_model_dir),
-            llm.Answer(f"a-{q.key}", "stop", 3, 2),
+            cache.Answer(f"a-{q.key}", "stop", 3, 2),
         )
-    cache.close()
+    store.close()
     started = []
     monkeypatch.setattr(
         llm, "serve", lambda *a, **kw: started.append(1) or pytest.fail("server started")

@@ -147,7 +147,7 @@ def test_paired_test_wilcoxon_on_dialogue_means():
     base = [1.0, 2.0] * 6
     ft = [b + d for b, d in zip(base, [1, 2, 3, 1, 2, 2, 4, 1, 1, 1, 5, 0])]
     dialogues = [i // 2 for i in range(12)]
-    res = metrics.paired_test(base, ft, dialogues, n_boot=500)
+    res = metrics.paired_test(base, ft, dialogues, bootstrap=500)
     assert res["mean_diff"] == pytest.approx(23 / 12)
     assert res["mean_b"] - res["mean_a"] == pytest.approx(res["mean_diff"])
     assert res["n"] == 12 and res["n_dialogues"] == 6
@@ -182,3 +182,22 @@ def test_paired_tests_match_rounds_when_reordered_and_dropped():
         metrics.paired_tests(metrics.reply_scores(base + ft), bootstrap=200).set_index("metric"),
         table,
     )
+
+
+def test_bootstrap_ci_properties():
+    x = [3, 5, 6, 7, 7, 8, 9, 4]
+    low, high = metrics.bootstrap_ci(x, 1000, seed=1)
+    assert low <= np.mean(x) <= high and low < high
+    assert (low, high) == metrics.bootstrap_ci(x, 1000, seed=1)  # deterministic by seed
+    assert (low, high) != metrics.bootstrap_ci(x, 1000, seed=2)
+    assert metrics.bootstrap_ci([5], 1000, seed=1) == (5.0, 5.0)  # a CI of one value: width 0
+    assert all(math.isnan(v) for v in metrics.bootstrap_ci([], 1000, seed=1))
+    assert metrics.bootstrap_ci([4, 4, 4], 200, seed=0) == (4.0, 4.0)
+
+
+def test_cohen_kappa_known_table():
+    # 2x2 table [[20, 5], [10, 15]]: po = 0.7, pe = (25*30 + 25*20) / 50^2 = 0.5, kappa = 0.4
+    a = ["y"] * 25 + ["n"] * 25
+    b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    assert metrics.cohen_kappa(a, b) == pytest.approx(0.4)
+    assert math.isnan(metrics.cohen_kappa(["Q", "Q"], ["Q", "Q"]))

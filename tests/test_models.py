@@ -9,16 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CONV, SPECIALS, tiny_tokenizer
 
 from mi_llm import models
 
-CONV = [
-    {"role": "system", "content": "你是咨询师。"},
-    {"role": "user", "content": "我最近睡不好。"},
-    {"role": "assistant", "content": "听起来你很困扰。"},
-    {"role": "user", "content": "是的，压力很大。"},
-    {"role": "assistant", "content": "你愿意多说说吗？"},
-]
 S, U1, A1, U2, A2 = (m["content"] for m in CONV)
 
 # Each model's documented format (model cards / the tokenizers' own templates / Baichuan2's
@@ -58,51 +52,6 @@ ASSISTANT_SPANS = {
     "glm-4-9b-chat": [f"\n{A1}<|user|>", f"\n{A2}<|user|>"],
     "baichuan2-7b-chat": [f"{A1}</s>", f"{A2}</s>"],
 }
-SPECIALS = {  # (special tokens, bos, eos, pad) of the tiny tokenizers
-    "llama3-8b-chinese-chat-v2": (
-        [
-            "<|begin_of_text|>",
-            "<|end_of_text|>",
-            "<|start_header_id|>",
-            "<|end_header_id|>",
-            "<|eot_id|>",
-        ],
-        "<|begin_of_text|>",
-        "<|eot_id|>",
-        "<|end_of_text|>",
-    ),
-    "glm-4-9b-chat": (
-        ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"],
-        None,
-        "<|endoftext|>",
-        "<|endoftext|>",
-    ),
-    "baichuan2-7b-chat": (
-        ["<unk>", "<s>", "</s>", "<reserved_106>", "<reserved_107>"],
-        "<s>",
-        "</s>",
-        "<unk>",
-    ),
-}
-
-
-def tiny_tokenizer(name, texts=None, vocab_size=400):
-    """A small byte-level BPE tokenizer (no download) with the model's special tokens."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
-
-    specials, bos, eos, pad = SPECIALS[name]
-    tk = Tokenizer(BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tk.train_from_iterator(texts or [m["content"] for m in CONV] * 20, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token=pad)
 
 
 @pytest.fixture(scope="module")

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import torch
-from test_sft import make_params, run_root, tiny_llama  # noqa: F401  (fixtures)
+from conftest import make_params
 
 from mi_llm import models, sft
 from mi_llm import params as params_mod
 
 
-def test_sft_trains_on_cuda(run_root, tiny_llama):  # noqa: F811
+def test_sft_trains_on_cuda(run_root, tiny_llama):
     P = params_mod.from_dict({**make_params().to_dict(), "device": "cuda"})
     report = sft.train(P, "llama3-8b-chinese-chat-v2", progress=False, model_path=tiny_llama)
     assert report["steps"] == 4 and report["peak_memory_kind"] == "cuda_max_allocated"
     assert report["packing"] and report["padding_free"]
 
 
-def test_load_puts_model_on_cuda(tiny_llama):  # noqa: F811
+def test_load_puts_model_on_cuda(tiny_llama):
     model, tok = models.load("llama3-8b-chinese-chat-v2", device="cuda", path=tiny_llama)
     ids = tok.apply_chat_template(
         [{"role": "user", "content": "你好"}],

@@ -6,7 +6,6 @@ import json
 import math
 import re
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -152,18 +151,6 @@ def test_parse_bad(text, reason):
         quality.parse_judgement(text)
 
 
-# ----------------------------------------------------------------------------- bootstrap
-def test_bootstrap_ci_properties():
-    x = [3, 5, 6, 7, 7, 8, 9, 4]
-    low, high = quality.bootstrap_ci(x, 1000, seed=1)
-    assert low <= np.mean(x) <= high and low < high
-    assert (low, high) == quality.bootstrap_ci(x, 1000, seed=1)  # deterministic by seed
-    assert (low, high) != quality.bootstrap_ci(x, 1000, seed=2)
-    assert all(math.isnan(v) for v in quality.bootstrap_ci([5], 1000, seed=1))
-    assert all(math.isnan(v) for v in quality.bootstrap_ci([], 1000, seed=1))
-    assert quality.bootstrap_ci([4, 4, 4], 200, seed=0) == (4.0, 4.0)
-
-
 # ----------------------------------------------------------------------------- ranking
 def rec(corpus, scores):
     ok = scores is not None
@@ -200,7 +187,7 @@ def test_rank_means_ci_missing_and_selection():
         rec("tie_big", sc(1, 2, 2, 1)),
         rec("tie_small", sc(1, 2, 2, 1)),
     ]
-    df = quality.rank(stats, records, top_k=2, n_resamples=500, seed=0)
+    df = quality.rank(stats, records, top_k=2, bootstrap=500, seed=0)
     assert list(df.columns[: len(quality.QUALITY_COLUMNS)]) == quality.QUALITY_COLUMNS
     by = df.set_index("corpus")
     assert by.loc["low", "comprehensiveness"] == 0.5 and by.loc["low", "total"] == 2.5
@@ -220,7 +207,7 @@ def test_rank_ci_needs_five_judged_dialogues():
     stats = stats_frame({"four": 9, "five": 9})
     records = [rec("four", sc(1, 2, 2, 1)) for _ in range(4)]
     records += [rec("five", sc(c, 2, 2, 1)) for c in (0, 1, 2, 1, 0)]  # totals 5 6 7 6 5
-    by = quality.rank(stats, records, top_k=1, n_resamples=500, seed=0).set_index("corpus")
+    by = quality.rank(stats, records, top_k=1, bootstrap=500, seed=0).set_index("corpus")
     assert by.loc["four", "total"] == 6.0 and math.isnan(by.loc["four", "total_ci_low"])
     assert math.isnan(by.loc["four", "total_ci_high"])
     assert by.loc["four", "ci_note"] == "no CI: 4 judged dialogue(s), fewer than 5"
@@ -230,11 +217,11 @@ def test_rank_ci_needs_five_judged_dialogues():
 
 def test_rank_fills_selection_with_unjudged_when_needed():
     stats = stats_frame({"a": 1, "b": 7, "c": 3})
-    df = quality.rank(stats, [rec("a", sc(1, 1, 1, 1))], top_k=2, n_resamples=100, seed=0)
+    df = quality.rank(stats, [rec("a", sc(1, 1, 1, 1))], top_k=2, bootstrap=100, seed=0)
     assert list(df["corpus"]) == ["a", "b", "c"] and list(df["selected"]) == [True, True, False]
     assert list(df["n_judged"]) == [1, 0, 0]
     with pytest.raises(ValueError, match="mean_turns"):
-        quality.rank(stats.drop(columns="mean_turns"), [], top_k=1, n_resamples=10, seed=0)
+        quality.rank(stats.drop(columns="mean_turns"), [], top_k=1, bootstrap=10, seed=0)
 
 
 def test_sample_dialogues_seeded_and_independent():
@@ -308,7 +295,7 @@ def test_judge_run_retries_and_keeps_raw_answers(tmp_path, monkeypatch):
     assert all(r["model"] == "judge-test" and r["prompt_version"] == "judge_v2" for r in records)
 
     stats = quality.describe_all({k: (v, {"n_bad": 0}) for k, v in corpora.items()})
-    ranked = quality.rank(stats, records, top_k=1, n_resamples=200, seed=p.seed)
+    ranked = quality.rank(stats, records, top_k=1, bootstrap=200, seed=p.seed)
     out = quality.write_artifacts(tmp_path / "01", ranked, records)
     back = pd.read_csv(out[0])
     assert list(back["corpus"]) == ["alpha", "beta"] and back["total"].iloc[0] == 7.5

@@ -13,7 +13,7 @@ import pytest
 
 matplotlib.use("Agg")
 
-from test_figures import write_artifacts
+from conftest import write_artifacts
 
 from mi_llm import figures, params, report, runs
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mi_llm import corpora
+from mi_llm import corpora, schema
 from mi_llm.schema import DataError, Dialogue, Turn, read_jsonl, validate, write_jsonl
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -81,3 +81,27 @@ def test_read_jsonl_names_the_bad_line(real, tmp_path):
         f.write(json.dumps({"id": "no turns"}) + "\n")
     with pytest.raises(DataError, match=r"d.jsonl: record 2: field 'line'"):
         list(read_jsonl(path))
+
+
+# ----------------------------------------------------------------------------- tags
+def test_tag_round_trip():
+    for tag in schema.TAGS:
+        for text in ["听起来你很想改变，但又担心失败。", "So you want to cut down?", ""]:
+            assert schema.strip_tag(schema.tag_text(text, tag)) == (tag, text)
+    assert schema.strip_tag("没有标签的句子") == (None, "没有标签的句子")
+    assert schema.strip_tag("[复杂反映] x") == (None, "[复杂反映] x")
+    with pytest.raises(ValueError, match="unknown MI behaviour"):
+        schema.tag_text("x", "advice")
+    with pytest.raises(ValueError, match="unknown MI behaviour tag <mi:advice>"):
+        schema.strip_tag("<mi:advice> x")
+
+
+def test_require_tag_validates_transcriber_output():
+    assert schema.require_tag(" <mi:open_question> 你想怎么做？") == (
+        "open_question",
+        "你想怎么做？",
+    )
+    with pytest.raises(ValueError, match="lacks a leading"):
+        schema.require_tag("你想怎么做？")
+    with pytest.raises(ValueError, match="no text"):
+        schema.require_tag("<mi:open_question>  ")

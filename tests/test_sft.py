@@ -7,51 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA, make_params
 
 from mi_llm import models, sft
 from mi_llm import params as params_mod
 from mi_llm.schema import DataError
-
-DATA = params_mod.ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json"
-
-
-def make_params(**sft_section):
-    """Params of a tiny CPU run; sft_section overrides the sft section."""
-    base = {
-        "models": ["llama3-8b-chinese-chat-v2"],
-        "context_turns": 4,
-        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1},
-        "config": {
-            "max_steps": 4,
-            "per_device_train_batch_size": 2,
-            "save_steps": 2,
-            "max_length": 128,
-            "learning_rate": 5e-3,
-            "logging_steps": 1,
-        },
-    }
-    return params_mod.from_dict({"name": "t", "device": "cpu", "sft": {**base, **sft_section}})
-
-
-@pytest.fixture
-def run_root(tmp_path, monkeypatch):
-    """A project root in tmp with runs/t/02_mi_transcription/train.jsonl from the PsyDTCorpus sample."""
-    monkeypatch.setenv(params_mod.RUNS_ENV, str(tmp_path / "runs"))
-    f = tmp_path / "runs/t" / sft.TRAIN_FILE
-    f.parent.mkdir(parents=True)
-    with open(f, "w", encoding="utf-8") as fh:
-        for d in json.loads(DATA.read_text(encoding="utf-8")):
-            rec = {
-                "id": str(d["id"]),
-                "source_corpus": "psydtcorpus",
-                "source_id": str(d["id"]),
-                "prompt_version": "none",
-                "topic": d.get("normalizedTag"),
-                "messages": d["messages"],
-            }
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    return tmp_path
-
 
 DIALOGUE = [
     {"role": "system", "content": "S"},
@@ -112,35 +72,6 @@ def test_bad_record_names_file_record_field(run_root):
     f.write_text(json.dumps({"id": "x7", "messages": [{"role": "client", "content": "hi"}]}) + "\n")
     with pytest.raises(DataError, match=r"train.jsonl: record x7: field 'messages\[0\].role'"):
         sft.read_train(make_params())
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    """A tiny random Llama-3-shaped model with a small BPE tokenizer (fast CPU training)."""
-    from test_models import tiny_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    text = [
-        m["content"] for d in json.loads(DATA.read_text(encoding="utf-8")) for m in d["messages"]
-    ]
-    tok = tiny_tokenizer("llama3-8b-chinese-chat-v2", texts=text, vocab_size=1000)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-    )
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
 
 
 def test_fit_context_keeps_the_reply_within_max_length(tiny_llama):

@@ -67,7 +67,7 @@ def write_quality(run):
         for c, judged in JUDGED.items()
         for i, s in enumerate(judged)
     ]
-    ranked = quality.rank(quality.describe_all(loaded), records, 1, n_resamples=200, seed=0)
+    ranked = quality.rank(quality.describe_all(loaded), records, 1, bootstrap=200, seed=0)
     quality.write_artifacts(run / "01_corpus_quality", ranked, records)
     return ranked
 
@@ -298,3 +298,45 @@ def test_forecaster_table_names_file_and_missing_column(tmp_path, column):
     _rename(tmp_path / stages.FORECASTER, column, "method" if column == "model" else column + "_")
     with pytest.raises(ValueError, match=rf"forecaster\.csv: column '{column}' missing"):
         tables.forecaster_table(tmp_path)
+
+
+def test_bad_artifacts_raise_naming_file_and_record(tmp_path):
+    (tmp_path / "02_mi_transcription").mkdir()
+    (tmp_path / "02_mi_transcription/report.json").write_text('{"n_requests": 3}')
+    with pytest.raises(ValueError, match=r"report\.json: .*field 'valid': missing"):
+        tables.transcription_table(tmp_path)
+    (tmp_path / "04_evaluation").mkdir()
+    (tmp_path / "04_evaluation/miti_codes.jsonl").write_text(
+        '{"utterances": [{"codes": ["Q"]}]}\n{"code": "Q"}\n'
+    )  # the one schema mi_llm.miti writes: "utterances", nothing else
+    with pytest.raises(
+        ValueError, match=r"miti_codes\.jsonl: record 1: field 'utterances' missing"
+    ):
+        tables.miti_codes_table(tmp_path)
+    (tmp_path / "04_evaluation/miti_summary.csv").write_text(
+        "group,model,variant,n_coded,tech\ngenerated,m,base,3,4\n"
+    )
+    with pytest.raises(ValueError, match=r"miti_summary\.csv: column 'technical' missing"):
+        tables.miti_summary_table(tmp_path)
+
+
+def test_text_metrics_table_names_the_content_scores_beside_the_raw_ones(tmp_path):
+    (tmp_path / "04_evaluation").mkdir()
+    gens = [
+        {
+            "model": "m",
+            "variant": v,
+            "dialogue_id": f"d{i}",
+            "round": 0,
+            "reply": "你好。",
+            "reference": "你好！",
+        }
+        for v in ("base", "finetuned")
+        for i in range(3)
+    ]
+    scores = metrics.reply_scores(gens, content=True)
+    metrics.score(scores, bootstrap=20).to_csv(tmp_path / "04_evaluation/metrics.csv", index=False)
+    t = tables.text_metrics_table(tmp_path).set_index(["variant", "metric"]).value
+    # 你好/。 vs 你好/！: raw ROUGE-1 1/2 (你好 matches, the marks do not); content-only 1
+    assert t[("base", "ROUGE-1")] == pytest.approx(50.0, abs=1e-4)
+    assert t[("base", "ROUGE-1 (content only)")] == pytest.approx(100.0)

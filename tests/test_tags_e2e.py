@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import mi_model, sample_dialogues
 from openai_server import serve
-from test_transcribe import mi_model, sample_dialogues
 
-from mi_llm import forecast, generate, llm, models, params, sft, transcribe
+from mi_llm import generate, llm, models, params, schema, sft, transcribe
 from mi_llm.params import ROOT
 
 NAME = "gemma3-270m"  # registry entry whose template/eot the tiny model shares
@@ -21,7 +21,7 @@ NAME = "gemma3-270m"  # registry entry whose template/eot the tiny model shares
 
 def tagged_answer(req: dict) -> str:
     """One rewritten counselor turn, tagged with a label that depends on the request."""
-    return f"<mi:{forecast.TAGS[len(str(req['messages'])) % len(forecast.TAGS)]}> {mi_model(req)}"
+    return f"<mi:{schema.TAGS[len(str(req['messages'])) % len(schema.TAGS)]}> {mi_model(req)}"
 
 
 def tag_params() -> params.Params:
@@ -77,9 +77,7 @@ def test_a_tag_goes_from_transcription_through_sft_to_generation(
     # 03: every training completion starts with its tag, and TRL trains on the tag's tokens
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     data = sft.build_dataset(P, tok)
-    assert len(data) == 8 and all(
-        forecast.strip_tag(r["completion"][0]["content"])[0] for r in data
-    )
+    assert len(data) == 8 and all(schema.strip_tag(r["completion"][0]["content"])[0] for r in data)
     spec = models.get(NAME)
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mi_llm import therapy
+from mi_llm import schema, therapy
 
 
 def test_sentences_lengths_and_question_marks():
@@ -36,7 +36,7 @@ def test_sentiment_distance_of_english_replies_by_hand():
 
 
 def test_sentiment_language_choice_and_scale():
-    assert therapy.cjk_share("我很好 ok") == pytest.approx(3 / 5)
+    assert schema.cjk_share("我很好 ok") == pytest.approx(3 / 5)
     en_pos, en_neg = (
         therapy.sentiment("I am very happy today"),
         therapy.sentiment("I feel terrible and sad"),

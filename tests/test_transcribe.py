@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import mi_model, sample_dialogues, smoke_params
 from openai_server import serve
 
-from mi_llm import corpora, llm, params, transcribe
+from mi_llm import llm, params, schema, transcribe
 from mi_llm.params import ROOT
 from mi_llm.schema import DataError, Dialogue, Turn
 
@@ -97,7 +98,7 @@ def test_validate_turn_takes_the_first_line_and_checks_it():
 
 
 def test_cjk_share_and_format_roundtrip():
-    assert transcribe.cjk_share("你好ab") == 0.5 and transcribe.cjk_share("") == 0.0
+    assert schema.cjk_share("你好ab", "chars") == 0.5 and schema.cjk_share("", "chars") == 0.0
     assert [
         (t.speaker, t.text) for t in transcribe.parse_dialogue(transcribe.format_turns(SRC.turns))
     ] == [(t.speaker, t.text) for t in SRC.turns]
@@ -180,35 +181,6 @@ def test_split_keeps_training_data_when_short():
 
 
 # ----------------------------------------------------------------------------- against the test server
-def mi_model(req: dict) -> str:
-    """Answers like a model that follows the prompts: one MI reply (turn) or labelled lines (dialogue)."""
-    last = req["messages"][-1]["content"]
-    if "原回复：" in last:
-        src = re.search(r"原回复：(.*)", last).group(1)
-        return f"听起来这件事让你很在意，{src[:12]}……你愿意多说说吗？\n来访者接着说：嗯。"
-    lines = re.search(r"原始对话：\n(.*?)\n\n", last, re.DOTALL).group(1).splitlines()
-    return "\n".join(
-        x if x.startswith("来访者") else "咨询师：听起来你很在意这件事，" + x[4:] for x in lines
-    )
-
-
-def smoke_params(**tp) -> params.Params:
-    P = params.load(ROOT / "params/smoke.yaml")
-    llm_p = dataclasses.replace(
-        P.llm, provider="remote", request_timeout=10, backoff_base=0.01, backoff_max=0.05
-    )
-    return dataclasses.replace(
-        P, llm=llm_p, transcription=dataclasses.replace(P.transcription, **tp)
-    )
-
-
-def sample_dialogues(n=3) -> list[Dialogue]:
-    P = params.load(ROOT / "params/smoke.yaml")
-    out = []
-    for name in ("cpsycound", "psydtcorpus"):
-        ds = corpora.load(name, params.path(P.corpora.sources[name]))[:n]
-        out += [transcribe.trim(d, 4) for d in ds]
-    return out
 
 
 @pytest.mark.parametrize("unit, version", [("turn", "mi_turn_v1"), ("dialogue", "mi_v1")])
@@ -289,7 +261,7 @@ def test_save_writes_jsonl_and_datasets(tmp_path):
 WORKER = """
 import dataclasses, json, sys
 sys.path.insert(0, {tests!r})
-from test_transcribe import sample_dialogues, smoke_params
+from conftest import sample_dialogues, smoke_params
 from mi_llm import llm, transcribe
 P = smoke_params(unit="turn", prompt_version="mi_turn_v1")
 P = dataclasses.replace(P, llm=dataclasses.replace(P.llm, max_concurrency=2))
@@ -360,17 +332,17 @@ TAGGED = dataclasses.replace(TP, tag_behaviour=True)
     [("mi_v1", False), ("mi_turn_v1", False), ("mi_tagged_v1", True), ("mi_turn_tagged_v1", True)],
 )
 def test_tagged_prompts_name_every_tag_and_must_match_the_option(version, tagged):
-    from mi_llm import forecast, prompts
+    from mi_llm import prompts
 
     parts = prompts.parts(version)
     named = set(re.findall(r"<mi:([a-z_]+)>", parts["system"]))  # <mi:标签> shows the format
-    assert named == (set(forecast.TAGS) if tagged else set())
+    assert named == (set(schema.TAGS) if tagged else set())
     transcribe.check_prompt(parts, version, TAGGED if tagged else TP)
     with pytest.raises(ValueError, match="tag_behaviour"):
         transcribe.check_prompt(parts, version, TP if tagged else TAGGED)
     for k, v in parts.items():  # the few-shot answers are tagged exactly like a valid answer
         if k.endswith("_assistant"):
-            assert (forecast.strip_tag(v)[0] in forecast.TAGS) == tagged
+            assert (schema.strip_tag(v)[0] in schema.TAGS) == tagged
 
 
 def test_validate_turn_keeps_a_valid_tag():
@@ -414,7 +386,6 @@ def test_validate_dialogue_needs_a_tag_on_every_counselor_turn():
 
 def tagged_model(seen: dict):
     """A model that follows the tagged prompts, but forgets the tag the first time it sees a request."""
-    from mi_llm import forecast
 
     def answer(req: dict) -> str:
         body = json.dumps(req["messages"], ensure_ascii=False)
@@ -422,7 +393,7 @@ def tagged_model(seen: dict):
         text = mi_model(req)
         if seen[body] == 1:
             return text
-        label = forecast.TAGS[len(body) % len(forecast.TAGS)]
+        label = schema.TAGS[len(body) % len(schema.TAGS)]
         return (
             "\n".join(
                 x.replace("咨询师：", f"咨询师：<mi:{label}> ") if x.startswith("咨询师") else x
@@ -439,8 +410,6 @@ def tagged_model(seen: dict):
     "unit, version", [("turn", "mi_turn_tagged_v1"), ("dialogue", "mi_tagged_v1")]
 )
 def test_tags_round_trip_through_transcription(tmp_path, unit, version):
-    from mi_llm import forecast
-
     P = smoke_params(
         unit=unit,
         prompt_version=version,
@@ -460,7 +429,7 @@ def test_tags_round_trip_through_transcription(tmp_path, unit, version):
     labels = []
     for r in recs:
         for m in r["messages"]:
-            label, text = forecast.strip_tag(m["content"])
+            label, text = schema.strip_tag(m["content"])
             assert (label is not None) == (m["role"] == "assistant") and text.startswith(
                 "听起来"
             ) == bool(label)
