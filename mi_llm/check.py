@@ -11,38 +11,38 @@ from . import params as params_mod
 def check(params_file: str) -> list[str]:
     """All problems found in a params file (empty when it is sound)."""
     try:
-        p = params_mod.load(params_file)
+        P = params_mod.load(params_file)
     except params_mod.ParamsError as e:
         return [str(e)]
     from . import models, sft
 
-    errs = sft.check_params(p)
-    for name in p.evaluation.models:
+    errs = sft.check_params(P)
+    for name in P.evaluation.models:
         if name not in models.NAMES:
             errs.append(f"evaluation.models: unknown model {name!r}; known models: {models.NAMES}")
-    for name, folder in p.model_paths.items():
+    for name, folder in P.model_paths.items():
         if not params_mod.path(folder).exists():
             errs.append(f"model_paths.{name}: folder {folder} does not exist")
-    errs += corpus_problems(p)
-    if p.llm.provider == "remote" and not os.environ.get(p.llm.api_key_env):
-        errs.append(f"llm: provider is remote but ${p.llm.api_key_env} is not set")
-    errs += study_inputs(p)
+    errs += corpus_problems(P)
+    if P.llm.provider == "remote" and not os.environ.get(P.llm.api_key_env):
+        errs.append(f"llm: provider is remote but ${P.llm.api_key_env} is not set")
+    errs += study_inputs(P)
     return errs
 
 
-def corpus_problems(p) -> list[str]:
+def corpus_problems(P) -> list[str]:
     """Corpus paths that are missing (with the `data fetch` command that brings them) or that are
     fixtures while corpora.allow_fixtures is false."""
     from . import corpora
 
     errs = []
-    for name, src in p.corpora.sources.items():
+    for name, src in P.corpora.sources.items():
         path = params_mod.path(src)
         if not path.exists():
             errs.append(
                 f"corpora.sources.{name}: path {src} does not exist{_how_to_get(name, src)}"
             )
-        elif not p.corpora.allow_fixtures and corpora.is_fixture(path):
+        elif not P.corpora.allow_fixtures and corpora.is_fixture(path):
             errs.append(
                 f"corpora.sources.{name}: {src} is a fixture written for this project (its "
                 'PROVENANCE.json says "fixture": true), not the real corpus; get the real one with '
@@ -71,28 +71,28 @@ def _how_to_get(name: str, src: str) -> str:
 
 
 # ----------------------------------------------------------------------------- what stages would meet
-def study_inputs(p) -> list[str]:
+def study_inputs(P) -> list[str]:
     """Problems a stage would only meet later: unknown corpus names, prompts without their
     placeholders, an embedded llm.model that cannot be served."""
     from . import corpora, embedded, models, prompts
 
     errs = [
         f"corpora.sources.{name}: no loader knows this corpus; known: {', '.join(corpora.NAMES)}"
-        for name in p.corpora.sources
+        for name in P.corpora.sources
         if name not in corpora.LOADERS
     ]
-    tp = p.transcription
+    tp = P.transcription
     errs += [
         f"transcription.prompt_version: {e}"
         for e in prompts.check(tp.prompt_version, f"transcription.{tp.unit}")
     ]
     errs += [
-        f"quality.prompt_version: {e}" for e in prompts.check(p.quality.prompt_version, "quality")
+        f"quality.prompt_version: {e}" for e in prompts.check(P.quality.prompt_version, "quality")
     ]
     try:
         from . import miti
 
-        cfg = miti.settings(p)
+        cfg = miti.settings(P)
     except params_mod.ParamsError as e:
         errs.append(str(e))
     else:
@@ -101,8 +101,8 @@ def study_inputs(p) -> list[str]:
                 f"evaluation.miti.prompt_version: {e}"
                 for e in prompts.check(cfg["prompt_version"], "miti")
             ]
-    if p.llm.provider == "embedded":
-        m = p.llm.model
+    if P.llm.provider == "embedded":
+        m = P.llm.model
         if m != embedded.NAME and m not in models.NAMES and not params_mod.path(m).is_dir():
             errs.append(
                 f"llm.model: {m!r} cannot be served embedded: name the embedded model "

@@ -41,30 +41,30 @@ def run(params_file: str, only: list[str] | None = None, progress: bool = True) 
     """Execute the stages for a params file into runs/<name>/notebooks/; stop at the first failure."""
     from . import check, runs
 
-    p = params_mod.load(params_file)
+    P = params_mod.load(params_file)
     errs = check.study_inputs(
-        p
+        P
     )  # what a stage would only meet later: refused before any stage runs
     if errs:
         raise SystemExit(f"[mi_llm] {params_file}: " + "; ".join(errs))
     try:  # one run of a name at a time: a second one stops here, before any stage or API call
-        with runs.lock(p.run_dir):
-            return _run(p, params_file, only, progress)
+        with runs.lock(P.run_dir):
+            return _run(P, params_file, only, progress)
     except runs.AlreadyRunning as e:
         raise SystemExit(f"[mi_llm] {e}") from None
 
 
-def _run(p, params_file: str, only: list[str] | None, progress: bool) -> Path:
+def _run(P, params_file: str, only: list[str] | None, progress: bool) -> Path:
     import papermill as pm
     from tqdm.auto import tqdm
 
     # the validated params with every default filled in, never the raw YAML: a key the file leaves
     # out gets its documented default (mi_llm/params.py), not the parameters cell's smoke value
-    values = p.to_dict()
-    out_dir = p.run_dir / "notebooks"
+    values = P.to_dict()
+    out_dir = P.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = select(only)
-    bar = tqdm(todo, desc=f"study {p.name}", unit="stage", disable=not progress, file=sys.stdout)
+    bar = tqdm(todo, desc=f"study {P.name}", unit="stage", disable=not progress, file=sys.stdout)
     for nb in bar:
         bar.set_postfix_str(nb.stem)
         out = out_dir / nb.name
@@ -90,16 +90,16 @@ def _run(p, params_file: str, only: list[str] | None, progress: bool) -> Path:
             raise SystemExit(1) from None
         if nb.stem in stages_mod.STAGES:  # its declared products, or a loud stop naming them
             try:
-                stages_mod.check_writes(nb.stem, p.run_dir, p)
+                stages_mod.check_writes(nb.stem, P.run_dir, P)
             except stages_mod.MissingProduct as e:
                 bar.close()
                 sys.stderr.write(f"\n[mi_llm] {e}\n[mi_llm] the executed notebook is {_rel(out)}\n")
                 raise SystemExit(1) from None
         tqdm.write(f"[mi_llm] {nb.stem} done in {time.perf_counter() - t0:.0f} s -> {_rel(out)}")
-    index = p.run_dir / "report" / "index.html"  # built once, by the last notebook (05)
-    if p.figures.report and todo[-1] == stages()[-1] and index.exists():
+    index = P.run_dir / "report" / "index.html"  # built once, by the last notebook (05)
+    if P.figures.report and todo[-1] == stages()[-1] and index.exists():
         tqdm.write(f"[mi_llm] report -> {_rel(index)}")
-    return p.run_dir
+    return P.run_dir
 
 
 def _rel(path: Path) -> Path:
@@ -109,8 +109,8 @@ def _rel(path: Path) -> Path:
 # ----------------------------------------------------------------------------- parameters cells
 def parameters_source(params_file: str = "params/smoke.yaml") -> str:
     """The source of a notebook parameters cell holding a params file's values as literals."""
-    p = params_mod.load(params_file)
-    d = p.to_dict()
+    P = params_mod.load(params_file)
+    d = P.to_dict()
     lines = [
         "# Parameters (papermill): the smoke defaults; a run's params file replaces them.",
         "# Every key is documented in mi_llm/params.py.",
