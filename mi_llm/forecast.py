@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import stages
-from .params import FORECASTER_KINDS, ForecasterParams
+from .params import FORECASTER_KINDS, ForecasterParams, section_settings
 from .schema import CJK, SPEAKER_OF, TAGS, DataError, Dialogue, Turn, strip_tag
 
 NONE = "none"  # the previous behaviour before the counselor has spoken, or when it is unknown
@@ -335,14 +335,7 @@ DEFAULTS = dataclasses.asdict(ForecasterParams())
 
 def settings(P) -> dict:
     """P.evaluation.forecaster over DEFAULTS; unknown keys or kinds raise ValueError."""
-    given = P.evaluation.forecaster
-    given = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given or {})
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"evaluation.forecaster: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}"
-        )
-    s = {**DEFAULTS, **given}
+    s = section_settings(P.evaluation.forecaster, DEFAULTS, "evaluation.forecaster")
     if s["model"] not in KINDS:
         raise ValueError(f"evaluation.forecaster.model: {s['model']!r} is not one of {list(KINDS)}")
     return s

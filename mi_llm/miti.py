@@ -34,7 +34,7 @@ import pandas as pd
 
 from . import cache as answer_cache
 from .metrics import cohen_kappa
-from .params import MitiParams
+from .params import MitiParams, section_settings
 from .schema import SPEAKER_OF, DataError, jsonl_rows
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -100,14 +100,7 @@ DEFAULTS = dataclasses.asdict(MitiParams())
 
 def settings(P) -> dict:
     """P.evaluation.miti merged over DEFAULTS; unknown keys raise ParamsError."""
-    from .params import ParamsError
-
-    given = P.evaluation.miti
-    given = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given or {})
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise ParamsError(f"evaluation.miti: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **given}
+    return section_settings(P.evaluation.miti, DEFAULTS, "evaluation.miti")
 
 
 # ----------------------------------------------------------------------------- summary scores

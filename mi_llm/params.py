@@ -35,6 +35,15 @@ class ParamsError(ValueError):
     """A params file is invalid; the message names the file and the key."""
 
 
+def section_settings(given, defaults: dict, where: str) -> dict:
+    """A params section (its dataclass or a mapping) over its defaults; unknown keys raise ParamsError."""
+    given = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ParamsError(f"{where}: unknown key(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
 # ----------------------------------------------------------------------------- sections
 @dataclass
 class LLMParams:

@@ -280,7 +280,7 @@ def write_artifacts(run):
         pd.DataFrame(log).to_csv(run / "03_sft" / m / "train_log.csv", index=False)
     e = run / "04_evaluation"
     e.mkdir()
-    gens = _generations()
+    gens = sample_generations()
     metrics.score(gens, bootstrap=200).to_csv(e / "metrics.csv", index=False)
     therapy.therapy_metrics(gens).to_csv(e / "therapy_metrics.csv", index=False)
     summary = [
@@ -436,7 +436,8 @@ JUDGED = {  # corpus -> rubric scores of its judged dialogues (None: the judge's
 }
 
 
-def _generations():
+def sample_generations() -> list[dict]:
+    """Stage 04's generation records for REPLIES, base and finetuned (hand-made, real format)."""
     return [
         {
             "model": "gemma3-270m",

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import sample_generations
 
 from mi_llm import forecast, metrics, quality, stages, tables, therapy, transcribe
 from mi_llm.schema import DataError, Dialogue, Turn
@@ -22,34 +23,11 @@ JUDGED = {  # corpus -> rubric scores of its judged dialogues (None: the judge's
     "cpsycound": [(2, 3, 3, 1), (1, 2, 3, 1), (2, 3, 2, 1), (2, 2, 3, 1), (1, 3, 3, 1)],
     "smilechat": [(1, 2, 2, 1), (1, 1, 2, 0), None],
 }
-REPLIES = [  # (topic, round, reference, base reply, finetuned reply)
-    ("婚恋", 0, "听起来你很在意这段关系。", "你应该和他谈谈吧？你试过吗？", "你很在意这段关系。"),
-    ("婚恋", 1, "你希望他更理解你。", "为什么不分手？", "你希望被理解。"),
-    ("家庭", 0, "和父母的争吵让你很累。", "你父母怎么说？", "争吵让你很累，是吗？"),
-    ("家庭", 1, "你想找到一种平静的沟通方式。", "多沟通就好了。", "你想平静地沟通。"),
-]
 
 
 def _dialogue(corpus: str, i: int) -> Dialogue:
     turns = [Turn("client", "我最近很烦。"), Turn("counselor", f"发生了什么{i}？")]
     return Dialogue(f"{corpus}-{i}", corpus, turns)
-
-
-def _generations():
-    return [
-        {
-            "model": "gemma3-270m",
-            "variant": v,
-            "dialogue_id": f"d-{topic}",
-            "round": r,
-            "topic": topic,
-            "messages": [{"role": "user", "content": "我最近很烦。"}],
-            "reference": ref,
-            "reply": base if v == "base" else ft,
-        }
-        for topic, r, ref, base, ft in REPLIES
-        for v in ("base", "finetuned")
-    ]
 
 
 def write_quality(run):
@@ -93,7 +71,7 @@ def write_transcription(run):
 def write_metrics(run, content=False):
     e = run / "04_evaluation"
     e.mkdir(parents=True, exist_ok=True)
-    scores = metrics.reply_scores(_generations(), content=content)
+    scores = metrics.reply_scores(sample_generations(), content=content)
     table = metrics.score(scores, bootstrap=50)
     table.to_csv(run / stages.METRICS, index=False)  # notebook 04's writer
     return table
@@ -101,7 +79,7 @@ def write_metrics(run, content=False):
 
 def write_therapy(run):
     (run / "04_evaluation").mkdir(parents=True, exist_ok=True)
-    tm = therapy.therapy_metrics(_generations())
+    tm = therapy.therapy_metrics(sample_generations())
     tm.to_csv(run / stages.THERAPY_METRICS, index=False)  # notebook 04's writer
     return tm
 
