@@ -41,8 +41,13 @@ step() {
 GPU_TESTS="\"$PY\" -m pytest -q -m gpu tests/; rc=\$?; [[ $DRY == 1 && \$rc == 5 ]] && exit 0; exit \$rc"
 
 DEVICE=$([[ $DRY == 1 ]] && echo cpu || echo cuda)
-TINY=$("$PY" -m mi_llm.dryrun tiny-sft "$WORK" llama3-8b-chinese-chat-v2 "$DEVICE" 2>/dev/null | tail -1)
-TINY_FSDP=$("$PY" -m mi_llm.dryrun tiny-sft "$WORK/fsdp" llama3-8b-chinese-chat-v2 "$DEVICE" 2>/dev/null | tail -1)
+TINY=$("$PY" -m mi_llm.dryrun tiny-sft "$WORK" llama3-8b-chinese-chat-v2 "$DEVICE" 2>"$WORK/logs/tiny.log" | tail -1)
+TINY_FSDP=$("$PY" -m mi_llm.dryrun tiny-sft "$WORK/fsdp" llama3-8b-chinese-chat-v2 "$DEVICE" 2>>"$WORK/logs/tiny.log" | tail -1)
+if [[ ! -f "$TINY" || ! -f "$TINY_FSDP" ]]; then  # the launch steps need the tiny run's params file
+  echo "[gpu_check] the tiny SFT run could not be written:" >&2
+  tail -20 "$WORK/logs/tiny.log" >&2
+  exit 1
+fi
 if [[ $DRY == 0 ]]; then
   step install_torch 1 240 "$PY" -m pip install -q "torch==$TORCH" --index-url "$CUDA_INDEX"
   step install_gpu_extras 1 180 "$PY" -m pip install -q -e ".[gpu]"

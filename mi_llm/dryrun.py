@@ -120,15 +120,6 @@ def tiny_sft_run(
     return f
 
 
-if __name__ == "__main__":  # python -m mi_llm.dryrun tiny-sft <root> [model] [device]
-    import sys
-
-    if len(sys.argv) >= 3 and sys.argv[1] == "tiny-sft":
-        print(tiny_sft_run(sys.argv[2], *sys.argv[3:5]))
-    else:
-        sys.exit("usage: python -m mi_llm.dryrun tiny-sft <root> [model] [device]")
-
-
 def write_sample_train(file: Path) -> Path:
     """A stage-02 train.jsonl of the shipped PsyDTCorpus sample's dialogues, untagged, at `file`."""
     import json
@@ -150,3 +141,12 @@ def write_sample_train(file: Path) -> Path:
     file.parent.mkdir(parents=True, exist_ok=True)
     file.write_text("".join(lines), encoding="utf-8")
     return file
+
+
+if __name__ == "__main__":  # python -m mi_llm.dryrun tiny-sft <root> [model] [device]
+    import sys
+
+    if len(sys.argv) >= 3 and sys.argv[1] == "tiny-sft":
+        print(tiny_sft_run(sys.argv[2], *sys.argv[3:5]))
+    else:
+        sys.exit("usage: python -m mi_llm.dryrun tiny-sft <root> [model] [device]")
