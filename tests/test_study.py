@@ -42,7 +42,8 @@ def test_select_by_number_and_name(fake_project):
 
 def test_runner_stops_at_first_failure_and_names_the_notebook(fake_project, capsys):
     nbs, pfile = fake_project
-    _nb(nbs / "01_ok.ipynb", "open(f'{name}.ok', 'w').close()")
+    done = pfile.parent / "stage1.ok"  # in the test's folder, never the repository's
+    _nb(nbs / "01_ok.ipynb", f"open({str(done)!r}, 'w').close()")
     _nb(nbs / "02_bad.ipynb", "raise RuntimeError('boom in stage 2')")
     _nb(nbs / "03_never.ipynb", "raise SystemExit('must not run')")
     with pytest.raises(SystemExit):
@@ -52,7 +53,7 @@ def test_runner_stops_at_first_failure_and_names_the_notebook(fake_project, caps
         "02_bad" in err and "boom in stage 2" in err and "runs/tiny/notebooks/02_bad.ipynb" in err
     )
     out = pfile.parent / "runs" / "tiny" / "notebooks"
-    assert (out / "01_ok.ipynb").exists() and (out / "02_bad.ipynb").exists()
+    assert (out / "01_ok.ipynb").exists() and (out / "02_bad.ipynb").exists() and done.exists()
     assert not (out / "03_never.ipynb").exists()
 
 
