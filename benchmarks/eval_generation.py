@@ -1,12 +1,16 @@
-"""Replies/s of stage 04's generation: batched (left-padded, sorted by length) vs one prompt at a time.
+"""Replies/s of stage 04's generation: batched (shared prefills, sorted by length) vs one prompt at a time.
 
-Same prompts (round-based prompts built from the shipped CPsyCounE sample), same model (the embedded
-Gemma 3 270M in the registry's dtype as models.load gives it: fp32 on a CPU without native bf16,
-unless --dtype), same greedy settings. Both sides are warmed up at their own batch size first, then
-measured interleaved (batched, one at a time, batched, ...) for --reps rounds so that a busy machine
-slows both alike; prints both rates, their ratio, how many replies are identical, and peak RSS.
+Same prompts, same model (the embedded Gemma 3 270M in the registry's dtype as models.load gives it:
+fp32 on a CPU without native bf16, unless --dtype), same greedy settings. The prompts are stage 04's
+round-based prompts of the shipped CPsyCounE sample, by default as the paper makes them: every round
+of a dialogue, each with the whole gold history (`--context-turns 6 --max-rounds 2` gives the smoke
+study's shape). Both sides are warmed up at their own batch size first, then measured interleaved
+(batched, one at a time, batched, ...) for --reps rounds so that a busy machine slows both alike;
+prints both rates, their ratio, how many replies are identical, the prompt tokens each side encodes,
+and peak RSS.
 
-    .venv/bin/python benchmarks/eval_generation.py [--n 16] [--batch-size 16] [--max-new-tokens 64] [--reps 2]
+    .venv/bin/python benchmarks/eval_generation.py [--n 16] [--batch-size 16] [--max-new-tokens 64]
+        [--context-turns all] [--max-rounds all] [--reps 2]
 """
 
 from __future__ import annotations
@@ -22,16 +26,21 @@ from mi_llm import corpora, generate, models
 from mi_llm.params import ROOT
 
 
-def prompts(n: int, context_turns: int) -> list[list[dict]]:
-    """n round-based prompts from the CPsyCounE sample (a few rounds from each dialogue)."""
+def prompts(n: int, context_turns: int | None, max_rounds: int | None = None) -> list[list[dict]]:
+    """The first n round-based prompts of the CPsyCounE sample, dialogue by dialogue."""
     dialogues = corpora.load("cpsycoune", ROOT / "data/CPsyCounE")
     records = [
         {"id": d.id, "topic": d.meta.get("topic"), "messages": d.to_messages()} for d in dialogues
     ]
-    rounds = generate.rounds(records, max_rounds=2, context_turns=context_turns)
+    rounds = generate.rounds(records, max_rounds=max_rounds, context_turns=context_turns)
     if len(rounds) < n:
         raise SystemExit(f"only {len(rounds)} prompts in the sample, asked for {n}")
     return [r["messages"] for r in rounds[:n]]
+
+
+def count(text: str) -> int | None:
+    """An int, or None for 'all'."""
+    return None if text in ("all", "none", "None") else int(text)
 
 
 def timed(fn):
@@ -41,6 +50,16 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def decode_step(model, rows: list[list[int]], pad_id: int, steps: int = 8) -> float:
+    """Seconds of one greedy decode step of these token-id prompts together (no row stops early)."""
+    import torch
+
+    with torch.inference_mode():
+        _, prefill = timed(lambda: generate.greedy_rows(model, rows, 1, set(), pad_id))
+        _, total = timed(lambda: generate.greedy_rows(model, rows, steps + 1, set(), pad_id))
+    return (total - prefill) / steps
+
+
 def main() -> None:
     """Run both modes on the same prompts and print replies/s, new tokens/s and the ratio."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,18 +67,26 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16, help="prompts")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--context-turns", type=int, default=6, help="messages of history per prompt")
+    ap.add_argument(
+        "--context-turns", type=count, default=None, help="messages of history per prompt (all)"
+    )
+    ap.add_argument("--max-rounds", type=count, default=None, help="rounds per dialogue (all)")
     ap.add_argument("--dtype", default=None, help="torch dtype (default: the registry's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=2, help="interleaved rounds of both sides")
     args = ap.parse_args()
 
     model, tok = models.load(args.model, args.device, dtype=args.dtype)
-    ps = prompts(args.n, args.context_turns)
-    lens = [len(tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)) for p in ps]
+    ps = prompts(args.n, args.context_turns, args.max_rounds)
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, ps)]
+    trunks = sorted(set(generate.shared_prefixes(ids)))
+    lens = [len(i) for i in ids]
     print(
-        f"model {args.model} ({model.dtype}, {args.device}), {len(ps)} prompts, "
-        f"prompt chars {min(lens)}-{max(lens)}, max_new_tokens {args.max_new_tokens}",
+        f"model {args.model} ({model.dtype}, {args.device}), {len(ps)} prompts of "
+        f"{min(lens)}-{max(lens)} tokens (context_turns {args.context_turns}, max_rounds "
+        f"{args.max_rounds}), max_new_tokens {args.max_new_tokens}\n"
+        f"prompt tokens encoded: one at a time {sum(lens)}, batched at most "
+        f"{sum(lens[t] for t in trunks)} ({len(trunks)} shared prefills)",
         flush=True,
     )
     kw = {"max_new_tokens": args.max_new_tokens}
@@ -94,6 +121,15 @@ def main() -> None:
     print(
         f"speed-up batched / one at a time: {t_s / t_b:.1f}x (interleaved, {args.reps} reps); "
         f"identical replies: {same}/{len(ps)} (greedy; bf16 padding may change a few, fp32 none)"
+    )
+    # the decode's own ceiling: what one greedy step costs per row, the batch against one prompt
+    batch = ids[: args.batch_size]
+    one = sorted(batch, key=len)[len(batch) // 2]  # the batch's median prompt
+    per_row = [decode_step(model, rows, tok.pad_token_id) / len(rows) for rows in ([one], batch)]
+    print(
+        f"one greedy step per row: {per_row[0] * 1e3:.0f} ms alone, {per_row[1] * 1e3:.0f} ms in "
+        f"a batch of {len(batch)}: batching speeds the decode up by at most "
+        f"{per_row[0] / per_row[1]:.1f}x here"
     )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 

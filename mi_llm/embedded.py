@@ -89,9 +89,10 @@ class Generator:
     """The embedded model answering chat requests in this process, in batches (llm provider embedded).
 
     The model loads on the first request that the answer cache does not hold, so a re-run whose
-    answers are all cached loads nothing. Prompts are sorted by length and left-padded; each batch
-    is one `generate` call (greedy at temperature 0, else sampled with a seed per batch); a reply
-    stops at the model's end-of-turn token.
+    answers are all cached loads nothing. Prompts are sorted by length and batched; a batch is
+    decoded greedily at temperature 0 (`generate.greedy_rows`, stage 04's loop), else sampled by one
+    `generate` call on left-padded prompts with a seed per batch; a reply stops at the model's
+    end-of-turn token.
     """
 
     def __init__(self, folder, batch_size: int = 8, device: str | None = None, seed: int = 0):
@@ -122,7 +123,11 @@ class Generator:
 
         settings: the chat-completion settings the requests carry (max_tokens, temperature, top_p).
         """
+        import copy
+
         import torch
+
+        from . import generate
 
         unknown = set(settings) - {"max_tokens", "temperature", "top_p"}
         if unknown:
@@ -148,16 +153,17 @@ class Generator:
         )
         eos = model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        plain = copy.deepcopy(model.generation_config)
+        plain.do_sample = False  # the checkpoint's sampling defaults give way to temperature 0
+        greedy = temp == 0 and generate.plain_greedy(plain)
         for n, start in enumerate(range(0, len(order), self.batch_size)):
             idx = order[start : start + self.batch_size]
-            enc = tok(
-                [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            torch.manual_seed(self.seed + n)  # sampling only: greedy draws nothing
+            rows = generate.new_tokens(
+                model, tok, [ids[i] for i in idx], [texts[i] for i in idx], greedy, eos, **gen
             )
-            torch.manual_seed(self.seed + n)
-            with torch.inference_mode():
-                out = model.generate(**enc.to(self.device), **gen)
             answers = []
-            for i, row in zip(idx, out[:, enc["input_ids"].shape[1] :].tolist()):
+            for i, row in zip(idx, rows):
                 stop = next((j for j, t in enumerate(row) if t in eos), None)
                 new = row[:stop] if stop is not None else [t for t in row if t != tok.pad_token_id]
                 text = tok.decode(new, skip_special_tokens=True).strip()

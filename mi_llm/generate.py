@@ -2,9 +2,9 @@
 
 For each test dialogue of 02 (test.jsonl) and each counselor turn that answers a client turn, the
 gold history up to that client turn is the prompt and the gold counselor turn the reference. Every
-(model, variant) answers every round: batched (prompts sorted by length, left padding, one
-`generate` call per batch), seeded, greedy unless params say otherwise, stopping at the model's
-end-of-turn token. Records are appended to generations.jsonl after each batch, and a re-run skips
+(model, variant) answers every round: batched, seeded, greedy unless params say otherwise, stopping
+at the model's end-of-turn token. Greedy decoding is our loop (`greedy_rows`): a dialogue's rounds,
+whose prompts extend one another, share one prefill, and a finished row leaves the batch. Records are appended to generations.jsonl after each batch, and a re-run skips
 the (model, variant, dialogue, round) keys already there, so an interrupted run resumes. Each
 record carries a fingerprint of what made it (weights, adapter bytes, generation settings, context
 window); resuming onto records with another fingerprint is an error, never a silent mix.
@@ -155,40 +155,38 @@ def generate_batches(
     stop_tokens=(),
     prefixes: list[str] | None = None,
 ):
-    """Yield (indices into prompts, replies) per batch; prompts sorted by length, left-padded.
+    """Yield (indices into prompts, replies) per batch, longest prompts first.
 
+    Greedy decoding (the default) runs `greedy_rows`: the rounds of a dialogue, whose prompts extend
+    one another, go into the same batch and share one prefill. Anything else (sampling, beams,
+    processors from `overrides`) goes to transformers' `generate` on left-padded batches.
     prefixes: text put after each prompt's generation prompt (the reply starts with it; the
     returned reply is what the model wrote after it).
     """
-    import torch
-
-    tokenizer.padding_side = (
-        "left"  # decoder-only: the new tokens must follow every prompt directly
-    )
     cfg = generation_config(model, tokenizer, max_new_tokens, overrides, stop_tokens)
     eos = _eos_ids(cfg)
     texts = prompt_texts(tokenizer, prompts, prefixes)
     # the template already writes <bos> etc., so no special tokens are added again
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])  # longest first: OOM shows early
-    device = next(model.parameters()).device
-    # plain greedy decoding (no sampling, penalties or other processors): our loop, which drops
-    # finished rows from the batch; anything else goes to transformers' generate
-    greedy_loop = not cfg.do_sample and not overrides and cfg.num_beams == 1
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # plain greedy decoding (no sampling, penalties or other processors): our loop; anything else
+    # goes to transformers' generate
+    greedy_loop = not overrides and plain_greedy(cfg)
+    trunk = shared_prefixes(ids) if greedy_loop else list(range(len(ids)))
+    # longest first (an out-of-memory shows early); a dialogue's rounds next to each other
+    order = sorted(range(len(ids)), key=lambda i: (-len(ids[trunk[i]]), trunk[i], -len(ids[i])))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tokenizer(
-            [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-        ).to(device)
-        with torch.inference_mode():
-            if greedy_loop:
-                rows = greedy_rows(
-                    model, enc["input_ids"], enc["attention_mask"], cfg.max_new_tokens, eos
-                )
-            else:
-                rows = model.generate(**enc, generation_config=cfg)[
-                    :, enc["input_ids"].shape[1] :
-                ].tolist()
+        rows = new_tokens(
+            model,
+            tokenizer,
+            [ids[i] for i in idx],
+            [texts[i] for i in idx],
+            greedy_loop,
+            eos,
+            max_new_tokens=cfg.max_new_tokens,
+            pad_token_id=cfg.pad_token_id,
+            generation_config=cfg,
+        )
         replies = []
         for row in rows:  # the new tokens of each prompt
             stop = next((j for j, t in enumerate(row) if t in eos), len(row))
@@ -196,41 +194,170 @@ def generate_batches(
         yield idx, replies
 
 
-def greedy_rows(
-    model, input_ids, attention_mask, max_new_tokens: int, eos: set[int]
-) -> list[list[int]]:
-    """Greedy continuation of a left-padded batch; a row leaves the batch (and its KV cache) as
-    soon as it writes an eos id, so the remaining steps compute only the unfinished rows.
+def new_tokens(model, tokenizer, ids, texts, greedy: bool, eos: set[int], **generate_kw):
+    """The new tokens of each prompt of one batch: `greedy_rows` on the token ids when greedy, else
+    transformers' `generate` on the left-padded texts (generate_kw: max_new_tokens, pad_token_id,
+    and the rest of generate's keywords)."""
+    import torch
 
-    The same tokens as `generate` with do_sample=False: the same positions (counted over the real
-    tokens), attention mask and cache; returns each row's new tokens, ending at its eos if any.
+    with torch.inference_mode():
+        if greedy:
+            return greedy_rows(
+                model, ids, generate_kw["max_new_tokens"], eos, generate_kw["pad_token_id"]
+            )
+        tokenizer.padding_side = "left"  # decoder-only: the new tokens must follow every prompt
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(next(model.parameters()).device)
+        return model.generate(**enc, **generate_kw)[:, enc["input_ids"].shape[1] :].tolist()
+
+
+# ----------------------------------------------------------------------------- greedy decoding
+VOCAB_CHUNK = 8192  # output-layer rows scored at a time when picking the greedy token
+# GenerationConfig fields that add a logits processor: a config that sets any of them is not
+# plain greedy decoding, and goes to transformers' generate
+PROCESSORS = (
+    "repetition_penalty",
+    "encoder_repetition_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "sequence_bias",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "min_length",
+    "min_new_tokens",
+    "exponential_decay_length_penalty",
+)
+
+
+def plain_greedy(cfg) -> bool:
+    """Whether a GenerationConfig asks for greedy decoding and nothing else (`greedy_rows` runs it)."""
+    from transformers import GenerationConfig
+
+    default = GenerationConfig()
+    return (
+        not cfg.do_sample
+        and (cfg.num_beams or 1) == 1
+        and all(getattr(cfg, k, None) == getattr(default, k, None) for k in PROCESSORS)
+    )
+
+
+def shared_prefixes(ids: list[list[int]]) -> list[int]:
+    """For each token sequence, the index of a sequence that starts with it (its trunk; itself if none).
+
+    In lexicographic order a sequence comes right before the ones that extend it, so one pass from
+    the end gives each sequence its successor's trunk when it is a prefix of that successor.
+    """
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    trunk = list(range(len(ids)))
+    for a, b in zip(reversed(order[:-1]), reversed(order[1:])):
+        if ids[b][: len(ids[a])] == ids[a]:
+            trunk[a] = trunk[b]
+    return trunk
+
+
+def head_argmax(model, hidden):
+    """Greedy next token of each final hidden state (rows, d): the output layer with its scale and
+    soft-cap, scored a vocabulary chunk at a time as weight @ hidden.T.
+
+    The same argmax as the model's logits (the first index of the maximum); a CPU computes a 16-row
+    batch about twice as fast in this orientation as `hidden @ weight.T`, and no (rows, vocab)
+    logits tensor is held.
+    """
+    import torch
+
+    from .models import logit_transform
+
+    head = model.get_output_embeddings()
+    scale, softcap = logit_transform(model.config)
+    h = hidden.to(head.weight.dtype).T
+    best = index = None
+    for start in range(0, head.weight.shape[0], VOCAB_CHUNK):
+        logits = head.weight[start : start + VOCAB_CHUNK] @ h  # (chunk, rows)
+        if head.bias is not None:
+            logits = logits + head.bias[start : start + VOCAB_CHUNK, None]
+        if scale != 1.0:
+            logits = logits * scale
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        value, i = logits.max(0)
+        if best is None:
+            best, index = value, i
+        else:
+            better = value > best  # strictly: a tie keeps the earlier token, as argmax does
+            best, index = torch.where(better, value, best), torch.where(better, i + start, index)
+    return index
+
+
+def greedy_rows(
+    model, prompts: list[list[int]], max_new_tokens: int, eos: set[int], pad_id: int
+) -> list[list[int]]:
+    """Greedy continuations of token-id prompts, decoded together; each row's new tokens, ending
+    at its eos if any.
+
+    Prompts that are prefixes of another one in the batch (the rounds of a dialogue: each round's
+    history starts with the previous round's) share one prefill. Each trunk (a prompt no other
+    extends) is encoded once, on its own (no padding), every layer keeping every position. A
+    prompt's first token comes from the hidden state at its own last position, and its KV cache is
+    the first len(prompt) positions of its trunk's. The rows then decode together, left-padded,
+    and a row leaves the batch (and the cache) at its eos. The positions, mask and cache are those
+    transformers' greedy `generate` builds for each prompt, so the tokens are the same up to float
+    rounding of batched products (fp32: `tests/test_generate.py`, and the replies counted in
+    `benchmarks/eval_generation.py`).
     """
     import torch
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
-    positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-    step_ids, length = input_ids, input_ids.shape[1]
-    alive = torch.arange(input_ids.shape[0])
-    rows: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    eos_t = torch.tensor(sorted(eos), device=input_ids.device)
-    for step in range(max_new_tokens):
-        out = model(
-            input_ids=step_ids,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            past_key_values=cache,
+    device = next(model.parameters()).device
+    trunk_of = shared_prefixes(prompts)
+    lengths = [len(p) for p in prompts]
+    longest = max(lengths)
+    first = torch.empty(len(prompts), dtype=torch.long, device=device)
+    kv = None  # per layer: (keys, values) of every prompt, left-padded to the longest
+    for t in sorted(set(trunk_of)):
+        members = [r for r, u in enumerate(trunk_of) if u == t]
+        full = DynamicCache()  # no sliding window: a prompt shorter than its trunk keeps its keys
+        hidden = model.base_model(
+            input_ids=torch.tensor([prompts[t]], device=device),
+            **{_cache_arg(model): full},
             use_cache=True,
-            logits_to_keep=1,
-            cache_position=torch.arange(
-                length - step_ids.shape[1], length, device=input_ids.device
-            ),
-        )
-        nxt = out.logits[:, -1].argmax(-1)
-        for r, t in zip(alive.tolist(), nxt.tolist()):
-            rows[r].append(t)
+        ).last_hidden_state[0]
+        first[members] = head_argmax(model, hidden[[lengths[r] - 1 for r in members]])
+        if kv is None:
+            kv = [
+                tuple(x.new_zeros(len(prompts), x.shape[1], longest, x.shape[3]) for x in pair)
+                for pair in ((layer.keys, layer.values) for layer in full.layers)
+            ]
+        for (keys, values), layer in zip(kv, full.layers):
+            for r in members:
+                keys[r, :, longest - lengths[r] :] = layer.keys[0, :, : lengths[r]]
+                values[r, :, longest - lengths[r] :] = layer.values[0, :, : lengths[r]]
+    cols = torch.arange(longest, device=device)
+    attention_mask = (cols[None] >= longest - torch.tensor(lengths, device=device)[:, None]).long()
+    cache = DynamicCache(kv, config=model.config)  # sliding-window layers keep their last window
+    return _decode(model, cache, attention_mask, first, max_new_tokens, eos)
+
+
+def _cache_arg(model) -> str:
+    """The name under which the model's backbone takes its KV cache (`cache` from transformers 5.40)."""
+    import inspect
+
+    params = inspect.signature(model.base_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _decode(model, cache, attention_mask, nxt, max_new_tokens: int, eos: set[int]):
+    """Greedy steps after the prefill: nxt holds each row's first new token."""
+    import torch
+
+    rows = [[t] for t in nxt.tolist()]
+    alive = torch.arange(len(rows))
+    eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=nxt.device)
+    length = attention_mask.shape[1]
+    for _ in range(max_new_tokens - 1):
         going = ~torch.isin(nxt, eos_t)
-        if not going.any() or step == max_new_tokens - 1:
+        if not going.any():
             break
         if not going.all():  # finished rows leave the batch
             keep = going.nonzero().flatten()
@@ -239,8 +366,17 @@ def greedy_rows(
         attention_mask = torch.cat(
             [attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1
         )
-        positions = attention_mask.sum(-1, keepdim=True) - 1
-        step_ids, length = nxt[:, None], length + 1
+        hidden = model.base_model(
+            input_ids=nxt[:, None],
+            attention_mask=attention_mask,
+            position_ids=attention_mask.sum(-1, keepdim=True) - 1,
+            **{_cache_arg(model): cache},
+            use_cache=True,
+            cache_position=torch.arange(length, length + 1, device=nxt.device),
+        ).last_hidden_state
+        nxt, length = head_argmax(model, hidden[:, -1]), length + 1
+        for r, t in zip(alive.tolist(), nxt.tolist()):
+            rows[r].append(t)
     return rows
 
 

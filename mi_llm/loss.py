@@ -22,16 +22,9 @@ import torch.nn.functional as F
 from trl import SFTTrainer
 from trl.trainer.utils import FusedCausalLMOutput
 
+from .models import logit_transform
+
 METRIC_CHUNK = 1024  # rows of logits built at a time for the no-grad metrics on the Liger path
-
-
-def _logit_transform(config):
-    """(scale, softcap) the model applies to its logits (Gemma 2 soft-caps; most models neither)."""
-    cfg = config.get_text_config()
-    scale = getattr(cfg, "logit_scale", None)
-    if scale is None and getattr(cfg, "logits_scaling", None) is not None:
-        scale = 1 / cfg.logits_scaling
-    return (1.0 if scale is None else scale), getattr(cfg, "final_logit_softcapping", None)
 
 
 def _logits(hidden, weight, bias, scale, softcap):
@@ -91,7 +84,7 @@ def add_loss_positions_head(model, liger: bool | None = None) -> None:
     any other call goes to the previous forward unchanged (generation, evaluation with logits).
     """
     previous = model.forward
-    scale, softcap = _logit_transform(model.config)
+    scale, softcap = logit_transform(model.config)
 
     def forward(
         self,

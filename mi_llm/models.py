@@ -103,6 +103,15 @@ class ModelSpec:
     )
 
 
+def logit_transform(config) -> tuple[float, float | None]:
+    """(scale, softcap) a model applies to its output layer's logits (Gemma 2 soft-caps; most neither)."""
+    cfg = config.get_text_config()
+    scale = getattr(cfg, "logit_scale", None)
+    if scale is None and getattr(cfg, "logits_scaling", None) is not None:
+        scale = 1 / cfg.logits_scaling
+    return (1.0 if scale is None else scale), getattr(cfg, "final_logit_softcapping", None)
+
+
 REGISTRY: dict[str, ModelSpec] = {
     s.name: s
     for s in [

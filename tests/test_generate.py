@@ -361,12 +361,10 @@ def test_greedy_loop_drops_finished_rows_and_matches_generate(tiny_model_dir):
     model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
     prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=3, context_turns=4)]
     tok.padding_side = "left"
-    enc = tok(
-        generate.prompt_texts(tok, prompts),
-        return_tensors="pt",
-        padding=True,
-        add_special_tokens=False,
-    )
+    texts = generate.prompt_texts(tok, prompts)
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert len(set(generate.shared_prefixes(ids))) < len(ids)  # rounds share a prefill
     cfg = generate.generation_config(model, tok, 12)
     # stop on frequent tokens of this random model, so that rows finish at different steps
     with torch.inference_mode():
@@ -376,8 +374,60 @@ def test_greedy_loop_drops_finished_rows_and_matches_generate(tiny_model_dir):
     cfg.eos_token_id = sorted(eos)
     with torch.inference_mode():
         want = model.generate(**enc, generation_config=cfg)[:, enc["input_ids"].shape[1] :].tolist()
-        got = generate.greedy_rows(model, enc["input_ids"], enc["attention_mask"], 12, eos)
+        got = generate.greedy_rows(model, ids, 12, eos, tok.pad_token_id)
     lengths = [len(r) for r in got]
     assert len(set(lengths)) > 1  # rows did finish at different steps
     for g, w in zip(got, want):
         assert g == w[: len(g)] and (len(g) == 12 or g[-1] in eos)
+
+
+def test_shared_prefixes_links_each_prompt_to_one_that_extends_it():
+    ids = [[1, 2, 3], [1, 2], [1, 2, 3, 4], [1, 5], [1], [2, 1], [1, 2]]
+    trunk = generate.shared_prefixes(ids)
+    for i, t in enumerate(trunk):
+        assert ids[t][: len(ids[i])] == ids[i]  # the trunk starts with the prompt
+        assert generate.shared_prefixes([ids[t]]) == [0]
+    assert trunk[0] == trunk[1] == trunk[2] == trunk[6] == 2
+    assert (
+        trunk[3] == 3 and trunk[5] == 5 and trunk[4] in (2, 3)
+    )  # [1] starts both [1, 5] and [1, 2, ...]
+    assert generate.shared_prefixes([]) == []
+
+
+def test_head_argmax_equals_the_models_logits(tiny_model_dir, monkeypatch):
+    """Chunked weight @ hidden.T with the model's soft-cap: the argmax of the model's own logits."""
+    import torch
+
+    model, _ = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    model.config.final_logit_softcapping = 0.05  # squashes the logits: ties are likely
+    monkeypatch.setattr(generate, "VOCAB_CHUNK", 1000)  # several chunks of the 262k vocabulary
+    ids = torch.randint(0, 5000, (6, 9))
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[:, -1]
+        hidden = model.base_model(input_ids=ids).last_hidden_state[:, -1]
+        assert generate.head_argmax(model, hidden).tolist() == logits.argmax(-1).tolist()
+
+
+def test_shared_prefill_past_a_sliding_window_equals_one_prompt_at_a_time(tiny_model_dir):
+    """Whole-history rounds longer than a sliding window: sharing the longest round's prefill gives
+    each round the tokens transformers' generate writes for that round alone."""
+    import torch
+    from transformers import AutoConfig, Gemma3ForCausalLM
+
+    _, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    cfg = AutoConfig.from_pretrained(tiny_model_dir)
+    cfg.sliding_window = 16  # far shorter than the prompts
+    torch.manual_seed(1)
+    model = Gemma3ForCausalLM(cfg).eval()
+    prompts = [r["messages"] for r in generate.rounds(_records(1), max_rounds=3)]
+    ids = [
+        tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, prompts)
+    ]
+    assert len(set(generate.shared_prefixes(ids))) == 1 and min(map(len, ids)) > 16
+    with torch.inference_mode():
+        got = generate.greedy_rows(model, ids, 10, set(), tok.pad_token_id)
+        for g, p in zip(got, ids):
+            want = model.generate(
+                torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=None
+            )
+            assert g == want[0, len(p) :].tolist()

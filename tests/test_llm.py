@@ -398,7 +398,10 @@ def chats(n: int) -> list[llm.Request]:
 
 
 def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, tmp_path):
-    """Greedy batched answers equal those of one request at a time; a cached re-run loads no model."""
+    """Greedy answers are transformers' greedy `generate` answers, batched or one request at a
+    time; a cached re-run loads no model."""
+    import torch
+
     p = LLMParams(provider="embedded", model=str(tiny_model_dir), max_concurrency=4)
     settings = {"temperature": 0.0, "max_tokens": 6}
 
@@ -417,6 +420,14 @@ def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, t
             ep.provider == "embedded" and ep.local.model is None
         )  # nothing loaded before a request
         res = ask(ep, chats(6))
+        model, tok = ep.local.model, ep.local.tok
+        for q, r in zip(chats(6), res):  # the greedy loop writes what transformers' generate writes
+            text = tok.apply_chat_template(q.messages, tokenize=False, add_generation_prompt=True)
+            enc = tok(text, return_tensors="pt", add_special_tokens=False)
+            with torch.inference_mode():
+                new = model.generate(**enc, max_new_tokens=6, do_sample=False)[0]
+            want = tok.decode(new[enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            assert r.text == want.strip()
     assert all(
         r.ok and r.api_calls == 1 and r.completion_tokens > 0 and r.prompt_tokens > 5 for r in res
     )
