@@ -2,15 +2,16 @@
 
 Same prompts, same model (the embedded Gemma 3 270M in the registry's dtype as models.load gives it:
 fp32 on a CPU without native bf16, unless --dtype), same greedy settings. The prompts are stage 04's
-round-based prompts of the shipped CPsyCounE sample, by default as the paper makes them: every round
-of a dialogue, each with the whole gold history (`--context-turns 6 --max-rounds 2` gives the smoke
-study's shape). Both sides are warmed up at their own batch size first, then measured interleaved
-(batched, one at a time, batched, ...) for --reps rounds so that a busy machine slows both alike;
-prints both rates, their ratio, how many replies are identical, the prompt tokens each side encodes,
-and peak RSS.
+round-based prompts of the shipped CPsyCounE sample, by default in the shape `--params` gives them
+(params/paper.yaml: every round of a dialogue, each with the whole gold history, batches of 32;
+`--params params/smoke.yaml` gives the smoke study's). Both sides are warmed up at their own batch
+size first, then measured interleaved (batched, one at a time, batched, ...) for --reps rounds so
+that a busy machine slows both alike. Prints both rates, their ratio, how many replies are
+identical, the prompt tokens each side encodes, what one greedy step costs per row alone and in a
+batch (the most batching can give the decode), and peak RSS.
 
-    .venv/bin/python benchmarks/eval_generation.py [--n 16] [--batch-size 16] [--max-new-tokens 64]
-        [--context-turns all] [--max-rounds all] [--reps 2]
+    .venv/bin/python benchmarks/eval_generation.py [--params params/paper.yaml] [--n BATCH]
+        [--batch-size B] [--max-new-tokens 64] [--context-turns N|all] [--max-rounds N|all] [--reps 1]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mi_llm import corpora, generate, models
+from mi_llm import corpora, generate, models, params
 from mi_llm.params import ROOT
 
 
@@ -38,8 +39,10 @@ def prompts(n: int, context_turns: int | None, max_rounds: int | None = None) ->
     return [r["messages"] for r in rounds[:n]]
 
 
-def count(text: str) -> int | None:
-    """An int, or None for 'all'."""
+def count(text: str) -> int | str | None:
+    """An int, None for 'all', or 'params' (take it from --params)."""
+    if text == "params":
+        return text
     return None if text in ("all", "none", "None") else int(text)
 
 
@@ -64,17 +67,24 @@ def main() -> None:
     """Run both modes on the same prompts and print replies/s, new tokens/s and the ratio."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma3-270m")
-    ap.add_argument("--n", type=int, default=16, help="prompts")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--params", default="params/paper.yaml", help="its evaluation section's shape")
+    ap.add_argument("--n", type=int, default=None, help="prompts (default: one batch)")
+    ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument(
-        "--context-turns", type=count, default=None, help="messages of history per prompt (all)"
-    )
-    ap.add_argument("--max-rounds", type=count, default=None, help="rounds per dialogue (all)")
+    ap.add_argument("--context-turns", type=count, default="params", help="N or all")
+    ap.add_argument("--max-rounds", type=count, default="params", help="N or all")
     ap.add_argument("--dtype", default=None, help="torch dtype (default: the registry's)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--reps", type=int, default=2, help="interleaved rounds of both sides")
+    ap.add_argument("--reps", type=int, default=1, help="interleaved rounds of both sides")
     args = ap.parse_args()
+    E = params.load(
+        ROOT / args.params if not os.path.isabs(args.params) else args.params
+    ).evaluation
+    args.batch_size = args.batch_size or E.batch_size
+    args.n = args.n or args.batch_size
+    for k in ("context_turns", "max_rounds"):
+        if getattr(args, k) == "params":
+            setattr(args, k, getattr(E, k))
 
     model, tok = models.load(args.model, args.device, dtype=args.dtype)
     ps = prompts(args.n, args.context_turns, args.max_rounds)
