@@ -11,6 +11,7 @@ import json
 import re
 
 import pandas as pd
+import pytest
 import yaml
 from openai_server import serve
 
@@ -42,6 +43,7 @@ def _answer(req: dict) -> str:
     raise AssertionError(f"unexpected prompt: {last[:200]}")
 
 
+@pytest.mark.slow  # 3-4 min; `make study` runs the same notebooks on the embedded model
 def test_whole_study_runs_end_to_end(tmp_path, monkeypatch, tiny_model_dir):
     smoke = yaml.safe_load((params.ROOT / "params" / "smoke.yaml").read_text())
     with serve(_answer) as url:
