@@ -4,7 +4,8 @@ For each test dialogue of 02 (test.jsonl) and each counselor turn that answers a
 gold history up to that client turn is the prompt and the gold counselor turn the reference. Every
 (model, variant) answers every round: batched, seeded, greedy unless params say otherwise, stopping
 at the model's end-of-turn token. Greedy decoding is our loop (`greedy_rows`): a dialogue's rounds,
-whose prompts extend one another, share one prefill, and a finished row leaves the batch. Records are appended to generations.jsonl after each batch, and a re-run skips
+whose prompts extend one another, share one prefill, and a finished row leaves the batch. Records
+are appended to generations.jsonl after each batch, and a re-run skips
 the (model, variant, dialogue, round) keys already there, so an interrupted run resumes. Each
 record carries a fingerprint of what made it (weights, adapter bytes, generation settings, context
 window); resuming onto records with another fingerprint is an error, never a silent mix.
