@@ -431,3 +431,27 @@ def test_shared_prefill_past_a_sliding_window_equals_one_prompt_at_a_time(tiny_m
                 torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=None
             )
             assert g == want[0, len(p) :].tolist()
+
+
+def test_cache_layers_with_room_hold_what_transformers_layers_hold():
+    """The decode's preallocated cache layers return and keep the keys and values of transformers'
+    DynamicLayer and DynamicSlidingWindowLayer, through a prefill, steps past their room (the
+    buffers grow) and a batch selection."""
+    import torch
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    torch.manual_seed(0)
+    for theirs in (DynamicLayer(), DynamicSlidingWindowLayer(sliding_window=6)):
+        ours = generate._with_room(theirs, 2)
+        assert type(ours) is not type(theirs) and isinstance(ours, type(theirs))
+        for step, n in enumerate([9, 1, 1, 1, 2, 1]):  # a prefill, then decode steps
+            if step == 4:
+                keep = torch.tensor([0, 2])
+                theirs.batch_select_indices(keep)
+                ours.batch_select_indices(keep)
+            kv = [torch.randn(3 if step < 4 else 2, 2, n, 4) for _ in range(2)]
+            for a, b in zip(theirs.update(*kv), ours.update(*kv)):
+                assert torch.equal(a, b)  # what attention sees this step
+            assert torch.equal(theirs.keys, ours.keys) and torch.equal(theirs.values, ours.values)
+            assert theirs.get_seq_length() == ours.get_seq_length()
+            assert theirs.get_mask_sizes(1) == ours.get_mask_sizes(1)
