@@ -412,24 +412,49 @@ def make(name: str, run_dir, fp: params_mod.FiguresParams):
     try:
         table = table_fn(run_dir)
     except MissingArtifact as e:
-        for old in [*own.glob(f"{name}.*"), *own.glob(f"tables/{name}.*")]:
-            old.unlink()  # a figure of an earlier run of this config must not pass for this one's
+        for old in [*own.glob(f"{name}.*"), *own.glob(f"tables/{name}.*"), own / KEYS / name]:
+            old.unlink(
+                missing_ok=True
+            )  # a figure of an earlier run of this config must not pass for this one's
         print(f"[figures] skipped {name}: {e}")
         return None
     fig = figure_fn(run_dir, table)
     out = params_mod.path(fp.out_dir)
     (own / "tables").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    files = []
-    for fmt in fp.formats:
-        fig.savefig(own / f"{name}.{fmt}", dpi=fp.dpi, metadata=_metadata(fmt))
-        files.append(own / f"{name}.{fmt}")
+    files = [own / f"{name}.{fmt}" for fmt in fp.formats]
+    key, key_file = _drawn_from(name, run_dir, table, fp), own / KEYS / name
+    if not (all(f.exists() for f in files) and key_file.exists() and key_file.read_text() == key):
+        for f, fmt in zip(files, fp.formats):  # PDFs embed a subset of the CJK font: 2 s each
+            fig.savefig(f, dpi=fp.dpi, metadata=_metadata(fmt))
+        key_file.parent.mkdir(exist_ok=True)
+        key_file.write_text(key)
     table.to_csv(own / "tables" / f"{name}.csv", index=False)
     (own / "tables" / f"{name}.md").write_text(to_markdown(table), encoding="utf-8")
     files += [own / "tables" / f"{name}.csv", own / "tables" / f"{name}.md"]
     for f in files:
         shutil.copy2(f, out / f.relative_to(own))
     return fig
+
+
+KEYS = ".drawn_from"  # in 05_figures/: per figure, the sha256 of what its saved files show
+
+
+def _drawn_from(name: str, run_dir, table: pd.DataFrame, fp) -> str:
+    """sha256 of what a figure's files are drawn from: its table, every artifact stage 05 reads,
+    the code that builds and draws it (this module and tables.py), the format settings, the CJK
+    font and matplotlib. A figure whose files exist with this key is not saved again."""
+    import hashlib
+
+    import matplotlib
+
+    from . import tables
+    from .runs import sha256_file
+
+    parts = [name, table.to_csv(index=False), repr((fp.formats, fp.dpi)), _cjk_font or ""]
+    parts += [matplotlib.__version__, Path(__file__).read_text(), Path(tables.__file__).read_text()]
+    parts += [f"{f.name} {sha256_file(f)}" for f in sorted(inputs(run_dir)) if f.is_file()]
+    return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
 
 def _metadata(fmt):

@@ -176,15 +176,20 @@ def score_columns(metrics) -> list[str]:
 
 
 def cohen_kappa(a, b) -> float:
-    """Cohen's kappa of two raters' labels (scikit-learn); NaN when undefined (one label only)."""
-    from sklearn.metrics import cohen_kappa_score
-
+    """Cohen's kappa of two raters' labels (unweighted, as scikit-learn's cohen_kappa_score); NaN
+    when undefined (one label only). Plain numpy: bootstrap CIs call it a thousand times, where
+    scikit-learn's input checks take 5 ms a call."""
     a, b = list(a), list(b)
     if len(a) != len(b):
         raise ValueError(f"kappa needs paired labels, got {len(a)} and {len(b)}")
-    if not a or len(set(a) | set(b)) < 2:
+    code = {label: i for i, label in enumerate(dict.fromkeys([*a, *b]))}
+    k = len(code)
+    if not a or k < 2:
         return math.nan
-    return float(cohen_kappa_score(a, b))
+    pairs = np.fromiter((code[x] * k + code[y] for x, y in zip(a, b)), int, len(a))
+    table = np.bincount(pairs, minlength=k * k).reshape(k, k) / len(a)  # rater a x rater b
+    agreed, chance = np.trace(table), table.sum(1) @ table.sum(0)
+    return float((agreed - chance) / (1 - chance))
 
 
 def score(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import re
 import resource
 import sys
 import time
@@ -260,10 +261,17 @@ def peak_memory_mb() -> tuple[float, str]:
 
 # ----------------------------------------------------------------------------- training
 def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest complete checkpoint-N folder under output_dir (None when there is none)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The checkpoint-N folder under output_dir with the largest N (None when there is none).
 
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    transformers.trainer_utils.get_last_checkpoint's rule, without importing the trainer (10 s on
+    2 cores, for a re-run that finds the training finished).
+    """
+    found = [
+        (int(m.group(1)), str(d))
+        for d in (Path(output_dir).iterdir() if Path(output_dir).is_dir() else ())
+        if d.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", d.name))
+    ]
+    return max(found)[1] if found else None
 
 
 # ----------------------------------------------------------------------------- run identity
@@ -312,30 +320,35 @@ def _write_identity(ckpt_dir: Path, ident: dict) -> None:
 
 def train(P: Params, model_name: str, progress: bool = True, model_path=None, callbacks=()) -> dict:
     """LoRA-fine-tune one registry model on the MI corpus; resumes; returns report.json's dict."""
-    from .loss import LossPositionsSFTTrainer
+    from .runs import set_seed
 
-    _require_valid(P)
-    spec = models.get(model_name)
     out = P.stage_dir(STAGE) / model_name
     ckpt_dir = out / "checkpoints"
     read_train(P)  # fail on a missing or bad split before loading a model
     ident = identity(P)
     resume = last_checkpoint(ckpt_dir)
+    done = out / REPORT_FILE
+    if resume and done.exists():  # a finished run (notebook after `accelerate launch`): keep it
+        report = json.loads(done.read_text(encoding="utf-8"))
+        steps = int(Path(resume).name.split("-")[-1])
+        if (
+            report["steps"] == steps == P.sft.config.get("max_steps", steps)
+            and report.get("identity") == ident
+        ):
+            return report
+    # checked here, not first: a finished run with these very params (above) passed this check,
+    # which imports TRL and PEFT (8 s on 2 cores); and before anything is cleared
+    _require_valid(P)
+    spec = models.get(model_name)
     stale = _stale(ckpt_dir, ident) if resume else None
     if stale:  # checkpoints of other data or params: never resumed, never returned as this run
         print(f"[mi_llm] {out}: retraining from step 0: {stale}", file=sys.stderr, flush=True)
         _clear(out)
         resume = None
     start_step = int(Path(resume).name.split("-")[-1]) if resume else 0
-    done = out / REPORT_FILE
-    if resume and done.exists():  # a finished run (notebook after `accelerate launch`): keep it
-        report = json.loads(done.read_text(encoding="utf-8"))
-        if (
-            report["steps"] == start_step == P.sft.config.get("max_steps", start_step)
-            and report.get("identity") == ident
-        ):
-            return report
     _write_identity(ckpt_dir, ident)
+    from .loss import LossPositionsSFTTrainer
+
     if model_path is None and model_name in P.model_paths:
         model_path = params_path(P.model_paths[model_name])
     dtype = devices.compute_dtype(
@@ -345,6 +358,7 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     dataset = build_dataset(P, tok)
     args = sft_config(P, spec, ckpt_dir, disable_tqdm=not progress)
     log = _log_callback(out / LOG_FILE, start_step)
+    set_seed(P.seed)  # the LoRA weights are drawn in the constructor, before the Trainer seeds
     trainer = LossPositionsSFTTrainer(  # TRL's SFTTrainer, output layer at the label positions only
         model=model,
         args=args,

@@ -103,9 +103,36 @@ def test_tables_carry_the_artifacts_numbers(made):
 def test_same_artifacts_give_identical_files(made, tmp_path):
     run, out, _ = made
     for name in ("transcription", "training_loss"):
+        (run / "05_figures" / figures.KEYS / name).unlink()  # drawn and saved again
         figures.make(name, run, FiguresParams(out_dir=str(tmp_path), dpi=72))
         for fmt in ("png", "pdf"):
             assert (tmp_path / f"{name}.{fmt}").read_bytes() == (out / f"{name}.{fmt}").read_bytes()
+
+
+def test_a_figure_is_saved_again_only_when_what_it_shows_changed(made, tmp_path):
+    """A re-run's figures whose table, artifacts, code and settings are unchanged are not saved
+    again (PDF font subsetting is the slow part of stage 05); any change saves them."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(made[0], run)
+    fp = FiguresParams(out_dir=str(tmp_path / "figures"), dpi=72)
+    png = run / "05_figures" / "training_loss.png"
+
+    def saved_again(**kw) -> bool:
+        png.write_bytes(b"marker")  # what a skipped save leaves in place
+        figures.make("training_loss", run, FiguresParams(**{**vars(fp), **kw}))
+        return png.read_bytes() != b"marker"
+
+    figures.make("training_loss", run, fp)
+    assert not saved_again()
+    assert saved_again(dpi=80)  # other settings
+    log = run / "03_sft" / "tiny" / "train_log.csv"
+    log.write_text(log.read_text().replace("\n1,", "\n1,9", 1))  # another artifact
+    assert saved_again(dpi=80)
+    (run / "05_figures" / "training_loss.pdf").unlink()  # a file is missing
+    assert saved_again(dpi=80)
+    assert (tmp_path / "figures" / "training_loss.png").read_bytes() == png.read_bytes()
 
 
 def test_missing_artifact_is_skipped_with_its_file_named(made, tmp_path, capsys):

@@ -201,3 +201,18 @@ def test_cohen_kappa_known_table():
     b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
     assert metrics.cohen_kappa(a, b) == pytest.approx(0.4)
     assert math.isnan(metrics.cohen_kappa(["Q", "Q"], ["Q", "Q"]))
+
+
+def test_cohen_kappa_equals_scikit_learn():
+    import numpy as np
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(0)
+    for n, labels in [(2, "ab"), (7, "abc"), (40, "QRSTU"), (300, "xy")]:
+        a = rng.choice(list(labels), n).tolist()
+        b = [x if rng.random() < 0.6 else rng.choice(list(labels)) for x in a]
+        if len(set(a) | set(b)) > 1:
+            assert metrics.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b), abs=1e-12)
+    assert metrics.cohen_kappa(["x", "x"], ["y", "y"]) == cohen_kappa_score(["x", "x"], ["y", "y"])
+    with pytest.raises(ValueError, match="paired"):
+        metrics.cohen_kappa(["x"], ["x", "y"])

@@ -343,3 +343,12 @@ def test_trainer_scores_only_label_positions(run_root, tiny_llama, monkeypatch):
     P = make_params(config={**make_params().sft.config, "max_steps": 1})
     sft.train(P, "llama3-8b-chinese-chat-v2", progress=False, model_path=tiny_llama)
     assert seen and all(k == n > 0 for k, n in seen)
+
+
+def test_last_checkpoint_is_the_largest_step(tmp_path):
+    assert sft.last_checkpoint(tmp_path / "absent") is None
+    assert sft.last_checkpoint(tmp_path) is None
+    for name in ("checkpoint-9", "checkpoint-10", "checkpoint-2", "checkpoint-x", "runs"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint-99").write_text("a file, not a checkpoint")
+    assert sft.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
