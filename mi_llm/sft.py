@@ -52,20 +52,26 @@ PROJECT_DEFAULTS = {
 
 
 # ----------------------------------------------------------------------------- params
-def check_params(P: Params) -> list[str]:
-    """Problems in params.sft (unknown model, LoRA or SFTConfig keys, inconsistent options)."""
-    from peft import LoraConfig
-    from trl import SFTConfig
+def check_params(P: Params, fields: bool = True) -> list[str]:
+    """Problems in params.sft (unknown model, LoRA or SFTConfig keys, inconsistent options).
 
+    fields=False skips the LoRA and SFTConfig keys, whose check imports PEFT and TRL.
+    """
     errs = []
     for name in P.sft.models:
         if name not in models.REGISTRY:
             errs.append(f"sft.models: unknown model {name!r}; known models: {models.NAMES}")
-    for section, cls in [("lora", LoraConfig), ("config", SFTConfig)]:
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in getattr(P.sft, section):
-            if key not in known:
-                errs.append(f"sft.{section}.{key}: not a field of {cls.__module__}.{cls.__name__}")
+    if fields:
+        from peft import LoraConfig
+        from trl import SFTConfig
+
+        for section, cls in [("lora", LoraConfig), ("config", SFTConfig)]:
+            known = {f.name for f in dataclasses.fields(cls)}
+            for key in getattr(P.sft, section):
+                if key not in known:
+                    errs.append(
+                        f"sft.{section}.{key}: not a field of {cls.__module__}.{cls.__name__}"
+                    )
     for key in sorted(OWNED_KEYS & set(P.sft.config)):
         errs.append(
             f"sft.config.{key}: set by mi_llm from the run (seed, device, runs/<name>/03_sft)"
@@ -84,8 +90,8 @@ def check_params(P: Params) -> list[str]:
     return errs
 
 
-def _require_valid(P: Params) -> None:
-    errs = check_params(P)
+def _require_valid(P: Params, fields: bool = True) -> None:
+    errs = check_params(P, fields)
     if errs:
         raise ValueError("invalid sft params:\n  " + "\n  ".join(errs))
 
@@ -322,6 +328,8 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     """LoRA-fine-tune one registry model on the MI corpus; resumes; returns report.json's dict."""
     from .runs import set_seed
 
+    _require_valid(P, fields=False)  # the LoRA and SFTConfig keys: once TRL is needed (below)
+    spec = models.get(model_name)
     out = P.stage_dir(STAGE) / model_name
     ckpt_dir = out / "checkpoints"
     read_train(P)  # fail on a missing or bad split before loading a model
@@ -336,10 +344,9 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
             and report.get("identity") == ident
         ):
             return report
-    # checked here, not first: a finished run with these very params (above) passed this check,
-    # which imports TRL and PEFT (8 s on 2 cores); and before anything is cleared
+    # a finished run with these very params (above) passed this check, which imports TRL and PEFT
+    # (8 s on 2 cores); it comes before anything is cleared
     _require_valid(P)
-    spec = models.get(model_name)
     stale = _stale(ckpt_dir, ident) if resume else None
     if stale:  # checkpoints of other data or params: never resumed, never returned as this run
         print(f"[mi_llm] {out}: retraining from step 0: {stale}", file=sys.stderr, flush=True)
