@@ -335,8 +335,9 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     read_train(P)  # fail on a missing or bad split before loading a model
     ident = identity(P)
     resume = last_checkpoint(ckpt_dir)
+    stale = _stale(ckpt_dir, ident) if resume else None
     done = out / REPORT_FILE
-    if resume and done.exists():  # a finished run (notebook after `accelerate launch`): keep it
+    if resume and not stale and done.exists():  # a finished run (e.g. after `accelerate launch`)
         report = json.loads(done.read_text(encoding="utf-8"))
         steps = int(Path(resume).name.split("-")[-1])
         if (
@@ -347,7 +348,6 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     # a finished run with these very params (above) passed this check, which imports TRL and PEFT
     # (8 s on 2 cores); it comes before anything is cleared
     _require_valid(P)
-    stale = _stale(ckpt_dir, ident) if resume else None
     if stale:  # checkpoints of other data or params: never resumed, never returned as this run
         print(f"[mi_llm] {out}: retraining from step 0: {stale}", file=sys.stderr, flush=True)
         _clear(out)
