@@ -412,10 +412,9 @@ def make(name: str, run_dir, fp: params_mod.FiguresParams):
     try:
         table = table_fn(run_dir)
     except MissingArtifact as e:
+        # a figure of an earlier run of this config must not pass for this one's
         for old in [*own.glob(f"{name}.*"), *own.glob(f"tables/{name}.*"), own / KEYS / name]:
-            old.unlink(
-                missing_ok=True
-            )  # a figure of an earlier run of this config must not pass for this one's
+            old.unlink(missing_ok=True)
         print(f"[figures] skipped {name}: {e}")
         return None
     fig = figure_fn(run_dir, table)
