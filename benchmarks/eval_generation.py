@@ -1,4 +1,4 @@
-"""Replies/s of stage 04's generation: batched (shared prefills, sorted by length) vs one prompt at a time.
+"""Replies/s of stage 04's generation: batched (shared starts encoded once) vs one prompt at a time.
 
 Same prompts, same model (the embedded Gemma 3 270M in the registry's dtype as models.load gives it:
 fp32 on a CPU without native bf16, unless --dtype), same greedy settings. The prompts are stage 04's
@@ -89,14 +89,19 @@ def main() -> None:
     model, tok = models.load(args.model, args.device, dtype=args.dtype)
     ps = prompts(args.n, args.context_turns, args.max_rounds)
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, ps)]
-    trunks = sorted(set(generate.shared_prefixes(ids)))
+    batches = generate.batches_by_prefix(ids, args.batch_size)
+    encoded = sum(
+        len(ids[b[i]]) - shared
+        for b in batches
+        for i, shared in generate.prefill_plan([ids[j] for j in b])
+    )
     lens = [len(i) for i in ids]
     print(
         f"model {args.model} ({model.dtype}, {args.device}), {len(ps)} prompts of "
         f"{min(lens)}-{max(lens)} tokens (context_turns {args.context_turns}, max_rounds "
         f"{args.max_rounds}), max_new_tokens {args.max_new_tokens}\n"
-        f"prompt tokens encoded: one at a time {sum(lens)}, batched at most "
-        f"{sum(lens[t] for t in trunks)} ({len(trunks)} shared prefills)",
+        f"prompt tokens encoded: one at a time {sum(lens)}, batched {encoded} "
+        f"(shared starts encoded once, batches of {args.batch_size})",
         flush=True,
     )
     kw = {"max_new_tokens": args.max_new_tokens}

@@ -89,10 +89,12 @@ class Generator:
     """The embedded model answering chat requests in this process, in batches (llm provider embedded).
 
     The model loads on the first request that the answer cache does not hold, so a re-run whose
-    answers are all cached loads nothing. Prompts are sorted by length and batched; a batch is
-    decoded greedily at temperature 0 (`generate.greedy_rows`, stage 04's loop), else sampled by one
-    `generate` call on left-padded prompts with a seed per batch; a reply stops at the model's
-    end-of-turn token.
+    answers are all cached loads nothing. Prompts that share their start (the instructions and
+    few-shot examples of a stage's requests) are batched together and that start is encoded once;
+    a batch is decoded by stage 04's loop, greedily at temperature 0 (`generate.greedy_rows`), else
+    sampled at the request's temperature and top_p (`generate.sampled_rows`) with a seed per batch;
+    a reply stops at the model's end-of-turn token. A checkpoint whose generation config adds
+    logits processors (penalties, ...) goes to transformers' `generate` instead.
     """
 
     def __init__(self, folder, batch_size: int = 8, device: str | None = None, seed: int = 0):
@@ -139,7 +141,6 @@ class Generator:
             tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts
         ]
         ids = tok(texts, add_special_tokens=False)["input_ids"]  # the template writes <bos> itself
-        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
         temp = settings.get("temperature") or 0.0
         gen = {
             "max_new_tokens": settings.get("max_tokens") or 256,
@@ -154,13 +155,12 @@ class Generator:
         eos = model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
         plain = copy.deepcopy(model.generation_config)
-        plain.do_sample = False  # the checkpoint's sampling defaults give way to temperature 0
-        greedy = temp == 0 and generate.plain_greedy(plain)
-        for n, start in enumerate(range(0, len(order), self.batch_size)):
-            idx = order[start : start + self.batch_size]
+        plain.do_sample = False  # the request's temperature and top_p replace the checkpoint's
+        loop = ("sample" if temp > 0 else "greedy") if generate.plain_greedy(plain) else None
+        for n, idx in enumerate(generate.batches_by_prefix(ids, self.batch_size)):
             torch.manual_seed(self.seed + n)  # sampling only: greedy draws nothing
             rows = generate.new_tokens(
-                model, tok, [ids[i] for i in idx], [texts[i] for i in idx], greedy, eos, **gen
+                model, tok, [ids[i] for i in idx], [texts[i] for i in idx], loop, eos, **gen
             )
             answers = []
             for i, row in zip(idx, rows):

@@ -3,8 +3,8 @@
 For each test dialogue of 02 (test.jsonl) and each counselor turn that answers a client turn, the
 gold history up to that client turn is the prompt and the gold counselor turn the reference. Every
 (model, variant) answers every round: batched, seeded, greedy unless params say otherwise, stopping
-at the model's end-of-turn token. Greedy decoding is our loop (`greedy_rows`): a dialogue's rounds,
-whose prompts extend one another, share one prefill, and a finished row leaves the batch. Records
+at the model's end-of-turn token. Greedy decoding is our loop (`greedy_rows`): what a batch's prompts share at
+their start (a dialogue's earlier rounds) is encoded once, and a finished row leaves the batch. Records
 are appended to generations.jsonl after each batch, and a re-run skips
 the (model, variant, dialogue, round) keys already there, so an interrupted run resumes. Each
 record carries a fingerprint of what made it (weights, adapter bytes, generation settings, context
@@ -160,8 +160,9 @@ def generate_batches(
     """Yield (indices into prompts, replies) per batch, longest prompts first.
 
     Greedy decoding (the default) runs `greedy_rows`: the rounds of a dialogue, whose prompts extend
-    one another, go into the same batch and share one prefill. Anything else (sampling, beams,
-    processors from `overrides`) goes to transformers' `generate` on left-padded batches.
+    one another, go into the same batch, and what they share is encoded once. Anything else
+    (sampling, beams, processors from `overrides`) goes to transformers' `generate` on left-padded
+    batches.
     prefixes: text put after each prompt's generation prompt (the reply starts with it; the
     returned reply is what the model wrote after it).
     """
@@ -173,17 +174,18 @@ def generate_batches(
     # plain greedy decoding (no sampling, penalties or other processors): our loop; anything else
     # goes to transformers' generate
     greedy_loop = not overrides and plain_greedy(cfg)
-    trunk = shared_prefixes(ids) if greedy_loop else list(range(len(ids)))
-    # longest first (an out-of-memory shows early); a dialogue's rounds next to each other
-    order = sorted(range(len(ids)), key=lambda i: (-len(ids[trunk[i]]), trunk[i], -len(ids[i])))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    if greedy_loop:  # a dialogue's rounds together: their history is encoded once
+        batches = batches_by_prefix(ids, batch_size)
+    else:  # longest first (an out-of-memory shows early), similar lengths padded together
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    for idx in batches:
         rows = new_tokens(
             model,
             tokenizer,
             [ids[i] for i in idx],
             [texts[i] for i in idx],
-            greedy_loop,
+            "greedy" if greedy_loop else None,
             eos,
             max_new_tokens=cfg.max_new_tokens,
             pad_token_id=cfg.pad_token_id,
@@ -196,17 +198,20 @@ def generate_batches(
         yield idx, replies
 
 
-def new_tokens(model, tokenizer, ids, texts, greedy: bool, eos: set[int], **generate_kw):
-    """The new tokens of each prompt of one batch: `greedy_rows` on the token ids when greedy, else
+def new_tokens(model, tokenizer, ids, texts, loop: str | None, eos: set[int], **generate_kw):
+    """The new tokens of each prompt of one batch: our loop on the token ids (loop "greedy":
+    `greedy_rows`; "sample": `sampled_rows` at generate_kw's temperature and top_p), else (None)
     transformers' `generate` on the left-padded texts (generate_kw: max_new_tokens, pad_token_id,
     and the rest of generate's keywords)."""
     import torch
 
+    n, pad = generate_kw["max_new_tokens"], generate_kw["pad_token_id"]
     with torch.inference_mode():
-        if greedy:
-            return greedy_rows(
-                model, ids, generate_kw["max_new_tokens"], eos, generate_kw["pad_token_id"]
-            )
+        if loop == "greedy":
+            return greedy_rows(model, ids, n, eos, pad)
+        if loop == "sample":
+            t, top_p = generate_kw["temperature"], generate_kw.get("top_p") or 1.0
+            return sampled_rows(model, ids, n, eos, pad, t, top_p)
         tokenizer.padding_side = "left"  # decoder-only: the new tokens must follow every prompt
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(next(model.parameters()).device)
@@ -245,18 +250,36 @@ def plain_greedy(cfg) -> bool:
     )
 
 
-def shared_prefixes(ids: list[list[int]]) -> list[int]:
-    """For each token sequence, the index of a sequence that starts with it (its trunk; itself if none).
+def prefill_plan(ids: list[list[int]]) -> list[tuple[int, int]]:
+    """The order in which a batch's prompts are encoded, each with the number of leading tokens it
+    takes from the one encoded before it: [(index, shared), ...].
 
-    In lexicographic order a sequence comes right before the ones that extend it, so one pass from
-    the end gives each sequence its successor's trunk when it is a prefix of that successor.
+    In lexicographic order a prompt shares with its predecessor at least as many leading tokens as
+    with any earlier prompt, so one pass encodes every common prefix once: the instructions and
+    few-shot examples of an LLM stage's requests, the history of a dialogue's rounds. At least the
+    last token of each prompt is encoded, for the hidden state its first new token comes from.
     """
     order = sorted(range(len(ids)), key=lambda i: ids[i])
-    trunk = list(range(len(ids)))
-    for a, b in zip(reversed(order[:-1]), reversed(order[1:])):
-        if ids[b][: len(ids[a])] == ids[a]:
-            trunk[a] = trunk[b]
-    return trunk
+    plan, prev = [], None
+    for i in order:
+        shared = 0
+        if prev is not None:
+            for a, b in zip(prev, ids[i]):
+                if a != b:
+                    break
+                shared += 1
+        plan.append((i, min(shared, len(ids[i]) - 1)))
+        prev = ids[i]
+    return plan
+
+
+def batches_by_prefix(ids: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Indices of ids in batches of batch_size: neighbours in lexicographic order together (what
+    they share is encoded once, `prefill_plan`), the batch holding the longest prompt first (an
+    out-of-memory shows early)."""
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    return sorted(chunks, key=lambda c: -max(len(ids[i]) for i in c))
 
 
 def head_argmax(model, hidden):
@@ -292,59 +315,105 @@ def head_argmax(model, hidden):
     return index
 
 
+def head_sample(model, hidden, temperature: float, top_p: float = 1.0):
+    """A token drawn for each final hidden state (rows, d) from the output layer's distribution at
+    `temperature`, restricted to the top_p nucleus: transformers' temperature and top-p warpers,
+    then one `torch.multinomial` draw per row, as its `generate` samples."""
+    import torch
+
+    from .models import logit_transform
+
+    head = model.get_output_embeddings()
+    logits = head(hidden.to(head.weight.dtype)).float()
+    scale, softcap = logit_transform(model.config)
+    if scale != 1.0:
+        logits = logits * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits / temperature
+    if top_p < 1.0:  # drop the least likely tokens whose mass is at most 1 - top_p; keep the best
+        ascending, index = torch.sort(logits, descending=False)
+        drop = ascending.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[:, -1] = False
+        logits = logits.masked_fill(drop.scatter(1, index, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), num_samples=1).squeeze(1)
+
+
 def greedy_rows(
     model, prompts: list[list[int]], max_new_tokens: int, eos: set[int], pad_id: int
 ) -> list[list[int]]:
     """Greedy continuations of token-id prompts, decoded together; each row's new tokens, ending
     at its eos if any.
 
-    Prompts that are prefixes of another one in the batch (the rounds of a dialogue: each round's
-    history starts with the previous round's) share one prefill. Each trunk (a prompt no other
-    extends) is encoded once, on its own (no padding), every layer keeping every position. A
-    prompt's first token comes from the hidden state at its own last position, and its KV cache is
-    the first len(prompt) positions of its trunk's. The rows then decode together, left-padded,
-    and a row leaves the batch (and the cache) at its eos. The positions, mask and cache are those
-    transformers' greedy `generate` builds for each prompt, so the tokens are the same up to float
-    rounding of batched products (fp32: `tests/test_generate.py`, and the replies counted in
-    `benchmarks/eval_generation.py`).
+    What prompts share at their start (instructions, few-shot examples, a dialogue's earlier
+    turns) is encoded once (`prefill_plan`): each prompt continues the KV cache of the first
+    tokens of the one encoded before it, on its own (no padding), every layer keeping every
+    position. A prompt's first token comes from the hidden state at its own last position. The
+    rows then decode together, left-padded, and a row leaves the batch (and the cache) at its
+    eos. The positions, mask and cache are those transformers' greedy `generate` builds for each
+    prompt, so the tokens are the same up to float rounding of batched products (fp32:
+    `tests/test_generate.py`, and the replies counted in `benchmarks/eval_generation.py`).
     """
+    return _rows(model, prompts, max_new_tokens, eos, functools.partial(head_argmax, model))
+
+
+def sampled_rows(
+    model,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos: set[int],
+    pad_id: int,
+    temperature: float,
+    top_p: float = 1.0,
+) -> list[list[int]]:
+    """As `greedy_rows`, each token drawn at `temperature` from the top_p nucleus (`head_sample`);
+    seed torch before the call for reproducible draws."""
+    pick = functools.partial(head_sample, model, temperature=temperature, top_p=top_p)
+    return _rows(model, prompts, max_new_tokens, eos, pick)
+
+
+def _rows(model, prompts, max_new_tokens: int, eos: set[int], pick) -> list[list[int]]:
+    """Prefill (shared prefixes once), then decode with `pick` (hidden states -> tokens)."""
     import torch
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    trunk_of = shared_prefixes(prompts)
     lengths = [len(p) for p in prompts]
     longest = max(lengths)
-    first = torch.empty(len(prompts), dtype=torch.long, device=device)
-    kv = None  # keys, values of layer 0, keys, values of layer 1, ...: every prompt's
-    for t in sorted(set(trunk_of)):
-        members = [r for r, u in enumerate(trunk_of) if u == t]
-        full = DynamicCache()  # no sliding window: a prompt shorter than its trunk keeps its keys
+    kv = before = last = (
+        None  # keys, values of layer 0, of layer 1, ...: every prompt's; the previous one's
+    )
+    for r, shared in prefill_plan(prompts):
+        cache = DynamicCache()  # no sliding window: the next prompt may share more than a window
+        for i in range(0, len(before) if shared else 0, 2):
+            cache.update(before[i][:, :, :shared], before[i + 1][:, :, :shared], i // 2)
         hidden = model.base_model(
-            input_ids=torch.tensor([prompts[t]], device=device),
-            **{_cache_arg(model): full},
+            input_ids=torch.tensor([prompts[r][shared:]], device=device),
+            **{_cache_arg(model): cache},
             use_cache=True,
-        ).last_hidden_state[0]
-        first[members] = head_argmax(model, hidden[[lengths[r] - 1 for r in members]])
-        states = [x for layer in full.layers for x in (layer.keys, layer.values)]
+        ).last_hidden_state[0, -1]
+        if last is None:
+            last = hidden.new_empty(len(prompts), hidden.shape[-1])
+        last[r] = hidden
+        before = [x for layer in cache.layers for x in (layer.keys, layer.values)]
         if kv is None:  # left-padded with zeros to the longest, then room for the new tokens
             kv = [
                 x.new_empty(len(prompts), x.shape[1], longest + max_new_tokens, x.shape[3])
-                for x in states
+                for x in before
             ]
             for buf in kv:
-                for r, n in enumerate(lengths):
-                    buf[r, :, : longest - n] = 0
-        for buf, x in zip(kv, states):
-            for r in members:
-                buf[r, :, longest - lengths[r] : longest] = x[0, :, : lengths[r]]
+                for row, n in enumerate(lengths):
+                    buf[row, :, : longest - n] = 0
+        for buf, x in zip(kv, before):
+            buf[r, :, longest - lengths[r] : longest] = x[0]
+    first = pick(last)
     cols = torch.arange(longest, device=device)
     attention_mask = (cols[None] >= longest - torch.tensor(lengths, device=device)[:, None]).long()
     cache = DynamicCache(config=model.config)  # sliding-window layers keep their last window
     cache.layers = [_with_room(layer, max_new_tokens) for layer in cache.layers]
     for i, layer in enumerate(cache.layers):
         layer.adopt(kv[2 * i], kv[2 * i + 1], longest)
-    return _decode(model, cache, attention_mask, first, max_new_tokens, eos)
+    return _decode(model, cache, attention_mask, first, max_new_tokens, eos, pick)
 
 
 def _with_room(layer, room: int):
@@ -436,8 +505,8 @@ def _cache_arg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _decode(model, cache, attention_mask, nxt, max_new_tokens: int, eos: set[int]):
-    """Greedy steps after the prefill: nxt holds each row's first new token."""
+def _decode(model, cache, attention_mask, nxt, max_new_tokens: int, eos: set[int], pick):
+    """The steps after the prefill: nxt holds each row's first new token; pick(hidden) the next."""
     import torch
 
     rows = [[t] for t in nxt.tolist()]
@@ -463,7 +532,7 @@ def _decode(model, cache, attention_mask, nxt, max_new_tokens: int, eos: set[int
             use_cache=True,
             cache_position=torch.arange(length, length + 1, device=nxt.device),
         ).last_hidden_state
-        nxt, length = head_argmax(model, hidden[:, -1]), length + 1
+        nxt, length = pick(hidden[:, -1]), length + 1
         for r, t in zip(alive.tolist(), nxt.tolist()):
             rows[r].append(t)
     return rows

@@ -112,7 +112,7 @@ def sft_config(P: Params, spec: models.ModelSpec, output_dir: Path, **overrides)
     if spec.padding_free and "packing" not in kw and "padding_free" not in kw:
         # padding-free rows: best-fit-decreasing packing keeps max_length and wastes no pad tokens
         kw.update(packing=True, packing_strategy="bfd")
-    if not kw.get("gradient_checkpointing"):
+    if kw.get("gradient_checkpointing") is False:  # TRL's default is on
         kw.pop("gradient_checkpointing_kwargs", None)
     if _on_cpu(P) and kw.get("bf16", True) and not devices.cpu_bf16():
         # bf16 autocast on a CPU without native bf16 emulates every matmul (4x+ slower than fp32);
@@ -128,6 +128,31 @@ def _on_cpu(P: Params) -> bool:
 
 
 # ----------------------------------------------------------------------------- data
+def light_fingerprint(tok) -> None:
+    """Let datasets fingerprint this tokenizer's class without its Python copies of the vocabulary.
+
+    TRL tokenizes the training set with `Dataset.map(..., fn_kwargs={"processing_class": tok})`, and
+    datasets fingerprints a map by pickling its arguments in Python. Transformers' tokenizers keep
+    their vocabulary and merges as Python objects beside the backend tokenizer (Gemma 3: 262k
+    entries and 515k merge pairs), which took about 10 s to pickle. The backend tokenizer pickles as
+    its JSON, which holds the same vocabulary and merges, so the fingerprint still changes with them.
+    """
+    try:
+        from datasets.utils import _dill
+    except ImportError:  # another datasets layout: its own (slower) fingerprint applies
+        return
+    save = getattr(_dill, "_save_transformersPreTrainedTokenizerBase", None)
+    if save is None or getattr(tok, "_tokenizer", None) is None:
+        return
+
+    def save_light(pickler, obj):
+        light = object.__new__(type(obj))
+        light.__dict__ = {k: v for k, v in obj.__dict__.items() if k not in ("_vocab", "_merges")}
+        save(pickler, light)
+
+    _dill.pklregister(type(tok))(save_light)
+
+
 def read_train(P: Params) -> list[dict]:
     """The MI corpus training split of stage 02 (records with "messages"), validated."""
     f = P.run_dir / TRAIN_FILE
@@ -363,6 +388,7 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     )  # fp32 on a CPU without bf16
     model, tok = models.load(model_name, device="cpu", dtype=dtype, path=model_path)
     dataset = build_dataset(P, tok)
+    light_fingerprint(tok)
     args = sft_config(P, spec, ckpt_dir, disable_tqdm=not progress)
     log = _log_callback(out / LOG_FILE, start_step)
     set_seed(P.seed)  # the LoRA weights are drawn in the constructor, before the Trainer seeds

@@ -364,7 +364,7 @@ def test_greedy_loop_drops_finished_rows_and_matches_generate(tiny_model_dir):
     texts = generate.prompt_texts(tok, prompts)
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    assert len(set(generate.shared_prefixes(ids))) < len(ids)  # rounds share a prefill
+    assert any(shared for _, shared in generate.prefill_plan(ids))  # rounds share a prefill
     cfg = generate.generation_config(model, tok, 12)
     # stop on frequent tokens of this random model, so that rows finish at different steps
     with torch.inference_mode():
@@ -381,17 +381,32 @@ def test_greedy_loop_drops_finished_rows_and_matches_generate(tiny_model_dir):
         assert g == w[: len(g)] and (len(g) == 12 or g[-1] in eos)
 
 
-def test_shared_prefixes_links_each_prompt_to_one_that_extends_it():
-    ids = [[1, 2, 3], [1, 2], [1, 2, 3, 4], [1, 5], [1], [2, 1], [1, 2]]
-    trunk = generate.shared_prefixes(ids)
-    for i, t in enumerate(trunk):
-        assert ids[t][: len(ids[i])] == ids[i]  # the trunk starts with the prompt
-        assert generate.shared_prefixes([ids[t]]) == [0]
-    assert trunk[0] == trunk[1] == trunk[2] == trunk[6] == 2
-    assert (
-        trunk[3] == 3 and trunk[5] == 5 and trunk[4] in (2, 3)
-    )  # [1] starts both [1, 5] and [1, 2, ...]
-    assert generate.shared_prefixes([]) == []
+def test_prefill_plan_encodes_each_shared_start_once():
+    ids = [[1, 2, 3], [1, 2], [1, 2, 3, 4], [1, 5], [1], [2, 1], [1, 2], [7]]
+    plan = generate.prefill_plan(ids)
+    assert sorted(i for i, _ in plan) == list(range(len(ids)))
+
+    def common(a, b):
+        return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    done = []
+    for i, shared in plan:
+        assert 0 <= shared < len(ids[i])  # at least the last token is encoded
+        if done:  # taken from the one encoded before, and none before shares more
+            assert ids[i][:shared] == done[-1][:shared]
+            most = max(common(d, ids[i]) for d in done)
+            assert most == shared or most == shared + 1 == len(ids[i])  # a repeated prompt
+        done.append(ids[i])
+    encoded = sum(len(ids[i]) - shared for i, shared in plan)
+    assert encoded == 1 + 1 + 1 + 1 + 1 + 1 + 2 + 1  # [1] [1,2]x2 [..3] [..4] [1,5] [2,1] [7]
+    assert generate.prefill_plan([]) == []
+
+
+def test_batches_by_prefix_keeps_neighbours_together_longest_first():
+    ids = [[5, 1], [1, 2, 3, 4, 5], [1, 2, 9], [5, 2], [1, 2]]
+    batches = generate.batches_by_prefix(ids, 2)
+    assert sorted(i for b in batches for i in b) == list(range(5))
+    assert batches[0] == [4, 1] and [2, 0] in batches and [3] in batches
 
 
 def test_head_argmax_equals_the_models_logits(tiny_model_dir, monkeypatch):
@@ -423,7 +438,7 @@ def test_shared_prefill_past_a_sliding_window_equals_one_prompt_at_a_time(tiny_m
     ids = [
         tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, prompts)
     ]
-    assert len(set(generate.shared_prefixes(ids))) == 1 and min(map(len, ids)) > 16
+    assert min(map(len, ids)) > 16 and all(s > 16 for _, s in generate.prefill_plan(ids)[1:])
     with torch.inference_mode():
         got = generate.greedy_rows(model, ids, 10, set(), tok.pad_token_id)
         for g, p in zip(got, ids):
@@ -455,3 +470,40 @@ def test_cache_layers_with_room_hold_what_transformers_layers_hold():
             assert torch.equal(theirs.keys, ours.keys) and torch.equal(theirs.values, ours.values)
             assert theirs.get_seq_length() == ours.get_seq_length()
             assert theirs.get_mask_sizes(1) == ours.get_mask_sizes(1)
+
+
+def test_sampled_rows_draw_what_generate_draws(tiny_model_dir):
+    """One prompt, the same seed: our sampling loop (temperature, top-p nucleus) draws the tokens
+    transformers' sampling `generate` draws; with shared starts in a batch it stays seeded."""
+    import torch
+
+    model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=2, context_turns=4)]
+    ids = [
+        tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, prompts)
+    ]
+    for p in ids[:2]:
+        for temperature, top_p in [(0.7, 1.0), (1.3, 0.9)]:
+            torch.manual_seed(3)
+            want = model.generate(
+                torch.tensor([p]),
+                max_new_tokens=8,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=0,
+                eos_token_id=None,
+            )[0, len(p) :].tolist()
+            torch.manual_seed(3)
+            with torch.inference_mode():
+                got = generate.sampled_rows(
+                    model, [p], 8, set(), tok.pad_token_id, temperature, top_p
+                )
+            assert got == [want]
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        with torch.inference_mode():
+            runs.append(generate.sampled_rows(model, ids, 8, set(), tok.pad_token_id, 1.0))
+    assert runs[0] == runs[1] and len(runs[0]) == len(ids)
+    assert len({tuple(r) for r in runs[0]}) > 1

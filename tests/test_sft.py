@@ -352,3 +352,22 @@ def test_last_checkpoint_is_the_largest_step(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "checkpoint-99").write_text("a file, not a checkpoint")
     assert sft.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+
+
+def test_tokenizer_fingerprint_is_light_and_follows_the_vocabulary(embedded_model_dir):
+    from datasets.fingerprint import Hasher
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir))
+    sft.light_fingerprint(tok)
+    fingerprint = Hasher.hash({"processing_class": tok})
+    again = AutoTokenizer.from_pretrained(str(embedded_model_dir))
+    assert Hasher.hash({"processing_class": again}) == fingerprint
+    spec = json.loads(again.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    a, b = "▁hello", "▁world"
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # the same size and the same Python-side copies
+    again._tokenizer = Tokenizer.from_str(json.dumps(spec))
+    assert Hasher.hash({"processing_class": again}) != fingerprint
+    assert len(tok._vocab) == tok.vocab_size  # the Python copies themselves are left in place
