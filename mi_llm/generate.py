@@ -348,7 +348,9 @@ def greedy_rows(
     What prompts share at their start (instructions, few-shot examples, a dialogue's earlier
     turns) is encoded once (`prefill_plan`): each prompt continues the KV cache of the first
     tokens of the one encoded before it, on its own (no padding), every layer keeping every
-    position. A prompt's first token comes from the hidden state at its own last position. The
+    position, and prompts that each start with the one before (a dialogue's rounds) are encoded
+    in one forward (`_chains`). A prompt's first token comes from the hidden state at its own
+    last position. The
     rows then decode together, left-padded, and a row leaves the batch (and the cache) at its
     eos. The positions, mask and cache are those transformers' greedy `generate` builds for each
     prompt, so the tokens are the same up to float rounding of batched products (fp32:
@@ -372,6 +374,19 @@ def sampled_rows(
     return _rows(model, prompts, max_new_tokens, eos, pick)
 
 
+def _chains(prompts, plan):
+    """The plan cut into chains of prompts that each start with the one before (a dialogue's
+    rounds): a chain is encoded in one forward of its last prompt, each member's first token
+    coming from the hidden state at its own last position."""
+    chains = []
+    for r, shared in plan:
+        if chains and prompts[r][: len(prompts[chains[-1][-1][0]])] == prompts[chains[-1][-1][0]]:
+            chains[-1].append((r, shared))
+        else:
+            chains.append([(r, shared)])
+    return chains
+
+
 def _rows(model, prompts, max_new_tokens: int, eos: set[int], pick) -> list[list[int]]:
     """Prefill (shared prefixes once), then decode with `pick` (hidden states -> tokens)."""
     import torch
@@ -380,21 +395,20 @@ def _rows(model, prompts, max_new_tokens: int, eos: set[int], pick) -> list[list
     device = next(model.parameters()).device
     lengths = [len(p) for p in prompts]
     longest = max(lengths)
-    kv = before = last = (
-        None  # keys, values of layer 0, of layer 1, ...: every prompt's; the previous one's
-    )
-    for r, shared in prefill_plan(prompts):
+    # keys, values of layer 0, of layer 1, ...: every prompt's (kv); the last chain's (before)
+    kv = before = last = None
+    for chain in _chains(prompts, prefill_plan(prompts)):
+        start, end = chain[0][1], chain[-1][0]  # one forward: the chain's longest prompt
         cache = DynamicCache()  # no sliding window: the next prompt may share more than a window
-        for i in range(0, len(before) if shared else 0, 2):
-            cache.update(before[i][:, :, :shared], before[i + 1][:, :, :shared], i // 2)
+        for i in range(0, len(before) if start else 0, 2):
+            cache.update(before[i][:, :, :start], before[i + 1][:, :, :start], i // 2)
         hidden = model.base_model(
-            input_ids=torch.tensor([prompts[r][shared:]], device=device),
+            input_ids=torch.tensor([prompts[end][start:]], device=device),
             **{_cache_arg(model): cache},
             use_cache=True,
-        ).last_hidden_state[0, -1]
+        ).last_hidden_state[0]
         if last is None:
             last = hidden.new_empty(len(prompts), hidden.shape[-1])
-        last[r] = hidden
         before = [x for layer in cache.layers for x in (layer.keys, layer.values)]
         if kv is None:  # left-padded with zeros to the longest, then room for the new tokens
             kv = [
@@ -404,8 +418,10 @@ def _rows(model, prompts, max_new_tokens: int, eos: set[int], pick) -> list[list
             for buf in kv:
                 for row, n in enumerate(lengths):
                     buf[row, :, : longest - n] = 0
-        for buf, x in zip(kv, before):
-            buf[r, :, longest - lengths[r] : longest] = x[0]
+        for r, _ in chain:
+            last[r] = hidden[lengths[r] - 1 - start]
+            for buf, x in zip(kv, before):
+                buf[r, :, longest - lengths[r] : longest] = x[0, :, : lengths[r]]
     first = pick(last)
     cols = torch.arange(longest, device=device)
     attention_mask = (cols[None] >= longest - torch.tensor(lengths, device=device)[:, None]).long()
