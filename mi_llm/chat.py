@@ -120,6 +120,7 @@ def adapter_sha256(adapter: Path) -> str:
 def merged_folder(model: str, base_folder: Path, adapter: Path, sha: str) -> Path:
     """base + adapter merged into a plain model folder, cached by adapter hash (built once, locked)."""
     from . import embedded, models
+    from .tokenizer_files import save_tokenizer
 
     target = embedded.cache_root() / "merged" / f"{model}-{sha[:16]}"
     if (target / "config.json").exists():
@@ -137,7 +138,7 @@ def merged_folder(model: str, base_folder: Path, adapter: Path, sha: str) -> Pat
             tmp = target.with_name(target.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             m.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
+            save_tokenizer(tok, tmp)
             (tmp / "mi_llm_merged.json").write_text(
                 json.dumps(
                     {

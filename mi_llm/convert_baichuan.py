@@ -169,7 +169,9 @@ def tokenizer(src: str | Path):
 
 def convert_tokenizer(src: Path, dst: Path) -> None:
     """Write the folder's tokenizer as tokenizer.json (the ids of Baichuan2's own tokenizer)."""
-    tokenizer(src).save_pretrained(dst)
+    from .tokenizer_files import save_tokenizer
+
+    save_tokenizer(tokenizer(src), dst)
 
 
 def convert(src: str | Path, dst: str | Path, norm_head: bool = True) -> Path:

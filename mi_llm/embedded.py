@@ -27,7 +27,7 @@ import platformdirs
 from .devices import compute_dtype
 
 NAME = "gemma3-270m"
-FORMAT_VERSION = "1"  # bump when the conversion below changes, to rebuild caches
+FORMAT_VERSION = "2"  # bump when the conversion below changes, to rebuild caches
 
 
 def cache_root() -> Path:
@@ -59,6 +59,8 @@ def _convert(target: Path, progress: bool) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .tokenizer_files import save_tokenizer
+
     if progress:
         print(
             f"[mi_llm] converting the embedded {NAME} GGUF to {target} (once, ~1 min)", flush=True
@@ -79,7 +81,7 @@ def _convert(target: Path, progress: bool) -> None:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    save_tokenizer(tok, tmp)
     tmp.rename(target)  # atomic: a half-written folder is never mistaken for a finished one
     gguf.unlink(missing_ok=True)  # the package can assemble it again in <1 s
 

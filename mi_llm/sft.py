@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import devices, models, stages
+from . import devices, models, stages, tokenizer_files
 from .params import Params
 from .params import path as params_path
 from .schema import DataError, read_split
@@ -413,6 +413,9 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     )  # PEFT adapter + tokenizer with the training template
     if not trainer.is_world_process_zero():
         return {}
+    tokenizer_files.write_added_tokens(
+        tok, out / ADAPTER_DIR
+    )  # loads in 4 s, not 7 (save_tokenizer)
     return _finish(P, spec, trainer, out, log.rows, wall, result, resume, len(dataset))
 
 
@@ -421,7 +424,7 @@ def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples) 
     if P.sft.merge:  # single-process runs: a sharded model cannot be merged in place
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(out / "merged")
-        trainer.processing_class.save_pretrained(out / "merged")
+        tokenizer_files.save_tokenizer(trainer.processing_class, out / "merged")
     from .runs import write_atomic
 
     mem, mem_kind = peak_memory_mb()

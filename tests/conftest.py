@@ -14,6 +14,7 @@ import pytest
 from mi_llm import corpora, dryrun, generate, params, sft, transcribe
 from mi_llm.params import ROOT
 from mi_llm.schema import Dialogue
+from mi_llm.tokenizer_files import save_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -74,7 +75,7 @@ def tiny_model_dir(tmp_path_factory, embedded_model_dir):
         tok.convert_tokens_to_ids("<end_of_turn>"),
     ]
     model.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_tokenizer(tok, out)  # loads without parsing tokenizer.json twice
     return out
 
 
@@ -210,7 +211,7 @@ def tiny_llama(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
+    save_tokenizer(tok, d)
     return d
 
 

@@ -472,9 +472,47 @@ def test_cache_layers_with_room_hold_what_transformers_layers_hold():
             assert theirs.get_mask_sizes(1) == ours.get_mask_sizes(1)
 
 
-def test_sampled_rows_draw_what_generate_draws(tiny_model_dir):
-    """One prompt, the same seed: our sampling loop (temperature, top-p nucleus) draws the tokens
-    transformers' sampling `generate` draws; with shared starts in a batch it stays seeded."""
+def test_head_probs_warp_as_transformers_generate(tiny_model_dir):
+    """Temperature and top-p: the probabilities transformers' sampling warpers give the model's
+    own logits (the distribution its sampling `generate` draws from)."""
+    import torch
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    model, _ = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    ids = torch.randint(0, 5000, (4, 7))
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[:, -1]
+        hidden = model.base_model(input_ids=ids).last_hidden_state[:, -1]
+        for temperature, top_p in [(0.7, 1.0), (1.3, 0.9), (0.5, 0.3)]:
+            warp = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+            if top_p < 1.0:
+                warp.append(TopPLogitsWarper(top_p))
+            want = warp(ids, logits).softmax(-1)
+            got = generate.head_probs(model, hidden, temperature, top_p)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+            assert torch.equal(got == 0, want == 0)  # the same nucleus
+
+
+def test_draw_follows_the_distribution_and_never_a_zero():
+    """Inverse-transform draws: frequencies within 5 standard errors of the probabilities, never a
+    token of probability 0 (first, middle or last), the same draws for the same seed."""
+    import torch
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    n = 20000
+    torch.manual_seed(0)
+    draws = torch.stack([generate.draw(probs) for _ in range(n)])  # (n, rows)
+    assert draws[:, 1].eq(5).all()
+    freq = torch.bincount(draws[:, 0], minlength=6).double() / n
+    assert freq[[0, 2, 5]].eq(0).all()
+    se = (probs[0].double() * (1 - probs[0].double()) / n).sqrt()
+    assert ((freq - probs[0].double()).abs() <= 5 * se + 1e-12).all(), freq
+    torch.manual_seed(0)
+    assert torch.equal(torch.stack([generate.draw(probs) for _ in range(50)]), draws[:50])
+
+
+def test_sampled_rows_are_seeded_and_batched_rows_differ(tiny_model_dir):
+    """With shared starts in a batch, sampling stays seeded: the same seed draws the same rows."""
     import torch
 
     model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
@@ -482,28 +520,28 @@ def test_sampled_rows_draw_what_generate_draws(tiny_model_dir):
     ids = [
         tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, prompts)
     ]
-    for p in ids[:2]:
-        for temperature, top_p in [(0.7, 1.0), (1.3, 0.9)]:
-            torch.manual_seed(3)
-            want = model.generate(
-                torch.tensor([p]),
-                max_new_tokens=8,
-                do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=0,
-                eos_token_id=None,
-            )[0, len(p) :].tolist()
-            torch.manual_seed(3)
-            with torch.inference_mode():
-                got = generate.sampled_rows(
-                    model, [p], 8, set(), tok.pad_token_id, temperature, top_p
-                )
-            assert got == [want]
     runs = []
     for _ in range(2):
         torch.manual_seed(5)
         with torch.inference_mode():
-            runs.append(generate.sampled_rows(model, ids, 8, set(), tok.pad_token_id, 1.0))
+            runs.append(generate.sampled_rows(model, ids, 8, set(), tok.pad_token_id, 1.0, 0.95))
     assert runs[0] == runs[1] and len(runs[0]) == len(ids)
     assert len({tuple(r) for r in runs[0]}) > 1
+
+
+def test_few_row_linears_compute_what_linear_computes_and_leave_no_trace():
+    """Inside the decode, a Linear of a few rows is weight @ x.T: the same values as F.linear (to
+    float rounding), many rows still F.linear; afterwards the layers run their own forward."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.Linear(96, 32, bias=False))
+    for rows in (1, 7, generate.FEW_ROWS, generate.FEW_ROWS + 1):
+        x = torch.randn(rows, 1, 48)
+        want = model(x)
+        with torch.inference_mode(), generate._few_row_linears(model):
+            assert all("forward" in m.__dict__ for m in model)
+            got = model(x)
+        assert got.shape == want.shape and got.is_contiguous()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert not any("forward" in m.__dict__ for m in model)

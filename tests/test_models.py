@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from conftest import CONV, SPECIALS, tiny_tokenizer
 
 from mi_llm import models
+from mi_llm.tokenizer_files import save_tokenizer
 
 S, U1, A1, U2, A2 = (m["content"] for m in CONV)
 
@@ -288,3 +290,41 @@ def test_converter_rejects_wrong_layout():
         )
     with pytest.raises(ValueError, match="expected a Baichuan config"):
         convert_baichuan.llama_config({"model_type": "llama"})
+
+
+def test_saved_tokenizer_loads_without_parsing_tokenizer_json_twice(tmp_path, embedded_model_dir):
+    """save_tokenizer writes the added tokens to tokenizer_config.json too: the folder loads the same
+    tokenizer, and transformers reads the 33 MB tokenizer.json once, not twice."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir)
+    plain, ours = tmp_path / "plain", tmp_path / "ours"
+    tok.save_pretrained(plain)
+    save_tokenizer(tok, ours)
+    cfg = json.loads((ours / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert len(cfg["added_tokens_decoder"]) == len(tok.added_tokens_decoder)
+
+    reads = []
+    real = json.load
+
+    def counting(fp, *a, **kw):
+        reads.append(os.path.basename(getattr(fp, "name", "")))
+        return real(fp, *a, **kw)
+
+    json.load = counting
+    try:
+        loaded = {}
+        for folder in (plain, ours):
+            reads.clear()
+            loaded[folder.name] = (
+                AutoTokenizer.from_pretrained(folder),
+                reads.count("tokenizer.json"),
+            )
+    finally:
+        json.load = real
+    (a, n_plain), (b, n_ours) = loaded["plain"], loaded["ours"]
+    assert n_ours == 1 and n_plain >= n_ours
+    text = "<start_of_turn>user\n我最近睡不好<end_of_turn>\n<start_of_turn>model\n"
+    assert a(text)["input_ids"] == b(text)["input_ids"] == tok(text)["input_ids"]
+    assert a.added_tokens_decoder == b.added_tokens_decoder
+    assert a.special_tokens_map == b.special_tokens_map and type(a) is type(b)
