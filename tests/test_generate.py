@@ -381,6 +381,61 @@ def test_greedy_loop_drops_finished_rows_and_matches_generate(tiny_model_dir):
         assert g == w[: len(g)] and (len(g) == 12 or g[-1] in eos)
 
 
+def test_row_attention_skips_the_padding_and_writes_the_same_tokens(tiny_model_dir, monkeypatch):
+    """Rows of like length attend together from the first position one of them attends to: each
+    prompt gets the tokens transformers' generate writes for it alone, and the model attends with
+    sdpa again afterwards."""
+    import torch
+
+    model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=3, context_turns=4)]
+    ids = [
+        tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, prompts)
+    ]
+    assert len({len(i) for i in ids}) > 2
+    monkeypatch.setattr(generate, "ATTENTION_CALL", 0)  # a run for each length
+    seen, groups = [], generate.attention_groups
+    monkeypatch.setattr(
+        generate, "attention_groups", lambda *a: seen.append(groups(*a)) or seen[-1]
+    )
+    assert model.config._attn_implementation == "sdpa"
+    with torch.inference_mode():
+        got = generate.greedy_rows(model, ids, 10, set(), tok.pad_token_id)
+        for g, p in zip(got, ids):
+            want = model.generate(
+                torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=None
+            )
+            assert g == want[0, len(p) :].tolist()
+    assert max(len(runs) for runs in seen) > 2 and any(s > 0 for r in seen for _, _, s in r)
+    assert model.config._attn_implementation == "sdpa" and generate._RUNS == [None, None]
+
+
+def test_attention_groups_cut_the_rows_at_the_least_cost():
+    """Runs of consecutive rows covering all rows, each from its earliest row's first position, at
+    the least cost of every possible cut (rows x positions attended + call per run)."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        rows, n, call = rng.randint(1, 7), rng.randint(1, 60), rng.choice([0, 5, 40, 500])
+        first = [rng.randrange(n) for _ in range(rows)]
+
+        def cost(runs):
+            return sum((b - a) * (n - s) + call for a, b, s in runs)  # noqa: B023
+
+        runs = generate.attention_groups(first, n, call)
+        assert runs[0][0] == 0 and runs[-1][1] == rows
+        assert all(b == a2 for (_, b, _), (a2, _, _) in itertools.pairwise(runs))
+        assert all(s == min(first[a:b]) for a, b, s in runs)
+        best = min(
+            cost([(a, b, min(first[a:b])) for a, b in zip((0, *cuts), (*cuts, rows))])
+            for k in range(rows)
+            for cuts in itertools.combinations(range(1, rows), k)
+        )
+        assert cost(runs) == best
+
+
 def test_prefill_plan_encodes_each_shared_start_once():
     ids = [[1, 2, 3], [1, 2], [1, 2, 3, 4], [1, 5], [1], [2, 1], [1, 2], [7]]
     plan = generate.prefill_plan(ids)
@@ -409,21 +464,31 @@ def test_batches_by_prefix_keeps_neighbours_together_longest_first():
     assert batches[0] == [4, 1] and [2, 0] in batches and [3] in batches
 
 
-def test_head_argmax_equals_the_models_logits(tiny_model_dir, monkeypatch):
-    """Chunked weight @ hidden.T with the model's soft-cap: the argmax of the model's own logits."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_head_argmax_equals_the_models_logits(tiny_model_dir, monkeypatch, dtype):
+    """Chunked output layer with the model's soft-cap: the argmax of the model's own logits (fp32:
+    vocabulary-major chunks, bf16: row-major ones), the first index of a tied maximum."""
     import torch
 
-    model, _ = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    model, _ = models.load(NAME, "cpu", dtype=dtype, path=tiny_model_dir)
     model.config.final_logit_softcapping = 0.05  # squashes the logits: ties are likely
-    monkeypatch.setattr(generate, "VOCAB_CHUNK", 1000)  # several chunks of the 262k vocabulary
+    # several chunks of the 262k vocabulary, the last one shorter
+    monkeypatch.setattr(generate, "VOCAB_CHUNK", {"float32": 1000, "reduced": 1000})
     ids = torch.randint(0, 5000, (6, 9))
     with torch.inference_mode():
-        logits = model(input_ids=ids).logits[:, -1]
         hidden = model.base_model(input_ids=ids).last_hidden_state[:, -1]
+        if dtype == "float32":
+            logits = model(input_ids=ids).logits[:, -1]
+        else:  # the model's soft-capped logits from the same bf16 products (their rounding
+            # depends on the kernel, and the model's own head multiplies in the other order)
+            logits = torch.tanh(torch.mm(hidden, model.lm_head.weight.T) / 0.05) * 0.05
+            assert (logits == logits.amax(-1, keepdim=True)).sum(-1).gt(1).any()  # ties
         assert generate.head_argmax(model, hidden).tolist() == logits.argmax(-1).tolist()
 
 
-def test_shared_prefill_past_a_sliding_window_equals_one_prompt_at_a_time(tiny_model_dir):
+def test_shared_prefill_past_a_sliding_window_equals_one_prompt_at_a_time(
+    tiny_model_dir, monkeypatch
+):
     """Whole-history rounds longer than a sliding window: sharing the longest round's prefill gives
     each round the tokens transformers' generate writes for that round alone."""
     import torch
@@ -432,6 +497,7 @@ def test_shared_prefill_past_a_sliding_window_equals_one_prompt_at_a_time(tiny_m
     _, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
     cfg = AutoConfig.from_pretrained(tiny_model_dir)
     cfg.sliding_window = 16  # far shorter than the prompts
+    monkeypatch.setattr(generate, "ATTENTION_CALL", 0)  # rows attend from their own first position
     torch.manual_seed(1)
     model = Gemma3ForCausalLM(cfg).eval()
     prompts = [r["messages"] for r in generate.rounds(_records(1), max_rounds=3)]
@@ -545,3 +611,5 @@ def test_few_row_linears_compute_what_linear_computes_and_leave_no_trace():
         assert got.shape == want.shape and got.is_contiguous()
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         assert not any("forward" in m.__dict__ for m in model)
+    with torch.inference_mode(), generate._few_row_linears(model.to(torch.bfloat16)):
+        assert not any("forward" in m.__dict__ for m in model)  # bf16 keeps F.linear
