@@ -381,11 +381,24 @@ def test_greedy_loop_drops_finished_rows_and_matches_generate(tiny_model_dir):
         assert g == w[: len(g)] and (len(g) == 12 or g[-1] in eos)
 
 
+def _greedy_rows_equal_generate_alone(model, ids, pad_id, new=10):
+    """The batched greedy loop writes, for each prompt, what transformers' generate writes for it
+    alone."""
+    import torch
+
+    with torch.inference_mode():
+        got = generate.greedy_rows(model, ids, new, set(), pad_id)
+        for g, p in zip(got, ids):
+            want = model.generate(
+                torch.tensor([p]), max_new_tokens=new, do_sample=False, eos_token_id=None
+            )
+            assert g == want[0, len(p) :].tolist()
+
+
 def test_row_attention_skips_the_padding_and_writes_the_same_tokens(tiny_model_dir, monkeypatch):
     """Rows of like length attend together from the first position one of them attends to: each
     prompt gets the tokens transformers' generate writes for it alone, and the model attends with
     sdpa again afterwards."""
-    import torch
 
     model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
     prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=3, context_turns=4)]
@@ -399,13 +412,7 @@ def test_row_attention_skips_the_padding_and_writes_the_same_tokens(tiny_model_d
         generate, "attention_groups", lambda *a: seen.append(groups(*a)) or seen[-1]
     )
     assert model.config._attn_implementation == "sdpa"
-    with torch.inference_mode():
-        got = generate.greedy_rows(model, ids, 10, set(), tok.pad_token_id)
-        for g, p in zip(got, ids):
-            want = model.generate(
-                torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=None
-            )
-            assert g == want[0, len(p) :].tolist()
+    _greedy_rows_equal_generate_alone(model, ids, tok.pad_token_id)
     assert max(len(runs) for runs in seen) > 2 and any(s > 0 for r in seen for _, _, s in r)
     assert model.config._attn_implementation == "sdpa" and generate._RUNS == [None, None]
 
@@ -505,13 +512,7 @@ def test_shared_prefill_past_a_sliding_window_equals_one_prompt_at_a_time(
         tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, prompts)
     ]
     assert min(map(len, ids)) > 16 and all(s > 16 for _, s in generate.prefill_plan(ids)[1:])
-    with torch.inference_mode():
-        got = generate.greedy_rows(model, ids, 10, set(), tok.pad_token_id)
-        for g, p in zip(got, ids):
-            want = model.generate(
-                torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=None
-            )
-            assert g == want[0, len(p) :].tolist()
+    _greedy_rows_equal_generate_alone(model, ids, tok.pad_token_id)
 
 
 def test_cache_layers_with_room_hold_what_transformers_layers_hold():
