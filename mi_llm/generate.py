@@ -618,7 +618,7 @@ ROW_ATTENTION = "mi_llm_rows"  # the attention a CPU decode step runs (registere
 ATTENTION_CALL = 512  # what one more attention call costs a CPU decode step, in rows x positions
 
 
-def attention_groups(first: list[int], positions: int, call: int = ATTENTION_CALL):
+def attention_groups(first: list[int], positions: int, call: int):
     """A decode step's rows cut into runs of consecutive rows, [(start, end, since), ...], where
     `since` is the first of the `positions` cache positions that any row of the run attends to:
     the cut that attends to the fewest positions, counting rows x (positions - since) for each run
