@@ -10,7 +10,7 @@ accuracy, and C:S predicted vs human on the test recordings.
 import sys
 import time
 
-from mi_llm import client_talk
+from mi_llm.eval import client_talk
 
 
 def main(path: str = "data/AnnoMI") -> None:

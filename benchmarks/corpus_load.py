@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mi_llm import corpora, quality, sources
+from mi_llm.data import corpora, quality, sources
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_S = 60.0

@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from mi_llm import safety
+from mi_llm.chat import safety
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,13 +59,14 @@ def main() -> None:
                 f"  held-out {'missed' if rows[i]['label'] else 'false alarm'}: {rows[i]['text']}"
             )
     if a.llm:
-        from mi_llm import llm, params
+        from mi_llm import params
+        from mi_llm.llm import api, cache
 
         P = params.load(a.params)
-        with llm.endpoint(P.llm) as ep:
+        with api.endpoint(P.llm) as ep:
             t0 = time.perf_counter()
             out = safety.screen_llm(
-                ep, [r["text"] for r in rows], P.llm, cache_path=llm.cache_path(P)
+                ep, [r["text"] for r in rows], P.llm, cache_path=cache.cache_path(P)
             )
             print(f"llm ({P.llm.model}): {time.perf_counter() - t0:.1f} s")
         show("llm all", safety.evaluate(rows, out))

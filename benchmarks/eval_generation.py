@@ -1,6 +1,6 @@
 """Replies/s of stage 04's generation: batched (shared starts encoded once) vs one prompt at a time.
 
-Same prompts, same model (the embedded Gemma 3 270M in the registry's dtype as models.load gives it:
+Same prompts, same model (the embedded Gemma 3 270M in the registry's dtype as registry.load gives it:
 fp32 on a CPU without native bf16, unless --dtype), same greedy settings. The prompts are stage 04's
 round-based prompts of the shipped CPsyCounE sample, by default in the shape `--params` gives them
 (params/paper.yaml: every round of a dialogue, each with the whole gold history, batches of 32;
@@ -23,7 +23,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mi_llm import corpora, generate, models, params
+from mi_llm import params
+from mi_llm.data import corpora
+from mi_llm.decode import cpu, engine
+from mi_llm.eval import generation
+from mi_llm.models import registry
 from mi_llm.params import ROOT
 
 
@@ -33,7 +37,7 @@ def prompts(n: int, context_turns: int | None, max_rounds: int | None = None) ->
     records = [
         {"id": d.id, "topic": d.meta.get("topic"), "messages": d.to_messages()} for d in dialogues
     ]
-    rounds = generate.rounds(records, max_rounds=max_rounds, context_turns=context_turns)
+    rounds = generation.rounds(records, max_rounds=max_rounds, context_turns=context_turns)
     if len(rounds) < n:
         raise SystemExit(f"only {len(rounds)} prompts in the sample, asked for {n}")
     return [r["messages"] for r in rounds[:n]]
@@ -58,8 +62,8 @@ def decode_step(model, rows: list[list[int]], pad_id: int, steps: int = 8) -> fl
     import torch
 
     with torch.inference_mode():
-        _, prefill = timed(lambda: generate.greedy_rows(model, rows, 1, set(), pad_id))
-        _, total = timed(lambda: generate.greedy_rows(model, rows, steps + 1, set(), pad_id))
+        _, prefill = timed(lambda: cpu.greedy_rows(model, rows, 1, set(), pad_id))
+        _, total = timed(lambda: cpu.greedy_rows(model, rows, steps + 1, set(), pad_id))
     return (total - prefill) / steps
 
 
@@ -86,14 +90,14 @@ def main() -> None:
         if getattr(args, k) == "params":
             setattr(args, k, getattr(E, k))
 
-    model, tok = models.load(args.model, args.device, dtype=args.dtype)
+    model, tok = registry.load(args.model, args.device, dtype=args.dtype)
     ps = prompts(args.n, args.context_turns, args.max_rounds)
-    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, ps)]
-    batches = generate.batches_by_prefix(ids, args.batch_size)
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in engine.prompt_texts(tok, ps)]
+    batches = cpu.batches_by_prefix(ids, args.batch_size)
     encoded = sum(
         len(ids[b[i]]) - shared
         for b in batches
-        for i, shared in generate.prefill_plan([ids[j] for j in b])
+        for i, shared in cpu.prefill_plan([ids[j] for j in b])
     )
     lens = [len(i) for i in ids]
     print(
@@ -106,19 +110,17 @@ def main() -> None:
     )
     kw = {"max_new_tokens": args.max_new_tokens}
     # warm-up of each side at its own batch size (allocations, kernels, caches), not timed
-    generate.generate(
-        model, tok, ps[: args.batch_size], batch_size=args.batch_size, max_new_tokens=4
-    )
-    generate.generate(model, tok, ps[:1], batch_size=1, max_new_tokens=4)
+    engine.generate(model, tok, ps[: args.batch_size], batch_size=args.batch_size, max_new_tokens=4)
+    engine.generate(model, tok, ps[:1], batch_size=1, max_new_tokens=4)
 
     t_b = t_s = 0.0
     for _ in range(args.reps):  # interleaved: a load change on the machine hits both sides
         batched, t = timed(
-            lambda: generate.generate(model, tok, ps, batch_size=args.batch_size, **kw)
+            lambda: engine.generate(model, tok, ps, batch_size=args.batch_size, **kw)
         )
         t_b += t
         single, t = timed(
-            lambda: [generate.generate(model, tok, [p], batch_size=1, **kw)[0] for p in ps]
+            lambda: [engine.generate(model, tok, [p], batch_size=1, **kw)[0] for p in ps]
         )
         t_s += t
     n = len(ps) * args.reps

@@ -11,7 +11,8 @@ import time
 import numpy as np
 from sklearn.model_selection import GroupKFold
 
-from mi_llm import forecast, params
+from mi_llm import params
+from mi_llm.eval import forecast, forecast_eval
 
 P = params.load("params/smoke.yaml")
 FC = forecast.settings(P)
@@ -35,7 +36,7 @@ def main(path):
             maj = forecast.majority_baseline(y[tr])
             preds = {
                 "majority": np.full(len(va), maj),
-                "previous": forecast.previous_baseline(X.iloc[va], maj),
+                "previous": forecast_eval.previous_baseline(X.iloc[va], maj),
             }
             for kind, C in CANDIDATES:
                 t0 = time.perf_counter()
@@ -43,7 +44,7 @@ def main(path):
                 preds[f"{kind} C={C}"] = m.predict(X.iloc[va])
                 scores.setdefault(f"{kind} C={C} fit_s", []).append(time.perf_counter() - t0)
             for name, p in preds.items():
-                s = forecast.score(y[va], p, g[va], bootstrap=1)
+                s = forecast_eval.score(y[va], p, g[va], bootstrap=1)
                 scores.setdefault(name, []).append(s["macro_f1"])
         print(f"\ncontext_turns={ct}: {len(train)} train sessions, {len(y)} counselor turns")
         base = max(np.mean(scores["majority"]), np.mean(scores["previous"]))

@@ -5,7 +5,7 @@
 #                                            # (DeepSpeed, Liger) and flash-attn where it installs
 #   bash benchmarks/gpu_check.sh --dry-run   # CPU, tiny shapes, installs nothing: tests the wiring (CI)
 # Steps: the `-m gpu` tests; benchmarks/sft_throughput.py --gpu (8B Llama-3-shaped, TRL defaults vs
-# the project: tokens/s, MFU, peak memory); one ZeRO-2 step through `accelerate launch -m mi_llm.sft`
+# the project: tokens/s, MFU, peak memory); one ZeRO-2 step through `accelerate launch -m mi_llm.train.sft`
 # and one FSDP step on the tiny Llama 3 checkpoint; benchmarks/eval_generation.py (replies/s batched vs one at a time).
 # Writes benchmarks/results/gpu-<UTC time>.json (dry run: gpu-<UTC time>-dryrun.json): for every step
 # its command, exit status, seconds and the tail of its output (the benchmarks' printed tables).
@@ -41,8 +41,8 @@ step() {
 GPU_TESTS="\"$PY\" -m pytest -q -m gpu tests/; rc=\$?; [[ $DRY == 1 && \$rc == 5 ]] && exit 0; exit \$rc"
 
 DEVICE=$([[ $DRY == 1 ]] && echo cpu || echo cuda)
-TINY=$("$PY" -m mi_llm.dryrun tiny-sft "$WORK" llama3-8b-chinese-chat-v2 "$DEVICE" 2>"$WORK/logs/tiny.log" | tail -1)
-TINY_FSDP=$("$PY" -m mi_llm.dryrun tiny-sft "$WORK/fsdp" llama3-8b-chinese-chat-v2 "$DEVICE" 2>>"$WORK/logs/tiny.log" | tail -1)
+TINY=$("$PY" -m mi_llm.study.dryrun tiny-sft "$WORK" llama3-8b-chinese-chat-v2 "$DEVICE" 2>"$WORK/logs/tiny.log" | tail -1)
+TINY_FSDP=$("$PY" -m mi_llm.study.dryrun tiny-sft "$WORK/fsdp" llama3-8b-chinese-chat-v2 "$DEVICE" 2>>"$WORK/logs/tiny.log" | tail -1)
 if [[ ! -f "$TINY" || ! -f "$TINY_FSDP" ]]; then  # the launch steps need the tiny run's params file
   echo "[gpu_check] the tiny SFT run could not be written:" >&2
   tail -20 "$WORK/logs/tiny.log" >&2
@@ -56,9 +56,9 @@ if [[ $DRY == 0 ]]; then
   step gpu_tests 1 300 bash -c "$GPU_TESTS"
   step sft_throughput 1 420 "$PY" benchmarks/sft_throughput.py --gpu
   step zero2_step 1 240 "$PY" -m accelerate.commands.launch --config_file accelerate/deepspeed_zero2.yaml \
-    --num_processes 1 -m mi_llm.sft "$TINY"
+    --num_processes 1 -m mi_llm.train.sft "$TINY"
   step fsdp_step 1 240 env MI_LLM_RUNS="$WORK/fsdp/runs" "$PY" -m accelerate.commands.launch \
-    --config_file accelerate/fsdp.yaml --num_processes 1 -m mi_llm.sft "$TINY_FSDP"
+    --config_file accelerate/fsdp.yaml --num_processes 1 -m mi_llm.train.sft "$TINY_FSDP"
   step eval_generation 1 240 "$PY" benchmarks/eval_generation.py --device cuda --n 64 --batch-size 32
 else
   step device 1 60 "$PY" -c "import torch; print('cpu', 'torch', torch.__version__, 'cuda available', torch.cuda.is_available())"
@@ -66,7 +66,7 @@ else
   step sft_throughput 1 900 "$PY" benchmarks/sft_throughput.py --seq 256 --batch 1 --steps 1 --warmup 0
   # DeepSpeed needs CUDA: the same launch of one step, through the DDP config on the CPU
   step zero2_step 1 600 "$PY" -m accelerate.commands.launch --config_file accelerate/ddp.yaml \
-    --num_processes 1 -m mi_llm.sft "$TINY"
+    --num_processes 1 -m mi_llm.train.sft "$TINY"
   step eval_generation 1 600 "$PY" benchmarks/eval_generation.py --n 4 --batch-size 4 --max-new-tokens 4
 fi
 

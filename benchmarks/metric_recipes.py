@@ -15,7 +15,8 @@ import itertools
 
 import numpy as np
 
-from mi_llm import corpora, metrics
+from mi_llm.data import corpora
+from mi_llm.eval import metrics
 from mi_llm.params import ROOT
 
 

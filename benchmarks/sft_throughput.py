@@ -13,7 +13,7 @@ the loss is on the reply) with the same rows per step and max_length:
   defaults-fp32: the same, with the model in fp32; run only where the project computes in fp32
             (a CPU without native bf16), so the table separates the dtype's share of the speed-up
             from the loss-position and packing share
-  project : mi_llm.sft's configuration (sft.sft_config) and trainer (mi_llm.loss): the output
+  project : mi_llm.train.sft's configuration (sft.sft_config) and trainer (mi_llm.train.loss): the output
             layer and cross-entropy at the label positions only, padding-free best-fit-decreasing
             packing, FlashAttention-2 when flash_attn is installed (GPU; else SDPA), Liger's fused
             linear cross-entropy and kernels when liger_kernel is installed (GPU).
@@ -73,7 +73,7 @@ SHAPES = {  # random-weight Llama shapes (no download)
 
 def data_rows() -> list[dict]:
     """Prompt/completion samples from the shipped PsyDTCorpus dialogues (real text)."""
-    from mi_llm import sft
+    from mi_llm.train import sft
 
     dialogues = json.loads(
         (ROOT / "data/PsyDTCorpus/PsyDTCorpus_sample.json").read_text(encoding="utf-8")
@@ -116,13 +116,13 @@ def build_model(args, attn: str, dtype: str = "bfloat16"):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from mi_llm import models
+    from mi_llm.models import registry
 
     if args.model:
-        model, tok = models.load(args.model, dtype=dtype)  # SDPA
-        return model, tok, models.get(args.model)
-    spec = models.get("llama3-8b-chinese-chat-v2")  # its template and LoRA targets
-    tok = models.prepare_tokenizer(spec, bpe_tokenizer(data_rows()))
+        model, tok = registry.load(args.model, dtype=dtype)  # SDPA
+        return model, tok, registry.get(args.model)
+    spec = registry.get("llama3-8b-chinese-chat-v2")  # its template and LoRA targets
+    tok = registry.prepare_tokenizer(spec, bpe_tokenizer(data_rows()))
     cfg = LlamaConfig(
         **SHAPES["gpu" if args.gpu else "cpu"],
         max_position_embeddings=8192,
@@ -163,7 +163,7 @@ def peak_flops(gpu: bool) -> tuple[float, str]:
         for key, val in GPU_PEAK_BF16.items():
             if key in name:
                 return val, f"{name} datasheet dense bf16"
-    from mi_llm import devices
+    from mi_llm.models import devices
 
     n, dev = (8192, "cuda") if gpu else (2048, "cpu")
     dtype = getattr(
@@ -197,8 +197,10 @@ def run_one(args, which: str) -> dict:
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from mi_llm import devices, params, sft
-    from mi_llm.loss import LossPositionsSFTTrainer, use_liger
+    from mi_llm import params
+    from mi_llm.models import devices
+    from mi_llm.train import sft
+    from mi_llm.train.loss import LossPositionsSFTTrainer, use_liger
 
     project = which == "project"
     attn = (
@@ -329,7 +331,7 @@ def run_one(args, which: str) -> dict:
 def optimisations(gpu: bool, model: str | None) -> list[str]:
     """The project's optimisations and whether each is active on this device."""
     cuda = gpu
-    from mi_llm import devices
+    from mi_llm.models import devices
 
     bf16 = cuda or devices.cpu_bf16()
     return [
@@ -403,7 +405,7 @@ def main() -> int:
         "project optimisations on this device:\n  " + "\n  ".join(optimisations(a.gpu, a.model)),
         flush=True,
     )
-    from mi_llm import devices
+    from mi_llm.models import devices
 
     # where the project computes in fp32 (a CPU without native bf16), TRL's defaults are also run
     # in fp32, so the table separates the dtype's share from the loss-position and packing share

@@ -1,4 +1,4 @@
-"""Requests/s of llm.complete: client plumbing, and the embedded model's real answers.
+"""Requests/s of api.complete: client plumbing, and the embedded model's real answers.
 
 1. Plumbing: concurrency 1 and 16 against the local test server (200 ms latency per request, no
    compute): with a fixed latency, throughput should scale with the requests in flight (>= 8x).
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from openai_server import serve
 
-from mi_llm import llm
+from mi_llm.llm import api
 from mi_llm.params import LLMParams
 
 LATENCY_S = 0.2  # server-side delay per request
@@ -40,13 +40,13 @@ N = {1: 20, 16: 160}  # requests per run: ~4 s at concurrency 1, 10 waves at 16
 def rate(concurrency: int, n: int, url, tmp: Path) -> tuple[float, float]:
     """Requests/s and wall seconds for n fresh (uncached) requests at the given concurrency."""
     p = LLMParams(provider="remote", max_concurrency=concurrency, request_timeout=30, max_retries=0)
-    ep = llm.Endpoint(url, "bench", "bench-key", "remote")
+    ep = api.Endpoint(url, "bench", "bench-key", "remote")
     reqs = [
-        llm.Request(f"c{concurrency}-{i}", [{"role": "user", "content": f"第{i}段对话"}])
+        api.Request(f"c{concurrency}-{i}", [{"role": "user", "content": f"第{i}段对话"}])
         for i in range(n)
     ]
     t0 = time.perf_counter()
-    res = llm.complete(
+    res = api.complete(
         ep,
         reqs,
         llm_params=p,
@@ -61,12 +61,13 @@ def rate(concurrency: int, n: int, url, tmp: Path) -> tuple[float, float]:
 
 def judge_requests(P) -> list:
     """Stage 01's judge requests of a recipe: every corpus' judge sample with the judge prompt."""
-    from mi_llm import corpora, params, quality
+    from mi_llm import params
+    from mi_llm.data import corpora, quality
 
     loaded = {n: (corpora.load(n, params.path(f)), None) for n, f in P.corpora.sources.items()}
     template, q = quality.prompt_template(P.quality.prompt_version), P.quality
     return [
-        llm.Request(f"{n}:{d.id}", quality.judge_messages(d, template, q.max_dialogue_chars)[0])
+        api.Request(f"{n}:{d.id}", quality.judge_messages(d, template, q.max_dialogue_chars)[0])
         for n, ds in quality.judge_samples(loaded, P).items()
         for d in ds
     ]
@@ -85,12 +86,12 @@ def embedded_rates(provider: str, concurrencies: list[int], tmp: Path) -> list[t
     for c in concurrencies:
         p = replace(P.llm, provider=provider, max_concurrency=c)
         t0 = time.perf_counter()
-        with llm.endpoint(p, log_dir=tmp) as ep:
+        with api.endpoint(p, log_dir=tmp) as ep:
             warm = [
-                llm.Request(f"warm{i}", r.messages[:1] + [{"role": "user", "content": "你好"}])
+                api.Request(f"warm{i}", r.messages[:1] + [{"role": "user", "content": "你好"}])
                 for i, r in enumerate(reqs[:c])
             ]  # one batch at this side's size
-            llm.complete(
+            api.complete(
                 ep,
                 warm,
                 llm_params=p,
@@ -101,7 +102,7 @@ def embedded_rates(provider: str, concurrencies: list[int], tmp: Path) -> list[t
             )
             start = time.perf_counter() - t0
             t1 = time.perf_counter()
-            res = llm.complete(
+            res = api.complete(
                 ep,
                 reqs,
                 llm_params=p,

@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     c = sub.add_parser("check", help="validate params files without running anything")
     c.add_argument("params", nargs="+")
     d = sub.add_parser(
-        "dryrun", help="run a dry-run params file with its local stand-ins (mi_llm.dryrun)"
+        "dryrun", help="run a dry-run params file with its local stand-ins (mi_llm.study.dryrun)"
     )
     d.add_argument("params", nargs="?", default="params/paper-dryrun.yaml")
     d.add_argument(
@@ -63,9 +63,9 @@ def main(argv=None) -> int:
     cs.add_argument("--out", help="output folder (default: <folder>/coded)")
     a = ap.parse_args(argv)
     if a.cmd == "chat":
-        from . import chat
+        from mi_llm.chat import web
 
-        chat.main(
+        web.main(
             a.run,
             a.model,
             a.variant,
@@ -78,17 +78,17 @@ def main(argv=None) -> int:
         )
         return 0
     if a.cmd == "code-sessions":
-        from . import sessions
+        from mi_llm.chat import sessions
 
         sessions.main(a.folder, a.out)
         return 0
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if a.cmd == "data":
-        from . import fetch
+        from mi_llm.data import fetch
 
         return fetch.cli(a)
-    from . import check, study
+    from mi_llm.study import check, runner
 
     if a.cmd == "check" or (a.cmd == "run" and a.check):
         files = a.params if a.cmd == "check" else [a.params]
@@ -99,15 +99,15 @@ def main(argv=None) -> int:
                 print(f"  default used: {line}")
         return 1 if any(problems.values()) else 0
     if a.cmd == "sync-notebooks":
-        for nb in study.sync_parameters(a.params):
+        for nb in runner.sync_parameters(a.params):
             print(f"updated {nb}")
         return 0
-    from . import dryrun
-    from .params import ParamsError
+    from mi_llm.params import ParamsError
+    from mi_llm.study import dryrun
 
-    runner = dryrun.run if a.cmd == "dryrun" else study.run
+    run_study = dryrun.run if a.cmd == "dryrun" else runner.run
     try:
-        runner(a.params, only=a.only, progress=not a.no_progress)
+        run_study(a.params, only=a.only, progress=not a.no_progress)
     except (
         ParamsError
     ) as e:  # one line naming the file (and line:column of a YAML error), no traceback

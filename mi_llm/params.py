@@ -132,7 +132,7 @@ class SFTParams:
 
 
 @dataclass
-class MitiParams:  # evaluation.miti: the MITI 4.2.1 coder (mi_llm.miti); paths from the project root
+class MitiParams:  # evaluation.miti: the MITI 4.2.1 coder (mi_llm.eval.miti); paths from the project root
     enabled: bool = True  # false: stage 04 skips MITI coding
     prompt_version: str = "miti_v3"  # mi_llm/prompts/<version>.md with `## code` and `## globals`
     max_tokens: int = 8  # tokens of a code answer (one or two code words)
@@ -142,7 +142,7 @@ class MitiParams:  # evaluation.miti: the MITI 4.2.1 coder (mi_llm.miti); paths 
     context_turns: int = 4  # turns of preceding conversation shown with each utterance
     max_utterances: int | None = None  # counselor utterances coded per dialogue; None: all
     rate_globals: bool = True  # also rate the four globals per dialogue
-    annomi_path: str = "data/AnnoMI"  # folder (simple + full CSV) read by mi_llm.corpora
+    annomi_path: str = "data/AnnoMI"  # folder (simple + full CSV) read by mi_llm.data.corpora
     annomi_sample: int = 40  # AnnoMI therapist utterances coded for the coder check; 0: none
     gold_path: str = "data/MI_Welivita_Pu_gold_test/test_output.csv"  # gold MI sentences (CSV)
     gold_sample: int = 40  # Welivita & Pu gold sentences coded for the coder check; 0: none
@@ -154,7 +154,7 @@ FORECASTER_KINDS = ("universal", "text", "char", "boost")  # forecast.build make
 
 
 @dataclass
-class ForecasterParams:  # evaluation.forecaster: the next-behaviour forecaster (mi_llm.forecast)
+class ForecasterParams:  # evaluation.forecaster: the next-behaviour forecaster (mi_llm.eval.forecast)
     enabled: bool = True
     annomi_path: str = "data/AnnoMI"  # folder: simple's codes + full's question/reflection subtypes
     mi_quality: list = field(default_factory=lambda: ["high", "low"])  # AnnoMI sessions used
@@ -378,7 +378,7 @@ def from_dict(data: dict, where: str = "params") -> Params:
 
 def _check_evaluation_choices(e: EvaluationParams, where: str) -> None:
     """Variants, condition_on and the forecaster's kind and MI qualities are names from fixed lists."""
-    from .schema import TAGS  # the behaviour tags
+    from mi_llm.data.schema import TAGS  # the behaviour tags
 
     for key, values, allowed in [
         ("variants", e.variants, VARIANTS),

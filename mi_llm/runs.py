@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .params import ROOT, Params
+from mi_llm.params import ROOT, Params
 
 PACKAGES = [
     "mi-llm",
@@ -246,7 +246,7 @@ def _write(p: Params, prov: dict) -> None:
 def start_stage(p: Params, stage: str, inputs=(), **extra) -> dict:
     """Take the run's lock (unless the runner holds it), seed everything and record the stage's
     start, inputs (sha256: its declared reads in mi_llm.stages, plus `inputs`) and environment."""
-    from . import stages
+    from mi_llm import stages
 
     if stage in stages.STAGES:
         inputs = [*inputs, *stages.reads(stage, p.run_dir, p)]

@@ -11,10 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mi_llm import corpora, dryrun, generate, params, sft, transcribe
+from mi_llm import params
+from mi_llm.data import corpora, transcribe
+from mi_llm.data.schema import Dialogue
+from mi_llm.eval import generation
+from mi_llm.models.tokenizer_files import save_tokenizer
 from mi_llm.params import ROOT
-from mi_llm.schema import Dialogue
-from mi_llm.tokenizer_files import save_tokenizer
+from mi_llm.study import dryrun
+from mi_llm.train import sft
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,7 +44,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def embedded_model_dir():
     """The cached bf16 folder of the embedded Gemma 3 270M (converted on first use)."""
-    from mi_llm import embedded
+    from mi_llm.models import embedded
 
     return embedded.model_dir()
 
@@ -84,9 +88,9 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory):
     """A LoRA adapter of the tiny model with non-zero B (merging it changes the weights)."""
     from peft import LoraConfig, get_peft_model
 
-    from mi_llm import models
+    from mi_llm.models import registry
 
-    model, _ = models.load("gemma3-270m", "cpu", path=tiny_model_dir)
+    model, _ = registry.load("gemma3-270m", "cpu", path=tiny_model_dir)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     path = tmp_path_factory.mktemp("adapter")
     get_peft_model(model, lora).save_pretrained(path)
@@ -218,8 +222,9 @@ def tiny_llama(tmp_path_factory):
 # ----------------------------------------------------------------------------- a run folder of artifacts (figures, report)
 def write_artifacts(run):
     """A small but complete run: stages 01-04's artifacts in their real formats (04's tables are
-    computed by mi_llm.metrics / mi_llm.therapy / mi_llm.miti from hand-made generations)."""
-    from mi_llm import forecast, metrics, miti, quality, therapy
+    computed by mi_llm.eval.metrics / mi_llm.eval.therapy / mi_llm.eval.miti from hand-made generations)."""
+    from mi_llm.data import quality
+    from mi_llm.eval import forecast, forecast_eval, metrics, miti, therapy
 
     q = run / "01_corpus_quality"
     q.mkdir(parents=True)
@@ -327,7 +332,9 @@ def write_artifacts(run):
     (e / "miti_codes.jsonl").write_text(
         "".join(json.dumps(u, ensure_ascii=False) + "\n" for u in units)
     )
-    rng = np.random.default_rng(0)  # forecast.evaluate's table: forecast.score per predictor
+    rng = np.random.default_rng(
+        0
+    )  # forecast_eval.evaluate's table: forecast_eval.score per predictor
     y = list(rng.choice(forecast.TAGS, 60))
     groups = [f"rec{i // 6}" for i in range(60)]
     preds = {
@@ -345,13 +352,13 @@ def write_artifacts(run):
             "n_train_recordings": 30,
             "n_test_transcripts": 10,
             "reference": "previous_behaviour",
-            **forecast.score(y, p, groups, 100, 0, reference=preds["previous_behaviour"][1]),
+            **forecast_eval.score(y, p, groups, 100, 0, reference=preds["previous_behaviour"][1]),
         }
         for m, (role, p) in preds.items()
     ]
     df = pd.DataFrame(rows)
-    df["beats_baselines"] = forecast.beats_baselines(df)
-    forecast.write_table(df, e)
+    df["beats_baselines"] = forecast_eval.beats_baselines(df)
+    forecast_eval.write_table(df, e)
     return run
 
 
@@ -470,7 +477,7 @@ def generations(tmp_path_factory):
     """generations.jsonl in stage 04's format from two real CPsyCounE dialogues (3 rounds each)."""
     ds = corpora.load("cpsycoune", ROOT / "data" / "CPsyCounE")[:2]
     records = [{"id": d.id, "topic": d.meta.get("topic"), "messages": d.to_messages()} for d in ds]
-    rounds = generate.rounds(records, max_rounds=3, context_turns=4)
+    rounds = generation.rounds(records, max_rounds=3, context_turns=4)
     out = tmp_path_factory.mktemp("gen") / "generations.jsonl"
     with open(out, "w", encoding="utf-8") as f:
         for variant in ("base", "finetuned"):

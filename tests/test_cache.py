@@ -1,10 +1,11 @@
-"""mi_llm.cache: the SQLite answer cache, its keys and its one path per run."""
+"""mi_llm.llm.cache: the SQLite answer cache, its keys and its one path per run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mi_llm import cache, params
+from mi_llm import params
+from mi_llm.llm import cache
 
 
 def test_cache_key_separates_model_settings_messages_attempt():

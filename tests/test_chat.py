@@ -11,8 +11,8 @@ import pytest
 from conftest import CHAT_MODEL, counselor, make_run
 from openai_server import serve as fake_model
 
-from mi_llm import chat, safety
-from mi_llm.schema import Dialogue, validate
+from mi_llm.chat import safety, serving, store, web
+from mi_llm.data.schema import Dialogue, validate
 
 
 def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(
@@ -21,7 +21,7 @@ def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(
     run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
     with (
         fake_model(counselor) as backend,
-        chat.serve(run, backend_url=backend, backend_model="ft") as c,
+        web.serve(run, backend_url=backend, backend_model="ft") as c,
     ):
         client = openai.OpenAI(base_url=c.url + "/v1", api_key="none")
         assert [m.id for m in client.models.list().data] == [f"{CHAT_MODEL}:finetuned"]
@@ -44,13 +44,15 @@ def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(
         assert backend.stats.count == 3 and {r["model"] for r in backend.stats.requests} == {"ft"}
     files = sorted((run / "chat").glob("*.jsonl"))
     assert len(files) == 2
-    sessions = chat.read_sessions(run / "chat")
+    sessions = store.read_sessions(run / "chat")
     d = next(s for s in sessions if len(s.turns) == 4)
     validate(d)
     assert [t.speaker for t in d.turns] == ["client", "counselor", "client", "counselor"]
     assert d.turns[3].text == r2.choices[0].message.content
     assert d.corpus == "chat" and d.meta["model"] == CHAT_MODEL and d.meta["variant"] == "finetuned"
-    assert d.meta["adapter_sha256"] == chat.adapter_sha256(run / "03_sft" / CHAT_MODEL / "adapter")
+    assert d.meta["adapter_sha256"] == serving.adapter_sha256(
+        run / "03_sft" / CHAT_MODEL / "adapter"
+    )
     assert len(d.meta["adapter_sha256"]) == 64 and d.meta["started"] <= d.meta["updated"]
     assert all("time" in t.annotations for t in d.turns) and d.meta["events"] == []
     assert Dialogue.from_dict(json.loads(files[0].read_text(encoding="utf-8"))).id in {
@@ -66,7 +68,7 @@ def test_flagged_message_gets_the_referral_and_the_event_is_logged(
     run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
     with (
         fake_model(counselor) as backend,
-        chat.serve(run, backend_url=backend, on_crisis=on_crisis, country="UK") as c,
+        web.serve(run, backend_url=backend, on_crisis=on_crisis, country="UK") as c,
     ):
         zh = c.say("有时候我觉得我消失了对谁都好。", session="s-zh")
         en = c.say("I've been saving up my pills.", session="s-en")
@@ -107,18 +109,18 @@ def test_flagged_message_gets_the_referral_and_the_event_is_logged(
 
 def test_bad_requests_and_runs_are_refused_with_a_reason(tiny_model_dir, tiny_adapter, tmp_path):
     with pytest.raises(FileNotFoundError, match="provenance.json"):
-        chat.resolve(tmp_path)
+        serving.resolve(tmp_path)
     run = make_run(tmp_path, tiny_model_dir)  # no adapter
     with pytest.raises(FileNotFoundError, match="no PEFT adapter"):
-        chat.resolve(run, variant="finetuned")
+        serving.resolve(run, variant="finetuned")
     with pytest.raises(ValueError, match="variant 'conditional'"):
-        chat.resolve(run, variant="conditional")
+        serving.resolve(run, variant="conditional")
     with pytest.raises(FileNotFoundError, match="no PEFT adapter"):
-        chat.resolve(run, variant="conditioned")
-    assert chat.resolve(run, variant="base").folder == tiny_model_dir
+        serving.resolve(run, variant="conditioned")
+    assert serving.resolve(run, variant="base").folder == tiny_model_dir
     with (
         fake_model(counselor) as backend,
-        chat.serve(run, variant="base", backend_url=backend) as c,
+        web.serve(run, variant="base", backend_url=backend) as c,
     ):
         client = openai.OpenAI(base_url=c.url + "/v1", api_key="none", max_retries=0)
         with pytest.raises(openai.BadRequestError, match="last message must be the client"):
@@ -133,7 +135,7 @@ def test_bad_requests_and_runs_are_refused_with_a_reason(tiny_model_dir, tiny_ad
             client.chat.completions.create(
                 model="x", messages=[{"role": "user", "content": "hi"}], stream=True
             )
-    zz = chat.serve(run, variant="base", backend_url="http://127.0.0.1:9/v1", country="ZZ")
+    zz = web.serve(run, variant="base", backend_url="http://127.0.0.1:9/v1", country="ZZ")
     with pytest.raises(ValueError, match="no crisis hotline configured for country 'ZZ'"), zz:
         pass
 
@@ -143,17 +145,19 @@ def test_conditioned_variant_prefills_the_behaviour_tag_in_process(
 ):
     """The conditioned chat generates with stage 04's code: the reply is what follows the tag
     <mi:label>, the label is the run's condition_on (or the request's mi_behaviour) and is saved."""
-    from mi_llm import generate, models
+    from mi_llm.decode import engine
+    from mi_llm.eval import generation
+    from mi_llm.models import registry
 
     run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
     prov = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
     prov["params"]["evaluation"]["condition_on"] = "complex_reflection"
     (run / "provenance.json").write_text(json.dumps(prov), encoding="utf-8")
-    remote = chat.serve(run, variant="conditioned", backend_url="http://127.0.0.1:9/v1")
+    remote = web.serve(run, variant="conditioned", backend_url="http://127.0.0.1:9/v1")
     with pytest.raises(ValueError, match="generated in this process"), remote:
         pass
     msgs = [{"role": "user", "content": "我想少喝点酒，但是很难。"}]
-    with chat.serve(run, variant="conditioned", max_tokens=8) as c:
+    with web.serve(run, variant="conditioned", max_tokens=8) as c:
         client = openai.OpenAI(base_url=c.url + "/v1", api_key="none", max_retries=0)
         assert [m.id for m in client.models.list().data] == [f"{CHAT_MODEL}:conditioned"]
         r1 = client.chat.completions.create(model=c.model_id, messages=msgs)
@@ -165,22 +169,22 @@ def test_conditioned_variant_prefills_the_behaviour_tag_in_process(
                 model=c.model_id, messages=msgs, extra_body={"mi_behaviour": "question"}
             )
     # the same reply as stage 04's generation with the same merged weights and prefix
-    model, tok = models.load(CHAT_MODEL, "cpu", path=tiny_model_dir)
-    model, tok = generate._with_adapter(
+    model, tok = registry.load(CHAT_MODEL, "cpu", path=tiny_model_dir)
+    model, tok = generation._with_adapter(
         model, tok, CHAT_MODEL, run / "03_sft" / CHAT_MODEL / "adapter"
     )
     system = [{"role": "system", "content": "你是一名动机式访谈咨询师。"}]
     for r, label in ((r1, "complex_reflection"), (r2, "open_question")):
-        [want] = generate.generate(
+        [want] = engine.generate(
             model,
             tok,
             [system + msgs],
             max_new_tokens=8,
-            stop_tokens=models.get(CHAT_MODEL).special_tokens,
-            prefixes=[generate.tag_prefix(label)],
+            stop_tokens=registry.get(CHAT_MODEL).special_tokens,
+            prefixes=[generation.tag_prefix(label)],
         )
-        assert r.choices[0].message.content == generate.split_tag(want)[1].strip()
-    sessions = chat.read_sessions(run / "chat")
+        assert r.choices[0].message.content == generation.split_tag(want)[1].strip()
+    sessions = store.read_sessions(run / "chat")
     labels = sorted(d.turns[1].annotations["behaviour"] for d in sessions)
     assert labels == ["complex_reflection", "open_question"]
     assert {d.meta["variant"] for d in sessions} == {"conditioned"}
@@ -189,7 +193,7 @@ def test_conditioned_variant_prefills_the_behaviour_tag_in_process(
 def test_start_and_talk_keep_one_session_for_notebooks(tiny_model_dir, tiny_adapter, tmp_path):
     run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
     with fake_model(counselor) as backend:
-        c = chat.start(run, backend_url=backend)
+        c = web.start(run, backend_url=backend)
         try:
             first = c.talk("我想多运动。")
             second = c.talk("但是下班太累了。")
@@ -198,7 +202,7 @@ def test_start_and_talk_keep_one_session_for_notebooks(tiny_model_dir, tiny_adap
         with pytest.raises(Exception):  # noqa: B017 (stopped: the port no longer answers)
             c.say("还在吗？")
     assert "[2 system]" in first and "[4 system]" in second  # the history travelled with each turn
-    (d,) = chat.read_sessions(run / "chat")
+    (d,) = store.read_sessions(run / "chat")
     assert d.id == c.session and [t.text for t in d.turns] == [
         "我想多运动。",
         first,

@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 from conftest import make_run
 
-from mi_llm import chat, safety
-from mi_llm.schema import Dialogue
+from mi_llm.chat import safety, web
+from mi_llm.data.schema import Dialogue
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.slow  # ~80 s on 2 busy cores: model merge, transformers serve, Chromium
@@ -111,7 +111,7 @@ def test_type_in_the_page_see_the_reply_and_the_saved_session(
 ):
     monkeypatch.setenv("MI_LLM_CACHE", str(tmp_path / "cache"))  # the merged folder goes here
     run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
-    with chat.serve(run, max_tokens=12) as c:
+    with web.serve(run, max_tokens=12) as c:
         merged = c.served.folder
         assert merged.parent == tmp_path / "cache" / "merged" and (merged / "config.json").exists()
         assert (

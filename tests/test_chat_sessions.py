@@ -12,7 +12,9 @@ import pytest
 from conftest import counselor, make_run
 from openai_server import serve as fake_llm
 
-from mi_llm import chat, client_talk, llm, references, sessions
+from mi_llm.chat import sessions, web
+from mi_llm.eval import client_talk, references
+from mi_llm.llm import api
 from mi_llm.params import ROOT
 
 ANNOMI = ROOT / "data" / "AnnoMI"
@@ -64,7 +66,7 @@ def test_code_sessions_writes_the_stage_04_summary_with_client_talk_and_referenc
 ):
     monkeypatch.setenv("MI_LLM_RUNS", str(tmp_path / "runs"))
     run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
-    with fake_llm(counselor) as backend, chat.serve(run, backend_url=backend) as c:
+    with fake_llm(counselor) as backend, web.serve(run, backend_url=backend) as c:
         h = []
         for text in ["我想少喝点酒。", "可是我不想放弃周末聚会。", "我想试试每周只喝一次。"]:
             r = c.say(text, history=h, session="one")
@@ -74,7 +76,7 @@ def test_code_sessions_writes_the_stage_04_summary_with_client_talk_and_referenc
             ]
         c.say("我不想活了。", session="two")  # flagged: the referral is not coded
     with fake_llm(coder) as url:
-        ep = llm.Endpoint(url, "coder", "k", "remote")
+        ep = api.Endpoint(url, "coder", "k", "remote")
         res = sessions.code_sessions(run / "chat", endpoint=ep, client_coder="llm", validate=False)
     out = run / "chat" / "coded"
     for f in (

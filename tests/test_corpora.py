@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mi_llm import corpora, params
-from mi_llm.schema import DataError
+from mi_llm import params
+from mi_llm.data import corpora
+from mi_llm.data.schema import DataError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CPSYD = DATA / "CPsyCounD" / "Data"
@@ -453,7 +454,7 @@ def test_chat_formats_reject_non_alternating_and_single_speaker_records(tmp_path
 
 
 def test_formats_that_allow_them_count_non_alternating_and_single_speaker_dialogues(tmp_path):
-    from mi_llm import quality
+    from mi_llm.data import quality
 
     ds, rep = corpora.load_with_report("smilechat", SMILE)
     nonalt = sorted(

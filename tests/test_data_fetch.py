@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from mi_llm import corpora, fetch, sources
-from mi_llm.sources import File, Source
+from mi_llm.data import corpora, fetch, sources
+from mi_llm.data.sources import File, Source
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from mi_llm import check, corpora, figures, params, quality, report
+from mi_llm import params
+from mi_llm.data import corpora, quality
+from mi_llm.study import check, figures, report
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = {"psydtcorpus", "soulchatcorpus"}
@@ -60,12 +62,12 @@ def test_a_run_refuses_fixtures_unless_allowed():
 
 
 def test_check_refuses_fixtures_unless_allowed():
-    errs = check.corpus_problems(_smoke(allow_fixtures=False))
+    errs = corpora.corpus_problems(_smoke(allow_fixtures=False))
     assert [e.split(":")[0] for e in errs] == [
         "corpora.sources.psydtcorpus",
         "corpora.sources.soulchatcorpus",
     ]
-    assert check.corpus_problems(params.load("params/smoke.yaml")) == []
+    assert corpora.corpus_problems(params.load("params/smoke.yaml")) == []
 
 
 def test_paper_params_point_at_full_downloads_and_check_says_how_to_get_them(monkeypatch):
@@ -90,7 +92,7 @@ def test_missing_path_names_the_fetch_command_with_its_dest():
         "cpsycound": "elsewhere/cpsycound/CPsyCounD/Data",
         "smilechat": "my/own/smile",
     }
-    errs = check.corpus_problems(params.from_dict(d))
+    errs = corpora.corpus_problems(params.from_dict(d))
     assert "`python -m mi_llm data fetch annomi --dest /nowhere/corpora`" in errs[0]
     assert "`python -m mi_llm data fetch cpsycound --dest elsewhere`" in errs[1]
     assert "`python -m mi_llm data fetch smilechat`" in errs[2]  # layout unknown: the default

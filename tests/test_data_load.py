@@ -9,8 +9,8 @@ import re
 import unicodedata
 from pathlib import Path
 
-from mi_llm import corpora, quality
-from mi_llm.schema import Dialogue, Turn
+from mi_llm.data import corpora, quality
+from mi_llm.data.schema import Dialogue, Turn
 
 ROOT = Path(__file__).resolve().parents[1]
 

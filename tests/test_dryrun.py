@@ -7,12 +7,13 @@ import sys
 
 import yaml
 
-from mi_llm import params, sft
+from mi_llm import params
+from mi_llm.train import sft
 
 
 def test_tiny_sft_command_writes_a_valid_params_file_and_its_training_split(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "mi_llm.dryrun", "tiny-sft", str(tmp_path)],
+        [sys.executable, "-m", "mi_llm.study.dryrun", "tiny-sft", str(tmp_path)],
         check=False,
         capture_output=True,
         text=True,
@@ -25,7 +26,7 @@ def test_tiny_sft_command_writes_a_valid_params_file_and_its_training_split(tmp_
     assert P.sft.models == ["llama3-8b-chinese-chat-v2"]
     assert (tmp_path / "runs" / P.name / sft.TRAIN_FILE).stat().st_size > 0
     bad = subprocess.run(
-        [sys.executable, "-m", "mi_llm.dryrun"],
+        [sys.executable, "-m", "mi_llm.study.dryrun"],
         check=False,
         capture_output=True,
         text=True,

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from conftest import miti_params
 
-from mi_llm import evaluation, llm, miti
+from mi_llm.eval import miti, miti_check, writer
+from mi_llm.llm import api
 from mi_llm.params import ROOT
 
 
@@ -53,10 +54,10 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     out.mkdir()
     seen = {}
     with openai_server.serve(_handler(seen)) as url:
-        ep = llm.Endpoint(url, "test-model", "test-key")
-        res = evaluation.write_miti(p, generations, out, endpoint=ep)
+        ep = api.Endpoint(url, "test-model", "test-key")
+        res = writer.write_miti(p, generations, out, endpoint=ep)
         n_calls = url.stats.count
-        again = evaluation.write_miti(p, generations, out, endpoint=ep)  # everything from the cache
+        again = writer.write_miti(p, generations, out, endpoint=ep)  # everything from the cache
         assert url.stats.count == n_calls
     assert seen["never coded: 我明白你的感受"] == 2 and seen["once: 我明白你的感受"] == 2
     codes = [
@@ -101,10 +102,10 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     raw = pd.read_csv(ROOT / miti.DEFAULTS["gold_path"], keep_default_na=False)
     rows = raw.loc[[int(c["dialogue_id"].split(":")[1]) for c in checks[6:]]]
     pred = [
-        miti.code_label(miti.GOLD_CODES[x]) if x in miti.GOLD_CODES else None
+        miti.code_label(miti_check.GOLD_CODES[x]) if x in miti_check.GOLD_CODES else None
         for x in rows["Prediction"]
     ]
-    truth = [miti.code_label(miti.GOLD_CODES[x]) for x in rows["Ground truth"]]
+    truth = [miti.code_label(miti_check.GOLD_CODES[x]) for x in rows["Ground truth"]]
     hits = [a == b for a, b in zip(pred, truth) if a is not None]
     assert agree.loc[2, "n_coded"] == len(hits) and agree.loc[2, "accuracy"] == pytest.approx(
         np.mean(hits)
@@ -139,7 +140,7 @@ def test_coder_opens_the_remote_endpoint_itself(generations, tmp_path, monkeypat
         p = miti_params(tmp_path, annomi_sample=0, gold_sample=0, rate_globals=False)
         p.llm.provider, p.llm.base_url = "remote", url
         monkeypatch.setenv(p.llm.api_key_env, "test-key")
-        res = evaluation.write_miti(p, same, tmp_path, endpoint=None)
+        res = writer.write_miti(p, same, tmp_path, endpoint=None)
     assert url.stats.count == 6 and len(recs) == 12
     s = res["summary"].set_index("variant")
     assert s.loc["base", "SR"] == s.loc["finetuned", "SR"] and s.loc["base", "n_coded"] == 6

@@ -11,8 +11,9 @@ from conftest import write_artifacts
 
 matplotlib.use("Agg")
 
-from mi_llm import figures, forecast
+from mi_llm.eval import forecast_eval
 from mi_llm.params import FiguresParams
+from mi_llm.study import figures
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_tables_carry_the_artifacts_numbers(made):
     )
     assert c.reference.iloc[-1] and c.reference.sum() == 4
     f = figures.table("forecaster", run)
-    assert list(dict.fromkeys(f.metric)) == forecast.FORECASTER_METRICS  # n_* are counts
+    assert list(dict.fromkeys(f.metric)) == forecast_eval.FORECASTER_METRICS  # n_* are counts
     assert figures.table("training_loss", run).model.unique().tolist() == ["gemma3-270m", "tiny"]
 
 
@@ -162,7 +163,7 @@ def test_markdown_table_escapes_and_rounds():
 
 def test_miti_summary_colours_the_papers_three_models_by_three_variants(tmp_path):
     """Nine generated sources (3 models x 3 variants, as in paper.yaml) beside AnnoMI."""
-    from mi_llm import miti
+    from mi_llm.eval import miti
 
     e = tmp_path / "04_evaluation"
     e.mkdir()

@@ -4,9 +4,13 @@ import json
 
 import pytest
 
-from mi_llm import corpora, forecast, generate, models, params, schema
+from mi_llm import params
+from mi_llm.data import corpora, schema
+from mi_llm.data.schema import DataError
+from mi_llm.decode import cpu, engine, kernels
+from mi_llm.eval import forecast, generation
+from mi_llm.models import registry
 from mi_llm.params import ROOT
-from mi_llm.schema import DataError
 
 NAME = "gemma3-270m"  # registry entry whose template/eot the tiny model shares
 
@@ -37,7 +41,7 @@ def _write(path, records):
 def test_rounds_on_a_real_record():
     rec = _records(1)[0]
     msgs = rec["messages"]
-    rs = generate.rounds([rec])
+    rs = generation.rounds([rec])
     n_answers = sum(
         1
         for i, m in enumerate(msgs)
@@ -52,7 +56,7 @@ def test_rounds_on_a_real_record():
             "role": "assistant",
             "content": r["reference"],
         }
-    capped = generate.rounds([rec, rec], max_dialogues=1, max_rounds=2, context_turns=2)
+    capped = generation.rounds([rec, rec], max_dialogues=1, max_rounds=2, context_turns=2)
     assert [r["round"] for r in capped] == [0, 1]
     assert [len(r["messages"]) for r in capped] == [
         1,
@@ -70,16 +74,14 @@ def test_read_test_names_the_bad_field(tmp_path):
 
 def test_batched_equals_unbatched_greedy_fp32(tiny_model_dir):
     # fp32: in bf16 a padded batch may round differently from a single prompt and flip an argmax
-    model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
-    prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=3, context_turns=4)]
+    model, tok = registry.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    prompts = [r["messages"] for r in generation.rounds(_records(2), max_rounds=3, context_turns=4)]
     assert len({len(str(p)) for p in prompts}) > 1  # different lengths, so the batch is padded
-    batched = generate.generate(model, tok, prompts, batch_size=len(prompts), max_new_tokens=8)
-    single = [
-        generate.generate(model, tok, [p], batch_size=1, max_new_tokens=8)[0] for p in prompts
-    ]
+    batched = engine.generate(model, tok, prompts, batch_size=len(prompts), max_new_tokens=8)
+    single = [engine.generate(model, tok, [p], batch_size=1, max_new_tokens=8)[0] for p in prompts]
     assert batched == single
     assert all(batched)
-    cfg = generate.generation_config(model, tok, 8, stop_tokens=models.get(NAME).special_tokens)
+    cfg = engine.generation_config(model, tok, 8, stop_tokens=registry.get(NAME).special_tokens)
     assert (
         tok.convert_tokens_to_ids("<start_of_turn>") in cfg.eos_token_id
     )  # a new turn ends a reply
@@ -104,17 +106,17 @@ def test_resume_skips_finished_rounds(tiny_model_dir, tmp_path, monkeypatch):
     test = _write(tmp_path / "test.jsonl", _records(2))
     out = tmp_path / "generations.jsonl"
     P, paths = _params(), {NAME: tiny_model_dir}
-    real = generate.generate_batches
+    real = engine.generate_batches
 
     def crash_after_one_batch(*a, **kw):
         it = real(*a, **kw)
         yield next(it)
         raise KeyboardInterrupt  # the run is killed after its first batch
 
-    monkeypatch.setattr(generate, "generate_batches", crash_after_one_batch)
+    monkeypatch.setattr(engine, "generate_batches", crash_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
-        generate.run(P, test, out, model_paths=paths, progress=False)
-    first = generate.read_generations(out)
+        generation.run(P, test, out, model_paths=paths, progress=False)
+    first = generation.read_generations(out)
     assert len(first) == 2
     with open(out, "a", encoding="utf-8") as f:
         f.write('{"model": "torn')  # a crash in the middle of a write
@@ -125,8 +127,8 @@ def test_resume_skips_finished_rounds(tiny_model_dir, tmp_path, monkeypatch):
         asked.extend(prompts)
         yield from real(model, tok, prompts, **kw)
 
-    monkeypatch.setattr(generate, "generate_batches", spy)
-    recs = generate.run(P, test, out, model_paths=paths, progress=False)
+    monkeypatch.setattr(engine, "generate_batches", spy)
+    recs = generation.run(P, test, out, model_paths=paths, progress=False)
     assert len(recs) == 6 and len(asked) == 4  # 2 dialogues x 3 rounds; 2 were done before
     assert {(r["dialogue_id"], r["round"]) for r in recs} == {
         (str(d), k) for d in {r["dialogue_id"] for r in recs} for k in range(3)
@@ -144,13 +146,13 @@ def test_resume_skips_finished_rounds(tiny_model_dir, tmp_path, monkeypatch):
         "settings",
     }
     asked.clear()
-    assert generate.run(P, test, out, model_paths=paths, progress=False) == recs
+    assert generation.run(P, test, out, model_paths=paths, progress=False) == recs
     assert asked == []  # nothing left to do: the model is not even asked
     assert {r["settings"] for r in recs} == {
-        generate.fingerprint(P, NAME, "base", tiny_model_dir, None)
+        generation.fingerprint(P, NAME, "base", tiny_model_dir, None)
     }
     with pytest.raises(ValueError, match="other settings"):  # never mix replies of two settings
-        generate.run(_params(max_new_tokens=5), test, out, model_paths=paths, progress=False)
+        generation.run(_params(max_new_tokens=5), test, out, model_paths=paths, progress=False)
 
 
 def test_finetuned_variant_needs_and_uses_the_adapter(tiny_model_dir, tmp_path):
@@ -159,7 +161,7 @@ def test_finetuned_variant_needs_and_uses_the_adapter(tiny_model_dir, tmp_path):
     test = _write(tmp_path / "test.jsonl", _records(1))
     P = _params(variants=["finetuned", "base"], max_dialogues=1, max_rounds=2)
     with pytest.raises(FileNotFoundError, match="adapter"):
-        generate.run(
+        generation.run(
             P,
             test,
             tmp_path / "g.jsonl",
@@ -167,10 +169,10 @@ def test_finetuned_variant_needs_and_uses_the_adapter(tiny_model_dir, tmp_path):
             adapter_dirs={NAME: tmp_path / "none"},
             progress=False,
         )
-    model, _ = models.load(NAME, "cpu", path=tiny_model_dir)
+    model, _ = registry.load(NAME, "cpu", path=tiny_model_dir)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # B != 0
     get_peft_model(model, lora).save_pretrained(tmp_path / "adapter")
-    recs = generate.run(
+    recs = generation.run(
         P,
         test,
         tmp_path / "g.jsonl",
@@ -198,19 +200,19 @@ def _tagged_records(n=1):
 
 
 def test_split_tag_and_prefix():
-    assert generate.split_tag("<mi:open_question> 你愿意多说说吗？") == (
+    assert generation.split_tag("<mi:open_question> 你愿意多说说吗？") == (
         "open_question",
         "你愿意多说说吗？",
     )
-    assert generate.split_tag("<mi:advice> 早点睡。") == (
+    assert generation.split_tag("<mi:advice> 早点睡。") == (
         None,
         "早点睡。",
     )  # an invented label is still cut
-    assert generate.split_tag("没有标签。") == (None, "没有标签。")
-    assert generate.tag_prefix("simple_reflection") == "<mi:simple_reflection>"
+    assert generation.split_tag("没有标签。") == (None, "没有标签。")
+    assert generation.tag_prefix("simple_reflection") == "<mi:simple_reflection>"
     with pytest.raises(ValueError, match="unknown MI behaviour"):
-        generate.tag_prefix("advice")
-    rs = generate.rounds(_tagged_records(1), max_rounds=2)
+        generation.tag_prefix("advice")
+    rs = generation.rounds(_tagged_records(1), max_rounds=2)
     assert (
         rs[0]["reference"] == _records(1)[0]["messages"][1]["content"]
     )  # the reference is scored untagged
@@ -221,7 +223,7 @@ def tiny_adapter(tiny_model_dir, tmp_path_factory):
     """A LoRA adapter of the tiny model with non-zero B (it changes the replies)."""
     from peft import LoraConfig, get_peft_model
 
-    model, _ = models.load(NAME, "cpu", path=tiny_model_dir)
+    model, _ = registry.load(NAME, "cpu", path=tiny_model_dir)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     path = tmp_path_factory.mktemp("adapter")
     get_peft_model(model, lora).save_pretrained(path)
@@ -236,7 +238,7 @@ def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(
     P = _params(
         variants=["conditioned", "finetuned"], condition_on="complex_reflection", max_rounds=2
     )
-    texts, real_texts, real_batches = [], generate.prompt_texts, generate.generate_batches
+    texts, real_texts, real_batches = [], engine.prompt_texts, engine.generate_batches
 
     def spy_texts(tok, prompts, prefixes=None):
         texts.extend(real_texts(tok, prompts, prefixes))
@@ -246,9 +248,9 @@ def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(
         for idx, replies in real_batches(*a, **kw):
             yield idx, ["<mi:other> " + r for r in replies]
 
-    monkeypatch.setattr(generate, "prompt_texts", spy_texts)
-    monkeypatch.setattr(generate, "generate_batches", model_writes_a_tag)
-    recs = generate.run(
+    monkeypatch.setattr(engine, "prompt_texts", spy_texts)
+    monkeypatch.setattr(engine, "generate_batches", model_writes_a_tag)
+    recs = generation.run(
         P, test, out, model_paths={NAME: tiny_model_dir}, adapter_dirs={NAME: ad}, progress=False
     )
     assert [(r["variant"], r["round"]) for r in recs] == [
@@ -272,7 +274,7 @@ def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(
     fp = {r["variant"]: r["settings"] for r in recs}
     assert fp["conditioned"] != fp["finetuned"]
     with pytest.raises(ValueError, match="other settings"):  # another fixed behaviour: never mixed
-        generate.run(
+        generation.run(
             _params(variants=["conditioned"], condition_on="open_question", max_rounds=2),
             test,
             out,
@@ -281,7 +283,7 @@ def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(
             progress=False,
         )
     with pytest.raises(ValueError, match="condition_on"):
-        generate.run(
+        generation.run(
             _params(variants=["conditioned"], condition_on="advice"),
             test,
             out,
@@ -300,9 +302,9 @@ def test_conditioned_on_the_forecaster(tiny_model_dir, tiny_adapter, tmp_path):
     P = _params(variants=["conditioned"], condition_on="forecaster", max_rounds=3, context_turns=2)
     kw = {"model_paths": {NAME: tiny_model_dir}, "adapter_dirs": {NAME: ad}, "progress": False}
     with pytest.raises(FileNotFoundError, match="forecaster"):
-        generate.run(P, test, out, forecaster_path=tmp_path / "none.joblib", **kw)
-    recs = generate.run(P, test, out, forecaster_path=fc, **kw)
-    full = generate.rounds(schema.read_split(test), 2, 3, None)  # whole history, tags included
+        generation.run(P, test, out, forecaster_path=tmp_path / "none.joblib", **kw)
+    recs = generation.run(P, test, out, forecaster_path=fc, **kw)
+    full = generation.rounds(schema.read_split(test), 2, 3, None)  # whole history, tags included
     want = {
         (r["dialogue_id"], r["round"]): forecast.predict_next(bundle, r["messages"]) for r in full
     }
@@ -316,14 +318,14 @@ def test_conditioned_on_the_forecaster(tiny_model_dir, tiny_adapter, tmp_path):
     with pytest.raises(
         ValueError, match="other behaviours"
     ):  # the forecaster changed since: refuse to mix
-        generate.run(P, test, out, forecaster_path=fc, **kw)
+        generation.run(P, test, out, forecaster_path=fc, **kw)
 
 
 def test_conditioned_on_an_untagged_corpus_warns(tiny_model_dir, tiny_adapter, tmp_path):
     test = _write(tmp_path / "test.jsonl", _records(1))
     P = _params(variants=["conditioned"], condition_on="open_question", max_rounds=1)
     with pytest.warns(UserWarning, match="not fine-tuned on"):
-        recs = generate.run(
+        recs = generation.run(
             P,
             test,
             tmp_path / "g.jsonl",
@@ -339,7 +341,7 @@ def test_append_reads_no_earlier_record(tmp_path, monkeypatch):
     from pathlib import Path
 
     out = tmp_path / "g.jsonl"
-    generate._append(out, [{"i": i} for i in range(3)])
+    generation._append(out, [{"i": i} for i in range(3)])
 
     def refuse(self, *a, **kw):
         raise AssertionError(f"{self} re-read on append")
@@ -347,34 +349,34 @@ def test_append_reads_no_earlier_record(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(Path, "read_bytes", refuse)
         m.setattr(Path, "read_text", refuse)
-        generate._append(out, [{"i": 3}])
+        generation._append(out, [{"i": 3}])
     with open(out, "a", encoding="utf-8") as f:
         f.write('{"i": 99, "torn')  # a crash in the middle of a line
-    generate._append(out, [{"i": 4}])
-    assert [r["i"] for r in generate.read_generations(out)] == [0, 1, 2, 3, 4]
+    generation._append(out, [{"i": 4}])
+    assert [r["i"] for r in generation.read_generations(out)] == [0, 1, 2, 3, 4]
 
 
 def test_greedy_loop_drops_finished_rows_and_matches_generate(tiny_model_dir):
     """Our greedy loop (finished rows leave the batch) writes what transformers' generate writes."""
     import torch
 
-    model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
-    prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=3, context_turns=4)]
+    model, tok = registry.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    prompts = [r["messages"] for r in generation.rounds(_records(2), max_rounds=3, context_turns=4)]
     tok.padding_side = "left"
-    texts = generate.prompt_texts(tok, prompts)
+    texts = engine.prompt_texts(tok, prompts)
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    assert any(shared for _, shared in generate.prefill_plan(ids))  # rounds share a prefill
-    cfg = generate.generation_config(model, tok, 12)
+    assert any(shared for _, shared in cpu.prefill_plan(ids))  # rounds share a prefill
+    cfg = engine.generation_config(model, tok, 12)
     # stop on frequent tokens of this random model, so that rows finish at different steps
     with torch.inference_mode():
-        free = model.generate(**enc, generation_config=generate.generation_config(model, tok, 12))
+        free = model.generate(**enc, generation_config=engine.generation_config(model, tok, 12))
     new = free[:, enc["input_ids"].shape[1] :]
     eos = {int(new[0, 2]), int(new[-1, 5])}
     cfg.eos_token_id = sorted(eos)
     with torch.inference_mode():
         want = model.generate(**enc, generation_config=cfg)[:, enc["input_ids"].shape[1] :].tolist()
-        got = generate.greedy_rows(model, ids, 12, eos, tok.pad_token_id)
+        got = cpu.greedy_rows(model, ids, 12, eos, tok.pad_token_id)
     lengths = [len(r) for r in got]
     assert len(set(lengths)) > 1  # rows did finish at different steps
     for g, w in zip(got, want):
@@ -387,7 +389,7 @@ def _greedy_rows_equal_generate_alone(model, ids, pad_id, new=10):
     import torch
 
     with torch.inference_mode():
-        got = generate.greedy_rows(model, ids, new, set(), pad_id)
+        got = cpu.greedy_rows(model, ids, new, set(), pad_id)
         for g, p in zip(got, ids):
             want = model.generate(
                 torch.tensor([p]), max_new_tokens=new, do_sample=False, eos_token_id=None
@@ -400,21 +402,17 @@ def test_row_attention_skips_the_padding_and_writes_the_same_tokens(tiny_model_d
     prompt gets the tokens transformers' generate writes for it alone, and the model attends with
     sdpa again afterwards."""
 
-    model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
-    prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=3, context_turns=4)]
-    ids = [
-        tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, prompts)
-    ]
+    model, tok = registry.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    prompts = [r["messages"] for r in generation.rounds(_records(2), max_rounds=3, context_turns=4)]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in engine.prompt_texts(tok, prompts)]
     assert len({len(i) for i in ids}) > 2
-    monkeypatch.setattr(generate, "ATTENTION_CALL", 0)  # a run for each length
-    seen, groups = [], generate.attention_groups
-    monkeypatch.setattr(
-        generate, "attention_groups", lambda *a: seen.append(groups(*a)) or seen[-1]
-    )
+    monkeypatch.setattr(kernels, "ATTENTION_CALL", 0)  # a run for each length
+    seen, groups = [], kernels.attention_groups
+    monkeypatch.setattr(kernels, "attention_groups", lambda *a: seen.append(groups(*a)) or seen[-1])
     assert model.config._attn_implementation == "sdpa"
     _greedy_rows_equal_generate_alone(model, ids, tok.pad_token_id)
     assert max(len(runs) for runs in seen) > 2 and any(s > 0 for r in seen for _, _, s in r)
-    assert model.config._attn_implementation == "sdpa" and generate._RUNS == [None, None]
+    assert model.config._attn_implementation == "sdpa" and kernels._RUNS == [None, None]
 
 
 def test_attention_groups_cut_the_rows_at_the_least_cost():
@@ -431,7 +429,7 @@ def test_attention_groups_cut_the_rows_at_the_least_cost():
         def cost(runs):
             return sum((b - a) * (n - s) + call for a, b, s in runs)  # noqa: B023
 
-        runs = generate.attention_groups(first, n, call)
+        runs = kernels.attention_groups(first, n, call)
         assert runs[0][0] == 0 and runs[-1][1] == rows
         assert all(b == a2 for (_, b, _), (a2, _, _) in itertools.pairwise(runs))
         assert all(s == min(first[a:b]) for a, b, s in runs)
@@ -445,7 +443,7 @@ def test_attention_groups_cut_the_rows_at_the_least_cost():
 
 def test_prefill_plan_encodes_each_shared_start_once():
     ids = [[1, 2, 3], [1, 2], [1, 2, 3, 4], [1, 5], [1], [2, 1], [1, 2], [7]]
-    plan = generate.prefill_plan(ids)
+    plan = cpu.prefill_plan(ids)
     assert sorted(i for i, _ in plan) == list(range(len(ids)))
 
     def common(a, b):
@@ -461,12 +459,12 @@ def test_prefill_plan_encodes_each_shared_start_once():
         done.append(ids[i])
     encoded = sum(len(ids[i]) - shared for i, shared in plan)
     assert encoded == 1 + 1 + 1 + 1 + 1 + 1 + 2 + 1  # [1] [1,2]x2 [..3] [..4] [1,5] [2,1] [7]
-    assert generate.prefill_plan([]) == []
+    assert cpu.prefill_plan([]) == []
 
 
 def test_batches_by_prefix_keeps_neighbours_together_longest_first():
     ids = [[5, 1], [1, 2, 3, 4, 5], [1, 2, 9], [5, 2], [1, 2]]
-    batches = generate.batches_by_prefix(ids, 2)
+    batches = cpu.batches_by_prefix(ids, 2)
     assert sorted(i for b in batches for i in b) == list(range(5))
     assert batches[0] == [4, 1] and [2, 0] in batches and [3] in batches
 
@@ -477,10 +475,10 @@ def test_head_argmax_equals_the_models_logits(tiny_model_dir, monkeypatch, dtype
     vocabulary-major chunks, bf16: row-major ones), the first index of a tied maximum."""
     import torch
 
-    model, _ = models.load(NAME, "cpu", dtype=dtype, path=tiny_model_dir)
+    model, _ = registry.load(NAME, "cpu", dtype=dtype, path=tiny_model_dir)
     model.config.final_logit_softcapping = 0.05  # squashes the logits: ties are likely
     # several chunks of the 262k vocabulary, the last one shorter
-    monkeypatch.setattr(generate, "VOCAB_CHUNK", {"float32": 1000, "reduced": 1000})
+    monkeypatch.setattr(kernels, "VOCAB_CHUNK", {"float32": 1000, "reduced": 1000})
     ids = torch.randint(0, 5000, (6, 9))
     with torch.inference_mode():
         hidden = model.base_model(input_ids=ids).last_hidden_state[:, -1]
@@ -490,7 +488,7 @@ def test_head_argmax_equals_the_models_logits(tiny_model_dir, monkeypatch, dtype
             # depends on the kernel, and the model's own head multiplies in the other order)
             logits = torch.tanh(torch.mm(hidden, model.lm_head.weight.T) / 0.05) * 0.05
             assert (logits == logits.amax(-1, keepdim=True)).sum(-1).gt(1).any()  # ties
-        assert generate.head_argmax(model, hidden).tolist() == logits.argmax(-1).tolist()
+        assert kernels.head_argmax(model, hidden).tolist() == logits.argmax(-1).tolist()
 
 
 def test_shared_prefill_past_a_sliding_window_equals_one_prompt_at_a_time(
@@ -501,17 +499,15 @@ def test_shared_prefill_past_a_sliding_window_equals_one_prompt_at_a_time(
     import torch
     from transformers import AutoConfig, Gemma3ForCausalLM
 
-    _, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    _, tok = registry.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
     cfg = AutoConfig.from_pretrained(tiny_model_dir)
     cfg.sliding_window = 16  # far shorter than the prompts
-    monkeypatch.setattr(generate, "ATTENTION_CALL", 0)  # rows attend from their own first position
+    monkeypatch.setattr(kernels, "ATTENTION_CALL", 0)  # rows attend from their own first position
     torch.manual_seed(1)
     model = Gemma3ForCausalLM(cfg).eval()
-    prompts = [r["messages"] for r in generate.rounds(_records(1), max_rounds=3)]
-    ids = [
-        tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, prompts)
-    ]
-    assert min(map(len, ids)) > 16 and all(s > 16 for _, s in generate.prefill_plan(ids)[1:])
+    prompts = [r["messages"] for r in generation.rounds(_records(1), max_rounds=3)]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in engine.prompt_texts(tok, prompts)]
+    assert min(map(len, ids)) > 16 and all(s > 16 for _, s in cpu.prefill_plan(ids)[1:])
     _greedy_rows_equal_generate_alone(model, ids, tok.pad_token_id)
 
 
@@ -524,7 +520,7 @@ def test_cache_layers_with_room_hold_what_transformers_layers_hold():
 
     torch.manual_seed(0)
     for theirs in (DynamicLayer(), DynamicSlidingWindowLayer(sliding_window=6)):
-        ours = generate._with_room(theirs, 2)
+        ours = cpu._with_room(theirs, 2)
         assert type(ours) is not type(theirs) and isinstance(ours, type(theirs))
         for step, n in enumerate([9, 1, 1, 1, 2, 1]):  # a prefill, then decode steps
             if step == 4:
@@ -545,7 +541,7 @@ def test_head_probs_warp_as_transformers_generate(tiny_model_dir):
     import torch
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-    model, _ = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    model, _ = registry.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
     ids = torch.randint(0, 5000, (4, 7))
     with torch.inference_mode():
         logits = model(input_ids=ids).logits[:, -1]
@@ -555,7 +551,7 @@ def test_head_probs_warp_as_transformers_generate(tiny_model_dir):
             if top_p < 1.0:
                 warp.append(TopPLogitsWarper(top_p))
             want = warp(ids, logits).softmax(-1)
-            got = generate.head_probs(model, hidden, temperature, top_p)
+            got = kernels.head_probs(model, hidden, temperature, top_p)
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
             assert torch.equal(got == 0, want == 0)  # the same nucleus
 
@@ -568,30 +564,28 @@ def test_draw_follows_the_distribution_and_never_a_zero():
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
     n = 20000
     torch.manual_seed(0)
-    draws = torch.stack([generate.draw(probs) for _ in range(n)])  # (n, rows)
+    draws = torch.stack([kernels.draw(probs) for _ in range(n)])  # (n, rows)
     assert draws[:, 1].eq(5).all()
     freq = torch.bincount(draws[:, 0], minlength=6).double() / n
     assert freq[[0, 2, 5]].eq(0).all()
     se = (probs[0].double() * (1 - probs[0].double()) / n).sqrt()
     assert ((freq - probs[0].double()).abs() <= 5 * se + 1e-12).all(), freq
     torch.manual_seed(0)
-    assert torch.equal(torch.stack([generate.draw(probs) for _ in range(50)]), draws[:50])
+    assert torch.equal(torch.stack([kernels.draw(probs) for _ in range(50)]), draws[:50])
 
 
 def test_sampled_rows_are_seeded_and_batched_rows_differ(tiny_model_dir):
     """With shared starts in a batch, sampling stays seeded: the same seed draws the same rows."""
     import torch
 
-    model, tok = models.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
-    prompts = [r["messages"] for r in generate.rounds(_records(2), max_rounds=2, context_turns=4)]
-    ids = [
-        tok(t, add_special_tokens=False)["input_ids"] for t in generate.prompt_texts(tok, prompts)
-    ]
+    model, tok = registry.load(NAME, "cpu", dtype="float32", path=tiny_model_dir)
+    prompts = [r["messages"] for r in generation.rounds(_records(2), max_rounds=2, context_turns=4)]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in engine.prompt_texts(tok, prompts)]
     runs = []
     for _ in range(2):
         torch.manual_seed(5)
         with torch.inference_mode():
-            runs.append(generate.sampled_rows(model, ids, 8, set(), tok.pad_token_id, 1.0, 0.95))
+            runs.append(cpu.sampled_rows(model, ids, 8, set(), tok.pad_token_id, 1.0, 0.95))
     assert runs[0] == runs[1] and len(runs[0]) == len(ids)
     assert len({tuple(r) for r in runs[0]}) > 1
 
@@ -603,14 +597,14 @@ def test_few_row_linears_compute_what_linear_computes_and_leave_no_trace():
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.Linear(96, 32, bias=False))
-    for rows in (1, 7, generate.FEW_ROWS, generate.FEW_ROWS + 1):
+    for rows in (1, 7, kernels.FEW_ROWS, kernels.FEW_ROWS + 1):
         x = torch.randn(rows, 1, 48)
         want = model(x)
-        with torch.inference_mode(), generate._few_row_linears(model):
+        with torch.inference_mode(), kernels._few_row_linears(model):
             assert all("forward" in m.__dict__ for m in model)
             got = model(x)
         assert got.shape == want.shape and got.is_contiguous()
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         assert not any("forward" in m.__dict__ for m in model)
-    with torch.inference_mode(), generate._few_row_linears(model.to(torch.bfloat16)):
+    with torch.inference_mode(), kernels._few_row_linears(model.to(torch.bfloat16)):
         assert not any("forward" in m.__dict__ for m in model)  # bf16 keeps F.linear

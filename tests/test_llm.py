@@ -1,4 +1,4 @@
-"""mi_llm.llm against the local OpenAI-compatible test server: retries, cache, batches, endpoints."""
+"""mi_llm.llm.api against the local OpenAI-compatible test server: retries, cache, batches, endpoints."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 from openai_server import serve
 
-from mi_llm import batch, cache, llm, prompts
+from mi_llm.llm import api, batch, cache, prompts
 from mi_llm.params import LLMParams
 
 
@@ -31,16 +31,16 @@ def echo(req: dict) -> str:
     return "答：" + req["messages"][-1]["content"]
 
 
-def requests(n: int, prefix: str = "q") -> list[llm.Request]:
+def requests(n: int, prefix: str = "q") -> list[api.Request]:
     return [
-        llm.Request(f"{prefix}{i}", [{"role": "user", "content": f"{prefix}{i}"}]) for i in range(n)
+        api.Request(f"{prefix}{i}", [{"role": "user", "content": f"{prefix}{i}"}]) for i in range(n)
     ]
 
 
 def run(url, reqs, tmp_path, params=None, **kw):
-    ep = llm.Endpoint(url, "test-model", "test-key", "remote")
+    ep = api.Endpoint(url, "test-model", "test-key", "remote")
     kw.setdefault("settings", {"temperature": 0.0, "max_tokens": 16})
-    return llm.complete(
+    return api.complete(
         ep, reqs, llm_params=params or fast_params(), cache_path=tmp_path / "c.sqlite", **kw
     )
 
@@ -52,7 +52,7 @@ def test_answers_in_request_order_with_tokens(tmp_path):
     assert all(
         r.ok and r.attempts == 1 and r.prompt_tokens > 0 and r.completion_tokens > 0 for r in res
     )
-    use = llm.usage(
+    use = api.usage(
         res, fast_params(prices={"test-model": {"prompt": 1.0, "completion": 2.0}}), "test-model"
     )
     assert use["requests"] == 5 and use["api_calls"] == 5 and use["cached"] == 0
@@ -167,7 +167,7 @@ def test_cache_makes_rerun_free(tmp_path):
         again = run(url, requests(6), tmp_path)
         assert url.stats.count == n == 6
     assert [r.text for r in again] == [r.text for r in first] and all(r.cached for r in again)
-    assert llm.usage(again, fast_params(), "test-model")["api_calls"] == 0
+    assert api.usage(again, fast_params(), "test-model")["api_calls"] == 0
 
 
 def test_duplicate_keys_are_refused(tmp_path):
@@ -198,12 +198,12 @@ def test_remote_endpoint_needs_the_key_and_never_shows_it(monkeypatch):
     monkeypatch.delenv("MI_TEST_KEY", raising=False)
     with (
         pytest.raises(RuntimeError, match=r"\$MI_TEST_KEY is not set"),
-        llm.endpoint(LLMParams(provider="remote", api_key_env="MI_TEST_KEY")),
+        api.endpoint(LLMParams(provider="remote", api_key_env="MI_TEST_KEY")),
     ):
         pass
     monkeypatch.setenv("MI_TEST_KEY", "sk-secret-123")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
-    with llm.endpoint(LLMParams(provider="remote", api_key_env="MI_TEST_KEY", model="m")) as ep:
+    with api.endpoint(LLMParams(provider="remote", api_key_env="MI_TEST_KEY", model="m")) as ep:
         assert ep.api_key == "sk-secret-123" and ep.base_url == "http://127.0.0.1:1/v1"
         assert "sk-secret" not in repr(ep)
 
@@ -230,8 +230,8 @@ def test_embedded_endpoint_serves_and_stops(tiny_model_dir, tmp_path):
         max_concurrency=2,
         request_timeout=120,
     )
-    with llm.endpoint(p, log_dir=tmp_path) as ep:
-        res = llm.complete(
+    with api.endpoint(p, log_dir=tmp_path) as ep:
+        res = api.complete(
             ep,
             requests(2),
             llm_params=p,
@@ -317,7 +317,7 @@ def test_watchdog_kills_a_process_whose_parent_died():
 
     # parent -> child; the child runs watch_parent(parent) and would sleep a minute
     child = (
-        "import os, time; from mi_llm.embedded import watch_parent; watch_parent(os.getppid(), 0.2); "
+        "import os, time; from mi_llm.llm.local import watch_parent; watch_parent(os.getppid(), 0.2); "
         "print(os.getpid(), flush=True); time.sleep(60)"
     )
     script = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}])\ntime.sleep(60)"
@@ -341,8 +341,8 @@ def test_embedded_server_stops_within_seconds_of_its_parents_kill_9(
 
     script = (
         "import sys, time\nfrom pathlib import Path\nfrom mi_llm import llm\n"
-        + ("" if pdeathsig else "llm._die_with_parent = lambda: None\n")
-        + f"with llm.serve(Path({str(tiny_model_dir)!r}), log_dir=Path({str(tmp_path)!r})) as base:\n"
+        + ("" if pdeathsig else "api._die_with_parent = lambda: None\n")
+        + f"with api.serve(Path({str(tiny_model_dir)!r}), log_dir=Path({str(tmp_path)!r})) as base:\n"
         "    print(base, flush=True)\n    time.sleep(300)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -354,8 +354,8 @@ def test_embedded_server_stops_within_seconds_of_its_parents_kill_9(
         import threading
 
         threading.Thread(
-            target=lambda: llm.complete(
-                llm.Endpoint(base, str(tiny_model_dir), "k", "embedded"),
+            target=lambda: api.complete(
+                api.Endpoint(base, str(tiny_model_dir), "k", "embedded"),
                 requests(1, "late"),
                 llm_params=LLMParams(max_retries=0, request_timeout=30),
                 cache_path=tmp_path / "c.sqlite",
@@ -384,7 +384,7 @@ def test_embedded_server_stops_within_seconds_of_its_parents_kill_9(
 
 
 # ----------------------------------------------------------------------------- the embedded model in process
-def chats(n: int) -> list[llm.Request]:
+def chats(n: int) -> list[api.Request]:
     texts = [
         "我最近睡不好，总是担心工作。",
         "I want to drink less but every evening I end up at the bar.",
@@ -392,7 +392,7 @@ def chats(n: int) -> list[llm.Request]:
         "My doctor says I should walk more.",
     ]
     return [
-        llm.Request(f"c{i}", [{"role": "user", "content": texts[i % len(texts)] * (1 + i % 3)}])
+        api.Request(f"c{i}", [{"role": "user", "content": texts[i % len(texts)] * (1 + i % 3)}])
         for i in range(n)
     ]
 
@@ -406,7 +406,7 @@ def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, t
     settings = {"temperature": 0.0, "max_tokens": 6}
 
     def ask(ep, reqs, cache="c.sqlite"):
-        return llm.complete(
+        return api.complete(
             ep,
             reqs,
             llm_params=p,
@@ -415,7 +415,7 @@ def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, t
             truncated_ok=True,
         )
 
-    with llm.endpoint(p) as ep:
+    with api.endpoint(p) as ep:
         assert (
             ep.provider == "embedded" and ep.local.model is None
         )  # nothing loaded before a request
@@ -435,11 +435,11 @@ def test_in_process_provider_batches_and_matches_one_at_a_time(tiny_model_dir, t
     for i, q in enumerate(
         chats(6)
     ):  # a fresh cache per request: each answered alone (batch of one)
-        with llm.endpoint(p) as ep1:
+        with api.endpoint(p) as ep1:
             one += ask(ep1, [q], f"one{i}.sqlite")
     assert [r.text for r in res] == [r.text for r in one]
     assert [r.completion_tokens for r in res] == [r.completion_tokens for r in one]
-    with llm.endpoint(p) as ep:  # the re-run: every answer from the cache, the model never loaded
+    with api.endpoint(p) as ep:  # the re-run: every answer from the cache, the model never loaded
         again = ask(ep, chats(6))
         assert ep.local.model is None
     assert [r.text for r in again] == [r.text for r in res] and all(r.cached for r in again)
@@ -460,18 +460,18 @@ def test_served_model_starts_only_for_uncached_requests(tiny_model_dir, tmp_path
     store.close()
     started = []
     monkeypatch.setattr(
-        llm, "serve", lambda *a, **kw: started.append(1) or pytest.fail("server started")
+        api, "serve", lambda *a, **kw: started.append(1) or pytest.fail("server started")
     )
-    with llm.endpoint(p) as ep:
-        res = llm.complete(
+    with api.endpoint(p) as ep:
+        res = api.complete(
             ep, requests(3), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings
         )
         assert ep.base_url == "" and not started
     assert [r.text for r in res] == ["a-q0", "a-q1", "a-q2"] and all(r.cached for r in res)
     with serve(echo) as url:  # one uncached request: the opener runs (here: the test server's URL)
-        monkeypatch.setattr(llm, "serve", lambda *a, **kw: _url_context(url))
-        with llm.endpoint(p) as ep:
-            res = llm.complete(
+        monkeypatch.setattr(api, "serve", lambda *a, **kw: _url_context(url))
+        with api.endpoint(p) as ep:
+            res = api.complete(
                 ep, requests(4), llm_params=p, cache_path=tmp_path / "c.sqlite", settings=settings
             )
             assert ep.base_url == url

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from rouge_score import rouge_scorer
 
-from mi_llm import metrics
+from mi_llm import stats
+from mi_llm.eval import metrics
 
 
 # ----------------------------------------------------------------------------- the raw recipe
@@ -131,14 +132,14 @@ def test_cluster_bootstrap_resamples_dialogues_not_rounds():
     # around 5; resampling the 2 dialogues can draw a twice (p = 1/4): the CI is [0, 10]
     x = [0.0] * 10 + [10.0] * 10
     g = ["a"] * 10 + ["b"] * 10
-    assert metrics.bootstrap_ci(x, 2000, seed=0, clusters=g) == (0.0, 10.0)
-    lo, hi = metrics.bootstrap_ci(x, 2000, seed=0)
+    assert stats.bootstrap_ci(x, 2000, seed=0, clusters=g) == (0.0, 10.0)
+    lo, hi = stats.bootstrap_ci(x, 2000, seed=0)
     assert 2 < lo < 5 < hi < 8
     # unequal sizes: the statistic is the mean over all drawn rounds, a (1 round of 0) with b
     # (3 rounds of 4): the draws give 0, 4 or 12/4 = 3
-    lo, hi = metrics.bootstrap_ci([0, 4, 4, 4], 2000, seed=0, clusters=["a", "b", "b", "b"])
+    lo, hi = stats.bootstrap_ci([0, 4, 4, 4], 2000, seed=0, clusters=["a", "b", "b", "b"])
     assert (lo, hi) == (0.0, 4.0)
-    assert metrics.bootstrap_ci([3.0] * 10) == (3.0, 3.0)
+    assert stats.bootstrap_ci([3.0] * 10) == (3.0, 3.0)
 
 
 def test_paired_test_wilcoxon_on_dialogue_means():
@@ -186,21 +187,21 @@ def test_paired_tests_match_rounds_when_reordered_and_dropped():
 
 def test_bootstrap_ci_properties():
     x = [3, 5, 6, 7, 7, 8, 9, 4]
-    low, high = metrics.bootstrap_ci(x, 1000, seed=1)
+    low, high = stats.bootstrap_ci(x, 1000, seed=1)
     assert low <= np.mean(x) <= high and low < high
-    assert (low, high) == metrics.bootstrap_ci(x, 1000, seed=1)  # deterministic by seed
-    assert (low, high) != metrics.bootstrap_ci(x, 1000, seed=2)
-    assert metrics.bootstrap_ci([5], 1000, seed=1) == (5.0, 5.0)  # a CI of one value: width 0
-    assert all(math.isnan(v) for v in metrics.bootstrap_ci([], 1000, seed=1))
-    assert metrics.bootstrap_ci([4, 4, 4], 200, seed=0) == (4.0, 4.0)
+    assert (low, high) == stats.bootstrap_ci(x, 1000, seed=1)  # deterministic by seed
+    assert (low, high) != stats.bootstrap_ci(x, 1000, seed=2)
+    assert stats.bootstrap_ci([5], 1000, seed=1) == (5.0, 5.0)  # a CI of one value: width 0
+    assert all(math.isnan(v) for v in stats.bootstrap_ci([], 1000, seed=1))
+    assert stats.bootstrap_ci([4, 4, 4], 200, seed=0) == (4.0, 4.0)
 
 
 def test_cohen_kappa_known_table():
     # 2x2 table [[20, 5], [10, 15]]: po = 0.7, pe = (25*30 + 25*20) / 50^2 = 0.5, kappa = 0.4
     a = ["y"] * 25 + ["n"] * 25
     b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
-    assert metrics.cohen_kappa(a, b) == pytest.approx(0.4)
-    assert math.isnan(metrics.cohen_kappa(["Q", "Q"], ["Q", "Q"]))
+    assert stats.cohen_kappa(a, b) == pytest.approx(0.4)
+    assert math.isnan(stats.cohen_kappa(["Q", "Q"], ["Q", "Q"]))
 
 
 def test_cohen_kappa_equals_scikit_learn():
@@ -212,7 +213,7 @@ def test_cohen_kappa_equals_scikit_learn():
         a = rng.choice(list(labels), n).tolist()
         b = [x if rng.random() < 0.6 else rng.choice(list(labels)) for x in a]
         if len(set(a) | set(b)) > 1:
-            assert metrics.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b), abs=1e-12)
-    assert metrics.cohen_kappa(["x", "x"], ["y", "y"]) == cohen_kappa_score(["x", "x"], ["y", "y"])
+            assert stats.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b), abs=1e-12)
+    assert stats.cohen_kappa(["x", "x"], ["y", "y"]) == cohen_kappa_score(["x", "x"], ["y", "y"])
     with pytest.raises(ValueError, match="paired"):
-        metrics.cohen_kappa(["x"], ["x", "y"])
+        stats.cohen_kappa(["x"], ["x", "y"])

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from conftest import miti_params
 
-from mi_llm import miti
+from mi_llm.data.schema import DataError
+from mi_llm.eval import miti, miti_check
 from mi_llm.params import ROOT, ParamsError
-from mi_llm.schema import DataError
 
 ANNOMI = ROOT / "data" / "AnnoMI"
 
@@ -18,7 +18,7 @@ ANNOMI = ROOT / "data" / "AnnoMI"
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def annomi():
-    return miti.read_annomi(ANNOMI)
+    return miti_check.read_annomi(ANNOMI)
 
 
 # ----------------------------------------------------------------------------- summary scores
@@ -207,7 +207,7 @@ def test_annomi_reference_counts_every_behaviour_of_an_utterance(annomi):
     th = simple[simple["interlocutor"] == "therapist"].join(
         sub, on=["transcript_id", "utterance_id"]
     )
-    ref = miti.annomi_reference(annomi).set_index("variant")
+    ref = miti_check.annomi_reference(annomi).set_index("variant")
     for quality, d in th.groupby("mi_quality"):
         q, refl = d["question_exists"] == "True", d["reflection_exists"] == "True"
         inp = d["therapist_input_exists"] == "True"
@@ -232,12 +232,12 @@ def test_annomi_reference_counts_every_behaviour_of_an_utterance(annomi):
 
 
 def test_annomi_sample_is_stratified_and_seeded(annomi):
-    units = miti.annomi_sample(annomi, 12, seed=7, context_turns=3)
+    units = miti_check.annomi_sample(annomi, 12, seed=7, context_turns=3)
     labels = [u["utterances"][0]["reference"] for u in units]
     th = annomi[(annomi["interlocutor"] == "therapist") & annomi["label"].notna()]
     assert len(set(th["label"])) > 12  # combinations such as Q+SR are labels of their own
     assert len(set(labels)) == 12  # round-robin over labels: 12 draws, 12 different labels
-    assert units == miti.annomi_sample(annomi, 12, seed=7, context_turns=3)
+    assert units == miti_check.annomi_sample(annomi, 12, seed=7, context_turns=3)
     u = units[0]
     assert len(u["utterances"][0]["context"]) <= 3 and u["turns"][-1]["speaker"] == "counselor"
 
@@ -251,7 +251,7 @@ def test_coder_check_kappa_ci_and_confusion_by_hand():
     # compared: (Q,Q) (Q,SR) (SR,SR): po = 2/3; marginals ref Q 2/3 SR 1/3, coder Q 1/3 SR 2/3:
     # pe = 2/9 + 2/9 = 4/9; kappa = (2/3 - 4/9) / (1 - 4/9) = 0.4
     units = _check_units(["Q", "Q", "SR", "SR"], [["Q"], ["SR", "AF"], ["SR"], None])
-    row, cm = miti.coder_check(units, bootstrap=500, seed=0)
+    row, cm = miti_check.coder_check(units, bootstrap=500, seed=0)
     assert row["accuracy"] == pytest.approx(2 / 3) and row["kappa"] == pytest.approx(0.4)
     assert (row["n_sampled"], row["n_coded"], row["n_missing"]) == (4, 3, 1)
     assert -1 <= row["kappa_ci_low"] <= row["kappa"] <= row["kappa_ci_high"] <= 1
@@ -263,19 +263,21 @@ def test_coder_check_kappa_ci_and_confusion_by_hand():
         ("SR", "missing", 1),
     }
     # a question that reflects: both behaviours must be named to agree
-    row, _ = miti.coder_check(_check_units(["Q+CR", "Q+CR"], [["Q", "CR"], ["Q"]]), bootstrap=10)
+    row, _ = miti_check.coder_check(
+        _check_units(["Q+CR", "Q+CR"], [["Q", "CR"], ["Q"]]), bootstrap=10
+    )
     assert row["accuracy"] == 0.5
 
 
 def test_gold_sentences_map_to_miti_codes():
-    gold = miti.read_gold(ROOT / miti.DEFAULTS["gold_path"])
+    gold = miti_check.read_gold(ROOT / miti.DEFAULTS["gold_path"])
     raw = pd.read_csv(ROOT / miti.DEFAULTS["gold_path"], keep_default_na=False)
     assert len(gold) == len(raw) == 1681
     by = dict(zip(raw["Ground truth"], gold["label"]))
     assert by["Open Question"] == by["Closed Question"] == "Q" and by["Complex Reflection"] == "CR"
     assert by["Advise without Permission"] == "PERSUADE" and by["Other"] == "NONE"
     assert pd.isna(by["Support"])  # a MITI 3 code: not drawn
-    units = miti.gold_sample(gold, 10, seed=1)
+    units = miti_check.gold_sample(gold, 10, seed=1)
     labels = [u["utterances"][0]["reference"] for u in units]
     assert len(set(labels)) == 10 and all(u["utterances"][0]["context"] == [] for u in units)
 
@@ -284,11 +286,11 @@ def test_gold_file_errors_name_the_line(tmp_path):
     f = tmp_path / "gold.csv"
     f.write_text("Text,Ground truth\nHi,Affirm\nSo,Reflect\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"gold.csv: record line 3: field 'Ground truth'"):
-        miti.read_gold(f)
+        miti_check.read_gold(f)
 
 
 def test_miti_prompt_examples_are_valid_codes_and_run_ons_keep_the_leading_code():
-    from mi_llm import prompts
+    from mi_llm.llm import prompts
 
     parts = prompts.parts("miti_v2")
     shots = prompts.shots(parts, "code_")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from conftest import CONV, SPECIALS, tiny_tokenizer
 
-from mi_llm import models
-from mi_llm.tokenizer_files import save_tokenizer
+from mi_llm.models import registry
+from mi_llm.models.tokenizer_files import save_tokenizer
 
 S, U1, A1, U2, A2 = (m["content"] for m in CONV)
 
@@ -62,22 +62,22 @@ def tokenizers(tiny_model_dir):
     from transformers import AutoTokenizer
 
     out = {
-        "gemma3-270m": models.prepare_tokenizer(
-            models.get("gemma3-270m"), AutoTokenizer.from_pretrained(tiny_model_dir)
+        "gemma3-270m": registry.prepare_tokenizer(
+            registry.get("gemma3-270m"), AutoTokenizer.from_pretrained(tiny_model_dir)
         )
     }
     for name in SPECIALS:
-        out[name] = models.prepare_tokenizer(models.get(name), tiny_tokenizer(name))
+        out[name] = registry.prepare_tokenizer(registry.get(name), tiny_tokenizer(name))
     return out
 
 
 def test_registry_names_and_unknown():
-    assert set(models.NAMES) == set(GOLDEN)
-    for name in models.NAMES:
-        spec = models.get(name)
+    assert set(registry.NAMES) == set(GOLDEN)
+    for name in registry.NAMES:
+        spec = registry.get(name)
         assert "generation" in spec.chat_template and spec.eot_token in spec.chat_template
     with pytest.raises(KeyError, match="unknown model 'gpt-5'.*glm-4-9b-chat"):
-        models.get("gpt-5")
+        registry.get("gpt-5")
 
 
 @pytest.mark.parametrize("name", list(GOLDEN))
@@ -103,7 +103,7 @@ def _runs(ids, mask):
 @pytest.mark.parametrize("name", list(GOLDEN))
 def test_loss_mask_is_exactly_the_assistant_replies(tokenizers, name):
     tok = tokenizers[name]
-    spec = models.get(name)
+    spec = registry.get(name)
     out = tok.apply_chat_template(
         CONV, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
@@ -160,8 +160,8 @@ def test_load_tiny_model_per_architecture(tmp_path, tiny_model_dir, name):
             **small,
         )
         d = _save_tiny(tmp_path, name, cfg, tok)
-    model, tok = models.load(name, path=d, dtype="float32")
-    eot = tok.convert_tokens_to_ids(models.get(name).eot_token)
+    model, tok = registry.load(name, path=d, dtype="float32")
+    eot = tok.convert_tokens_to_ids(registry.get(name).eot_token)
     assert eot in model.generation_config.eos_token_id
     ids = tok.apply_chat_template(CONV, tokenize=True, return_dict=True, return_tensors="pt")[
         "input_ids"
@@ -263,7 +263,7 @@ def test_baichuan_converter_gives_identical_logits(tmp_path):
     }
     (src / "config.json").write_text(json.dumps(cfg))
     tok.save_pretrained(src)
-    model, ltok = models.load(
+    model, ltok = registry.load(
         "baichuan2-7b-chat", path=src, dtype="float32"
     )  # converts, then loads
     assert type(model).__name__ == "LlamaForCausalLM"
@@ -282,7 +282,7 @@ def test_baichuan_converter_gives_identical_logits(tmp_path):
 
 
 def test_converter_rejects_wrong_layout():
-    from mi_llm import convert_baichuan
+    from mi_llm.models import convert_baichuan
 
     with pytest.raises(ValueError, match="W_pack.weight: expected 192 rows"):
         convert_baichuan.convert_state_dict(

@@ -1,5 +1,5 @@
 """Every config in accelerate/ launched for real where the CPU allows, on a tiny Llama 3 checkpoint
-with its real tokenizer, as 2 processes on gloo through `accelerate launch -m mi_llm.sft`; DeepSpeed
+with its real tokenizer, as 2 processes on gloo through `accelerate launch -m mi_llm.train.sft`; DeepSpeed
 needs CUDA: its configs are parsed and validated here and run by benchmarks/gpu_check.sh.
 
 What the CPU allows (accelerate 1.x): under `--cpu` the launcher starts ONE process whatever
@@ -23,8 +23,8 @@ import sys
 import pytest
 import yaml
 
-from mi_llm import dryrun
 from mi_llm.params import ROOT
+from mi_llm.study import dryrun
 
 CONFIGS = sorted(p.stem for p in (ROOT / "accelerate").glob("*.yaml"))
 LAUNCHED = {"ddp": "MULTI_GPU", "fsdp": "FSDP"}  # launched on CPU here
@@ -96,7 +96,7 @@ def test_config_launches_two_processes_on_cpu(tiny_run, name):
         str(_free_port()),
         *CPU_OVERRIDES.get(name, []),
         "-m",
-        "mi_llm.sft",
+        "mi_llm.train.sft",
         str(tiny_run),
     ]
     r = subprocess.run(

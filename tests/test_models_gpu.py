@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from conftest import make_params
 
-from mi_llm import models, sft
 from mi_llm import params as params_mod
+from mi_llm.models import registry
+from mi_llm.train import sft
 
 
 def test_sft_trains_on_cuda(run_root, tiny_llama):
@@ -17,7 +18,7 @@ def test_sft_trains_on_cuda(run_root, tiny_llama):
 
 
 def test_load_puts_model_on_cuda(tiny_llama):
-    model, tok = models.load("llama3-8b-chinese-chat-v2", device="cuda", path=tiny_llama)
+    model, tok = registry.load("llama3-8b-chinese-chat-v2", device="cuda", path=tiny_llama)
     ids = tok.apply_chat_template(
         [{"role": "user", "content": "你好"}],
         add_generation_prompt=True,

@@ -1,4 +1,4 @@
-"""The paper's three real tokenizers: `models.load_tokenizer` on each published hub snapshot gives
+"""The paper's three real tokenizers: `registry.load_tokenizer` on each published hub snapshot gives
 the model's own ids for held-out conversations.
 
 References, computed without our code: GLM-4 and Llama 3 render the model's official template
@@ -16,7 +16,8 @@ import random
 
 import pytest
 
-from mi_llm import corpora, models, snapshots
+from mi_llm.data import corpora
+from mi_llm.models import registry, snapshots
 from mi_llm.params import ROOT
 
 NAMES = ["baichuan2-7b-chat", "glm-4-9b-chat", "llama3-8b-chinese-chat-v2"]
@@ -101,7 +102,7 @@ def folders():
 
 @pytest.fixture(scope="module")
 def toks(folders):
-    return {name: models.load_tokenizer(name, folders[name]) for name in NAMES}
+    return {name: registry.load_tokenizer(name, folders[name]) for name in NAMES}
 
 
 def test_enough_held_out_conversations():
@@ -118,7 +119,7 @@ def test_shipped_files_are_the_published_ones(folders, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_vocab_size_and_eot_among_eos_ids(folders, toks, name):
-    tok, spec = toks[name], models.get(name)
+    tok, spec = toks[name], registry.get(name)
     assert len(tok) == VOCAB[name]  # nothing added: every template token is already in the vocab
     cfg = json.loads((folders[name] / "config.json").read_text())
     eos = cfg["eos_token_id"] if isinstance(cfg["eos_token_id"], list) else [cfg["eos_token_id"]]
@@ -218,7 +219,7 @@ def test_raw_baichuan_folder_never_asks_for_remote_code(folders, toks, tmp_path)
     )
     tok = toks["baichuan2-7b-chat"]  # loaded from that folder
     tok.save_pretrained(tmp_path)  # the converted tokenizer reloads as tokenizer.json
-    again = models.load_tokenizer("baichuan2-7b-chat", tmp_path)
+    again = registry.load_tokenizer("baichuan2-7b-chat", tmp_path)
     conv = CONVS[0]
     assert (
         again.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
@@ -228,6 +229,6 @@ def test_raw_baichuan_folder_never_asks_for_remote_code(folders, toks, tmp_path)
 
 def test_folder_without_tokenizer_files_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer.json or tokenizer.model"):
-        models.load_tokenizer("baichuan2-7b-chat", tmp_path)
+        registry.load_tokenizer("baichuan2-7b-chat", tmp_path)
     with pytest.raises(KeyError, match="no shipped tokenizer files"):
         snapshots.shipped_folder("gemma3-270m")

@@ -8,7 +8,8 @@ import papermill as pm
 import pytest
 import yaml
 
-from mi_llm import check, params, study
+from mi_llm import params
+from mi_llm.study import check, runner
 
 PARAM_FILES = sorted((params.ROOT / "params").glob("*.yaml"))
 
@@ -66,14 +67,14 @@ def test_check_reports_missing_paths_and_key(tmp_path, monkeypatch):
     assert any("MI_LLM_TEST_KEY" in e for e in errs)
 
 
-@pytest.mark.parametrize("nb", study.stages(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("nb", runner.stages(), ids=lambda p: p.stem)
 def test_notebook_parameters_are_the_smoke_defaults(nb):
     """The parameters cell holds exactly the smoke params: run `python -m mi_llm sync-notebooks`."""
-    cell = study.parameters_cell(nbformat.read(nb, as_version=4))
-    assert cell.source == study.parameters_source("params/smoke.yaml")
+    cell = runner.parameters_cell(nbformat.read(nb, as_version=4))
+    assert cell.source == runner.parameters_source("params/smoke.yaml")
 
 
-@pytest.mark.parametrize("nb", study.stages(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("nb", runner.stages(), ids=lambda p: p.stem)
 def test_notebook_declares_every_params_key(nb):
     """papermill only warns about unknown parameters; we make it an error."""
     declared = set(pm.inspect_notebook(str(nb)))
@@ -82,7 +83,7 @@ def test_notebook_declares_every_params_key(nb):
         assert keys <= declared, f"{nb.name} does not declare {keys - declared} used by {f.name}"
 
 
-@pytest.mark.parametrize("nb", study.stages(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("nb", runner.stages(), ids=lambda p: p.stem)
 def test_notebooks_are_committed_without_outputs(nb):
     for cell in nbformat.read(nb, as_version=4).cells:
         if cell.cell_type == "code":
@@ -164,7 +165,7 @@ def test_check_refuses_prompts_corpora_and_models_a_stage_would_fail_on(tmp_path
     assert any(e.startswith("llm.model: 'gpt-4o' cannot be served embedded") for e in errs)
     assert len(errs) == 3
     with pytest.raises(SystemExit, match="no loader knows"):
-        study.run(str(f))
+        runner.run(str(f))
 
 
 def test_check_lists_the_defaults_it_used(tmp_path, capsys):
@@ -205,7 +206,7 @@ def test_check_names_file_and_key_path_of_every_evaluation_error(tmp_path, secti
     errs = check.check(str(f))
     assert len(errs) == 1 and re.search(where, errs[0]) and str(f) in errs[0], errs
     with pytest.raises(params.ParamsError, match=where):  # refused before any stage runs
-        study.run(str(f))
+        runner.run(str(f))
 
 
 def test_miti_and_forecaster_sections_are_typed_with_defaults():

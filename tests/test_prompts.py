@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mi_llm import prompts, transcribe
-from mi_llm.schema import Dialogue, Turn
+from mi_llm.data import transcribe
+from mi_llm.data.schema import Dialogue, Turn
+from mi_llm.llm import prompts
 
 
 def test_render_never_fills_a_value_with_another_value():

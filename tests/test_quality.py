@@ -9,8 +9,9 @@ import re
 import pandas as pd
 import pytest
 
-from mi_llm import params, quality
-from mi_llm.schema import Dialogue, Turn
+from mi_llm import params
+from mi_llm.data import quality
+from mi_llm.data.schema import Dialogue, Turn
 
 
 def dlg(id_, *turns, corpus="hand"):
@@ -254,7 +255,7 @@ def _judge_handler(calls: dict):
 def test_judge_run_retries_and_keeps_raw_answers(tmp_path, monkeypatch):
     from openai_server import serve
 
-    from mi_llm import llm
+    from mi_llm.llm import api
 
     corpora = {
         "alpha": [
@@ -279,7 +280,7 @@ def test_judge_run_retries_and_keeps_raw_answers(tmp_path, monkeypatch):
     calls = {}
     with serve(_judge_handler(calls)) as url:
         p.llm.base_url = url
-        with llm.endpoint(p.llm) as ep:
+        with api.endpoint(p.llm) as ep:
             records, usage = quality.judge(ep, corpora, p)
         assert url.stats.count == 5  # good1 once, bad1 twice, never1 twice (then missing)
     assert usage["requests"] == 3 and usage["answers"] == 5 and usage["completion_tokens"] > 0
@@ -306,7 +307,7 @@ def test_judge_run_retries_and_keeps_raw_answers(tmp_path, monkeypatch):
     # a re-run is answered from the cache: no new request reaches the server
     with serve(_judge_handler({})) as url2:
         p.llm.base_url = url2
-        with llm.endpoint(p.llm) as ep:
+        with api.endpoint(p.llm) as ep:
             again, usage2 = quality.judge(ep, corpora, p)
         assert url2.stats.count == 0
     assert usage2["cached"] == 3 and usage2["api_calls"] == 0
@@ -314,7 +315,7 @@ def test_judge_run_retries_and_keeps_raw_answers(tmp_path, monkeypatch):
 
 
 def test_judge_v2_sends_its_worked_examples_as_chat_turns():
-    from mi_llm import schema
+    from mi_llm.data import schema
 
     d = schema.Dialogue(
         "x", "t", [schema.Turn("client", "我很累。"), schema.Turn("counselor", "听起来你很辛苦。")]

@@ -15,7 +15,8 @@ matplotlib.use("Agg")
 
 from conftest import write_artifacts
 
-from mi_llm import figures, params, report, runs
+from mi_llm import params, runs
+from mi_llm.study import figures, report
 
 MADE = ["corpus_quality", "transcription", "miti_codes"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

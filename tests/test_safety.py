@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from openai_server import serve
 
-from mi_llm import llm, safety
+from mi_llm.chat import safety
+from mi_llm.data.schema import DataError
+from mi_llm.llm import api
 from mi_llm.params import LLMParams
-from mi_llm.schema import DataError
 
 SET = Path(__file__).parent / "data" / "crisis_screen.jsonl"
 
@@ -145,7 +146,7 @@ def test_llm_layer_through_the_study_endpoint(tmp_path):
     texts = ["I want to disappear", "nice weather", "garbled", "nice weather"]
     params = LLMParams(provider="remote", request_timeout=2, backoff_base=0.01, backoff_max=0.02)
     with serve(classifier) as url:
-        ep = llm.Endpoint(url, "test-model", "k", "remote")
+        ep = api.Endpoint(url, "test-model", "k", "remote")
         out = safety.screen_llm(ep, texts, params, cache_path=tmp_path / "c.sqlite", retries=1)
         assert url.stats.count == 1 + 1 + 2  # repeats asked once; the garbled one retried once
     assert [s.flagged for s in out] == [True, False, False, False]

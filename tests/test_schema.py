@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mi_llm import corpora, schema
-from mi_llm.schema import DataError, Dialogue, Turn, read_jsonl, validate, write_jsonl
+from mi_llm.data import corpora, schema
+from mi_llm.data.schema import DataError, Dialogue, Turn, read_jsonl, validate, write_jsonl
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from conftest import DATA, make_params
 
-from mi_llm import models, sft
 from mi_llm import params as params_mod
-from mi_llm.schema import DataError
+from mi_llm.data.schema import DataError
+from mi_llm.models import registry
+from mi_llm.train import sft
 
 DIALOGUE = [
     {"role": "system", "content": "S"},
@@ -77,8 +78,8 @@ def test_bad_record_names_file_record_field(run_root):
 def test_fit_context_keeps_the_reply_within_max_length(tiny_llama):
     from transformers import AutoTokenizer
 
-    tok = models.prepare_tokenizer(
-        models.get("llama3-8b-chinese-chat-v2"), AutoTokenizer.from_pretrained(tiny_llama)
+    tok = registry.prepare_tokenizer(
+        registry.get("llama3-8b-chinese-chat-v2"), AutoTokenizer.from_pretrained(tiny_llama)
     )
     msgs = json.loads(DATA.read_text(encoding="utf-8"))[0]["messages"]
     rows = sft.samples(msgs, context_turns=None, min_response_chars=1)
@@ -142,7 +143,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(run_root, tiny_llam
     from transformers import AutoTokenizer
 
     saved = AutoTokenizer.from_pretrained(out2 / "adapter")  # the template travels with the adapter
-    assert saved.chat_template == models.get(name).chat_template
+    assert saved.chat_template == registry.get(name).chat_template
 
 
 @pytest.mark.parametrize(
@@ -168,7 +169,7 @@ def test_command_line_entry_point_rejects_unknown_model(tmp_path):
     import sys
 
     r = subprocess.run(
-        [sys.executable, "-m", "mi_llm.sft", "params/smoke.yaml", "--model", "nope"],
+        [sys.executable, "-m", "mi_llm.train.sft", "params/smoke.yaml", "--model", "nope"],
         check=False,
         cwd=params_mod.ROOT,
         capture_output=True,
@@ -274,10 +275,10 @@ def test_label_position_loss_equals_full_computation(request, name, padding_free
     """Same loss and same LoRA gradients as full logits + cross-entropy, under gradient accumulation."""
     from peft import LoraConfig, get_peft_model
 
-    from mi_llm import loss
+    from mi_llm.train import loss
 
     folder = request.getfixturevalue("tiny_model_dir" if name == "gemma3-270m" else "tiny_llama")
-    model, tok = models.load(name, dtype="float32", path=folder)
+    model, tok = registry.load(name, dtype="float32", path=folder)
     torch.manual_seed(1)  # LoRA B random (not zero) so that every LoRA weight has a gradient
     model = get_peft_model(
         model,
@@ -330,7 +331,7 @@ def test_label_position_loss_equals_full_computation(request, name, padding_free
 
 def test_trainer_scores_only_label_positions(run_root, tiny_llama, monkeypatch):
     """sft.train runs the loss-positions head: the output layer sees only the labelled rows."""
-    from mi_llm import loss
+    from mi_llm.train import loss
 
     seen = []
     real = loss.label_position_scores

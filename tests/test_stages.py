@@ -2,11 +2,12 @@
 
 import pytest
 
-from mi_llm import figures, params, runs, stages, study
+from mi_llm import params, runs, stages
+from mi_llm.study import figures, runner
 
 
 def test_every_notebook_is_a_declared_stage_in_order():
-    assert [nb.stem for nb in study.stages()] == list(stages.STAGES)
+    assert [nb.stem for nb in runner.stages()] == list(stages.STAGES)
 
 
 def test_every_required_read_is_written_by_an_earlier_stage():

@@ -6,8 +6,12 @@ from __future__ import annotations
 import openai
 import pytest
 
-from mi_llm import corpora, dryrun, miti, params, prompts, quality, standin, transcribe
+from mi_llm import params
+from mi_llm.data import corpora, quality, transcribe, transcript
+from mi_llm.eval import miti
+from mi_llm.llm import prompts, standin
 from mi_llm.params import ROOT
+from mi_llm.study import dryrun
 
 PAPER = params.load("params/paper.yaml")
 
@@ -37,10 +41,10 @@ def test_rewrites_pass_the_papers_validation_and_keep_client_turns(tagged):
     for d in DIALOGUES:
         req = transcribe.dialogue_request(d, parts, version)
         text = standin.answer({"messages": req.messages})
-        turns = transcribe.validate_dialogue(
+        turns = transcript.validate_dialogue(
             text, d, tp
         )  # raises on anything the stage would reject
-        src = transcribe.parse_dialogue(transcribe.format_turns(d.turns))
+        src = transcript.parse_dialogue(transcript.format_turns(d.turns))
         assert [t.text for t in turns if t.speaker == "client"] == [
             t.text for t in src if t.speaker == "client"
         ]
@@ -54,7 +58,7 @@ def test_judge_scores_parse_and_follow_the_counselor_side():
     parts = prompts.parts("judge_v2")
     scores = []
     for d in DIALOGUES:
-        user = prompts.render(parts["user"], dialogue=transcribe.format_turns(d.turns))
+        user = prompts.render(parts["user"], dialogue=transcript.format_turns(d.turns))
         s = quality.parse_judgement(
             standin.answer(
                 {

@@ -3,7 +3,7 @@
 import nbformat
 import pytest
 
-from mi_llm import study
+from mi_llm.study import runner
 
 
 def _nb(path, code):
@@ -23,7 +23,7 @@ def _nb(path, code):
 def fake_project(tmp_path, monkeypatch):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
-    monkeypatch.setattr(study, "NOTEBOOKS", nbs)
+    monkeypatch.setattr(runner, "NOTEBOOKS", nbs)
     monkeypatch.setenv("MI_LLM_RUNS", str(tmp_path / "runs"))
     pfile = tmp_path / "tiny.yaml"
     pfile.write_text("name: tiny\n")
@@ -34,10 +34,10 @@ def test_select_by_number_and_name(fake_project):
     nbs, _ = fake_project
     for n in ["01_a", "02_b", "03_c"]:
         _nb(nbs / f"{n}.ipynb", "pass")
-    assert [p.stem for p in study.select(["02"])] == ["02_b"]
-    assert [p.stem for p in study.select(["03_c", "1"])] == ["01_a", "03_c"]
+    assert [p.stem for p in runner.select(["02"])] == ["02_b"]
+    assert [p.stem for p in runner.select(["03_c", "1"])] == ["01_a", "03_c"]
     with pytest.raises(SystemExit, match="no such stage"):
-        study.select(["09"])
+        runner.select(["09"])
 
 
 def test_runner_stops_at_first_failure_and_names_the_notebook(fake_project, capsys):
@@ -47,7 +47,7 @@ def test_runner_stops_at_first_failure_and_names_the_notebook(fake_project, caps
     _nb(nbs / "02_bad.ipynb", "raise RuntimeError('boom in stage 2')")
     _nb(nbs / "03_never.ipynb", "raise SystemExit('must not run')")
     with pytest.raises(SystemExit):
-        study.run(str(pfile), progress=False)
+        runner.run(str(pfile), progress=False)
     err = capsys.readouterr().err
     assert (
         "02_bad" in err and "boom in stage 2" in err and "runs/tiny/notebooks/02_bad.ipynb" in err
@@ -59,7 +59,7 @@ def test_runner_stops_at_first_failure_and_names_the_notebook(fake_project, caps
 
 def test_runner_leaves_the_report_to_the_last_notebook(fake_project, monkeypatch, capsys):
     """The report is built once per run, by the last notebook, not again by the runner."""
-    from mi_llm import report
+    from mi_llm.study import report
 
     nbs, pfile = fake_project
     calls = []
@@ -72,7 +72,7 @@ def test_runner_leaves_the_report_to_the_last_notebook(fake_project, monkeypatch
         f"import pathlib\np = pathlib.Path({str(where)!r})\n"
         "p.mkdir(parents=True, exist_ok=True)\n(p / 'index.html').write_text('built')",
     )
-    run_dir = study.run(str(pfile), progress=False)
+    run_dir = runner.run(str(pfile), progress=False)
     assert calls == []  # the notebook built it (in its own kernel); the runner built nothing
     assert (run_dir / "report/index.html").read_text() == "built"
 
@@ -101,7 +101,7 @@ def test_runner_passes_validated_params_with_defaults_not_the_raw_yaml(fake_proj
         "language": "python",
     }
     nbformat.write(nb, nbs / "01_seen.ipynb")
-    study.run(str(pfile), progress=False)
+    runner.run(str(pfile), progress=False)
     device, evaluation = json.loads(out.read_text())
     assert device == params.Params.device == "auto"
     assert evaluation["miti"]["prompt_version"] == params.MitiParams.prompt_version
@@ -111,6 +111,6 @@ def test_runner_stops_when_a_stage_does_not_write_its_declared_products(fake_pro
     nbs, pfile = fake_project
     _nb(nbs / "01_corpus_quality.ipynb", "pass")  # writes neither quality.csv nor judgements.jsonl
     with pytest.raises(SystemExit):
-        study.run(str(pfile), progress=False)
+        runner.run(str(pfile), progress=False)
     err = capsys.readouterr().err
     assert "stage 01_corpus_quality" in err and "01_corpus_quality/quality.csv" in err

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from openai_server import serve
 
-from mi_llm import params, study
+from mi_llm import params
+from mi_llm.study import runner
 
 
 def _answer(req: dict) -> str:
@@ -89,10 +90,10 @@ def test_whole_study_runs_end_to_end(tmp_path, monkeypatch, tiny_model_dir):
         pfile.write_text(yaml.safe_dump(tiny, allow_unicode=True))
         monkeypatch.setenv(params.RUNS_ENV, str(tmp_path / "runs"))
         monkeypatch.setenv("MI_LLM_TEST_KEY", "test-key-not-stored")
-        run_dir = study.run(str(pfile), progress=False)
+        run_dir = runner.run(str(pfile), progress=False)
 
     assert sorted(p.stem for p in (run_dir / "notebooks").glob("*.ipynb")) == [
-        p.stem for p in study.stages()
+        p.stem for p in runner.stages()
     ]
     q = pd.read_csv(run_dir / "01_corpus_quality" / "quality.csv")
     assert len(q) == 5 and q["selected"].sum() == 2 and q["total"].notna().all()
@@ -116,7 +117,7 @@ def test_whole_study_runs_end_to_end(tmp_path, monkeypatch, tiny_model_dir):
         "psydtcorpus" in fixtures and "soulchatcorpus" in fixtures and "cpsycound" not in fixtures
     )
     prov = json.loads((run_dir / "provenance.json").read_text())
-    assert all(prov["stages"][nb.stem]["finished"] for nb in study.stages())
+    assert all(prov["stages"][nb.stem]["finished"] for nb in runner.stages())
     everything = "".join(
         p.read_text(errors="ignore")
         for p in run_dir.rglob("*")

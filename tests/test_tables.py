@@ -1,7 +1,7 @@
-"""Stage 05's readers (mi_llm.tables) read the one schema each producer writes, and nothing else.
+"""Stage 05's readers (mi_llm.study.tables) read the one schema each producer writes, and nothing else.
 
 Every artifact here is written by its producer's own code on small data (quality.rank +
-write_artifacts, transcribe.save, metrics.score, therapy.therapy_metrics, forecast.score +
+write_artifacts, transcribe.save, metrics.score, therapy.therapy_metrics, forecast_eval.score +
 write_table); a renamed column must fail naming the file and the column.
 """
 
@@ -15,8 +15,11 @@ import pandas as pd
 import pytest
 from conftest import sample_generations
 
-from mi_llm import forecast, metrics, quality, stages, tables, therapy, transcribe
-from mi_llm.schema import DataError, Dialogue, Turn
+from mi_llm import stages
+from mi_llm.data import quality, transcribe
+from mi_llm.data.schema import DataError, Dialogue, Turn
+from mi_llm.eval import forecast, forecast_eval, metrics, therapy
+from mi_llm.study import tables
 
 CRIT = list(quality.CRITERIA)
 JUDGED = {  # corpus -> rubric scores of its judged dialogues (None: the judge's answer failed)
@@ -85,7 +88,7 @@ def write_therapy(run):
 
 
 def forecaster_frame() -> pd.DataFrame:
-    """forecaster.csv's rows as forecast.evaluate builds them, from forecast.score on made-up labels."""
+    """forecaster.csv's rows as forecast_eval.evaluate builds them, from forecast_eval.score on made-up labels."""
     rng = np.random.default_rng(0)
     y = list(rng.choice(forecast.TAGS, 60))
     groups = [f"rec{i // 6}" for i in range(60)]
@@ -104,18 +107,18 @@ def forecaster_frame() -> pd.DataFrame:
             "n_train_recordings": 16,
             "n_test_transcripts": 10,
             "reference": "previous_behaviour",
-            **forecast.score(y, p, groups, 100, 0, reference=preds["previous_behaviour"][2]),
+            **forecast_eval.score(y, p, groups, 100, 0, reference=preds["previous_behaviour"][2]),
         }
         for name, (role, feats, p) in preds.items()
     ]
     df = pd.DataFrame(rows)
-    df["beats_baselines"] = forecast.beats_baselines(df)
+    df["beats_baselines"] = forecast_eval.beats_baselines(df)
     return df
 
 
 def write_forecaster(run):
     df = forecaster_frame()
-    forecast.write_table(df, run / "04_evaluation")
+    forecast_eval.write_table(df, run / "04_evaluation")
     return df
 
 
@@ -247,19 +250,21 @@ def test_therapy_metrics_table_names_file_and_missing_column(tmp_path, column):
 # ----------------------------------------------------------------------------- forecaster
 def test_forecast_write_table_writes_forecaster_columns_in_order(tmp_path):
     df = forecaster_frame()
-    assert list(df.columns) == forecast.FORECASTER_COLUMNS  # as forecast.evaluate builds it
-    f = forecast.write_table(df, tmp_path)
+    assert (
+        list(df.columns) == forecast_eval.FORECASTER_COLUMNS
+    )  # as forecast_eval.evaluate builds it
+    f = forecast_eval.write_table(df, tmp_path)
     assert f == tmp_path / stages.file_name(stages.FORECASTER)
-    assert list(pd.read_csv(f).columns) == forecast.FORECASTER_COLUMNS
+    assert list(pd.read_csv(f).columns) == forecast_eval.FORECASTER_COLUMNS
     with pytest.raises(ValueError, match="forecaster table lacks column"):
-        forecast.write_table(df.drop(columns="reference"), tmp_path)
+        forecast_eval.write_table(df.drop(columns="reference"), tmp_path)
 
 
 def test_forecaster_table_reads_forecast_write_table(tmp_path):
     df = write_forecaster(tmp_path)
     t = tables.forecaster_table(tmp_path)
     assert list(t.columns) == ["method", "metric", "value", "ci_low", "ci_high"]
-    assert list(dict.fromkeys(t.metric)) == forecast.FORECASTER_METRICS
+    assert list(dict.fromkeys(t.metric)) == forecast_eval.FORECASTER_METRICS
     assert list(dict.fromkeys(t.method)) == list(df.model)
     acc = t[t.metric == "accuracy"]
     assert acc.ci_low.isna().all()  # score gives accuracy no CI
@@ -286,7 +291,7 @@ def test_bad_artifacts_raise_naming_file_and_record(tmp_path):
     (tmp_path / "04_evaluation").mkdir()
     (tmp_path / "04_evaluation/miti_codes.jsonl").write_text(
         '{"utterances": [{"codes": ["Q"]}]}\n{"code": "Q"}\n'
-    )  # the one schema mi_llm.miti writes: "utterances", nothing else
+    )  # the one schema mi_llm.eval.miti writes: "utterances", nothing else
     with pytest.raises(
         ValueError, match=r"miti_codes\.jsonl: record 1: field 'utterances' missing"
     ):

@@ -13,8 +13,14 @@ import pytest
 from conftest import mi_model, sample_dialogues
 from openai_server import serve
 
-from mi_llm import generate, llm, models, params, schema, sft, transcribe
+from mi_llm import params
+from mi_llm.data import schema, transcribe
+from mi_llm.decode import engine
+from mi_llm.eval import generation
+from mi_llm.llm import api
+from mi_llm.models import registry
 from mi_llm.params import ROOT
+from mi_llm.train import sft
 
 NAME = "gemma3-270m"  # registry entry whose template/eot the tiny model shares
 
@@ -69,7 +75,7 @@ def test_a_tag_goes_from_transcription_through_sft_to_generation(
     # 02: the transcriber's tags are validated and kept in the stored assistant turns
     with serve(tagged_answer) as url:
         recs, fails, rep = transcribe.transcribe(
-            llm.Endpoint(url, "m", "k", "remote"), sample_dialogues(3), P, tmp_path / "cache.sqlite"
+            api.Endpoint(url, "m", "k", "remote"), sample_dialogues(3), P, tmp_path / "cache.sqlite"
         )
     assert not fails and len(recs) == 6 and sum(rep["behaviours"].values()) == 12
     train, test = transcribe.split(recs, 4, 2, P.seed)
@@ -78,7 +84,7 @@ def test_a_tag_goes_from_transcription_through_sft_to_generation(
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     data = sft.build_dataset(P, tok)
     assert len(data) == 8 and all(schema.strip_tag(r["completion"][0]["content"])[0] for r in data)
-    spec = models.get(NAME)
+    spec = registry.get(NAME)
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
         args=sft.sft_config(P, spec, tmp_path / "ckpt"),
@@ -90,9 +96,9 @@ def test_a_tag_goes_from_transcription_through_sft_to_generation(
     for r in data:
         assert r["completion"][0]["content"] in trained  # tag and words, unchanged, carry the loss
     assert all(r["prompt"][-1]["content"] not in trained for r in data)  # the client's words do not
-    trainer.save_model(str(generate.adapter_dir(P, NAME)))
+    trainer.save_model(str(generation.adapter_dir(P, NAME)))
     # 04: the conditioned reply was prompted with the tag, is stored plain, and names its behaviour
-    gens = generate.run(P, model_paths={NAME: tiny_model_dir}, progress=False)
+    gens = generation.run(P, model_paths={NAME: tiny_model_dir}, progress=False)
     assert len(gens) == 4 and {g["behaviour"] for g in gens} == {"simple_reflection"}
     for g in gens:
         assert "<mi:" not in g["reply"] and "<mi:" not in g["reference"]
@@ -100,8 +106,8 @@ def test_a_tag_goes_from_transcription_through_sft_to_generation(
             any(m["content"].startswith("<mi:") for m in g["messages"] if m["role"] == "assistant")
             or len(g["messages"]) == 1
         )  # the history is the tagged corpus the model was trained on
-    assert generate.prompt_texts(
-        tok, [gens[0]["messages"]], [generate.tag_prefix("simple_reflection")]
+    assert engine.prompt_texts(
+        tok, [gens[0]["messages"]], [generation.tag_prefix("simple_reflection")]
     )[0].endswith("<start_of_turn>model\n<mi:simple_reflection>")
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from mi_llm import schema, therapy
+from mi_llm.data import schema
+from mi_llm.eval import therapy
 
 
 def test_sentences_lengths_and_question_marks():

@@ -17,9 +17,11 @@ import pytest
 from conftest import mi_model, sample_dialogues, smoke_params
 from openai_server import serve
 
-from mi_llm import llm, params, schema, transcribe
+from mi_llm import params
+from mi_llm.data import schema, transcribe, transcript
+from mi_llm.data.schema import DataError, Dialogue, Turn
+from mi_llm.llm import api
 from mi_llm.params import ROOT
-from mi_llm.schema import DataError, Dialogue, Turn
 
 TP = params.TranscriptionParams(min_length_ratio=0.3, max_length_ratio=3.0)
 
@@ -44,7 +46,7 @@ def test_parse_and_validate_a_good_dialogue():
         "来访者：我最近总是失眠，很焦虑。\n咨询师：听起来失眠让你很辛苦，\n能多说说吗？\n"
         "来访者：可是我做不到。\n心理咨询师：你已经试过很多办法了，你觉得什么对你最重要？"
     )
-    turns = transcribe.validate_dialogue(text, SRC, TP)
+    turns = transcript.validate_dialogue(text, SRC, TP)
     assert [t.speaker for t in turns] == ["client", "counselor", "client", "counselor"]
     assert turns[1].text == "听起来失眠让你很辛苦，能多说说吗？"  # continuation line joined
 
@@ -69,18 +71,18 @@ def test_parse_and_validate_a_good_dialogue():
 )
 def test_invalid_dialogues_fail_by_reason(text, reason):
     with pytest.raises(ValueError, match=f"^{reason}"):
-        transcribe.validate_dialogue(text, SRC, TP)
+        transcript.validate_dialogue(text, SRC, TP)
 
 
 def test_validate_turn_takes_the_first_line_and_checks_it():
     src, ctx = SRC.turns[1].text, SRC.turns[:1]
-    got = transcribe.validate_turn(
+    got = transcript.validate_turn(
         "咨询师：失眠让你很焦虑，你最担心的是什么？\n来访者接着说：……", src, ctx, TP
     )
     assert got == "失眠让你很焦虑，你最担心的是什么？"
     looping = "失眠让你很焦虑。你最担心什么？告诉我原因。你最担心什么？告诉我原"
     assert (
-        transcribe.validate_turn(looping, src, ctx, TP)
+        transcript.validate_turn(looping, src, ctx, TP)
         == "失眠让你很焦虑。你最担心什么？告诉我原因。"
     )
     for text, reason in [
@@ -94,13 +96,13 @@ def test_validate_turn_takes_the_first_line_and_checks_it():
         ("嗯。", "too_short"),
     ]:
         with pytest.raises(ValueError, match=f"^{reason}"):
-            transcribe.validate_turn(text, src, ctx, TP)
+            transcript.validate_turn(text, src, ctx, TP)
 
 
 def test_cjk_share_and_format_roundtrip():
     assert schema.cjk_share("你好ab", "chars") == 0.5 and schema.cjk_share("", "chars") == 0.0
     assert [
-        (t.speaker, t.text) for t in transcribe.parse_dialogue(transcribe.format_turns(SRC.turns))
+        (t.speaker, t.text) for t in transcript.parse_dialogue(transcript.format_turns(SRC.turns))
     ] == [(t.speaker, t.text) for t in SRC.turns]
 
 
@@ -188,7 +190,7 @@ def test_transcribe_shipped_samples(tmp_path, unit, version):
     P = smoke_params(unit=unit, prompt_version=version, max_length_ratio=5.0)
     ds = sample_dialogues()
     with serve(mi_model) as url:
-        ep = llm.Endpoint(url, "test-model", "k", "remote")
+        ep = api.Endpoint(url, "test-model", "k", "remote")
         recs, fails, rep = transcribe.transcribe(ep, ds, P, tmp_path / "c.sqlite")
         n = url.stats.count
         recs2, _, rep2 = transcribe.transcribe(ep, ds, P, tmp_path / "c.sqlite")
@@ -235,7 +237,7 @@ def test_a_failing_turn_fails_its_dialogue_by_reason(tmp_path):
 
     with serve(model) as url:
         recs, fails, rep = transcribe.transcribe(
-            llm.Endpoint(url, "m", "k"), ds, P, tmp_path / "c.sqlite"
+            api.Endpoint(url, "m", "k"), ds, P, tmp_path / "c.sqlite"
         )
     assert len(recs) == 3 and [f["source_id"] for f in fails] == [ds[0].id]
     assert fails[0]["reason"] == "language" and "turn 3" in fails[0]["error"]
@@ -262,10 +264,11 @@ WORKER = """
 import dataclasses, json, sys
 sys.path.insert(0, {tests!r})
 from conftest import sample_dialogues, smoke_params
-from mi_llm import llm, transcribe
+from mi_llm.llm import api
+from mi_llm.data import transcribe
 P = smoke_params(unit="turn", prompt_version="mi_turn_v1")
 P = dataclasses.replace(P, llm=dataclasses.replace(P.llm, max_concurrency=2))
-recs, fails, rep = transcribe.transcribe(llm.Endpoint(sys.argv[1], "m", "k"), sample_dialogues(5), P, sys.argv[2])
+recs, fails, rep = transcribe.transcribe(api.Endpoint(sys.argv[1], "m", "k"), sample_dialogues(5), P, sys.argv[2])
 open(sys.argv[3], "w").write(json.dumps(recs, ensure_ascii=False))
 """
 
@@ -332,7 +335,7 @@ TAGGED = dataclasses.replace(TP, tag_behaviour=True)
     [("mi_v1", False), ("mi_turn_v1", False), ("mi_tagged_v1", True), ("mi_turn_tagged_v1", True)],
 )
 def test_tagged_prompts_name_every_tag_and_must_match_the_option(version, tagged):
-    from mi_llm import prompts
+    from mi_llm.llm import prompts
 
     parts = prompts.parts(version)
     named = set(re.findall(r"<mi:([a-z_]+)>", parts["system"]))  # <mi:标签> shows the format
@@ -347,7 +350,7 @@ def test_tagged_prompts_name_every_tag_and_must_match_the_option(version, tagged
 
 def test_validate_turn_keeps_a_valid_tag():
     src, ctx = SRC.turns[1].text, SRC.turns[:1]
-    got = transcribe.validate_turn(
+    got = transcript.validate_turn(
         "咨询师：<mi:complex_reflection>  失眠让你很焦虑，你很想好好睡一觉。\n来访者：嗯",
         src,
         ctx,
@@ -355,7 +358,7 @@ def test_validate_turn_keeps_a_valid_tag():
     )
     assert got == "<mi:complex_reflection> 失眠让你很焦虑，你很想好好睡一觉。"
     assert (
-        transcribe.validate_turn("失眠让你很焦虑，你很想好好睡一觉。", src, ctx, TP)
+        transcript.validate_turn("失眠让你很焦虑，你很想好好睡一觉。", src, ctx, TP)
         == "失眠让你很焦虑，你很想好好睡一觉。"
     )
     for text in [
@@ -364,9 +367,9 @@ def test_validate_turn_keeps_a_valid_tag():
         "<mi:other>",
     ]:
         with pytest.raises(ValueError, match="^untagged"):
-            transcribe.validate_turn(text, src, ctx, TAGGED)
+            transcript.validate_turn(text, src, ctx, TAGGED)
     with pytest.raises(ValueError, match="^language"):  # the tag is not counted as text
-        transcribe.validate_turn("<mi:open_question> What worries you?", src, ctx, TAGGED)
+        transcript.validate_turn("<mi:open_question> What worries you?", src, ctx, TAGGED)
 
 
 def test_validate_dialogue_needs_a_tag_on_every_counselor_turn():
@@ -374,14 +377,14 @@ def test_validate_dialogue_needs_a_tag_on_every_counselor_turn():
         "来访者：我最近总是失眠，很焦虑。\n咨询师：<mi:simple_reflection> 失眠让你很焦虑。\n"
         "来访者：可是我做不到。\n咨询师：<mi:open_question>你试过哪些办法，哪些对你最有帮助？"
     )
-    turns = transcribe.validate_dialogue(good, SRC, TAGGED)
+    turns = transcript.validate_dialogue(good, SRC, TAGGED)
     assert [t.text for t in turns][1::2] == [
         "<mi:simple_reflection> 失眠让你很焦虑。",
         "<mi:open_question> 你试过哪些办法，哪些对你最有帮助？",
     ]
     assert turns[0].text == SRC.turns[0].text  # client turns carry no tag
     with pytest.raises(ValueError, match="^untagged: turn 3"):
-        transcribe.validate_dialogue(good.replace("<mi:open_question>", ""), SRC, TAGGED)
+        transcript.validate_dialogue(good.replace("<mi:open_question>", ""), SRC, TAGGED)
 
 
 def tagged_model(seen: dict):
@@ -420,7 +423,7 @@ def test_tags_round_trip_through_transcription(tmp_path, unit, version):
     ds, seen = sample_dialogues(2), {}
     with serve(tagged_model(seen)) as url:
         recs, fails, rep = transcribe.transcribe(
-            llm.Endpoint(url, "m", "k", "remote"), ds, P, tmp_path / "c.sqlite"
+            api.Endpoint(url, "m", "k", "remote"), ds, P, tmp_path / "c.sqlite"
         )
     assert (
         not fails and len(recs) == 4 and rep["units_retried"] == rep["units_attempted"]
@@ -442,7 +445,7 @@ def test_tags_round_trip_through_transcription(tmp_path, unit, version):
         ValueError, match="tag_behaviour"
     ):  # a tagged prompt without the option is refused
         transcribe.transcribe(
-            llm.Endpoint("http://127.0.0.1:9/v1", "m", "k", "remote"),
+            api.Endpoint("http://127.0.0.1:9/v1", "m", "k", "remote"),
             ds,
             smoke_params(unit=unit, prompt_version=version),
             tmp_path / "d.sqlite",
@@ -492,11 +495,11 @@ INJECTED = dlg(
 def test_whole_dialogue_keeps_structure_and_client_turns(text, reason):
     text = text.format(*GOOD_COUNSELOR)
     if reason is None:
-        turns = transcribe.validate_dialogue(text, SRC, TP)
+        turns = transcript.validate_dialogue(text, SRC, TP)
         assert [t.speaker for t in turns] == [t.speaker for t in SRC.turns]
     else:
         with pytest.raises(ValueError, match=f"^{reason}"):
-            transcribe.validate_dialogue(text, SRC, TP)
+            transcript.validate_dialogue(text, SRC, TP)
 
 
 def test_whole_dialogue_rejects_obeying_text_injected_in_the_dialogue():
@@ -504,11 +507,11 @@ def test_whole_dialogue_rejects_obeying_text_injected_in_the_dialogue():
         *GOOD_COUNSELOR
     )
     with pytest.raises(ValueError, match=r"^client_altered: turn 0"):
-        transcribe.validate_dialogue(obeyed, INJECTED, TP)
+        transcript.validate_dialogue(obeyed, INJECTED, TP)
     kept = ("来访者：" + INJECTED.turns[0].text + "\n{0}\n来访者：可是我做不到。\n{1}").format(
         *GOOD_COUNSELOR
     )
-    assert transcribe.validate_dialogue(kept, INJECTED, TP)[0].text == INJECTED.turns[0].text
+    assert transcript.validate_dialogue(kept, INJECTED, TP)[0].text == INJECTED.turns[0].text
 
 
 def test_client_edit_tolerance_is_a_named_small_share():
@@ -516,9 +519,9 @@ def test_client_edit_tolerance_is_a_named_small_share():
     src = dlg("我最近总是失眠，晚上翻来覆去睡不着，白天也没有精神。", "嗯。")
     one_char = "来访者：我最近总是失眠，晚上翻来覆去睡不着，白天也没有精力。\n咨询师：听起来你很累，能多说说吗？"
     # 1 character of 25 changed: 0.04 <= 0.05 accepted; with tolerance 0 it is client_altered
-    assert transcribe.validate_dialogue(one_char, src, dataclasses.replace(TP, max_length_ratio=10))
+    assert transcript.validate_dialogue(one_char, src, dataclasses.replace(TP, max_length_ratio=10))
     with pytest.raises(ValueError, match="^client_altered"):
-        transcribe.validate_dialogue(
+        transcript.validate_dialogue(
             one_char, src, dataclasses.replace(TP, max_length_ratio=10, client_edit_tolerance=0.0)
         )
 
@@ -535,10 +538,10 @@ def test_validate_turn_rejects_labels_inside_and_echoes_behind_a_label():
         ("听起来你很辛苦。咨询师：你想聊聊吗？", "speaker_label"),
     ]:
         with pytest.raises(ValueError, match=f"^{reason}"):
-            transcribe.validate_turn(text, src, ctx, TP)
+            transcript.validate_turn(text, src, ctx, TP)
     # a label alone is dropped from the stored reply
     assert (
-        transcribe.validate_turn("改写：失眠让你很焦虑，你最担心的是什么？", src, ctx, TP)
+        transcript.validate_turn("改写：失眠让你很焦虑，你最担心的是什么？", src, ctx, TP)
         == "失眠让你很焦虑，你最担心的是什么？"
     )
 
@@ -553,7 +556,7 @@ def test_dead_endpoint_fails_the_stage_with_re_run_to_resume(tmp_path, unit, ver
     with serve(
         mi_model, script=lambda n, req: "500" if dead in req["messages"][-1]["content"] else None
     ) as url:
-        ep = llm.Endpoint(url, "test-model", "k", "remote")
+        ep = api.Endpoint(url, "test-model", "k", "remote")
         with pytest.raises(
             RuntimeError, match=r"1 of 6 dialogues failed on transport.*re-run to resume"
         ):
@@ -565,7 +568,7 @@ def test_dead_endpoint_fails_the_stage_with_re_run_to_resume(tmp_path, unit, ver
     assert "500" in fails[0]["error"]  # the status is part of the reason's detail
     with serve(mi_model) as url:  # the endpoint is back: a re-run resumes and completes
         recs, fails, rep = transcribe.transcribe(
-            llm.Endpoint(url, "test-model", "k", "remote"), ds, P, tmp_path / "c.sqlite"
+            api.Endpoint(url, "test-model", "k", "remote"), ds, P, tmp_path / "c.sqlite"
         )
         # only the dead dialogue's units are asked again: its counselor turns, or the dialogue
         assert url.stats.count == (

@@ -9,8 +9,8 @@ import re
 import pandas as pd
 import pytest
 
-from mi_llm import miti, worksheets
-from mi_llm.schema import DataError
+from mi_llm.data.schema import DataError
+from mi_llm.eval import miti, worksheets
 
 
 # ----------------------------------------------------------------------------- worksheets

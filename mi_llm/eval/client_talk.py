@@ -1,0 +1,218 @@
+"""Client language: each client utterance coded as change talk, sustain talk or neutral (MISC), C:S.
+
+Two coders:
+
+- `fit` / `predict`: a classifier trained on AnnoMI's human `client_talk_type` labels (TF-IDF of the
+  client's words and of the counselor's turn before it, balanced logistic regression). AnnoMI is
+  English: use it for English sessions.
+- `code_llm`: an LLM prompt through the study's endpoint (`api.complete`), any language.
+
+`validate` scores the classifier on held-out recordings (split by `video_url`, so no recording is
+both trained and tested on) with Cohen's kappa and a recording-level bootstrap CI. `reference`
+counts AnnoMI's human labels per MI quality (high / low): the C:S the chat sessions are shown beside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mi_llm.stats import cohen_kappa
+
+LABELS = ("change", "sustain", "neutral")
+
+
+def cs_ratio(change: float, sustain: float) -> float:
+    """C:S, change talk per sustain talk; nan without sustain talk."""
+    return change / sustain if sustain else math.nan
+
+
+# ----------------------------------------------------------------------------- AnnoMI
+def annomi_client(path) -> pd.DataFrame:
+    """AnnoMI's client utterances: transcript_id, video_url, mi_quality, text, previous (the
+    counselor's turn before it, '' when none) and label (change | sustain | neutral)."""
+    from mi_llm.data import corpora
+    from mi_llm.data.schema import DataError
+
+    rows = []
+    for d in corpora.load("annomi", Path(path)):
+        prev = ""
+        for i, t in enumerate(d.turns):
+            if t.speaker == "counselor":
+                prev = t.text
+                continue
+            label = t.annotations.get("client_talk_type")
+            if label not in LABELS:
+                raise DataError(
+                    d.source.get("file", path),
+                    f"transcript {d.id} utterance {i}",
+                    "client_talk_type",
+                    f"expected one of {LABELS}, got {label!r}",
+                )
+            rows.append(
+                {
+                    "transcript_id": int(d.id),
+                    "video_url": d.meta.get("video_url") or d.id,
+                    "mi_quality": d.meta["mi_quality"],
+                    "text": t.text,
+                    "previous": prev,
+                    "label": label,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def reference(client: pd.DataFrame) -> pd.DataFrame:
+    """AnnoMI's human labels per MI quality: change, sustain, neutral counts and pooled C:S."""
+    rows = []
+    for q, d in client.groupby("mi_quality"):
+        n = d["label"].value_counts()
+        c, s = int(n.get("change", 0)), int(n.get("sustain", 0))
+        rows.append(
+            {
+                "group": "reference",
+                "model": "annomi",
+                "variant": q,
+                "change": c,
+                "sustain": s,
+                "neutral": int(n.get("neutral", 0)),
+                "c_s": cs_ratio(c, s),
+                "n_sessions": d["transcript_id"].nunique(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- the classifier
+def build(C: float = 1.0, seed: int = 0):
+    """TF-IDF (client words 1-2-grams + characters 2-5, the counselor's turn before) + logistic
+    regression with balanced class weights."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    features = ColumnTransformer(
+        [
+            ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), "text"),
+            (
+                "chars",
+                TfidfVectorizer(
+                    analyzer="char_wb", ngram_range=(2, 5), min_df=3, sublinear_tf=True
+                ),
+                "text",
+            ),
+            (
+                "previous",
+                TfidfVectorizer(
+                    ngram_range=(1, 2), min_df=3, sublinear_tf=True, max_features=20000
+                ),
+                "previous",
+            ),
+        ]
+    )
+    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=2000, random_state=seed)
+    return make_pipeline(features, clf)
+
+
+def fit(client: pd.DataFrame, C: float = 1.0, seed: int = 0):
+    """The classifier trained on AnnoMI client utterances (annomi_client)."""
+    return build(C, seed).fit(client[["text", "previous"]], client["label"])
+
+
+def predict(model, texts: list[str], previous: list[str] | None = None) -> list[str]:
+    """Labels for client utterances, each with the counselor's turn before it."""
+    X = pd.DataFrame({"text": texts, "previous": previous or [""] * len(texts)})
+    return [str(y) for y in model.predict(X)] if texts else []
+
+
+def validate(
+    client: pd.DataFrame,
+    test_size: float = 0.25,
+    seed: int = 42,
+    bootstrap: int = 1000,
+    C: float = 1.0,
+) -> dict:
+    """Train on some recordings, test on the others (grouped by video_url): kappa with a 95% CI
+    from resampling test recordings, accuracy, macro-F1, per-label recall, and C:S predicted vs human."""
+    from sklearn.metrics import f1_score, recall_score
+    from sklearn.model_selection import GroupShuffleSplit
+
+    split = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    tr, te = next(split.split(client, client["label"], client["video_url"]))
+    train, test = client.iloc[tr], client.iloc[te]
+    model = fit(train, C, seed)
+    pred = np.array(predict(model, test["text"].tolist(), test["previous"].tolist()))
+    y = test["label"].to_numpy()
+    groups = test["video_url"].to_numpy()
+    uniq = np.unique(groups)
+    idx = {g: np.flatnonzero(groups == g) for g in uniq}
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(bootstrap):
+        pick = np.concatenate([idx[g] for g in rng.choice(uniq, size=len(uniq), replace=True)])
+        boots.append(cohen_kappa(y[pick], pred[pick]))
+    boots = np.array([b for b in boots if not math.isnan(b)])
+    recall = recall_score(y, pred, labels=list(LABELS), average=None, zero_division=0)
+    n = pd.Series(pred).value_counts()
+    return {
+        "coder": "classifier (AnnoMI)",
+        "n_train": len(train),
+        "n_test": len(test),
+        "train_recordings": train["video_url"].nunique(),
+        "test_recordings": len(uniq),
+        "kappa": cohen_kappa(y, pred),
+        "kappa_ci_low": float(np.percentile(boots, 2.5)) if len(boots) else math.nan,
+        "kappa_ci_high": float(np.percentile(boots, 97.5)) if len(boots) else math.nan,
+        "accuracy": float(np.mean(y == pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro")),
+        **{f"recall_{lab}": float(r) for lab, r in zip(LABELS, recall)},
+        "majority_accuracy": float(np.mean(y == train["label"].mode()[0])),
+        "c_s_human": cs_ratio((y == "change").sum(), (y == "sustain").sum()),
+        "c_s_predicted": cs_ratio(int(n.get("change", 0)), int(n.get("sustain", 0))),
+    }
+
+
+# ----------------------------------------------------------------------------- the LLM coder
+PROMPT = """Code the client's last utterance in a counselling conversation with the MISC client codes:
+change = the client's own words in favour of change (desire, ability, reasons, need, commitment, taking steps);
+sustain = the client's words in favour of the status quo, against change;
+neutral = neither (information, questions, small talk, agreement without a direction).
+The utterance may be in Chinese or English. Answer with one word: change, sustain or neutral.
+
+Counselor before it: {previous}
+Client: {text}
+Code:"""
+
+
+def parse(text: str) -> str:
+    """The first client code word of an answer (English or Chinese); ValueError when none."""
+    m = re.search(r"change|sustain|neutral|改变|维持|中性", (text or "").lower())
+    if not m:
+        raise ValueError("no client code (change, sustain, neutral) in the answer")
+    return {"改变": "change", "维持": "sustain", "中性": "neutral"}.get(m.group(0), m.group(0))
+
+
+def code_llm(
+    ep, texts: list[str], previous: list[str], llm_params, cache_path=None, retries: int = 1
+) -> list[str | None]:
+    """Client codes from an LLM through api.complete (cached); None where no valid answer came."""
+    from mi_llm.llm import api
+
+    contents, keys = {}, []
+    for t, p in zip(texts, previous):
+        content = PROMPT.format(previous=(p or "(none)").strip(), text=t.strip())
+        k = "client_talk:" + hashlib.sha256(content.encode("utf-8")).hexdigest()[:20]
+        contents[k] = content
+        keys.append(k)
+    settings = {"temperature": 0.0, "max_tokens": 6}
+    by_key = api.complete_by_key(
+        ep, contents, llm_params=llm_params, cache_path=cache_path, retries=retries,
+        settings=settings, validate=parse, truncated_ok=True, desc="client talk",
+    )  # fmt: skip
+    return [by_key[k].parsed if by_key[k].ok else None for k in keys]
