@@ -29,8 +29,10 @@ class _Offline(Exception):  # the host could not be reached at all
 
 
 def _host_ok(url: str, allowed: tuple[str, ...]) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
-    return any(host == a or host.endswith("." + a) for a in allowed)
+    """An allowed host: a site name (the host or a subdomain of it), or host:port exactly."""
+    u = urlsplit(url)
+    host, netloc = (u.hostname or "").lower(), u.netloc.lower().rpartition("@")[2]
+    return any(netloc == a if ":" in a else host == a or host.endswith("." + a) for a in allowed)
 
 
 def max_bytes() -> int:
@@ -125,7 +127,7 @@ def download(
     part = target.with_name(target.name + ".part")
     part.parent.mkdir(parents=True, exist_ok=True)
     cap = max_bytes() if size is None else min(size, max_bytes())
-    allowed = allowed or (urlsplit(url).hostname or "",)
+    allowed = allowed or (urlsplit(url).netloc.lower(),)
     have = part.stat().st_size if part.exists() else 0
     if have > cap:
         raise _refuse(part, f"{part}: {have:,} bytes, more than the {cap:,} expected")

@@ -103,7 +103,7 @@ def allowed_hosts(s: Source) -> tuple[str, ...]:
     """Hosts a download of this source may be redirected to: the mirror's alone when one is set,
     else the source's site (a host or any of its subdomains)."""
     base = os.environ.get(MIRROR_ENV)
-    return (urlsplit(base).hostname or "",) if base else SITES[s.kind]
+    return (urlsplit(base).netloc.lower(),) if base else SITES[s.kind]
 
 
 def _archive_path(dest: Path, s: Source) -> Path:

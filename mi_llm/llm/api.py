@@ -7,8 +7,8 @@
 
 `endpoint` gives a remote endpoint (key from the environment, never stored) or serves an embedded
 registry model with `transformers serve` on 127.0.0.1. `complete` sends requests concurrently through
-the official `openai` AsyncOpenAI client with our own backoff (429/5xx/timeouts, Retry-After honoured,
-jitter), validates each answer, asks again up to `retries` times, and keeps every finished answer in a
+the official `openai` AsyncOpenAI client with our own backoff (429/5xx/timeouts, Retry-After honoured
+up to RETRY_AFTER_MAX_S, jitter), validates each answer, asks again up to `retries` times, and keeps every finished answer in a
 SQLite cache keyed by (model, settings, messages, attempt), committed at once: a re-run or a resume
 after kill -9 repeats no finished request. The OpenAI Batch API (mi_llm.llm.batch) is the same call
 with batch_dir set.
@@ -271,8 +271,17 @@ RETRIABLE = (
 )
 
 
+RETRY_AFTER_MAX_S = 600.0  # a server's Retry-After is honoured up to this many seconds per wait
+
+
 def _retry_after(e) -> float | None:
-    """Seconds the server asked to wait: Retry-After in seconds or as an HTTP date (None if absent)."""
+    """Seconds the server asked to wait: Retry-After in seconds or as an HTTP date (None if absent),
+    at most RETRY_AFTER_MAX_S (a hostile or broken server cannot park the stage for days)."""
+    s = _asked_wait(e)
+    return None if s is None else min(s, RETRY_AFTER_MAX_S)
+
+
+def _asked_wait(e) -> float | None:
     resp = getattr(e, "response", None)
     value = resp.headers.get("retry-after") if resp is not None else None
     if value is None:
@@ -328,7 +337,15 @@ async def _call(client, ep: Endpoint, messages, settings, llm_params, res: Resul
     for i in range(llm_params.max_retries + 1):
         res.api_calls += 1
         try:
-            r = await client.chat.completions.create(model=ep.model, messages=messages, **settings)
+            try:
+                r = await client.chat.completions.create(
+                    model=ep.model, messages=messages, **settings
+                )
+            except json.JSONDecodeError as e:  # a body labelled application/json that is not
+                raise MalformedAnswer(
+                    f"request {res.key}: HTTP 200 body sent as JSON is not JSON ({e.msg} at "
+                    f"character {e.pos}): {e.doc[:80]!r}"
+                ) from e
             return _answer(r, res.key)
         except RETRIABLE as e:
             if i == llm_params.max_retries:
