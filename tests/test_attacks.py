@@ -15,7 +15,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
@@ -27,7 +26,7 @@ from mi_llm.chat import serving, store, web
 from mi_llm.data import download, fetch, transcript
 from mi_llm.data.schema import Dialogue, Turn
 from mi_llm.data.sources import File, Source
-from mi_llm.llm import api, openai_server
+from mi_llm.llm import api, backoff, openai_server
 from mi_llm.params import LLMParams
 
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -107,16 +106,17 @@ def _ms_file(h: Hostile, path: str, body: bytes, headers=None, status=200) -> No
     h.routes[f"/www.modelscope.cn/api/v1/datasets/o/ds/repo?{path}"] = (status, headers or {}, body)
 
 
-@pytest.mark.parametrize("evil", ["/tmp/evil.json", "../../evil.json", "a/../../evil.json"])
+@pytest.mark.parametrize("evil", ["<abs>/evil.json", "../../evil.json", "a/../../evil.json"])
 def test_a_file_list_cannot_write_outside_the_corpus_folder(tmp_path, hostile, evil):
-    dest = tmp_path / "full"
+    evil = evil.replace("<abs>", str(tmp_path / "outside"))  # an absolute path, inside the test's
+    dest = tmp_path / "full" / "dest"
     _ms_list(hostile, ["good.json", evil])
     _ms_file(hostile, "good.json", b"[]")
     _ms_file(hostile, evil, b"[]")
     with pytest.raises(fetch.FetchError, match="not a relative path inside") as e:
         fetch.fetch(dest=dest, sources={"ms": _ms_source()})
     assert "Data.Files[1].Path" in str(e.value) and evil in str(e.value)
-    assert not list(tmp_path.rglob("evil.json")) and not Path("/tmp/evil.json").exists()
+    assert not list(tmp_path.rglob("evil.json"))
     assert not (dest / "LOCK.json").exists() or evil not in (dest / "LOCK.json").read_text()
     assert not any("evil" in h for h in hostile.hits)  # refused before any download
     # a LOCK.json edited to name such a path is refused the same way
@@ -477,7 +477,7 @@ def _llm_params(**kw) -> LLMParams:
 
 
 def test_retry_after_is_capped(tmp_path, monkeypatch):
-    monkeypatch.setattr(api, "RETRY_AFTER_MAX_S", 0.3)
+    monkeypatch.setattr(backoff, "RETRY_AFTER_MAX_S", 0.3)
     script = {1: {"status": 429, "retry_after": 100000}}
     done = {}
 
