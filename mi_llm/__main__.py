@@ -56,6 +56,9 @@ def main(argv=None) -> int:
     ch.add_argument(
         "--backend-model", help="the model name the backend expects (e.g. vLLM's LoRA module)"
     )
+    ch.add_argument(
+        "--token", help="ask every request for this bearer token (or set $MI_LLM_CHAT_TOKEN)"
+    )
     cs = sub.add_parser(
         "code-sessions", help="MITI-code saved chat sessions; client change/sustain talk"
     )
@@ -63,8 +66,13 @@ def main(argv=None) -> int:
     cs.add_argument("--out", help="output folder (default: <folder>/coded)")
     a = ap.parse_args(argv)
     if a.cmd == "chat":
-        from mi_llm.chat import web
+        from mi_llm.chat import guard, web
 
+        try:
+            token = guard.token_from_env(a.token)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         web.main(
             a.run,
             a.model,
@@ -75,6 +83,7 @@ def main(argv=None) -> int:
             referral_file=a.referral,
             backend_url=a.backend,
             backend_model=a.backend_model,
+            token=token,
         )
         return 0
     if a.cmd == "code-sessions":

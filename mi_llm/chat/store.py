@@ -1,10 +1,17 @@
 """Chat sessions on disk: one schema.Dialogue line per session in runs/<name>/chat/<session>.jsonl,
-with the model, variant, adapter hash, timestamps and crisis events."""
+with the model, variant, adapter hash, timestamps and crisis events.
+
+A session is an append-only log (docs/reliability.md): an exchange is appended only when the
+request's history is the session's turns as saved; a history that differs (shorter, edited, or
+sent by 20 parallel requests at once) starts a new session linked to the old one
+(`meta.forked_from`, `meta.forked_at_turn`), so no saved turn is ever replaced and no exchange
+lost. A crisis event keeps the client text it refers to beside its turn index."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -12,6 +19,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mi_llm.data.schema import Dialogue, Turn, validate
+
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_id(sid) -> str:
+    """A session id that is a safe file name: ASCII letters, digits, - _ . (100 at most)."""
+    if not isinstance(sid, str) or not SESSION_ID.fullmatch(sid):
+        raise ValueError(
+            f"session id {str(sid)[:120]!r}: ASCII letters, digits, - _ . only, starting with a "
+            "letter or digit (100 at most)"
+        )
+    return sid
 
 
 def _now() -> str:
@@ -51,24 +70,41 @@ class Sessions:
             )
         return Session(sid, file, d)
 
+    def _register(self, history: list[tuple] = (), parent: Session | None = None) -> Session:
+        """A new session under a fresh id (a fork of parent: its history up to where they part)."""
+        sid = datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:8]
+        s = self._new(sid)
+        if parent is not None:
+            old = parent.dialogue.turns
+            k = 0
+            while k < min(len(old), len(history)) and (old[k].speaker, old[k].text) == history[k]:
+                k += 1
+            s.dialogue.turns = list(old[:k]) + [Turn(h[0], h[1], {}) for h in history[k:]]
+            s.dialogue.meta.update(forked_from=parent.id, forked_at_turn=k)
+        else:
+            s.dialogue.turns = [Turn(h[0], h[1], {}) for h in history]
+        self.open[sid] = s
+        return s
+
     def find(self, sid: str | None, history: list[tuple]) -> Session:
-        """The named session, or the open one whose turns `history` repeats, or a new one."""
+        """The named session, or the open one whose turns `history` repeats, or a new one (linked
+        to the open session it shares the most turns with, when it shares any)."""
         with self.lock:
             if sid:
-                if not all(c.isalnum() or c in "-_." for c in sid) or len(sid) > 100:
-                    raise ValueError(
-                        f"session id {sid!r}: letters, digits, - _ . only (100 at most)"
-                    )
+                check_id(sid)
                 if sid not in self.open:
                     self.open[sid] = self._new(sid)
                 return self.open[sid]
+            best, shared = None, 0
             for s in self.open.values():
                 turns = [(t.speaker, t.text) for t in s.dialogue.turns]
                 if history and turns == history:
                     return s
-            s = self._new(datetime.now(UTC).strftime("%Y%m%dT%H%M%S-") + uuid.uuid4().hex[:8])
-            self.open[s.id] = s
-            return s
+                k = next((i for i, (a, b) in enumerate(zip(turns, history)) if a != b), None)
+                k = min(len(turns), len(history)) if k is None else k
+                if k > shared:
+                    best, shared = s, k
+            return self._register(history, best)
 
     def record(
         self,
@@ -78,30 +114,34 @@ class Sessions:
         reply: str,
         turn_meta: dict,
         event: dict | None,
-    ) -> None:
-        """Set the session's turns to history + the client message + the reply; save it atomically."""
+    ) -> Session:
+        """Append the client message and the reply to the session whose turns are `history`: s
+        itself, else a new session forked from s; save it atomically and return it.
+
+        The caller holds s.lock (one exchange at a time per session)."""
+        if not s.dialogue.turns:  # a new named session takes the history it was started with
+            s.dialogue.turns = [Turn(h[0], h[1], {}) for h in history]
+        elif [(t.speaker, t.text) for t in s.dialogue.turns] != list(history):
+            with self.lock:
+                s = self._register(history, s)
         d, now = s.dialogue, _now()
-        old = d.turns
-        turns = [
-            old[i] if i < len(old) and (old[i].speaker, old[i].text) == h else Turn(h[0], h[1], {})
-            for i, h in enumerate(history)
-        ]
-        turns.append(Turn("client", client, {"time": now, "screen": turn_meta["screen"]}))
-        turns.append(
+        d.turns.append(Turn("client", client, {"time": now, "screen": turn_meta["screen"]}))
+        d.turns.append(
             Turn(
                 "counselor",
                 reply,
                 {"time": _now(), **{k: v for k, v in turn_meta.items() if k != "screen"}},
             )
         )
-        d.turns = turns
         d.meta["updated"] = _now()
         if event:
-            d.meta["events"].append({**event, "time": now, "turn": len(turns) - 2})
+            turn = len(d.turns) - 2
+            d.meta["events"].append({**event, "time": now, "turn": turn, "text": client})
         validate(d, s.file, s.id)
-        tmp = s.file.with_suffix(".tmp")
+        tmp = s.file.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
         tmp.write_text(json.dumps(d.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, s.file)
+        return s
 
 
 def read_sessions(folder) -> list[Dialogue]:

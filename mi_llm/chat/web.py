@@ -23,7 +23,10 @@ cut from the reply and saved as the turn's behaviour. In front of either, a smal
 - serves the chat page (`templates/chat.html`) at `/`.
 
 A request names its session with the OpenAI `user` field; without one, a conversation continues
-the session whose turns its history repeats, else it starts a new one.
+the session whose turns its history repeats, else it starts a new one. Sessions are append-only
+(mi_llm.chat.store): a history that differs from the named session's turns starts a new session
+linked to it. The app trusts no browser (mi_llm.chat.guard): local Host, its own Origin, JSON
+bodies of bounded size, typed fields, and a token when one is set (`--token`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pathlib import Path
 
 from fastapi import Request  # at module level: FastAPI resolves the handler's annotation here
 
-from mi_llm.chat import safety, serving, store
+from mi_llm.chat import guard, safety, serving, store
 from mi_llm.data.schema import SPEAKER_OF
 
 ON_CRISIS = ("refer", "refer_then_reply")
@@ -77,11 +80,13 @@ def make_app(
     on_crisis: str = "refer",
     country: str | None = None,
     referral: dict | None = None,
+    token: str | None = None,
 ):
     """The FastAPI app: /v1/chat/completions, /v1/models, /sessions/{id} and the page at /.
 
     ask(messages, body) -> (reply, finish_reason, usage, meta) answers a client message
-    (http_backend or conditioned_backend); meta is saved with the counselor's turn.
+    (http_backend or conditioned_backend); meta is saved with the counselor's turn. token: the
+    bearer token every request must carry (None: none asked; guard.check_headers).
     """
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import HTMLResponse, JSONResponse
@@ -95,6 +100,19 @@ def make_app(
     page = files("mi_llm").joinpath("templates/chat.html").read_text(encoding="utf-8")
     page = page.replace("{{model_id}}", model_id)
     app = FastAPI(title="mi-llm chat")
+
+    @app.middleware("http")
+    async def trust_no_browser(request: Request, call_next):
+        try:
+            by_query = guard.check_headers(
+                request.method, request.url.path, request.url.query, request.headers, token
+            )
+        except guard.Refused as e:
+            return JSONResponse({"detail": str(e)}, status_code=e.status)
+        response = await call_next(request)
+        if by_query:  # the page opened as /?token=...: its own requests carry the cookie
+            response.set_cookie(guard.COOKIE, token, httponly=True, samesite="strict")
+        return response
 
     @app.get("/", response_class=HTMLResponse)
     def index():
@@ -110,16 +128,17 @@ def make_app(
     @app.get("/sessions/{sid}")
     def get_session(sid: str):
         f = sessions.folder / f"{sid}.jsonl"
-        if not f.exists() or "/" in sid:
+        if not store.SESSION_ID.fullmatch(sid) or not f.exists():
             raise HTTPException(404, f"no session {sid!r}")
         return JSONResponse(json.loads(f.read_text(encoding="utf-8").splitlines()[0]))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            raise HTTPException(400, "request body is not JSON") from None
+            body = await guard.read_json(request)
+            guard.check_body(body)
+        except guard.Refused as e:
+            raise HTTPException(e.status, str(e)) from None
         if body.get("stream"):
             raise HTTPException(400, "stream: true is not supported; ask without streaming")
         label = body.get("mi_behaviour")
@@ -131,7 +150,7 @@ def make_app(
         try:
             history, client_text = _history(body.get("messages"))
             sid = body.get("user") or request.headers.get("x-session-id")
-            s = sessions.find(sid, history)
+            s = sessions.find(sid, history)  # the id's characters are checked there
         except ValueError as e:
             raise HTTPException(400, str(e)) from None
         import anyio
@@ -167,7 +186,7 @@ def make_app(
                 )
                 meta.update(extra, latency_s=round(time.perf_counter() - t0, 3))
             meta.update(model=served.model, variant=served.variant, finish_reason=finish)
-            sessions.record(s, history, client_text, text, meta, event)
+            s = sessions.record(s, history, client_text, text, meta, event)  # s, or its fork
         return {
             "id": "chatcmpl-" + uuid.uuid4().hex[:16],
             "object": "chat.completion",
@@ -203,6 +222,7 @@ class Chat:
     history: list = field(default_factory=list)  # talk()'s conversation so far
     session: str | None = None  # talk()'s session id, set by the first answer
     stop: object = None  # start(): stops the servers
+    token: str | None = None  # the bearer token the chat asks for, if any
 
     def talk(self, text: str, **settings) -> str:
         """One turn of a conversation kept here (notebooks): send, remember, return the reply."""
@@ -225,7 +245,8 @@ class Chat:
             **({"user": session} if session else {}),
             **settings,
         }
-        r = httpx.post(self.url + "/v1/chat/completions", json=body, timeout=600)
+        auth = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        r = httpx.post(self.url + "/v1/chat/completions", json=body, headers=auth, timeout=600)
         r.raise_for_status()
         return r.json()
 
@@ -246,8 +267,11 @@ def serve(
     serve_timeout: float = 300.0,
     max_tokens: int = 256,
     device: str | None = None,
+    token: str | None = None,
 ):
     """Serve a run's model with the chat in front, on 127.0.0.1 (a background thread); yield a Chat.
+
+    token: the bearer token every request must carry (default: $MI_LLM_CHAT_TOKEN; none if unset).
 
     backend_url: an already running OpenAI-compatible server for the model (tests; vLLM on a GPU),
     instead of starting `transformers serve`; backend_model: the model name its requests carry
@@ -263,6 +287,7 @@ def serve(
             "variant 'conditioned' is generated in this process (its reply starts with the "
             "behaviour tag, which an OpenAI endpoint cannot prefill); drop backend_url"
         )
+    token = guard.token_from_env(token)  # a short token fails now, before any model loads
     served = serving.resolve(run_dir, model, variant, merge=backend_url is None)
     referral = safety.referral_config(referral_file)
     if country:
@@ -286,7 +311,13 @@ def serve(
                 )
             ask = serving.http_backend(backend_url, backend_model or str(served.folder), max_tokens)
         app = make_app(
-            served, ask, sessions, on_crisis=on_crisis, country=country, referral=referral
+            served,
+            ask,
+            sessions,
+            on_crisis=on_crisis,
+            country=country,
+            referral=referral,
+            token=token,
         )
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port or api._free_port(), log_level="warning"
@@ -305,6 +336,7 @@ def serve(
                 served,
                 sessions,
                 f"{served.model}:{served.variant}",
+                token=token,
             )
         finally:
             server.should_exit = True
@@ -332,6 +364,12 @@ def main(run_dir, model=None, variant="finetuned", port=8765, **kw) -> None:
             f"[mi_llm] chat with {c.model_id} ({c.served.folder})\n"
             f"  page:     {c.url}/\n  endpoint: {c.url}/v1  (model {c.model_id!r})\n"
             f"  sessions: {c.sessions.folder}/\n  Ctrl-C to stop",
+            *(
+                ["  token:    asked for (open the page once as /?token=<your token>)"]
+                if c.token
+                else []
+            ),
+            sep="\n",
             flush=True,
         )
         try:

@@ -14,6 +14,13 @@ archives), ModelScope datasets through its HTTP API, Hugging Face Hub datasets a
 `<base>/<host>/<path>?<query>` instead (a mirror; the tests serve one on 127.0.0.1). Without a
 network, the fetch names each URL to download by hand and the path to put it at; the next fetch
 verifies what was put there.
+
+What a host serves is untrusted input (docs/reliability.md): every path, whether from the registry,
+LOCK.json or a host's file list, must stay under `<dest>/<name>/`; a download stops at its pinned
+size, else at `$MI_LLM_DATA_MAX_BYTES` (default 4 GB); an HTML page is refused (a proxy's or a
+login page served with 200 is never pinned); redirects are followed only on the source's own site
+(or, with a mirror, the mirror's host); whatever a refusal leaves half done is deleted and the
+message says so.
 """
 
 from __future__ import annotations
@@ -25,25 +32,23 @@ import shutil
 import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import httpx
-from tqdm.auto import tqdm
 
+from mi_llm.data.download import FetchError, _get, _Offline, download, safe_target
 from mi_llm.data.sources import DEFAULT_DEST, NAMES, SOURCES, File, Source, file_sha256, tree_digest
 
 MIRROR_ENV = "MI_LLM_DATA_MIRROR"
+# the sites a source's downloads may be redirected within (the host itself or a subdomain)
+SITES = {
+    "github": ("github.com", "githubusercontent.com"),
+    "modelscope": ("modelscope.cn",),
+    "hub": ("huggingface.co", "hf.co"),
+}
 LOCK = "LOCK.json"
 DEFAULT_BRANCH = {"modelscope": "master", "hub": "main"}
-
-
-class FetchError(RuntimeError):
-    """A download failed or did not match its pin; the message says which and what to do."""
-
-
-class _Offline(Exception):  # the host could not be reached at all
-    pass
 
 
 @dataclass
@@ -94,6 +99,13 @@ def list_url(s: Source, revision: str) -> str:
     )
 
 
+def allowed_hosts(s: Source) -> tuple[str, ...]:
+    """Hosts a download of this source may be redirected to: the mirror's alone when one is set,
+    else the source's site (a host or any of its subdomains)."""
+    base = os.environ.get(MIRROR_ENV)
+    return (urlsplit(base).netloc.lower(),) if base else SITES[s.kind]
+
+
 def _archive_path(dest: Path, s: Source) -> Path:
     return dest / ".archives" / f"{s.repo.replace('/', '+')}-{s.revision}.tar.gz"
 
@@ -117,76 +129,6 @@ def write_lock(dest: Path, lock: dict) -> None:
     tmp.replace(f)
 
 
-# ----------------------------------------------------------------------------- one download
-def download(
-    client: httpx.Client,
-    url: str,
-    target: Path,
-    sha256: str | None = None,
-    size: int | None = None,
-    desc: str = "",
-) -> tuple[str, int]:
-    """Download url to target via target.part, resuming a partial one; (sha256, size).
-
-    A sha256 or size other than the expected one deletes the partial file and raises FetchError;
-    nothing is then left at target.
-    """
-    target = Path(target)
-    part = target.with_name(target.name + ".part")
-    part.parent.mkdir(parents=True, exist_ok=True)
-    have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    try:
-        with client.stream("GET", url, headers=headers) as r:
-            if r.status_code == 416 and have:
-                pass  # the partial file is already whole
-            elif r.status_code == 404:
-                raise FetchError(
-                    f"{url}: not found (HTTP 404); the source has no such file "
-                    f"(wanted for {target})"
-                )
-            elif r.status_code >= 400:
-                raise FetchError(f"{url}: HTTP {r.status_code} (wanted for {target})")
-            else:
-                resumed = r.status_code == 206 and r.headers.get("content-range", "").startswith(
-                    f"bytes {have}-"
-                )
-                start = have if resumed else 0
-                length = int(r.headers.get("content-length") or 0)
-                with (
-                    open(part, "ab" if resumed else "wb") as out,
-                    tqdm(
-                        total=start + length or None,
-                        initial=start,
-                        unit="B",
-                        unit_scale=True,
-                        desc=desc or target.name,
-                        leave=False,
-                    ) as bar,
-                ):
-                    for chunk in r.iter_bytes(1 << 16):
-                        out.write(chunk)
-                        bar.update(len(chunk))
-    except (httpx.ConnectError, httpx.ConnectTimeout) as e:
-        raise _Offline(str(e)) from e
-    except httpx.TransportError as e:
-        got = part.stat().st_size if part.exists() else 0
-        raise FetchError(
-            f"{url}: interrupted after {got:,} bytes ({e}); run the same fetch "
-            f"again to resume from {part}"
-        ) from e
-    got_sha, got_size = file_sha256(part), part.stat().st_size
-    if (sha256 and got_sha != sha256) or (size is not None and got_size != size):
-        part.unlink()
-        raise FetchError(
-            f"checksum mismatch for {target} from {url}: got sha256 {got_sha} ({got_size:,} "
-            f"bytes), expected {sha256 or 'any'} ({'?' if size is None else f'{size:,}'} bytes); "
-            "the download was deleted"
-        )
-    part.replace(target)
-    return got_sha, got_size
-
-
 # ----------------------------------------------------------------------------- one source
 def _verify_existing(target: Path, pin: str | None, pinned_by: str) -> str:
     sha = file_sha256(target)
@@ -198,13 +140,12 @@ def _verify_existing(target: Path, pin: str | None, pinned_by: str) -> str:
     return sha
 
 
-def _safe_rel(name: str) -> bool:
-    p = PurePosixPath(name)
-    return not p.is_absolute() and ".." not in p.parts
-
-
 def _extract(archive: Path, folder_in_repo: str, out: Path) -> None:
-    """Write the archive's files under <top>/<folder_in_repo>/ into out (regular files only)."""
+    """Write the archive's files under <top>/<folder_in_repo>/ into out (regular files only).
+
+    A refused or unreadable archive is deleted, with whatever was extracted, and the message
+    says so: the next fetch downloads it again instead of failing the same way.
+    """
     try:
         with tarfile.open(archive, "r:gz") as tar:
             prefix = None
@@ -213,22 +154,21 @@ def _extract(archive: Path, folder_in_repo: str, out: Path) -> None:
                     prefix = f"{m.name.split('/')[0]}/{folder_in_repo.strip('/')}/"
                 if not (m.isfile() and m.name.startswith(prefix)):
                     continue
-                rel = m.name[len(prefix) :]
-                if not _safe_rel(rel):
-                    raise FetchError(f"{archive}: unsafe member path {m.name!r}")
-                dst = out / rel
+                dst = safe_target(out, m.name[len(prefix) :], f"{archive}: member {m.name!r}")
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 with tar.extractfile(m) as src, open(dst, "wb") as f:
                     shutil.copyfileobj(src, f)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        if isinstance(e, FetchError):
-            raise
+    except (FetchError, tarfile.TarError, EOFError, OSError) as e:
+        shutil.rmtree(out, ignore_errors=True)
         archive.unlink(missing_ok=True)
-        raise FetchError(f"{archive}: unreadable archive ({e}); it was deleted, fetch again") from e
+        why = str(e) if isinstance(e, FetchError) else f"{archive}: unreadable archive ({e})"
+        raise FetchError(
+            f"{why}; the archive and {out} were deleted; fetch again to download it anew"
+        ) from e
 
 
 def _tree(client, s: Source, f: File, dest: Path, manual: list) -> dict | None:
-    folder = dest / s.name / f.path
+    folder = safe_target(dest / s.name, f.path, f"source {s.name}")
     record = {
         "path": f.path,
         "n_files": f.n_files,
@@ -250,7 +190,9 @@ def _tree(client, s: Source, f: File, dest: Path, manual: list) -> dict | None:
     url = mirrored(archive_url(s))
     if not archive.exists():
         try:
-            download(client, url, archive, desc=f"{s.name}: {s.repo} archive")
+            download(
+                client, url, archive, desc=f"{s.name}: {s.repo} archive", allowed=allowed_hosts(s)
+            )
         except _Offline:
             manual.append(
                 Manual(url, archive, f"the repository archive; fetch takes {f.path}/ from it")
@@ -262,10 +204,12 @@ def _tree(client, s: Source, f: File, dest: Path, manual: list) -> dict | None:
     digest, n, total = tree_digest(tmp) if tmp.exists() else ("(nothing)", 0, 0)
     if digest != f.sha256:
         shutil.rmtree(tmp, ignore_errors=True)
+        archive.unlink(missing_ok=True)
         raise FetchError(
             f"checksum mismatch for {folder} from {archive}: tree sha256 {digest} "
             f"({n:,} files, {total:,} bytes), expected {f.sha256} ({f.n_files:,} "
-            f"files, {f.size:,} bytes); nothing was left in place"
+            f"files, {f.size:,} bytes); nothing was left in place (the archive and "
+            f"{tmp.name} were deleted)"
         )
     tmp.rename(folder)
     return record
@@ -274,7 +218,7 @@ def _tree(client, s: Source, f: File, dest: Path, manual: list) -> dict | None:
 def _file(
     client, s: Source, f: File, revision: str, dest: Path, locked: dict, manual: list
 ) -> dict | None:
-    target = dest / s.name / f.path
+    target = safe_target(dest / s.name, f.path, f"source {s.name}")
     pin = f.sha256 or locked.get(f.path, {}).get("sha256")
     pinned_by = "registry" if f.sha256 else ("LOCK.json" if pin else "LOCK.json (this fetch)")
     url = mirrored(file_url(s, f.path, revision))
@@ -289,6 +233,7 @@ def _file(
                 pin,
                 f.size or locked.get(f.path, {}).get("size"),
                 desc=f"{s.name}: {f.path}",
+                allowed=allowed_hosts(s),
             )
         except _Offline:
             manual.append(Manual(url, target))
@@ -302,12 +247,15 @@ def _listed(client, s: Source, revision: str, dest: Path, locked: dict, manual: 
     """The files of a source without a file list: LOCK.json's, else the host's list, else the
     files already put in its folder by hand."""
     if locked:
+        for p in locked:
+            safe_target(dest / s.name, p, f"{dest / LOCK}: {s.name}.files")
         return [File(p, v["sha256"], v["size"]) for p, v in sorted(locked.items())]
     if s.kind != "modelscope":
         raise FetchError(f"source {s.name}: no files listed and {s.kind} listing is not supported")
     url = mirrored(list_url(s, revision))
     try:
-        r = client.get(url)
+        with _get(client, url, allowed_hosts(s)) as r:
+            r.read()
     except (httpx.ConnectError, httpx.ConnectTimeout):
         here = sorted(p for pat in s.patterns for p in (dest / s.name).rglob(pat) if p.is_file())
         if here:
@@ -327,12 +275,18 @@ def _listed(client, s: Source, revision: str, dest: Path, locked: dict, manual: 
         entries = r.json()["Data"]["Files"]
     except (ValueError, KeyError, TypeError) as e:
         raise FetchError(f"{url}: unexpected file list ({e}); expected JSON Data.Files") from e
-    files = [
-        File(e["Path"], e.get("Sha256") or None, e.get("Size"))
-        for e in entries
-        if e.get("Type") != "tree"
-        and any(fnmatch.fnmatch(e["Path"].rsplit("/", 1)[-1], p) for p in s.patterns)
-    ]
+    files = []
+    for i, e in enumerate(entries):
+        where = f"{url}: Data.Files[{i}].Path"
+        if not isinstance(e, dict) or not isinstance(e.get("Path"), str):
+            raise FetchError(f"{where}: missing or not a string; refused the file list")
+        if e.get("Type") == "tree" or not any(
+            fnmatch.fnmatch(e["Path"].rsplit("/", 1)[-1], p) for p in s.patterns
+        ):
+            continue
+        safe_target(dest / s.name, e["Path"], where)  # a hostile list names no path outside
+        size = e.get("Size")
+        files.append(File(e["Path"], e.get("Sha256") or None, size if type(size) is int else None))
     if not files:
         raise FetchError(f"{url}: the dataset lists no {' / '.join(s.patterns)} file")
     return files

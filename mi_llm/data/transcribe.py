@@ -9,7 +9,9 @@ With `tag_behaviour` every counselor turn must start with its MI behaviour tag (
 mi_llm.eval.forecast); the tag is checked and kept in the stored content, so SFT learns it unchanged.
 Nothing invented, nothing lost: a whole-dialogue rewrite keeps the source's turn structure and its
 client turns (equal after whitespace/punctuation normalisation, within
-transcription.client_edit_tolerance); a stage whose dialogues failed on transport errors above
+transcription.client_edit_tolerance, with no negation, sentence type or number changed), and the
+records store the source's client turns, never the model's copy; a counselor turn holding a speaker
+label or a whole client sentence is refused (mi_llm.data.transcript); a stage whose dialogues failed on transport errors above
 llm.max_transport_failures fails, so that a re-run resumes it from the answer cache.
 """
 
@@ -198,7 +200,7 @@ def _by_dialogue(ep, dialogues, P, cache_path, batch_dir):
     for d, items in zip(dialogues, per):
         for i, r in items:
             r.validate = lambda text, d=d, i=i: transcript.validate_turn(
-                text, d.turns[i].text, d.turns[:i], tp
+                text, d.turns[i].text, d.turns[:i], tp, after=d.turns[i + 1 :]
             )
             reqs.append(r)
     # the local server ignores `stop`, so answers run on past their first line: validate_turn checks it

@@ -1,6 +1,13 @@
 """A rewritten dialogue read and checked against its source: the 来访者：/咨询师： line format, and
 the validation that keeps the source's structure and client words (nothing invented, nothing
-lost) and refuses a counselor turn that is not a whole rewrite."""
+lost) and refuses a counselor turn that is not a whole rewrite.
+
+The source's client words are kept (docs/reliability.md): a validated dialogue stores the
+source's client turns, not the model's copy of them; a client turn may differ only within
+`client_edit_tolerance`, and an inserted or dropped negation, a changed sentence type (a statement
+made a question, or a question a statement) or a changed number fails whatever the tolerance; a counselor
+turn that carries a speaker label or a whole sentence of the client's is refused (the model
+putting words in the client's mouth)."""
 
 from __future__ import annotations
 
@@ -94,6 +101,52 @@ def edit_share(new: str, source: str) -> float:
     return 1.0 - difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
+NEGATION = re.compile(
+    r"[不没沒别別未无無非莫勿甭]|\b(?:not|no|never|nothing|nobody|none|nor|cannot)\b|n't",
+    re.IGNORECASE,
+)
+NUMBER = re.compile(r"\d+(?:[.,]\d+)?|[零〇一二两三四五六七八九十百千万亿半]")
+QUESTION = "？?"  # a statement made a question (or back) changes what the client said
+CLIENT_SENTENCE_MIN = 6  # normalised characters: shorter sentences (嗯。/ 是的。) may be echoed
+
+
+def meaning_edits(new: str, source: str) -> str | None:
+    """What a client edit changed that no tolerance allows, or None: negations, sentence types
+    (questions against statements; an exclamation mark for a full stop is punctuation), numbers."""
+    for what, found in (
+        ("negation", lambda t: sorted(m.lower() for m in NEGATION.findall(t))),
+        ("sentence type", lambda t: ["?" for c in t if c in QUESTION]),
+        ("number", lambda t: sorted(NUMBER.findall(unicodedata.normalize("NFKC", t)))),
+    ):
+        a, b = found(new), found(source)
+        if a != b:
+            return f"{what}s {''.join(a) or '(none)'} vs the source's {''.join(b) or '(none)'}"
+    return None
+
+
+def client_sentences(turns: list[Turn]) -> list[str]:
+    """The normalised sentences of the client turns (those of CLIENT_SENTENCE_MIN characters or more)."""
+    out = []
+    for t in turns:
+        if t.speaker == "client":
+            for sent in re.split(r"[。？！?!…；;\n]+", t.text):
+                key = normalise(sent)
+                if len(key) >= CLIENT_SENTENCE_MIN:
+                    out.append(key)
+    return out
+
+
+def check_counselor(text: str, clients: list[str], where: str) -> None:
+    """A counselor turn must not carry a speaker label or a whole client sentence."""
+    inside = SPEAKER_INSIDE.search(text)
+    if inside:
+        raise ValueError(f"speaker_label: {where} contains a speaker label {inside.group(0)!r}")
+    key = normalise(text)
+    hit = next((c for c in clients if c in key), None)
+    if hit:
+        raise ValueError(f"client_sentence: {where} repeats the client's sentence {hit[:30]!r}")
+
+
 def check_structure(turns: list[Turn], source: Dialogue, tp) -> None:
     """Same speakers turn by turn as the source, and the source's client turns kept (within tolerance)."""
     src = source.turns
@@ -106,6 +159,9 @@ def check_structure(turns: list[Turn], source: Dialogue, tp) -> None:
             raise ValueError(f"structure: turn {i} is {t.speaker}, in the source {s.speaker}")
     for i, (t, s) in enumerate(zip(turns, src)):
         if t.speaker == "client":
+            changed = meaning_edits(t.text, s.text)
+            if changed:
+                raise ValueError(f"client_altered: turn {i} changes the {changed}: {t.text[:30]!r}")
             share = edit_share(t.text, s.text)
             if share > tp.client_edit_tolerance:
                 raise ValueError(
@@ -139,7 +195,15 @@ def validate_dialogue(text: str, source: Dialogue, tp) -> list[Turn]:
         raise ValueError("no_counselor: no counselor turn")
     check_text("".join(t.text for t in turns), "".join(t.text for t in source.turns), tp)
     check_structure(turns, source, tp)
-    return tagged
+    clients = client_sentences(source.turns)
+    for i, t in enumerate(turns):
+        if t.speaker == "counselor":
+            check_counselor(t.text, clients, f"turn {i}")
+    # the stored client turns are the source's own words, not the model's copy of them
+    return [
+        Turn(t.speaker, s.text) if t.speaker == "client" else t
+        for t, s in zip(tagged, source.turns)
+    ]
 
 
 def whole_sentences(line: str) -> str:
@@ -157,8 +221,9 @@ def whole_sentences(line: str) -> str:
     return "".join(kept)
 
 
-def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
-    """One rewritten counselor turn: its first line, unlabelled, complete, new, in language, in length."""
+def validate_turn(text: str, source: str, context: list[Turn], tp, after: list[Turn] = ()) -> str:
+    """One rewritten counselor turn: its first line, unlabelled, complete, new, in language, in
+    length, without a sentence of the client's (context, and the turns `after` it)."""
     line = next((x.strip() for x in text.strip().splitlines() if x.strip()), "")
     m = LINE.match(line)
     if m and SPEAKER_OF[m.group(1)] == "client":
@@ -167,7 +232,7 @@ def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
     while lm := REPLY_LABEL.match(line):  # 原回复：… / 改写：… before the words
         line = line[lm.end() :]
     inside = SPEAKER_INSIDE.search(line)
-    if inside:
+    if inside:  # before the tag is read: a label anywhere in the line fails
         raise ValueError(f"speaker_label: the reply contains a speaker label {inside.group(0)!r}")
     label = None
     if tp.tag_behaviour:
@@ -179,5 +244,6 @@ def validate_turn(text: str, source: str, context: list[Turn], tp) -> str:
     key = normalise(line)
     if key == normalise(source) or any(key == normalise(t.text) for t in context):
         raise ValueError("copied: the reply repeats the source or the context")
+    check_counselor(line, client_sentences([*context, *after]), "the reply")
     check_text(line, source, tp)
     return schema.tag_text(line, label) if label else line

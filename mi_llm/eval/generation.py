@@ -170,11 +170,13 @@ def fingerprint(P, name: str, variant: str, weights, adapter: Path | None) -> st
     import hashlib
 
     from mi_llm.runs import sha256_file
+    from mi_llm.train.identity import base_identity
 
     E = P.evaluation
     facts = {
         "model": name,
         "weights": str(weights or ""),
+        "base": base_identity(name, weights),  # the weights' sha256, not only their folder
         "variant": variant,
         "seed": P.seed,
         "max_new_tokens": E.max_new_tokens,

@@ -7,10 +7,10 @@
 
 `endpoint` gives a remote endpoint (key from the environment, never stored) or serves an embedded
 registry model with `transformers serve` on 127.0.0.1. `complete` sends requests concurrently through
-the official `openai` AsyncOpenAI client with our own backoff (429/5xx/timeouts, Retry-After honoured,
-jitter), validates each answer, asks again up to `retries` times, and keeps every finished answer in a
-SQLite cache keyed by (model, settings, messages, attempt), committed at once: a re-run or a resume
-after kill -9 repeats no finished request. The OpenAI Batch API (mi_llm.llm.batch) is the same call
+the official `openai` AsyncOpenAI client with our own backoff (429/5xx/timeouts, Retry-After honoured
+up to backoff.RETRY_AFTER_MAX_S, jitter), validates each answer, asks again up to `retries` times,
+and keeps every finished answer in a SQLite cache keyed by (model, settings, messages, attempt),
+committed at once: a re-run or a resume after kill -9 repeats no finished request. The OpenAI Batch API (mi_llm.llm.batch) is the same call
 with batch_dir set.
 """
 
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import datetime
-import email.utils
 import json
 import os
 import random
@@ -36,7 +34,7 @@ from pathlib import Path
 import openai
 from tqdm.auto import tqdm
 
-from mi_llm.llm import batch
+from mi_llm.llm import backoff, batch
 from mi_llm.llm.cache import Answer, Cache, cache_key
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
@@ -271,25 +269,6 @@ RETRIABLE = (
 )
 
 
-def _retry_after(e) -> float | None:
-    """Seconds the server asked to wait: Retry-After in seconds or as an HTTP date (None if absent)."""
-    resp = getattr(e, "response", None)
-    value = resp.headers.get("retry-after") if resp is not None else None
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, (when - datetime.datetime.now(datetime.UTC)).total_seconds())
-
-
 def _answer(r, key: str) -> Answer:
     """The Answer in a chat completion response, or MalformedAnswer naming the request."""
     if isinstance(r, (str, bytes)):
@@ -328,14 +307,22 @@ async def _call(client, ep: Endpoint, messages, settings, llm_params, res: Resul
     for i in range(llm_params.max_retries + 1):
         res.api_calls += 1
         try:
-            r = await client.chat.completions.create(model=ep.model, messages=messages, **settings)
+            try:
+                r = await client.chat.completions.create(
+                    model=ep.model, messages=messages, **settings
+                )
+            except json.JSONDecodeError as e:  # a body labelled application/json that is not
+                raise MalformedAnswer(
+                    f"request {res.key}: HTTP 200 body sent as JSON is not JSON ({e.msg} at "
+                    f"character {e.pos}): {e.doc[:80]!r}"
+                ) from e
             return _answer(r, res.key)
         except RETRIABLE as e:
             if i == llm_params.max_retries:
                 raise
-            # full jitter on exponential backoff; Retry-After is a floor, never shortened
+            # full jitter on exponential backoff; Retry-After is a floor (up to its cap)
             delay = random.uniform(0, min(llm_params.backoff_max, llm_params.backoff_base * 2**i))
-            await asyncio.sleep(max(delay, _retry_after(e) or 0.0))
+            await asyncio.sleep(max(delay, backoff.retry_after(e) or 0.0))
     raise AssertionError("unreachable")
 
 

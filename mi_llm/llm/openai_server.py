@@ -45,6 +45,10 @@ class Stats:
         return sum(n - 1 for n in self.by_body.values() if n > 1)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # the listen backlog: 5 by default refuses bursts of 16+ connections
+
+
 class BaseURL(str):
     """The server's base URL (".../v1"), carrying its Stats as `.stats`."""
 
@@ -252,7 +256,7 @@ def serve(handler, latency_s: float = 0.0, script=None, batch_polls: int = 1, po
     """Run the server on 127.0.0.1 (`port`, 0: a free one); yield its base URL (with `.stats`)."""
     stats = Stats()
     store = {"files": {}, "batches": {}}
-    httpd = ThreadingHTTPServer(
+    httpd = _Server(
         ("127.0.0.1", port), _make_handler(handler, latency_s, script, stats, store, batch_polls)
     )
     httpd.daemon_threads = True

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import json
 import re
 import resource
@@ -28,6 +27,7 @@ from mi_llm.data.schema import DataError, read_split
 from mi_llm.models import devices, registry, tokenizer_files
 from mi_llm.params import Params
 from mi_llm.params import path as params_path
+from mi_llm.train.identity import IDENTITY_FILE, _stale, identity
 
 STAGE = "03_sft"
 TRAIN_FILE = stages.TRAIN
@@ -306,34 +306,6 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return max(found)[1] if found else None
 
 
-# ----------------------------------------------------------------------------- run identity
-IDENTITY_FILE = "identity.json"  # in checkpoints/: what every checkpoint there was trained on
-
-
-def identity(P: Params) -> dict:
-    """sha256 of the training split and of the sft params (with the seed): what a run trained on."""
-    from mi_llm.runs import sha256_file
-
-    blob = json.dumps(
-        {"sft": dataclasses.asdict(P.sft), "seed": P.seed}, sort_keys=True, default=str
-    )
-    return {
-        "train_sha256": sha256_file(P.run_dir / TRAIN_FILE),
-        "sft_params_sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest(),
-    }
-
-
-def _stale(ckpt_dir: Path, ident: dict) -> str | None:
-    """Why the checkpoints under ckpt_dir cannot be resumed for this identity (None when they can)."""
-    f = Path(ckpt_dir) / IDENTITY_FILE
-    if not f.exists():
-        return f"its checkpoints record no {IDENTITY_FILE} (training data and params unknown)"
-    old = json.loads(f.read_text(encoding="utf-8"))
-    what = {"train_sha256": "training data", "sft_params_sha256": "sft params"}
-    changed = [what[k] for k in ident if old.get(k) != ident[k]]
-    return f"the {' and the '.join(changed)} changed since its checkpoints" if changed else None
-
-
 def _clear(out: Path) -> None:
     """Remove a stale run's checkpoints, adapter, merged model, log and report."""
     import shutil
@@ -359,7 +331,9 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     out = P.stage_dir(STAGE) / model_name
     ckpt_dir = out / "checkpoints"
     read_train(P)  # fail on a missing or bad split before loading a model
-    ident = identity(P)
+    if model_path is None and model_name in P.model_paths:
+        model_path = params_path(P.model_paths[model_name])
+    ident = identity(P, model_name, model_path)
     resume = last_checkpoint(ckpt_dir)
     stale = _stale(ckpt_dir, ident) if resume else None
     done = out / REPORT_FILE
@@ -382,8 +356,6 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
     _write_identity(ckpt_dir, ident)
     from mi_llm.train.loss import LossPositionsSFTTrainer
 
-    if model_path is None and model_name in P.model_paths:
-        model_path = params_path(P.model_paths[model_name])
     dtype = devices.compute_dtype(
         spec.dtype, "cpu" if _on_cpu(P) else "cuda"
     )  # fp32 on a CPU without bf16
@@ -416,10 +388,10 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
         return {}
     # the adapter's tokenizer then loads without a second parse of tokenizer.json (tokenizer_files)
     tokenizer_files.write_added_tokens(tok, out / ADAPTER_DIR)
-    return _finish(P, spec, trainer, out, log.rows, wall, result, resume, len(dataset))
+    return _finish(P, spec, trainer, out, log.rows, wall, result, resume, len(dataset), ident)
 
 
-def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples) -> dict:
+def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples, ident) -> dict:
     """Save the optional merged model and write report.json (main process only)."""
     if P.sft.merge:  # single-process runs: a sharded model cannot be merged in place
         merged = trainer.model.merge_and_unload()
@@ -447,7 +419,7 @@ def _finish(P, spec, trainer, out: Path, rows, wall, result, resume, n_samples) 
         "resumed_from": Path(resume).name if resume else None,
         "packing": trainer.args.packing,
         "padding_free": trainer.padding_free,
-        "identity": identity(P),
+        "identity": ident,
     }
     write_atomic(out / REPORT_FILE, json.dumps(report, indent=2))
     return report
