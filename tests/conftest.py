@@ -499,9 +499,5 @@ def miti_params(tmp_path, **miti_cfg):
     p = params.load("params/smoke.yaml")
     p.llm.cache_path = str(tmp_path / "cache.sqlite")
     p.llm.max_retries = 0
-    p.evaluation.miti = {
-        **dataclasses.asdict(p.evaluation.miti),
-        "max_utterances": None,
-        **miti_cfg,
-    }
+    p.evaluation.miti = dataclasses.replace(p.evaluation.miti, max_utterances=None, **miti_cfg)
     return p
