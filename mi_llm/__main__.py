@@ -96,18 +96,21 @@ def _report(files, overrides, environment: bool) -> int:
         errs = check.check(f, overrides, environment)
         bad += bool(errs)
         print(f"{f}: " + ("ok" if not errs else "\n  - " + "\n  - ".join(errs)))
-        _notes(f, out=sys.stdout)
+        _notes(f, listing=True)
         for line in check.defaults_used(f):
             print(f"  default used: {line}")
     return 1 if bad else 0
 
 
-def _notes(params_file: str, out=sys.stderr) -> None:
+def _notes(params_file: str, listing: bool = False) -> None:
+    """A copied recipe's name note: in a check's listing, or on stderr before a run."""
     from mi_llm import params
 
     note = params.name_note(params_file)
-    if note:
-        print(f"  note: {note}" if out is sys.stdout else f"[mi_llm] note: {note}", file=out)
+    if note and listing:
+        print(f"  note: {note}")
+    elif note:
+        print(f"[mi_llm] note: {note}", file=sys.stderr)
 
 
 def cmd_sync(a) -> int:

@@ -218,6 +218,24 @@ def acquire(run_dir) -> bool:
     return True
 
 
+def ensure_free(run_dir) -> None:
+    """Raise AlreadyRunning when another process holds the run's lock; creates nothing (a quick
+    look before the checks, which take seconds; acquire() still takes the lock itself)."""
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD or os.environ.get(LOCK_ENV) == key or not (run_dir / ".lock").exists():
+        return
+    with open(run_dir / ".lock") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = f.read().strip() or "?"
+            raise AlreadyRunning(
+                f"{run_dir} is already running (pid {holder}); wait for it to finish or "
+                f"stop it, then run again"
+            ) from None
+
+
 def release(run_dir) -> None:
     """Give up this process's lock on run_dir (a no-op when it holds none)."""
     f = _HELD.pop(str(Path(run_dir).resolve()), None)

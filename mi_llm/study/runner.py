@@ -44,8 +44,15 @@ class Refused(params_mod.ParamsError):
 def preflight(params_file: str, overrides=(), dry_run: bool = False):
     """The validated params of a run, after every check of `python -m mi_llm check`; raises
     Refused listing every problem (nothing started, no run folder made)."""
+    from mi_llm import runs
     from mi_llm.study import check
 
+    try:  # a run of the same name in progress stops this one at once, before the checks
+        runs.ensure_free(params_mod.load(params_file, overrides).run_dir)
+    except params_mod.ParamsError:
+        pass  # reported with every other problem below
+    except runs.AlreadyRunning as e:
+        raise SystemExit(f"[mi_llm] {e}") from None
     P, errs = check.problems(params_file, overrides, dry_run=dry_run)
     if P is None:  # the file itself: one line naming it (and line:column of a YAML error)
         raise Refused(errs[0])
