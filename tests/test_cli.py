@@ -188,3 +188,10 @@ def test_no_traceback_from_the_command_line_itself(tmp_path):
         )
         assert out.returncode in (1, 2) and "Traceback" not in out.stderr + out.stdout
         assert message in out.stderr + out.stdout
+
+
+def test_an_unknown_stage_is_refused_even_beside_known_ones(runs):
+    run_root, seen = runs
+    with pytest.raises(SystemExit, match=r"--only 09: no such stage; stages are 01_seen"):
+        main(["run", "params/smoke.yaml", "--only", "01", "09"])
+    assert not seen.exists() and not run_root.exists()

@@ -25,15 +25,17 @@ def select(only: list[str] | None) -> list[Path]:
     all_ = stages()
     if not only:
         return all_
-    chosen = [
-        nb
-        for nb in all_
-        if any(
-            nb.stem == o or nb.stem.startswith(f"{o}_") or nb.stem[:2] == o.zfill(2) for o in only
+
+    def hit(nb, o):
+        return nb.stem == o or nb.stem.startswith(f"{o}_") or nb.stem[:2] == o.zfill(2)
+
+    unknown = [o for o in only if not any(hit(nb, o) for nb in all_)]
+    if unknown:  # every name must match: a typo never silently drops a stage
+        raise SystemExit(
+            f"[mi_llm] --only {' '.join(unknown)}: no such stage; stages are "
+            f"{', '.join(nb.stem for nb in all_)}"
         )
-    ]
-    if not chosen:
-        raise SystemExit(f"--only {only}: no such stage; stages are {[nb.stem for nb in all_]}")
+    chosen = [nb for nb in all_ if any(hit(nb, o) for o in only)]
     return chosen
 
 
@@ -81,8 +83,8 @@ def run(
     run folder is made. overrides: `KEY=VALUE` strings (`--set`), recorded in provenance.json.
     dry_run: the stages run against the local stand-in and tiny checkpoints (mi_llm.study.dryrun).
     """
-    P = preflight(params_file, overrides, dry_run)
     only_ = select(only)  # an unknown stage is refused before anything starts, too
+    P = preflight(params_file, overrides, dry_run)
     if not dry_run:
         return _locked(P, params_file, only_, progress, overrides)
     from mi_llm.study import dryrun
