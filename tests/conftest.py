@@ -376,7 +376,10 @@ def mi_model(req: dict) -> str:
 
 
 def smoke_params(**tp) -> params.Params:
+    """The smoke params as a remote-endpoint transcription test needs them; untagged unless
+    tag_behaviour is given."""
     P = params.load(ROOT / "params/smoke.yaml")
+    tp.setdefault("tag_behaviour", False)
     llm_p = dataclasses.replace(
         P.llm, provider="remote", request_timeout=10, backoff_base=0.01, backoff_max=0.05
     )

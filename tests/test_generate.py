@@ -99,7 +99,11 @@ def _params(**evaluation):
         "max_new_tokens": 4,
         **evaluation,
     }
-    return params.from_dict({"name": "test_generate", "device": "cpu", "evaluation": ev})
+    # the conditioned variant needs a tagged transcription (the test sets hold tagged turns)
+    tp = {"tag_behaviour": "conditioned" in ev["variants"], "prompt_version": "mi_tagged_v1"}
+    return params.from_dict(
+        {"name": "test_generate", "device": "cpu", "evaluation": ev, "transcription": tp}
+    )
 
 
 def test_resume_skips_finished_rounds(tiny_model_dir, tmp_path, monkeypatch):
