@@ -107,7 +107,7 @@ RANGES = [
 MAPPINGS = {
     "sft.lora": {
         "r": (int, 1, None),
-        "lora_alpha": (float, POSITIVE, None),
+        "lora_alpha": (int, 1, None),
         "lora_dropout": (float, 0, BELOW_1),
     },
     "sft.config": {

@@ -420,3 +420,20 @@ def test_a_notebook_given_part_of_a_section_keeps_the_recipes_other_values():
     assert "quality.max_dialogue_chars" in msg and "evaluation.miti.annomi_sample" in msg
     whole = params.load("params/smoke.yaml").to_dict()  # what the runner passes: used as is
     assert params.from_namespace(whole) == params.load("params/smoke.yaml")
+
+
+def test_check_holds_sft_values_to_the_types_peft_and_trl_declare(tmp_path):
+    f = write_params(
+        tmp_path,
+        "bad",
+        sft={"config": {"bf16": "yes", "lr_scheduler_type": 3, "packing": True}},
+    )
+    assert check.check(str(f), environment=False) == [
+        "sft.config.bf16: 'yes' is not of the type trl declares (bool | None)",
+        (
+            "sft.config.lr_scheduler_type: 3 is not of the type trl declares "
+            "(transformers.trainer_utils.SchedulerType | str)"
+        ),
+    ]
+    with pytest.raises(params.ParamsError, match=r"sft\.lora\.lora_alpha: expected an integer"):
+        params.from_dict({"sft": {"lora": {"lora_alpha": 8.5}}})

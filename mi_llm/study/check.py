@@ -58,8 +58,78 @@ def recipe_problems(P) -> list[str]:
     errs = model_problems(P)
     errs += [e for e in sft.check_params(P) if not e.startswith("sft.models: unknown model")]
     errs += generation_problems(P.evaluation.generation)
+    errs += declared_type_problems(P)
     errs += study_inputs(P)
     return errs
+
+
+def declared_type_problems(P) -> list[str]:
+    """Values of sft.lora and sft.config whose type is not the one PEFT or TRL declares for the
+    field (bf16: "yes", r: 8.5); fields whose declared type is not a plain one are left to them."""
+    import typing
+
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    errs = []
+    for section, cls in [("sft.lora", LoraConfig), ("sft.config", SFTConfig)]:
+        hints = typing.get_type_hints(cls)
+        for key, value in getattr(P.sft, section.split(".")[1]).items():
+            if key in hints and not _fits(value, hints[key]):
+                errs.append(
+                    f"{section}.{key}: {value!r} is not of the type {cls.__module__.split('.')[0]}"
+                    f" declares ({_type_name(hints[key])})"
+                )
+    return errs
+
+
+_PLAIN = {
+    bool: (bool,),
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    list: (list,),
+    dict: (dict,),
+}
+
+
+def _fits(value, tp) -> bool:
+    """Whether a YAML value fits a declared type; True where the type is not a plain one."""
+    import enum
+    import types
+    import typing
+
+    args = (
+        typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    )
+    checkable = False
+    for a in args:
+        base = typing.get_origin(a) or a
+        if a is type(None):
+            checkable = True
+            if value is None:
+                return True
+        elif isinstance(base, type) and issubclass(base, enum.Enum):
+            checkable = True
+            if isinstance(value, str):
+                return True
+        elif base in _PLAIN:
+            checkable = True
+            if isinstance(value, _PLAIN[base]) and (base is bool or not isinstance(value, bool)):
+                return True
+        else:
+            return True  # a type this check does not know: PEFT or TRL decide
+    return not checkable
+
+
+def _type_name(tp) -> str:
+    return (
+        str(tp)
+        .replace("typing.", "")
+        .replace("NoneType", "None")
+        .replace("<class '", "")
+        .replace("'>", "")
+    )
 
 
 def model_problems(P) -> list[str]:
