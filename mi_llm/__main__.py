@@ -201,12 +201,21 @@ def cmd_chat(a) -> int:
 
 
 def cmd_code_sessions(a) -> int:
-    from mi_llm.chat import sessions
+    from pathlib import Path
 
-    folder = a.folder
-    if not os.path.isdir(folder):
-        raise UserError(f"{folder}: no such folder (a run's chat folder, runs/<name>/chat)")
-    sessions.main(folder, a.out)
+    from mi_llm.chat import sessions
+    from mi_llm.data.schema import DataError
+
+    folder = Path(a.folder)
+    if not folder.is_dir() and folder.name != "chat":  # a run's name or folder: its chat folder
+        folder = run_folder(a.folder) / "chat"
+    if not folder.is_dir():
+        raise UserError(f"{a.folder}: no such folder (a run's chat folder, runs/<name>/chat)")
+    run_folder(str(folder.parent))  # the run the sessions belong to (its params and models)
+    try:
+        sessions.main(str(folder), a.out)
+    except (DataError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
     return 0
 
 
@@ -286,7 +295,7 @@ def parser() -> argparse.ArgumentParser:
         help="MITI-code saved chat sessions; client change/sustain talk",
         formatter_class=fmt,
     )
-    cs.add_argument("folder", help="a run's chat folder, runs/<name>/chat")
+    cs.add_argument("folder", help="a run's chat folder (runs/<name>/chat) or the run's name")
     cs.add_argument("--out", help="output folder (default: <folder>/coded)")
     cs.set_defaults(func=cmd_code_sessions)
     return ap
@@ -339,6 +348,8 @@ def main(argv=None) -> int:
         return a.func(a)
     except (UserError, ParamsError) as e:  # one paragraph naming the file and key, no traceback
         return _fail(str(e))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
 
 
 if __name__ == "__main__":

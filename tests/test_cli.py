@@ -149,6 +149,10 @@ def test_chat_mistakes_are_one_paragraph(runs, capsys):
     assert "--country/--referral: no crisis hotline configured for country 'FR'" in err_of(capsys)
     assert main(["chat", "smoke", "--model", "glm-4-9b-chat"]) == 2
     assert "--model 'glm-4-9b-chat': the run" in err_of(capsys)
+    assert main(["code-sessions", "smoke"]) == 2  # a run without chat sessions yet
+    assert "smoke: no such folder (a run's chat folder, runs/<name>/chat)" in err_of(capsys)
+    assert main(["code-sessions", "nosuch"]) == 2
+    assert "nosuch: no such folder; runs here: smoke" in err_of(capsys)
 
 
 def test_data_fetch_of_an_unknown_corpus_names_the_closest(capsys):
