@@ -16,8 +16,10 @@ study: setup
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+# every shipped recipe is sound (keys, types, ranges, models, corpora, prompts); `python -m mi_llm
+# check FILE` also checks this machine (data fetched, model folders, API key), as `run` does first
 check: setup
-	$(PY) -m mi_llm check params/*.yaml
+	$(PY) -m mi_llm check --recipe-only params/*.yaml
 
 lab: setup
 	.venv/bin/jupyter lab notebooks/

@@ -15,7 +15,7 @@ from mi_llm import params
 from mi_llm.eval import forecast, forecast_eval
 
 P = params.load("params/smoke.yaml")
-FC = forecast.settings(P)
+FC = P.evaluation.forecaster
 CANDIDATES = [
     ("universal", 0.1),
     ("universal", 0.3),
@@ -27,8 +27,8 @@ CANDIDATES = [
 
 
 def main(path):
-    dialogues = forecast.load_sessions(path, FC["mi_quality"])
-    train, _ = forecast.split_sessions(dialogues, FC["test_size"], P.seed)
+    dialogues = forecast.load_sessions(path, FC.mi_quality)
+    train, _ = forecast.split_sessions(dialogues, FC.test_size, P.seed)
     for ct in (2, 4):
         X, y, g = forecast.examples(train, ct)
         scores = {}
@@ -64,4 +64,4 @@ if __name__ == "__main__":
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # as forecast.fit does
-        main(sys.argv[1] if len(sys.argv) > 1 else FC["annomi_path"])
+        main(sys.argv[1] if len(sys.argv) > 1 else FC.annomi_path)

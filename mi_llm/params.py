@@ -1,9 +1,13 @@
 """Run parameters: one YAML recipe per run, validated on load.
 
 A params file has top-level sections (llm, corpora, quality, transcription, sft, evaluation,
-figures) plus name/seed/device. The same keys are the papermill parameters of every notebook,
-whose parameters cell holds the smoke defaults (tests keep the two in sync). Unknown keys and
-wrong types are errors, never silently ignored. Relative paths are relative to the project root.
+figures) plus seed/device; the run's name is the file's stem. The same keys are the papermill
+parameters of every notebook, whose parameters cell holds the smoke defaults (tests keep the two
+in sync). Every key is validated here on load (mi_llm.params_rules holds the ranges and lists):
+unknown keys, wrong types, non-finite numbers, duplicate YAML keys and inconsistent settings are
+errors naming the file and key, never silently ignored, so stage code trusts the typed params.
+One key is changed for one run with `python -m mi_llm run FILE --set KEY=VALUE` (load's
+overrides). Relative paths are relative to the project root.
 
 Run folders live in runs/<name>/ under the project root. The one way to put them elsewhere (tests,
 the accelerate check, a scratch disk) is the environment variable $MI_LLM_RUNS (RUNS_ENV): set it to
@@ -20,7 +24,18 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from mi_llm.params_rules import (
+    FIGURE_FORMATS,
+    MAPPINGS,
+    ParamsError,
+    apply_overrides,
+    check_finite,
+    check_mapping,
+    check_ranges,
+    did_you_mean,
+    name_problem,
+    parse_yaml,
+)
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root (holds params/, notebooks/, runs/)
 RUNS_ENV = "MI_LLM_RUNS"  # the folder that replaces runs/ when set (see the module docstring)
@@ -29,19 +44,6 @@ RUNS_ENV = "MI_LLM_RUNS"  # the folder that replaces runs/ when set (see the mod
 def runs_root() -> Path:
     """The folder holding every run: $MI_LLM_RUNS when set, else runs/ under the project root."""
     return Path(os.environ.get(RUNS_ENV) or ROOT / "runs")
-
-
-class ParamsError(ValueError):
-    """A params file is invalid; the message names the file and the key."""
-
-
-def section_settings(given, defaults: dict, where: str) -> dict:
-    """A params section (its dataclass or a mapping) over its defaults; unknown keys raise ParamsError."""
-    given = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ParamsError(f"{where}: unknown key(s) {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **given}
 
 
 # ----------------------------------------------------------------------------- sections
@@ -203,7 +205,7 @@ class FiguresParams:
 
 @dataclass
 class Params:
-    name: str = "smoke"  # the run's name = the params file's stem; outputs go to runs/<name>/
+    name: str = "smoke"  # the run's name: the params file's stem; outputs go to runs/<name>/
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     model_paths: dict = field(default_factory=dict)  # registry name -> local folder of its weights
@@ -217,7 +219,10 @@ class Params:
 
     @property
     def run_dir(self) -> Path:
-        """runs/<name>/ under the project root, or <$MI_LLM_RUNS>/<name> (runs_root())."""
+        """runs/<name>/ under the project root, or <$MI_LLM_RUNS>/<name> (runs_root()); a name
+        that is not a plain folder name (`..`, `a/b`) is refused before anything is written."""
+        if (why := name_problem(self.name)) is not None:
+            raise ParamsError(f"name: {why}")
         return runs_root() / self.name
 
     def stage_dir(self, stage: str) -> Path:
@@ -272,158 +277,146 @@ def _build(cls, data, where):
     if not isinstance(data, dict):
         raise ParamsError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(known), key=str)
     if unknown:
-        raise ParamsError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise ParamsError(
+            f"{where}: unknown key(s) {unknown}{did_you_mean(unknown[0], known)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
 
 
-# numbers out of range are errors before any stage runs: (section.key, lowest, highest); None
-# values (where the key allows them) mean "all" and are not checked
-POSITIVE = "> 0"  # a lowest bound that excludes 0
-RANGES = [
-    ("seed", 0, None),
-    ("llm.max_concurrency", 1, None),
-    ("llm.request_timeout", POSITIVE, None),
-    ("llm.max_retries", 0, None),
-    ("llm.backoff_base", 0, None),
-    ("llm.backoff_max", 0, None),
-    ("llm.serve_timeout", POSITIVE, None),
-    ("llm.serve_kv_tokens", 1, None),
-    ("llm.serve_batch_tokens", 1, None),
-    ("llm.batch_poll_s", POSITIVE, None),
-    ("llm.max_transport_failures", 0, 1),
-    ("corpora.limit", 1, None),
-    ("quality.judge_sample", 1, None),
-    ("quality.max_dialogue_chars", 1, None),
-    ("quality.max_tokens", 1, None),
-    ("quality.temperature", 0, 2),
-    ("quality.parse_retries", 0, None),
-    ("quality.bootstrap", 1, None),
-    ("quality.top_k", 1, None),
-    ("transcription.max_dialogues", 1, None),
-    ("transcription.max_turns", 2, None),
-    ("transcription.max_tokens", 1, None),
-    ("transcription.temperature", 0, 2),
-    ("transcription.validation_retries", 0, None),
-    ("transcription.min_length_ratio", 0, None),
-    ("transcription.max_length_ratio", 0, None),
-    ("transcription.n_train", 1, None),
-    ("transcription.n_test", 0, None),
-    ("transcription.client_edit_tolerance", 0, 0.5),
-    ("sft.min_response_chars", 0, None),
-    ("sft.context_turns", 1, None),
-    ("evaluation.max_dialogues", 1, None),
-    ("evaluation.max_rounds", 1, None),
-    ("evaluation.context_turns", 1, None),
-    ("evaluation.batch_size", 1, None),
-    ("evaluation.max_new_tokens", 1, None),
-    ("evaluation.bootstrap", 1, None),
-    ("evaluation.miti.max_tokens", 1, None),
-    ("evaluation.miti.globals_max_tokens", 1, None),
-    ("evaluation.miti.temperature", 0, 2),
-    ("evaluation.miti.parse_retries", 0, None),
-    ("evaluation.miti.context_turns", 0, None),
-    ("evaluation.miti.max_utterances", 1, None),
-    ("evaluation.miti.annomi_sample", 0, None),
-    ("evaluation.miti.gold_sample", 0, None),
-    ("evaluation.miti.check_bootstrap", 1, None),
-    ("evaluation.forecaster.test_size", POSITIVE, 1),
-    ("evaluation.forecaster.context_turns", 0, None),
-    ("evaluation.forecaster.C", POSITIVE, None),
-    ("figures.dpi", 1, None),
+CHOICES = [  # keys whose value is one name of a fixed list
+    ("device", ("auto", "cpu", "cuda")),
+    ("llm.provider", ("embedded", "serve", "remote")),
+    ("corpora.on_error", ("raise", "skip")),
+    ("transcription.unit", ("dialogue", "turn")),
+    ("evaluation.forecaster.model", FORECASTER_KINDS),
+]
+LISTS = [  # keys whose value is a list of distinct names of a fixed list
+    ("evaluation.variants", VARIANTS),
+    ("evaluation.forecaster.mi_quality", ("high", "low")),
+    ("figures.formats", FIGURE_FORMATS),
 ]
 
 
-def check_ranges(p: Params, where: str = "params") -> None:
-    """Raise ParamsError naming the first number out of its range (RANGES)."""
-    for key, lo, hi in RANGES:
-        value = p
-        for k in key.split("."):
-            value = getattr(value, k)
-        if value is None:
-            continue
-        low = value <= 0 if lo == POSITIVE else value < lo
-        if low or (hi is not None and value > hi):
-            span = POSITIVE if lo == POSITIVE else f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-            raise ParamsError(f"{where}.{key}: {value!r} is out of range; it must be {span}")
-    tp = p.transcription
-    if tp.max_length_ratio <= tp.min_length_ratio:
-        raise ParamsError(
-            f"{where}.transcription.max_length_ratio: {tp.max_length_ratio} must be above "
-            f"min_length_ratio {tp.min_length_ratio}"
-        )
+def _get(p, key: str):
+    for k in key.split("."):
+        p = getattr(p, k)
+    return p
 
 
 def from_dict(data: dict, where: str = "params") -> Params:
-    """Validate a params mapping (unknown keys, wrong types and numbers out of range raise ParamsError)."""
+    """Validate a params mapping: unknown keys, wrong types, non-finite numbers, numbers out of
+    range, names outside their lists and inconsistent keys raise ParamsError naming the key."""
+    check_finite(data, where)
     p = _build(Params, data, where)
+    if (why := name_problem(p.name)) is not None:
+        raise ParamsError(f"{where}.name: {why}")
     check_ranges(p, where)
-    for choice, allowed in [
-        (("llm", "provider"), ("embedded", "serve", "remote")),
-        (("corpora", "on_error"), ("raise", "skip")),
-        (("transcription", "unit"), ("dialogue", "turn")),
-        (("device",), ("auto", "cpu", "cuda")),
-    ]:
-        value = p
-        for key in choice:
-            value = getattr(value, key)
+    for key, allowed in CHOICES:
+        value = _get(p, key)
         if value not in allowed:
-            raise ParamsError(f"{where}.{'.'.join(choice)}: {value!r} is not one of {allowed}")
-    _check_evaluation_choices(p.evaluation, f"{where}.evaluation")
+            raise ParamsError(
+                f"{where}.{key}: {value!r} is not one of {list(allowed)}{did_you_mean(value, allowed)}"
+            )
+    for key, allowed in LISTS:
+        values = _get(p, key)
+        bad = [v for v in values if v not in allowed]
+        if bad or len(set(values)) != len(values) or not values:
+            what = (
+                f"unknown {bad}{did_you_mean(bad[0], allowed)}"
+                if bad
+                else f"repeated names in {values}"
+                if values
+                else "empty"
+            )
+            raise ParamsError(f"{where}.{key}: {what}; known: {list(allowed)}")
+    for section in MAPPINGS:
+        check_mapping(section, _get(p, section), where)
+    _check_evaluation(p, where)
     return p
 
 
-def _check_evaluation_choices(e: EvaluationParams, where: str) -> None:
-    """Variants, condition_on and the forecaster's kind and MI qualities are names from fixed lists."""
+def _check_evaluation(p: Params, where: str) -> None:
+    """condition_on names a behaviour; `conditioned` needs a tagged transcription."""
     from mi_llm.data.schema import TAGS  # the behaviour tags
 
-    for key, values, allowed in [
-        ("variants", e.variants, VARIANTS),
-        ("forecaster.mi_quality", e.forecaster.mi_quality, ("high", "low")),
-    ]:
-        bad = [v for v in values if v not in allowed]
-        if bad or len(set(values)) != len(values):
-            what = f"unknown {bad}" if bad else f"repeated names in {values}"
-            raise ParamsError(f"{where}.{key}: {what}; known: {list(allowed)}")
+    e = p.evaluation
     if e.condition_on not in ("forecaster", *TAGS):
         raise ParamsError(
-            f"{where}.condition_on: {e.condition_on!r} is not 'forecaster' or one of {list(TAGS)}"
+            f"{where}.evaluation.condition_on: {e.condition_on!r} is not 'forecaster' or one of "
+            f"{list(TAGS)}{did_you_mean(e.condition_on, ('forecaster', *TAGS))}"
         )
-    if e.forecaster.model not in FORECASTER_KINDS:
+    if "conditioned" in e.variants and not p.transcription.tag_behaviour:
         raise ParamsError(
-            f"{where}.forecaster.model: {e.forecaster.model!r} is not one of {list(FORECASTER_KINDS)}"
+            f"{where}.evaluation.variants: 'conditioned' needs a tagged transcription, and "
+            "transcription.tag_behaviour is false: the model is never trained on a behaviour tag, "
+            "so a reply begun with one means nothing; drop 'conditioned', or set "
+            "transcription.tag_behaviour: true with a tagged prompt_version (mi_tagged_v1, "
+            "mi_turn_tagged_v1)"
         )
 
 
-def load(file: str | Path) -> Params:
-    """Load and validate a params YAML file; its `name` must equal the file's stem."""
+# ----------------------------------------------------------------------------- recipe files
+def load(file: str | Path, overrides=()) -> Params:
+    """Load and validate a params YAML file, with `--set KEY=VALUE` overrides applied first.
+
+    The run is named after the file: `name` defaults to its stem, and a copied recipe whose `name`
+    still names the original runs under its own file name (name_note says so).
+    """
     file = path(file)
     if not file.exists():
-        raise ParamsError(f"{file}: no such params file")
-    data = read_yaml(file)
-    p = from_dict(data, where=str(file.relative_to(ROOT) if file.is_relative_to(ROOT) else file))
-    if p.name != file.stem:
-        raise ParamsError(f"{file}: name {p.name!r} must equal the file's stem {file.stem!r}")
-    return p
+        raise ParamsError(f"{_rel(file)}: no such params file{_similar_files(file)}")
+    data = apply_overrides(read_yaml(file), overrides, Params)
+    data["name"] = file.stem
+    return from_dict(data, where=_rel(file))
+
+
+def name_note(file: str | Path) -> str | None:
+    """The note for a params file whose `name` is not its stem (a copied recipe), else None."""
+    file = path(file)
+    try:
+        name = read_yaml(file).get("name", file.stem)
+    except ParamsError:
+        return None
+    if name == file.stem:
+        return None
+    return f"{_rel(file)}: name {name!r} is not the file's stem; the run is {file.stem!r} (runs/{file.stem}/)"
+
+
+def _rel(file: Path) -> str:
+    return str(file.relative_to(ROOT) if file.is_relative_to(ROOT) else file)
+
+
+def _similar_files(file: Path) -> str:
+    """'; did you mean params/x.yaml?' for a near miss among the folder's YAML files."""
+    folder = file.parent if file.parent.is_dir() else ROOT / "params"
+    names = {p.name: p for p in folder.glob("*.yaml")}
+    hint = did_you_mean(file.name, names)
+    if not hint:
+        return (
+            f"; params files: {', '.join(_rel(p) for p in sorted(names.values()))}" if names else ""
+        )
+    close = hint.split("'")[1]
+    return f"; did you mean {_rel(names[close])}?"
 
 
 def read_yaml(file: str | Path) -> dict:
-    """The mapping in a params YAML file; a syntax error is one ParamsError line: file:line:column."""
+    """The mapping in a params YAML file; a syntax error or a duplicate key is one ParamsError
+    line: file:line:column."""
     file = path(file)
     try:
-        with open(file, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ParamsError(f"{file}{at}: YAML syntax error: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{file}: YAML syntax error: {' '.join(str(e).split())}") from None
+        text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ParamsError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except FileNotFoundError:
+        raise ParamsError(f"{_rel(file)}: no such params file{_similar_files(file)}") from None
+    except OSError as e:
+        raise ParamsError(f"{_rel(file)}: cannot be read ({e.strerror})") from None
+    data = parse_yaml(text, str(file))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -433,7 +426,7 @@ def read_yaml(file: str | Path) -> dict:
 
 def defaults_used(data: dict) -> list[str]:
     """Which documented defaults a params mapping relies on: missing sections, then missing keys."""
-    out = [f"{s}: whole section (defaults)" for s in SECTIONS if s not in data]
+    out = [f"{s}: whole section (defaults)" for s in SECTIONS if s not in data and s != "name"]
     hints = typing.get_type_hints(Params)
     for s in SECTIONS:
         if s in data and isinstance(data[s], dict) and dataclasses.is_dataclass(hints[s]):
@@ -443,9 +436,54 @@ def defaults_used(data: dict) -> list[str]:
     return out
 
 
+# ----------------------------------------------------------------------------- notebooks
+def _missing(cls, data: dict, where: str) -> list[str]:
+    """The fields of a section (and of its sub-sections) a mapping leaves out, as dotted keys."""
+    hints, out = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            out.append(f"{where}.{f.name}")
+        elif dataclasses.is_dataclass(hints[f.name]) and isinstance(data[f.name], dict):
+            out += _missing(hints[f.name], data[f.name], f"{where}.{f.name}")
+    return out
+
+
+def _merge(base, over):
+    """`over` merged onto `base`, mappings key by key (a value of `over` wins)."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+    return over
+
+
 def from_namespace(ns: dict) -> Params:
-    """Build params from a notebook's globals (the papermill parameters), one key per section."""
+    """Build params from a notebook's globals (the papermill parameters), one key per section.
+
+    A section given in part (papermill -y 'quality: {judge_sample: 3}') is merged onto the same
+    section of the recipe params/<name>.yaml, so the recipe's other values hold; without that
+    recipe the notebook is refused, naming the keys that would fall back to package defaults.
+    """
     missing = [s for s in SECTIONS if s not in ns]
     if missing:
         raise ParamsError(f"notebook parameters cell lacks {missing}")
-    return from_dict({s: ns[s] for s in SECTIONS}, where="notebook parameters")
+    data = {s: ns[s] for s in SECTIONS}
+    hints = typing.get_type_hints(Params)
+    partial = [
+        s
+        for s in SECTIONS
+        if dataclasses.is_dataclass(hints[s])
+        and isinstance(data[s], dict)
+        and _missing(hints[s], data[s], s)
+    ]
+    if partial:
+        recipe = ROOT / "params" / f"{data['name']}.yaml"
+        if not recipe.exists():
+            lost = [k for s in partial for k in _missing(hints[s], data[s], s)]
+            raise ParamsError(
+                f"notebook parameters: section(s) {partial} given in part and no recipe "
+                f"params/{data['name']}.yaml to complete them, so {', '.join(lost)} would fall back "
+                f"to package defaults; pass whole sections, or run `python -m mi_llm run "
+                f"<params file> --set KEY=VALUE`"
+            )
+        base = read_yaml(recipe)
+        data.update({s: _merge(base.get(s) or {}, data[s]) for s in partial})
+    return from_dict(data, where="notebook parameters")

@@ -5,6 +5,9 @@ runner, under papermill by hand or in JupyterLab, so runs/<name>/provenance.json
 complete: params (no secrets), git commit, package versions, Python, seeds, sha256 of every
 input file, and start/end time per stage.
 
+A run's name is a plain folder name (params_rules.NAME_RE): Params.run_dir refuses `..` or a path
+before anything is written, so a run never writes outside runs/.
+
 One run at a time: lock() holds runs/<name>/.lock (the study runner for all its stages, a stage
 run by hand from start_stage to finish_stage); a second run of the same name stops at once with
 "already running (pid N)". Artifacts are written through a unique temporary file and a rename
@@ -215,6 +218,24 @@ def acquire(run_dir) -> bool:
     return True
 
 
+def ensure_free(run_dir) -> None:
+    """Raise AlreadyRunning when another process holds the run's lock; creates nothing (a quick
+    look before the checks, which take seconds; acquire() still takes the lock itself)."""
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _HELD or os.environ.get(LOCK_ENV) == key or not (run_dir / ".lock").exists():
+        return
+    with open(run_dir / ".lock") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = f.read().strip() or "?"
+            raise AlreadyRunning(
+                f"{run_dir} is already running (pid {holder}); wait for it to finish or "
+                f"stop it, then run again"
+            ) from None
+
+
 def release(run_dir) -> None:
     """Give up this process's lock on run_dir (a no-op when it holds none)."""
     f = _HELD.pop(str(Path(run_dir).resolve()), None)
@@ -241,6 +262,23 @@ def lock(run_dir):
 
 def _write(p: Params, prov: dict) -> None:
     write_atomic(provenance_path(p), json.dumps(prov, indent=2, ensure_ascii=False, default=str))
+
+
+def record_recipe(p: Params, params_file, overrides=()) -> None:
+    """Record in provenance.json the recipe a run was started from: its file, the file's sha256
+    and the `--set KEY=VALUE` overrides applied on top (the params themselves are recorded by
+    every stage)."""
+    from mi_llm.params import path
+
+    f = path(params_file)
+    prov = read_provenance(p)
+    prov["recipe"] = {
+        "file": str(f.relative_to(ROOT)) if f.is_relative_to(ROOT) else str(f),
+        "sha256": sha256_file(f),
+        "overrides": list(overrides),
+        "recorded": _now(),
+    }
+    _write(p, prov)
 
 
 def start_stage(p: Params, stage: str, inputs=(), **extra) -> dict:

@@ -376,7 +376,10 @@ def mi_model(req: dict) -> str:
 
 
 def smoke_params(**tp) -> params.Params:
+    """The smoke params as a remote-endpoint transcription test needs them; untagged unless
+    tag_behaviour is given."""
     P = params.load(ROOT / "params/smoke.yaml")
+    tp.setdefault("tag_behaviour", False)
     llm_p = dataclasses.replace(
         P.llm, provider="remote", request_timeout=10, backoff_base=0.01, backoff_max=0.05
     )
@@ -499,9 +502,5 @@ def miti_params(tmp_path, **miti_cfg):
     p = params.load("params/smoke.yaml")
     p.llm.cache_path = str(tmp_path / "cache.sqlite")
     p.llm.max_retries = 0
-    p.evaluation.miti = {
-        **dataclasses.asdict(p.evaluation.miti),
-        "max_utterances": None,
-        **miti_cfg,
-    }
+    p.evaluation.miti = dataclasses.replace(p.evaluation.miti, max_utterances=None, **miti_cfg)
     return p

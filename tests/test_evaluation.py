@@ -12,7 +12,7 @@ from conftest import miti_params
 
 from mi_llm.eval import miti, miti_check, writer
 from mi_llm.llm import api
-from mi_llm.params import ROOT
+from mi_llm.params import ROOT, MitiParams
 
 
 def _utterance(req: dict) -> str:
@@ -63,9 +63,7 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     codes = [
         json.loads(x) for x in (out / "miti_codes.jsonl").read_text(encoding="utf-8").splitlines()
     ]
-    assert len(codes) == 4 and all(
-        c["prompt_version"] == miti.DEFAULTS["prompt_version"] for c in codes
-    )
+    assert len(codes) == 4 and all(c["prompt_version"] == MitiParams.prompt_version for c in codes)
     checks = [
         json.loads(x) for x in (out / "miti_check_codes.jsonl").read_text("utf-8").splitlines()
     ]
@@ -99,7 +97,7 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
         "welivita_pu_classifier_vs_gold",
     ]
     # the authors' classifier on the same sentences, from the CSV's Prediction column by hand
-    raw = pd.read_csv(ROOT / miti.DEFAULTS["gold_path"], keep_default_na=False)
+    raw = pd.read_csv(ROOT / MitiParams.gold_path, keep_default_na=False)
     rows = raw.loc[[int(c["dialogue_id"].split(":")[1]) for c in checks[6:]]]
     pred = [
         miti.code_label(miti_check.GOLD_CODES[x]) if x in miti_check.GOLD_CODES else None

@@ -12,8 +12,9 @@ from mi_llm import params
 from mi_llm.data import schema
 from mi_llm.data.schema import DataError, Dialogue, Turn
 from mi_llm.eval import forecast, forecast_eval
+from mi_llm.params import ForecasterParams
 
-ANNOMI = params.path(forecast.DEFAULTS["annomi_path"])
+ANNOMI = params.path(ForecasterParams.annomi_path)
 
 
 @pytest.fixture(scope="module")
@@ -182,14 +183,14 @@ def test_score_matches_sklearn_and_cis_bracket():
 # ----------------------------------------------------------------------------- forecaster
 @pytest.fixture(scope="module")
 def fitted(sessions):
-    s = {**forecast.DEFAULTS}
-    train, test = forecast.split_sessions(sessions, s["test_size"], seed=42)
+    s = ForecasterParams()
+    train, test = forecast.split_sessions(sessions, s.test_size, seed=42)
     return forecast.fit(train, s, seed=42), test, s
 
 
 def test_forecaster_beats_both_baselines_on_held_out_sessions(fitted):
     bundle, test, s = fitted
-    X, y, g = forecast.examples(test, s["context_turns"])
+    X, y, g = forecast.examples(test, s.context_turns)
     maj = forecast_eval.score(y, np.full(len(y), bundle["majority"]), g, bootstrap=10)["macro_f1"]
     prev = forecast_eval.score(
         y, forecast_eval.previous_baseline(X, bundle["majority"]), g, bootstrap=10
@@ -255,13 +256,11 @@ def test_load_refuses_foreign_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- evaluate()
-def test_settings_rejects_unknown_keys():
-    P = params.load("params/smoke.yaml")
-    bad = dataclasses.replace(
-        P, evaluation=dataclasses.replace(P.evaluation, forecaster={"modle": "text"})
-    )
-    with pytest.raises(ValueError, match="unknown key.*modle"):
-        forecast.settings(bad)
+def test_forecaster_settings_are_validated_on_load():
+    with pytest.raises(params.ParamsError, match=r"\['modle'\]; did you mean 'model'"):
+        params.from_dict({"evaluation": {"forecaster": {"modle": "text"}}})
+    with pytest.raises(params.ParamsError, match=r"forecaster\.model: 'forest'"):
+        params.from_dict({"evaluation": {"forecaster": {"model": "forest"}}})
 
 
 def test_evaluate_writes_table_and_model(tmp_path):

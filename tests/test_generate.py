@@ -10,7 +10,7 @@ from mi_llm.data.schema import DataError
 from mi_llm.decode import cpu, engine, kernels
 from mi_llm.eval import forecast, generation
 from mi_llm.models import registry
-from mi_llm.params import ROOT
+from mi_llm.params import ROOT, ForecasterParams
 
 NAME = "gemma3-270m"  # registry entry whose template/eot the tiny model shares
 
@@ -99,7 +99,11 @@ def _params(**evaluation):
         "max_new_tokens": 4,
         **evaluation,
     }
-    return params.from_dict({"name": "test_generate", "device": "cpu", "evaluation": ev})
+    # the conditioned variant needs a tagged transcription (the test sets hold tagged turns)
+    tp = {"tag_behaviour": "conditioned" in ev["variants"], "prompt_version": "mi_tagged_v1"}
+    return params.from_dict(
+        {"name": "test_generate", "device": "cpu", "evaluation": ev, "transcription": tp}
+    )
 
 
 def test_resume_skips_finished_rounds(tiny_model_dir, tmp_path, monkeypatch):
@@ -295,7 +299,7 @@ def test_conditioned_variant_prefixes_the_tag_and_stores_plain_replies(
 
 def test_conditioned_on_the_forecaster(tiny_model_dir, tiny_adapter, tmp_path):
     sessions = forecast.load_sessions(ROOT / "data/AnnoMI")[:20]  # real AnnoMI codes, a quick fit
-    bundle = forecast.fit(sessions, {**forecast.DEFAULTS, "model": "universal"}, seed=0)
+    bundle = forecast.fit(sessions, ForecasterParams(model="universal"), seed=0)
     fc = forecast.save(bundle, tmp_path / "forecaster.joblib")
     test = _write(tmp_path / "test.jsonl", _tagged_records(2))
     out, ad = tmp_path / "g.jsonl", tiny_adapter

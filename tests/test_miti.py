@@ -6,11 +6,11 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import miti_params
 
+from mi_llm import params
 from mi_llm.data.schema import DataError
 from mi_llm.eval import miti, miti_check
-from mi_llm.params import ROOT, ParamsError
+from mi_llm.params import ROOT, MitiParams, ParamsError
 
 ANNOMI = ROOT / "data" / "AnnoMI"
 
@@ -154,9 +154,9 @@ def test_parse_globals():
             miti.parse_globals(bad)
 
 
-def test_unknown_miti_param_is_an_error(tmp_path):
-    with pytest.raises(ParamsError, match="max_utterance"):
-        miti.settings(miti_params(tmp_path, max_utterance=3))
+def test_unknown_miti_param_is_an_error():
+    with pytest.raises(ParamsError, match=r"\['max_utterance'\]; did you mean 'max_utterances'"):
+        params.from_dict({"evaluation": {"miti": {"max_utterance": 3}}})
 
 
 # ----------------------------------------------------------------------------- units
@@ -270,8 +270,8 @@ def test_coder_check_kappa_ci_and_confusion_by_hand():
 
 
 def test_gold_sentences_map_to_miti_codes():
-    gold = miti_check.read_gold(ROOT / miti.DEFAULTS["gold_path"])
-    raw = pd.read_csv(ROOT / miti.DEFAULTS["gold_path"], keep_default_na=False)
+    gold = miti_check.read_gold(ROOT / MitiParams.gold_path)
+    raw = pd.read_csv(ROOT / MitiParams.gold_path, keep_default_na=False)
     assert len(gold) == len(raw) == 1681
     by = dict(zip(raw["Ground truth"], gold["label"]))
     assert by["Open Question"] == by["Closed Question"] == "Q" and by["Complex Reflection"] == "CR"
@@ -296,7 +296,7 @@ def test_miti_prompt_examples_are_valid_codes_and_run_ons_keep_the_leading_code(
     shots = prompts.shots(parts, "code_")
     assert len(shots) == 6 and "{utterance}" in parts["code"] and "code_system" in parts
     assert [miti.parse_code(m["content"]) for m in shots[1::2]] == [("Q",), ("CR",), ("PERSUADE",)]
-    v3 = prompts.parts(miti.DEFAULTS["prompt_version"])
+    v3 = prompts.parts(MitiParams.prompt_version)
     shots = prompts.shots(v3, "code_")
     assert [miti.parse_code(m["content"]) for m in shots[1::2]] == [
         ("Q",),

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mi_llm import params, runs
 
 
@@ -139,3 +141,34 @@ def test_runs_folder_is_redirected_by_one_environment_variable(tmp_path, monkeyp
     assert params.from_dict({"name": "x"}).run_dir == params.ROOT / "runs/x"
     monkeypatch.setenv(params.RUNS_ENV, str(tmp_path))
     assert params.from_dict({"name": "x"}).run_dir == tmp_path / "x"
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../x", "-x", "", "runs name"])
+def test_a_run_name_that_is_not_a_plain_folder_name_writes_nothing(tmp_path, monkeypatch, name):
+    """A run named `..` would write provenance.json and a lock into the repository root."""
+    runs_dir = tmp_path / "runs"
+    monkeypatch.setenv(params.RUNS_ENV, str(runs_dir))
+    with pytest.raises(params.ParamsError, match=r"is not a run name"):
+        params.from_dict({"name": name})
+    p = params.Params(name=name)  # built around the checks: the run folder still refuses it
+    with pytest.raises(params.ParamsError, match=r"^name: .* is not a run name"):
+        runs.start_stage(p, "01_corpus_quality")
+    assert list(tmp_path.rglob("*")) == []  # no lock, no provenance anywhere
+
+
+def test_run_names_allow_letters_digits_dots_dashes_underscores():
+    for name in ["smoke", "paper-dryrun", "v1.2_a", "2026"]:
+        assert params.from_dict({"name": name}).name == name
+
+
+def test_the_recipe_and_its_overrides_are_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv(params.RUNS_ENV, str(tmp_path / "runs"))
+    p = params.load("params/smoke.yaml", ["quality.top_k=3"])
+    runs.record_recipe(p, "params/smoke.yaml", ["quality.top_k=3"])
+    runs.start_stage(p, "01_x")  # a stage keeps the record
+    prov = runs.read_provenance(p)
+    assert prov["recipe"]["file"] == "params/smoke.yaml"
+    assert prov["recipe"]["overrides"] == ["quality.top_k=3"]
+    assert prov["recipe"]["sha256"] == runs.sha256_file(params.ROOT / "params/smoke.yaml")
+    assert prov["params"]["quality"]["top_k"] == 3
+    runs.finish_stage(p, "01_x")

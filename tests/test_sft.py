@@ -44,12 +44,13 @@ def test_samples_min_chars_and_context_window():
 
 
 def test_check_params_names_bad_keys():
-    P = make_params(models=["nope"], lora={"rank": 8}, config={"max_step": 3, "seed": 1})
+    P = make_params(models=["nope"], lora={"rank": 8}, config={"max_step": 3})
     errs = "\n".join(sft.check_params(P))
     assert "unknown model 'nope'" in errs
     assert "sft.lora.rank: not a field of peft" in errs
     assert "sft.config.max_step: not a field of trl" in errs
-    assert "sft.config.seed: set by mi_llm" in errs
+    with pytest.raises(params_mod.ParamsError, match="sft.config.seed: set by mi_llm"):
+        make_params(config={"seed": 1})  # refused on load, before any check
     assert sft.check_params(make_params()) == []
     bad = make_params(config={"padding_free": True, "max_length": 256})
     assert any("padding_free" in e for e in sft.check_params(bad))

@@ -33,9 +33,10 @@ def _answer(req: dict) -> str:
                 "safety": 1,
             }
         )
-    if "改写" in last:  # one counselor turn in MI style
+    if "改写" in last:  # one counselor turn in MI style, led by its tag when the prompt asks
         client = re.findall(r"来访者接着说：(.*)", last)[0][:12]
-        return f"听起来“{client}”这件事让你挺不容易的。你希望接下来有什么样的变化呢？"
+        reply = f"听起来“{client}”这件事让你挺不容易的。你希望接下来有什么样的变化呢？"
+        return f"<mi:open_question> {reply}" if "<mi:" in text else reply
     if "Counselor utterance to code" in last:
         utterance = last.split("Counselor utterance to code:")[1]
         return "Q" if ("？" in utterance or "?" in utterance) else "CR"

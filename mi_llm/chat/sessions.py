@@ -233,18 +233,18 @@ def code_sessions(
     out = Path(out) if out else folder / "coded"
     out.mkdir(parents=True, exist_ok=True)
     P = P or serving.run_params(folder.parent)
-    cfg = miti.settings(P)
+    cfg = P.evaluation.miti
     dialogues = store.read_sessions(folder)
     coded, clients = units(dialogues), client_turns(dialogues)
-    annomi_path = path(cfg["annomi_path"])
+    annomi_path = path(cfg.annomi_path)
     annomi_client = client_talk.annomi_client(annomi_path)
     classifier = client_talk.fit(annomi_client, seed=P.seed) if client_coder != "llm" else None
     opened = contextlib.nullcontext(endpoint) if endpoint is not None else api.endpoint(P.llm)
     with opened as ep:
-        usage = miti.code_units(ep, coded, P, cfg, rate_globals=cfg["rate_globals"])
+        usage = miti.code_units(ep, coded, P, cfg, rate_globals=cfg.rate_globals)
         code_clients(clients, ep, P, client_coder, classifier)
     summary, per = tables(dialogues, coded, clients, annomi_path)
-    version = prompts.name(cfg["prompt_version"])
+    version = prompts.name(cfg.prompt_version)
     with open(out / stages.file_name(stages.MITI_CODES), "w", encoding="utf-8") as f:
         f.writelines(
             json.dumps({**u, "prompt_version": version}, ensure_ascii=False) + "\n" for u in coded

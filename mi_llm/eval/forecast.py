@@ -15,7 +15,6 @@ generation (04) are defined in mi_llm.data.schema.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from mi_llm.data.schema import CJK, SPEAKER_OF, TAGS, DataError, Dialogue, Turn, strip_tag
-from mi_llm.params import FORECASTER_KINDS, ForecasterParams, section_settings
+from mi_llm.params import FORECASTER_KINDS, ForecasterParams
 
 NONE = "none"  # the previous behaviour before the counselor has spoken, or when it is unknown
 
@@ -233,28 +232,16 @@ def build(kind: str, C: float = 1.0, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------- the stage-04 call
-# P.evaluation.forecaster keys and defaults: params.ForecasterParams documents each
-DEFAULTS = dataclasses.asdict(ForecasterParams())
-
-
-def settings(P) -> dict:
-    """P.evaluation.forecaster over DEFAULTS; unknown keys or kinds raise ValueError."""
-    s = section_settings(P.evaluation.forecaster, DEFAULTS, "evaluation.forecaster")
-    if s["model"] not in KINDS:
-        raise ValueError(f"evaluation.forecaster.model: {s['model']!r} is not one of {list(KINDS)}")
-    return s
-
-
-def fit(train, s: dict, seed: int = 0) -> dict:
+def fit(train, s: ForecasterParams, seed: int = 0) -> dict:
     """Fit the variants on training sessions: the chosen kind, the language-independent one, and
-    the language-independent one on untagged history."""
+    the language-independent one on untagged history. s: the validated P.evaluation.forecaster."""
     from threadpoolctl import threadpool_limits
 
-    X, y, groups = examples(train, s["context_turns"])
-    X_untagged, _, _ = examples(train, s["context_turns"], tagged=False)
+    X, y, groups = examples(train, s.context_turns)
+    X_untagged, _, _ = examples(train, s.context_turns, tagged=False)
     with threadpool_limits(1):  # small sparse problem: BLAS threads cost 8x on a busy 2-core box
         bundle = _fit(X, y, groups, s, seed)
-        bundle["untagged"] = build("universal", s["C"], seed).fit(X_untagged, y)
+        bundle["untagged"] = build("universal", s.C, seed).fit(X_untagged, y)
     bundle["train_sessions"] = sorted(d.id for d in train)
     return bundle
 
@@ -268,17 +255,15 @@ def majority_baseline(y_train) -> str:
 def _fit(X, y, groups, s, seed) -> dict:
     bundle = {
         "tags": TAGS,
-        "kind": s["model"],
-        "context_turns": s["context_turns"],
+        "kind": s.model,
+        "context_turns": s.context_turns,
         "majority": majority_baseline(y),
         "n_train": len(y),
         "train_recordings": sorted(set(groups)),
     }
-    bundle["universal"] = build("universal", s["C"], seed).fit(X, y)
+    bundle["universal"] = build("universal", s.C, seed).fit(X, y)
     bundle["text"] = (
-        build(s["model"], s["C"], seed).fit(X, y)
-        if s["model"] != "universal"
-        else bundle["universal"]
+        build(s.model, s.C, seed).fit(X, y) if s.model != "universal" else bundle["universal"]
     )
     return bundle
 

@@ -110,14 +110,14 @@ def evaluate(P, out_dir) -> pd.DataFrame:
     """Train on AnnoMI train sessions, score held-out ones vs baselines; write forecaster.csv/.joblib."""
     from mi_llm.params import path as resolve
 
-    s = forecast.settings(P)
-    if not s["enabled"]:
+    s = P.evaluation.forecaster
+    if not s.enabled:
         return pd.DataFrame(columns=["model", "role", "features", "macro_f1"])
-    dialogues = forecast.load_sessions(resolve(s["annomi_path"]), s["mi_quality"])
-    train, test = forecast.split_sessions(dialogues, s["test_size"], P.seed)
+    dialogues = forecast.load_sessions(resolve(s.annomi_path), s.mi_quality)
+    train, test = forecast.split_sessions(dialogues, s.test_size, P.seed)
     bundle = forecast.fit(train, s, P.seed)
-    X, y, groups = forecast.examples(test, s["context_turns"])
-    X_untagged, _, _ = forecast.examples(test, s["context_turns"], tagged=False)
+    X, y, groups = forecast.examples(test, s.context_turns)
+    X_untagged, _, _ = forecast.examples(test, s.context_turns, tagged=False)
     preds = [
         ("majority", "baseline", "none", np.full(len(y), bundle["majority"])),
         (
@@ -133,10 +133,10 @@ def evaluate(P, out_dir) -> pd.DataFrame:
             bundle["universal"].predict(X),
         ),
     ]
-    if s["model"] != "universal":
+    if s.model != "universal":
         preds.append(
             (
-                f"forecaster_{s['model']}",
+                f"forecaster_{s.model}",
                 "forecaster",
                 "text + language-independent",
                 bundle["text"].predict(X),

@@ -22,7 +22,6 @@ generations and writes the MITI artifacts through mi_llm.eval.writer.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -33,7 +32,7 @@ import pandas as pd
 
 from mi_llm.data.schema import SPEAKER_OF, jsonl_rows
 from mi_llm.llm import cache as answer_cache
-from mi_llm.params import MitiParams, section_settings
+from mi_llm.params import MitiParams
 
 # ----------------------------------------------------------------------------- vocabulary
 CODES = {  # MITI 4.2.1 behaviour codes: short code -> name
@@ -91,14 +90,6 @@ SUMMARY_COLUMNS = [
 _NAMES = {
     re.sub(r"\W+", "_", v).upper(): k for k, v in CODES.items()
 }  # "SIMPLE_REFLECTION" -> "SR"
-
-# P.evaluation.miti keys and defaults: params.MitiParams documents each
-DEFAULTS = dataclasses.asdict(MitiParams())
-
-
-def settings(P) -> dict:
-    """P.evaluation.miti merged over DEFAULTS; unknown keys raise ParamsError."""
-    return section_settings(P.evaluation.miti, DEFAULTS, "evaluation.miti")
 
 
 # ----------------------------------------------------------------------------- summary scores
@@ -294,18 +285,21 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode("utf-8")).hexdigest()[:20]
 
 
-def code_units(ep, units: list[dict], P, cfg: dict, rate_globals: bool = True) -> dict:
-    """Code every utterance (and rate globals) of the units in place; return the LLM usage."""
+def code_units(ep, units: list[dict], P, cfg: MitiParams, rate_globals: bool = True) -> dict:
+    """Code every utterance (and rate globals) of the units in place; return the LLM usage.
+
+    cfg: the validated coder settings (P.evaluation.miti).
+    """
     from mi_llm.llm import api, prompts
 
-    parts = prompts.parts(cfg["prompt_version"])
-    version = prompts.name(cfg["prompt_version"])
+    parts = prompts.parts(cfg.prompt_version)
+    version = prompts.name(cfg.prompt_version)
     cache = answer_cache.cache_path(P)
-    common = {"llm_params": P.llm, "cache_path": cache, "retries": cfg["parse_retries"]}
+    common = {"llm_params": P.llm, "cache_path": cache, "retries": cfg.parse_retries}
     reqs, slots = {}, []  # identical prompts (same reply, same context) are asked once
     for u in units:
         for ut in u["utterances"]:
-            ctx = ut["context"][-cfg["context_turns"] :] if cfg["context_turns"] else []
+            ctx = ut["context"][-cfg.context_turns :] if cfg.context_turns else []
             text = prompts.render(
                 parts["code"],
                 context=render_turns(ctx) or "(none)",
@@ -327,7 +321,7 @@ def code_units(ep, units: list[dict], P, cfg: dict, rate_globals: bool = True) -
         desc="MITI codes",
         validate=parse_code,
         truncated_ok=True,
-        settings={"temperature": cfg["temperature"], "max_tokens": cfg["max_tokens"]},
+        settings={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens},
         **common,
     )
     by_key = {r.key: r for r in results}
@@ -348,7 +342,7 @@ def code_units(ep, units: list[dict], P, cfg: dict, rate_globals: bool = True) -
             list(g_reqs.values()),
             desc="MITI globals",
             validate=parse_globals,
-            settings={"temperature": cfg["temperature"], "max_tokens": cfg["globals_max_tokens"]},
+            settings={"temperature": cfg.temperature, "max_tokens": cfg.globals_max_tokens},
             **common,
         )
         g_by_key = {r.key: r for r in g_results}

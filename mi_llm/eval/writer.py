@@ -44,26 +44,24 @@ def write_miti(P, generations_path, out_dir, endpoint=None) -> dict:
 
     Opens api.endpoint(P.llm) unless an endpoint is given.
     """
-    cfg, out_dir = miti.settings(P), Path(out_dir)
-    if not cfg["enabled"]:
+    cfg, out_dir = P.evaluation.miti, Path(out_dir)
+    if not cfg.enabled:
         return {}
-    units = miti.units_from_generations(generations_path, cfg["max_utterances"])
-    annomi = miti_check.read_annomi(path(cfg["annomi_path"]))
-    check = miti_check.annomi_sample(annomi, cfg["annomi_sample"], P.seed, cfg["context_turns"])
+    units = miti.units_from_generations(generations_path, cfg.max_utterances)
+    annomi = miti_check.read_annomi(path(cfg.annomi_path))
+    check = miti_check.annomi_sample(annomi, cfg.annomi_sample, P.seed, cfg.context_turns)
     gold = (
-        miti_check.gold_sample(
-            miti_check.read_gold(path(cfg["gold_path"])), cfg["gold_sample"], P.seed
-        )
-        if cfg["gold_sample"]
+        miti_check.gold_sample(miti_check.read_gold(path(cfg.gold_path)), cfg.gold_sample, P.seed)
+        if cfg.gold_sample
         else []
     )
     opened = contextlib.nullcontext(endpoint) if endpoint is not None else api.endpoint(P.llm)
     with opened as ep:
-        usage = miti.code_units(ep, units, P, cfg, rate_globals=cfg["rate_globals"])
+        usage = miti.code_units(ep, units, P, cfg, rate_globals=cfg.rate_globals)
         usage_check = (
             miti.code_units(ep, check + gold, P, cfg, rate_globals=False) if check + gold else {}
         )
-    version = prompts.name(cfg["prompt_version"])
+    version = prompts.name(cfg.prompt_version)
     miti.write_codes(units, out_dir / stages.file_name(stages.MITI_CODES), version)
     miti.write_codes(check + gold, out_dir / stages.file_name(stages.MITI_CHECK_CODES), version)
     per_dialogue = miti.dialogue_table(units)
@@ -79,10 +77,10 @@ def write_miti(P, generations_path, out_dir, endpoint=None) -> dict:
         ("welivita_pu_classifier_vs_gold", miti_check.gold_baseline(gold), miti.code_label),
     ]:
         if sample:
-            row, cm = miti_check.coder_check(sample, name, to_label, cfg["check_bootstrap"], P.seed)
+            row, cm = miti_check.coder_check(sample, name, to_label, cfg.check_bootstrap, P.seed)
             rows.append(row)
             confusions.append(cm)
-    rows += worksheets.human_agreement(cfg["human_worksheets"], units)
+    rows += worksheets.human_agreement(cfg.human_worksheets, units)
     agreement = pd.DataFrame(rows, columns=worksheets.AGREEMENT_COLUMNS)
     confusion = (
         pd.concat(confusions, ignore_index=True)

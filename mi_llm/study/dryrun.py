@@ -4,7 +4,8 @@ Before the stages run, the command writes each model of `model_paths` as a tiny 
 checkpoint of its real architecture with its real tokenizer (mi_llm.models.snapshots), starts the
 strong-model stand-in (mi_llm.llm.standin) at `llm.base_url`, which must be a 127.0.0.1 address, and puts
 a dummy key in `$<llm.api_key_env>` (never OPENAI_API_KEY: the stand-in never sees a real key). Then
-it runs the notebooks as `python -m mi_llm run` does and stops the stand-in.
+the study runner (mi_llm.study.runner.run with dry_run=True) runs the notebooks as
+`python -m mi_llm run` does and stops the stand-in.
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def build_models(P) -> dict:
 
 
 @contextmanager
-def standins(params_file: str):
-    """The tiny checkpoints written and the stand-in serving, with the dummy key set, for a run."""
+def standins(P):
+    """The tiny checkpoints written and the stand-in serving, with the dummy key set, for a run
+    of the validated params P (or a params file); `python -m mi_llm dryrun` runs the stages inside."""
     from mi_llm.llm import standin
 
-    P = params_mod.load(params_file)
+    P = P if isinstance(P, params_mod.Params) else params_mod.load(P)
     port = check(P)
     build_models(P)
     old = os.environ.get(P.llm.api_key_env)
@@ -63,19 +65,6 @@ def standins(params_file: str):
             os.environ.pop(P.llm.api_key_env, None)
         else:
             os.environ[P.llm.api_key_env] = old
-
-
-def run(
-    params_file: str = "params/paper-dryrun.yaml",
-    only: list[str] | None = None,
-    progress: bool = True,
-):
-    """Run the study's stages for a dry-run params file with its stand-ins; returns the run folder."""
-    from mi_llm.study import runner
-
-    with standins(params_file) as url:
-        print(f"[mi_llm] stand-in model at {url}; tiny checkpoints written", flush=True)
-        return runner.run(params_file, only=only, progress=progress)
 
 
 def tiny_sft_run(

@@ -25,37 +25,87 @@ def select(only: list[str] | None) -> list[Path]:
     all_ = stages()
     if not only:
         return all_
-    chosen = [
-        nb
-        for nb in all_
-        if any(
-            nb.stem == o or nb.stem.startswith(f"{o}_") or nb.stem[:2] == o.zfill(2) for o in only
+
+    def hit(nb, o):
+        return nb.stem == o or nb.stem.startswith(f"{o}_") or nb.stem[:2] == o.zfill(2)
+
+    unknown = [o for o in only if not any(hit(nb, o) for nb in all_)]
+    if unknown:  # every name must match: a typo never silently drops a stage
+        raise SystemExit(
+            f"[mi_llm] --only {' '.join(unknown)}: no such stage; stages are "
+            f"{', '.join(nb.stem for nb in all_)}"
         )
-    ]
-    if not chosen:
-        raise SystemExit(f"--only {only}: no such stage; stages are {[nb.stem for nb in all_]}")
+    chosen = [nb for nb in all_ if any(hit(nb, o) for o in only)]
     return chosen
 
 
-def run(params_file: str, only: list[str] | None = None, progress: bool = True) -> Path:
-    """Execute the stages for a params file into runs/<name>/notebooks/; stop at the first failure."""
+class Refused(params_mod.ParamsError):
+    """A run refused before anything started; the message lists every problem."""
+
+
+def preflight(params_file: str, overrides=(), dry_run: bool = False):
+    """The validated params of a run, after every check of `python -m mi_llm check`; raises
+    Refused listing every problem (nothing started, no run folder made)."""
     from mi_llm import runs
     from mi_llm.study import check
 
-    P = params_mod.load(params_file)
-    errs = check.study_inputs(
-        P
-    )  # what a stage would only meet later: refused before any stage runs
+    try:  # a run of the same name in progress stops this one at once, before the checks
+        runs.ensure_free(params_mod.load(params_file, overrides).run_dir)
+    except params_mod.ParamsError:
+        pass  # reported with every other problem below
+    except runs.AlreadyRunning as e:
+        raise SystemExit(f"[mi_llm] {e}") from None
+    P, errs = check.problems(params_file, overrides, dry_run=dry_run)
+    if P is None:  # the file itself: one line naming it (and line:column of a YAML error)
+        raise Refused(errs[0])
+    if check.is_dryrun(P) and not dry_run:
+        raise Refused(
+            f"{params_file} is a dry-run recipe: its endpoint is the local stand-in and its key "
+            f"${check.DRYRUN_KEY_ENV} is set only by the dry run, which also writes its tiny "
+            f"checkpoints. Run it with `python -m mi_llm dryrun {params_file}`."
+        )
     if errs:
-        raise SystemExit(f"[mi_llm] {params_file}: " + "; ".join(errs))
+        n = f"{len(errs)} problem{'s' if len(errs) > 1 else ''}"
+        raise Refused(f"{params_file}: {n}; nothing was started:\n  - " + "\n  - ".join(errs))
+    return P
+
+
+def run(
+    params_file: str,
+    only: list[str] | None = None,
+    progress: bool = True,
+    overrides=(),
+    dry_run: bool = False,
+) -> Path:
+    """Execute the stages for a params file into runs/<name>/notebooks/; stop at the first failure.
+
+    Every check runs first (preflight), so a mistake stops the run before a kernel starts or the
+    run folder is made. overrides: `KEY=VALUE` strings (`--set`), recorded in provenance.json.
+    dry_run: the stages run against the local stand-in and tiny checkpoints (mi_llm.study.dryrun).
+    """
+    only_ = select(only)  # an unknown stage is refused before anything starts, too
+    P = preflight(params_file, overrides, dry_run)
+    if not dry_run:
+        return _locked(P, params_file, only_, progress, overrides)
+    from mi_llm.study import dryrun
+
+    with dryrun.standins(P) as url:
+        print(f"[mi_llm] stand-in model at {url}; tiny checkpoints written", flush=True)
+        return _locked(P, params_file, only_, progress, overrides)
+
+
+def _locked(P, params_file: str, todo: list[Path], progress: bool, overrides) -> Path:
+    from mi_llm import runs
+
     try:  # one run of a name at a time: a second one stops here, before any stage or API call
         with runs.lock(P.run_dir):
-            return _run(P, params_file, only, progress)
+            runs.record_recipe(P, params_file, overrides)
+            return _run(P, todo, progress)
     except runs.AlreadyRunning as e:
         raise SystemExit(f"[mi_llm] {e}") from None
 
 
-def _run(P, params_file: str, only: list[str] | None, progress: bool) -> Path:
+def _run(P, todo: list[Path], progress: bool) -> Path:
     import papermill as pm
     from tqdm.auto import tqdm
 
@@ -64,7 +114,6 @@ def _run(P, params_file: str, only: list[str] | None, progress: bool) -> Path:
     values = P.to_dict()
     out_dir = P.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = select(only)
     bar = tqdm(todo, desc=f"study {P.name}", unit="stage", disable=not progress, file=sys.stdout)
     for nb in bar:
         bar.set_postfix_str(nb.stem)
