@@ -134,7 +134,7 @@ class SFTParams:
 @dataclass
 class MitiParams:  # evaluation.miti: the MITI 4.2.1 coder (mi_llm.eval.miti); paths from the project root
     enabled: bool = True  # false: stage 04 skips MITI coding
-    prompt_version: str = "miti_v3"  # mi_llm/prompts/<version>.md with `## code` and `## globals`
+    prompt_version: str = "miti_v4"  # mi_llm/prompts/<version>.md with `## code` and `## globals`
     max_tokens: int = 8  # tokens of a code answer (one or two code words)
     globals_max_tokens: int = 64  # tokens of the globals JSON answer
     temperature: float = 0.0
