@@ -16,31 +16,54 @@ import numpy as np
 import pandas as pd
 
 from mi_llm.eval import miti
-from mi_llm.eval.miti import CODES, GLOBALS, SCORES, SUMMARY_COLUMNS, summary_scores
+from mi_llm.eval.miti import CODES, GLOBALS, SCORES, SUMMARY_COLUMNS
 
 LEVEL = 0.95
 
 
-def _pooled(counts: np.ndarray, globals_: np.ndarray, n_coded: np.ndarray) -> dict:
-    """Scores of dialogues pooled: counts (d x codes, NaN: not annotated), globals (d x 4)."""
-    c = dict(zip(CODES, _nansum(counts)))
+_K = {k: i for i, k in enumerate(CODES)}
+_G = {k: i for i, k in enumerate(GLOBALS)}
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
-        g = dict(zip(GLOBALS, _nanmean(globals_)))
-    return summary_scores(c, g, float(n_coded.sum()))
+        return np.where((b == 0) | np.isnan(b), np.nan, a / np.where(b == 0, 1, b))
 
 
-def _nansum(x: np.ndarray) -> np.ndarray:
-    """Column sums; NaN where a column is NaN throughout (not annotated), NaN counted as 0 else."""
-    out = np.nansum(x, axis=0)
-    out[np.isnan(x).all(axis=0)] = np.nan
-    return out
+def _score_matrix(c: np.ndarray, g: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """miti.summary_scores over rows at once: counts (r x codes), globals (r x 4), n_coded (r)
+    -> (r x SCORES); the same formulas, NaN where a denominator is 0 or a count not annotated."""
+    col = {k: c[:, i] for k, i in _K.items()}
+    glob = {k: g[:, i] for k, i in _G.items()}
+    mia, mina = col["SEEK"] + col["AF"] + col["AUTO"], col["PERSUADE"] + col["CONFRONT"]
+    out = {
+        "technical": (glob["CCT"] + glob["SST"]) / 2,
+        "relational": (glob["PARTNER"] + glob["EMPATHY"]) / 2,
+        "pct_cr": 100 * _div(col["CR"], col["SR"] + col["CR"]),
+        "r_q": _div(col["SR"] + col["CR"], col["Q"]),
+        "pct_mi_adherent": 100 * _div(mia, mia + mina),
+        "mi_adherent": _div(mia, n),
+        "mi_non_adherent": _div(mina, n),
+    }
+    return np.stack([out[s] for s in SCORES], axis=1)
 
 
-def _nanmean(x: np.ndarray) -> np.ndarray:
-    out = np.full(x.shape[1], np.nan)
-    ok = ~np.isnan(x).all(axis=0)
-    out[ok] = np.nanmean(x[:, ok], axis=0)
-    return out
+def _pooled(counts: np.ndarray, glob: np.ndarray, n_coded: np.ndarray, draws: np.ndarray):
+    """Pooled scores of each draw (rows of dialogue indices): counts summed (a code NaN in
+    every dialogue stays NaN: not annotated), globals averaged over the rated dialogues."""
+    c = np.nansum(counts[draws], axis=1)
+    c[:, np.isnan(counts).all(axis=0)] = np.nan
+    g = glob[draws]
+    rated = (~np.isnan(g)).sum(axis=1)
+    with np.errstate(all="ignore"):
+        g = np.where(rated > 0, np.nansum(g, axis=1) / np.maximum(rated, 1), np.nan)
+    return _score_matrix(c, g, n_coded[draws].sum(axis=1))
+
+
+def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
+    ok = (~np.isnan(x)).sum(axis=axis)
+    with np.errstate(all="ignore"):
+        return np.where(ok > 0, np.nansum(x, axis=axis) / np.maximum(ok, 1), np.nan)
 
 
 def _ci(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,29 +82,24 @@ def scores_with_ci(d: pd.DataFrame, definition: str, bootstrap: int, seed: int) 
     counts = d[list(CODES)].to_numpy(float)
     glob = d[list(GLOBALS)].to_numpy(float)
     n_coded = d["n_coded"].to_numpy(float)
+    everything = np.arange(len(d))[None, :]
     if definition == "pooled":
 
-        def stat(rows):
-            return [_pooled(counts[rows], glob[rows], n_coded[rows])[s] for s in SCORES]
+        def stat(draws):
+            return _pooled(counts, glob, n_coded, draws)
     elif definition == "per_conversation":
-        per = np.array(
-            [
-                [_pooled(counts[[i]], glob[[i]], n_coded[[i]])[s] for s in SCORES]
-                for i in range(len(d))
-            ]
-        ).reshape(len(d), len(SCORES))
+        per = _pooled(counts, glob, n_coded, np.arange(len(d))[:, None])  # dialogue x score
 
-        def stat(rows):
-            return _nanmean(per[rows])
+        def stat(draws):
+            return _nanmean(per[draws], axis=1)
     else:
         raise ValueError(f"unknown definition {definition!r}; known: {list(miti.DEFINITIONS)}")
-    point = np.asarray(stat(np.arange(len(d))), float)
+    point = stat(everything)[0]
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(d), size=(bootstrap, len(d)))  # resampled dialogues
-    lo, hi = _ci(np.array([stat(r) for r in draws], float).reshape(bootstrap, len(SCORES)))
-    out = {"definition": definition, **dict(zip(SCORES, point))}
-    out.update({f"{s}_ci_low": lo[j] for j, s in enumerate(SCORES)})
-    out.update({f"{s}_ci_high": hi[j] for j, s in enumerate(SCORES)})
+    lo, hi = _ci(stat(rng.integers(0, len(d), size=(bootstrap, len(d)))))  # resampled dialogues
+    out = {"definition": definition, **dict(zip(SCORES, map(float, point)))}
+    out.update({f"{s}_ci_low": float(lo[j]) for j, s in enumerate(SCORES)})
+    out.update({f"{s}_ci_high": float(hi[j]) for j, s in enumerate(SCORES)})
     out.update({f"{s}_label": miti.label(s, out[s]) for s in miti.THRESHOLDS})
     return out
 

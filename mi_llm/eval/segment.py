@@ -15,6 +15,8 @@ reply without its whitespace between them):
    你觉得, 是什么, ...) and the sentence's question mark; the clause before must hold at least
    three English words or five CJK characters and not open with a subordinating word (if, when,
    because, 如果, 因为, ...: "If you could change one thing, what would it be?" is one thought).
+   A tag question (TAG_QUESTIONS: "..., is that right?", "……，对吗？") checks the statement
+   before it and stays with it.
 4. Fragments. A piece without a letter, digit or CJK character ("--", "……") joins the utterance
    before it (the next one when it comes first).
 """
@@ -46,6 +48,10 @@ SUBORDINATORS = (
     "while", "as", "unless", "once", "until", "so that",
     "如果", "假如", "要是", "当", "因为", "虽然", "既然", "等", "只要", "一旦", "为了",
 )  # fmt: skip
+TAG_QUESTIONS = {
+    "is that right", "is that so", "is that true", "is that correct", "right", "isn't it",
+    "don't you", "do you", "yes", "no", "对吗", "是吗", "对不对", "是不是", "是这样吗", "没错吧", "对吧",
+}  # fmt: skip
 _COMMA = re.compile(r"[，,]\s*")
 _EN_WORD = re.compile(r"[A-Za-z0-9']+")
 _CJK_CHAR = re.compile(f"[{CJK_CHARS}]")
@@ -87,7 +93,8 @@ def _clauses(sentence: str) -> list[str]:
         return [sentence]
     for m in _COMMA.finditer(sentence):
         before, after = sentence[: m.end()], sentence[m.end() :]
-        if _opens_with(after, QUESTION_OPENERS) and _statement(sentence[: m.start()]):
+        tag = after.rstrip(_CLOSERS + "?？ ").lower() in TAG_QUESTIONS
+        if not tag and _opens_with(after, QUESTION_OPENERS) and _statement(sentence[: m.start()]):
             return [before.strip(), *_clauses(after)]
     return [sentence]
 
