@@ -135,6 +135,8 @@ def test_baselines_on_a_hand_made_case():
     X, y, _ = forecast.examples([d])
     assert list(y) == ["other", "open_question", "open_question", "complex_reflection"]
     assert forecast.majority_baseline(y) == "open_question"
+    draws = forecast_eval.class_prior_baseline(["a"] * 3 + ["b"], 4000, seed=0)
+    assert abs((draws == "a").mean() - 0.75) < 0.03  # the training shares, by hand
     # first turn: no previous behaviour -> the fallback; then the previous label
     assert list(forecast_eval.previous_baseline(X, "other")) == [
         "other",
@@ -270,7 +272,9 @@ def test_evaluate_writes_table_and_model(tmp_path):
     df = forecast_eval.evaluate(P, tmp_path)
     written = pd.read_csv(tmp_path / "forecaster.csv")
     assert list(written.model) == list(df.model)
-    assert {"majority", "previous_behaviour", "forecaster_universal"} <= set(written.model)
+    assert {"majority", "class_prior", "previous_behaviour", "forecaster_universal"} <= set(
+        written.model
+    )
     cols = [
         "model",
         "role",
@@ -301,6 +305,10 @@ def test_evaluate_writes_table_and_model(tmp_path):
     assert fc.loc["forecaster_text", "macro_f1"] > fc.loc["previous_behaviour", "macro_f1"]
     assert fc.loc["forecaster_untagged", "beats_baselines"]
     assert written.reference.iloc[0] in ("majority", "previous_behaviour")
+    # a random draw from the class shares: near its expected accuracy sum(p_k q_k), below the
+    # previous behaviour's macro-F1 (chance level, not a competitor)
+    assert fc.loc["class_prior", "macro_f1"] < fc.loc["previous_behaviour", "macro_f1"]
+    assert 0.1 < fc.loc["class_prior", "accuracy"] < fc.loc["majority", "accuracy"]
     # scored as used on untagged history: against the majority class (no previous label there)
     assert fc.loc["forecaster_untagged", "reference"] == "majority"
     assert fc.loc["forecaster_untagged", "delta_macro_f1"] == pytest.approx(
