@@ -390,6 +390,8 @@ def mi_model(req: dict) -> str:
 
 def smoke_params(**tp) -> params.Params:
     P = params.load(ROOT / "params/smoke.yaml")
+    version = tp.get("prompt_version", P.transcription.prompt_version)
+    tp.setdefault("tag_behaviour", "tagged" in version)  # the smoke recipe's tags follow its prompt
     llm_p = dataclasses.replace(
         P.llm, provider="remote", request_timeout=10, backoff_base=0.01, backoff_max=0.05
     )
