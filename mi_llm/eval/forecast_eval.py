@@ -166,7 +166,8 @@ def evaluate(P, out_dir) -> pd.DataFrame:
     best = max(base, key=base.get)  # the paired differences are against the stronger baseline
     ref = {name: next(p for n, *_, p in preds if n == best) for name, *_ in preds}
     # as used on untagged history: the previous behaviour is unknown there, so its baseline is
-    # the majority class
+    # the stronger of the two that need no history (majority class, class-prior draw)
+    blind = max(("majority", "class_prior"), key=base.get)
     preds.append(
         (
             "forecaster_untagged",
@@ -175,8 +176,8 @@ def evaluate(P, out_dir) -> pd.DataFrame:
             bundle["untagged"].predict(X_untagged),
         )
     )
-    ref["forecaster_untagged"] = preds[0][3]
-    refname = {name: best for name in ref} | {"forecaster_untagged": "majority"}
+    ref["forecaster_untagged"] = next(p for n, *_, p in preds if n == blind)
+    refname = {name: best for name in ref} | {"forecaster_untagged": blind}
     rows = [
         {
             "model": name,
