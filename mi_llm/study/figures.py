@@ -340,13 +340,10 @@ def miti_codes(run_dir, table=None):
         .reindex(columns=codes)
         .mul(100)
     )
-    ref = t.groupby("source", sort=False)["reference"].first().reindex(share.index)
-    annotated = t.pivot_table(
-        index="source", columns="code", values="share", aggfunc=lambda v: v.notna().any()
-    ).reindex(index=share.index, columns=codes)
-    not_annotated = ref.to_numpy()[:, None] & ~annotated.fillna(False).astype(bool).to_numpy()
-    share = share.where(not_annotated | share.notna(), 0.0)  # a code never given: 0 %
-    share[not_annotated] = np.nan
+    ref = t.groupby("source", sort=False)["reference"].first().reindex(share.index).to_numpy()
+    share[~ref] = share[~ref].fillna(
+        0.0
+    )  # a code the coder never gave: 0 %; a reference's NaN: n/a
     fig, ax = plt.subplots(layout="constrained", figsize=(COL2, 0.35 * len(share) + 1.6))
     sns.heatmap(
         share,
@@ -366,7 +363,7 @@ def miti_codes(run_dir, table=None):
     ax.set_ylabel("")
     ax.set_yticklabels([label(s) for s in share.index], rotation=0)
     ax.set_xticklabels(codes, rotation=30, ha="right")
-    ax.set_title("MITI behaviour codes")
+    ax.set_title("MITI behaviour codes: % of coded utterances, pooled over each source's dialogues")
     return fig
 
 

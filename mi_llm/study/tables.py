@@ -301,7 +301,8 @@ def miti_summary_table(run_dir) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- (g) behaviour codes
 def miti_codes_table(run_dir) -> pd.DataFrame:
     """Share of coded utterances given each MITI behaviour per source (source, code, count, n,
-    share, reference); share NaN: the source does not annotate that code ("n/a").
+    reference, share, definition: pooled over the source's dialogues); share NaN: the source
+    does not annotate that code ("n/a").
 
     Generated sources come from miti_codes.jsonl (mi_llm.eval.miti): one record per coded unit with its
     id fields and "utterances": [{"codes": [...]}], one code per utterance. NONE or an empty list
@@ -335,6 +336,7 @@ def miti_codes_table(run_dir) -> pd.DataFrame:
     t["reference"] = False
     t = pd.concat([t, _annomi_codes(run_dir)], ignore_index=True)
     t["share"] = t["count"] / t["n"]
+    t["definition"] = "pooled"  # utterances counted over all of a source's dialogues
     t["source"] = [f"{s} (n={int(k)})" for s, k in zip(t.source, t.n)]
     return t.sort_values("reference", kind="stable").reset_index(drop=True)
 
