@@ -136,13 +136,15 @@ class SFTParams:
 @dataclass
 class MitiParams:  # evaluation.miti: the MITI 4.2.1 coder (mi_llm.eval.miti); paths from the project root
     enabled: bool = True  # false: stage 04 skips MITI coding
-    prompt_version: str = "miti_v3"  # mi_llm/prompts/<version>.md with `## code` and `## globals`
-    max_tokens: int = 8  # tokens of a code answer (one or two code words)
+    prompt_version: str = "miti_v4"  # mi_llm/prompts/<version>.md with `## code` and `## globals`
+    max_tokens: int = 8  # tokens of a code answer (one code word)
     globals_max_tokens: int = 64  # tokens of the globals JSON answer
     temperature: float = 0.0
     parse_retries: int = 1  # an unparseable answer is asked again this often, then marked missing
     context_turns: int = 4  # turns of preceding conversation shown with each utterance
-    max_utterances: int | None = None  # counselor utterances coded per dialogue; None: all
+    max_utterances: int | None = (
+        None  # replies coded per dialogue (each cut into utterances); None: all
+    )
     rate_globals: bool = True  # also rate the four globals per dialogue
     annomi_path: str = "data/AnnoMI"  # folder (simple + full CSV) read by mi_llm.data.corpora
     annomi_sample: int = 40  # AnnoMI therapist utterances coded for the coder check; 0: none

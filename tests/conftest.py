@@ -289,29 +289,42 @@ def write_artifacts(run):
     gens = sample_generations()
     metrics.score(gens, bootstrap=200).to_csv(e / "metrics.csv", index=False)
     therapy.therapy_metrics(gens).to_csv(e / "therapy_metrics.csv", index=False)
-    summary = [
-        {
-            "group": "generated",
-            "model": "gemma3-270m",
-            "variant": "finetuned",
-            **miti.summary_scores(
-                {"Q": 4, "SR": 3, "CR": 1}, {"CCT": 3, "SST": 4, "PARTNER": 4, "EMPATHY": 3}, 8
-            ),
-            "n_coded": 8,
-        },
-        {
-            "group": "reference",
-            "model": "annomi",
-            "variant": "high",
-            **miti.summary_scores({"Q": 2, "SR": 2, "CR": 2}, None, 10),
-            "n_coded": 10,
-            "Q": 2,
-            "SR": 2,
-            "CR": 2,
-            "GI": 1,
-            "AF": np.nan,
-        },
-    ]
+    # miti_summary.csv from per-dialogue counts by mi_llm.eval.miti_summary (both definitions)
+    from mi_llm.eval import miti_summary
+
+    def dialogues(model, variant, counts, globals_=None):
+        return [
+            {
+                "model": model,
+                "variant": variant,
+                "dialogue_id": str(i),
+                "n_replies": sum(c.values()),
+                "n_utterances": sum(c.values()),
+                "n_coded": sum(c.values()),
+                **{
+                    k: c.get(k, 0 if model != "annomi" or k in ("Q", "SR", "CR", "GI") else np.nan)
+                    for k in miti.CODES
+                },
+                **{g: (globals_ or {}).get(g, np.nan) for g in miti.GLOBALS},
+            }
+            for i, c in enumerate(counts)
+        ]
+
+    glob = {"CCT": 3, "SST": 4, "PARTNER": 4, "EMPATHY": 3}
+    gen = dialogues(
+        "gemma3-270m", "finetuned", [{"Q": 2, "SR": 2, "CR": 1}, {"Q": 2, "SR": 1}], glob
+    )
+    ref = dialogues(
+        "annomi",
+        "high",
+        [{"Q": 1, "SR": 1, "CR": 1, "GI": 1, "NONE": 1}, {"Q": 1, "SR": 1, "CR": 1, "NONE": 2}],
+    )
+    summary = pd.concat(
+        [
+            miti_summary.group_summary(pd.DataFrame(gen), "generated", 200),
+            miti_summary.group_summary(pd.DataFrame(ref), "reference", 200),
+        ]
+    )
     pd.DataFrame(summary).to_csv(e / "miti_summary.csv", index=False)
     units = [
         {
@@ -323,7 +336,7 @@ def write_artifacts(run):
         }
         for v, codes in [
             ("base", [["Q"], ["Q"], ["GI"], None]),
-            ("finetuned", [["SR"], ["Q", "CR"], ["Q"], []]),
+            ("finetuned", [["SR"], ["CR"], ["Q"], ["Q"], []]),
         ]
     ]
     units.append(  # a coder-check record: not real MI, not drawn
@@ -379,7 +392,8 @@ def smoke_params(**tp) -> params.Params:
     """The smoke params as a remote-endpoint transcription test needs them; untagged unless
     tag_behaviour is given."""
     P = params.load(ROOT / "params/smoke.yaml")
-    tp.setdefault("tag_behaviour", False)
+    version = tp.get("prompt_version", P.transcription.prompt_version)
+    tp.setdefault("tag_behaviour", "tagged" in version)  # the smoke recipe's tags follow its prompt
     llm_p = dataclasses.replace(
         P.llm, provider="remote", request_timeout=10, backoff_base=0.01, backoff_max=0.05
     )

@@ -34,11 +34,21 @@ def coder(req: dict) -> str:
 
 
 def test_annomi_reference_counts_match_the_published_ones():
-    ref = client_talk.reference(client_talk.annomi_client(ANNOMI)).set_index("variant")
+    both = client_talk.reference(client_talk.annomi_client(ANNOMI))
+    ref = both[both["definition"] == "pooled"].set_index("variant")
     # AnnoMI (Wu et al.): 1,102 change / 478 sustain in high-quality MI, 72 / 63 in low-quality
     assert (ref.loc["high", "change"], ref.loc["high", "sustain"]) == (1102, 478)
     assert (ref.loc["low", "change"], ref.loc["low", "sustain"]) == (72, 63)
     assert round(ref.loc["high", "c_s"], 2) == 2.31 and round(ref.loc["low", "c_s"], 2) == 1.14
+    # per conversation, independently: pandas over the simple CSV, each session's C:S, then the mean
+    simple = pd.read_csv(ANNOMI / "AnnoMI-simple.csv")
+    simple = simple[simple["interlocutor"] == "client"]
+    per = both[both["definition"] == "per_conversation"].set_index("variant")
+    for quality, d in simple.groupby("mi_quality"):
+        n = d.groupby("transcript_id")["client_talk_type"].value_counts().unstack(fill_value=0)
+        cs = (n["change"] / n["sustain"]).where(n["sustain"] > 0)
+        assert per.loc[quality, "c_s"] == pytest.approx(cs.mean())
+    assert round(per.loc["high", "c_s"], 2) == 3.23  # the same sessions: 2.31 pooled
 
 
 @pytest.mark.slow  # ~60 s on 2 busy cores
@@ -57,8 +67,24 @@ def test_client_classifier_is_validated_on_held_out_recordings():
 
 def test_parse_client_codes():
     assert client_talk.parse("Change.") == "change" and client_talk.parse("维持") == "sustain"
+    assert client_talk.parse("Code: neutral\n") == "neutral"
     with pytest.raises(ValueError, match="no client code"):
         client_talk.parse("maybe")
+    for bad in [
+        "not change",
+        "不是改变",
+        "change or sustain",
+        "neutral\nchange",
+        "Changes",
+        "no change",
+    ]:
+        with pytest.raises(ValueError):
+            client_talk.parse(bad)
+
+
+def test_agreement_words():
+    words = [client_talk.agreement_words(k) for k in (-0.1, 0.1, 0.27, 0.5, 0.7, 0.9)]
+    assert words == ["poor", "slight", "fair", "moderate", "substantial", "almost perfect"]
 
 
 def test_code_sessions_writes_the_stage_04_summary_with_client_talk_and_references(
@@ -88,9 +114,10 @@ def test_code_sessions_writes_the_stage_04_summary_with_client_talk_and_referenc
     ):
         assert (out / f).exists(), f
     per = pd.read_csv(out / "miti_dialogues.csv").set_index("dialogue_id")
-    # session one: 3 replies "听起来...": 3 SR, 0 Q; client: change, sustain, change
+    # session one: 3 replies "听起来你很在意这件事。[n system]", each cut into a reflection (SR) and
+    # the stand-in's bracket (GI); client: change, sustain, change
     one = per.loc["one"]
-    assert (one["SR"], one["Q"], one["n_coded"]) == (3, 0, 3)
+    assert (one["n_replies"], one["SR"], one["GI"], one["Q"], one["n_coded"]) == (3, 3, 3, 0, 6)
     assert (one["change"], one["sustain"], one["c_s"]) == (2, 1, 2.0)
     assert one["relational"] == 4.0 and one["pct_mi_consistent"] == 1.0
     two = per.loc["two"]
@@ -100,13 +127,18 @@ def test_code_sessions_writes_the_stage_04_summary_with_client_talk_and_referenc
     assert (
         list(summary.columns[: len(sessions.miti.SUMMARY_COLUMNS)]) == sessions.miti.SUMMARY_COLUMNS
     )
-    row = summary[summary["group"] == "chat"].iloc[0]
+    chat = summary[summary["group"] == "chat"].set_index("definition")
+    row = chat.loc["pooled"]
     assert (row["model"], row["variant"], row["n_dialogues"]) == ("gemma3-270m", "finetuned", 2)
-    assert (row["change"], row["sustain"], row["c_s"]) == (2, 2, 1.0)
-    annomi = summary[summary["model"] == "annomi"].set_index("variant")
-    assert annomi.loc["high", "c_s"] == pytest.approx(1102 / 478)
-    assert annomi.loc["low", "c_s"] == pytest.approx(72 / 63)
+    assert (row["change"], row["sustain"], row["c_s"]) == (2, 2, 1.0)  # 2 / 2 over both sessions
+    assert chat.loc["per_conversation", "c_s"] == 1.0  # mean of 2/1 and 0/1
+    annomi = summary[summary["model"] == "annomi"].set_index(["variant", "definition"])
+    assert annomi.loc[("high", "pooled"), "c_s"] == pytest.approx(1102 / 478)
+    assert annomi.loc[("low", "pooled"), "c_s"] == pytest.approx(72 / 63)
+    assert annomi.loc[("high", "per_conversation"), "c_s"] > 3  # the definition MIBot reports
+    assert summary["what"].notna().all()  # every row says which definition it uses
     mibot = summary[summary["model"] == "mibot"].iloc[0]
+    assert mibot["definition"] == "per_conversation"
     published = references.REFERENCES[0]
     assert (mibot["r_q"], mibot["pct_mi_consistent"], mibot["c_s"]) == (
         published["r_q"],

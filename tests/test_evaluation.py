@@ -11,6 +11,7 @@ import pytest
 from conftest import miti_params
 
 from mi_llm.eval import miti, miti_check, writer
+from mi_llm.eval.segment import segment
 from mi_llm.llm import api
 from mi_llm.params import ROOT, MitiParams
 
@@ -50,6 +51,7 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     generations = tmp_path / "generations.jsonl"
     generations.write_text("\n".join(text) + "\n", encoding="utf-8")
     p = miti_params(tmp_path, annomi_sample=6, gold_sample=5, parse_retries=1, rate_globals=True)
+    p.llm.max_concurrency = 4  # the test server's listen queue holds 5 connections
     out = tmp_path / "out"
     out.mkdir()
     seen = {}
@@ -73,14 +75,20 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     assert never["codes"] is None and not never["ok"] and len(never["raw"]) == 2
     assert "not a MITI code" in never["error"]
     assert once["codes"] == ["SR"] and once["ok"] and len(once["raw"]) == 2
-    s = res["summary"].set_index(["model", "variant"])
+    summary = res["summary"]
+    s = summary[summary["definition"] == "pooled"].set_index(["model", "variant"])
     base, ft = s.loc[("tiny", "base")], s.loc[("tiny", "finetuned")]
-    assert ft["Q"] == 6 and ft["SR"] == 0 and ft["n_coded"] == 6  # every fine-tuned reply asks
-    assert (
-        base["n_utterances"] == 6
-        and base["n_coded"] == 5
-        and base["pass_rate"] == pytest.approx(5 / 6)
-    )
+    # counted over utterances: each reply cut by segment(), the handler's code for each
+    recs = [json.loads(x) for x in generations.read_text(encoding="utf-8").splitlines()]
+    for row, variant in ((base, "base"), (ft, "finetuned")):
+        segs = [x for r in recs if r["variant"] == variant for x in segment(r["reply"])]
+        asks = sum("?" in x or "？" in x for x in segs)
+        assert row["n_utterances"] == len(segs) and row["n_replies"] == 6 and row["Q"] == asks
+        assert row["SR"] == len(segs) - asks - (variant == "base")  # base: one never coded
+        assert row["n_coded"] == len(segs) - (variant == "base")
+        assert row["r_q_ci_low"] <= row["r_q"] <= row["r_q_ci_high"] or np.isnan(row["r_q"])
+    assert ft["Q"] == 6  # every fine-tuned reply ends with its own question utterance
+    assert base["pass_rate"] == pytest.approx(base["n_coded"] / base["n_utterances"])
     assert base["n_missing"] == 1 and ft["n_missing"] == 0
     assert (
         base["technical"] == 3.5
@@ -89,7 +97,7 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     )
     assert set(s.index) >= {("annomi", "high"), ("annomi", "low")}
     saved = pd.read_csv(out / "miti_summary.csv")
-    assert list(saved.columns) == miti.SUMMARY_COLUMNS and len(saved) == 4
+    assert list(saved.columns) == miti.SUMMARY_COLUMNS and len(saved) == 8  # x 2 definitions
     agree = pd.read_csv(out / "coder_agreement.csv")
     assert list(agree["comparison"]) == [
         "auto_vs_annomi",
@@ -99,22 +107,32 @@ def test_coder_end_to_end_against_a_local_server(generations, tmp_path, monkeypa
     # the authors' classifier on the same sentences, from the CSV's Prediction column by hand
     raw = pd.read_csv(ROOT / MitiParams.gold_path, keep_default_na=False)
     rows = raw.loc[[int(c["dialogue_id"].split(":")[1]) for c in checks[6:]]]
-    pred = [
-        miti.code_label(miti_check.GOLD_CODES[x]) if x in miti_check.GOLD_CODES else None
-        for x in rows["Prediction"]
-    ]
+    # a prediction without a MITI counterpart (Support, ...) is a disagreement, never dropped
     truth = [miti.code_label(miti_check.GOLD_CODES[x]) for x in rows["Ground truth"]]
-    hits = [a == b for a, b in zip(pred, truth) if a is not None]
-    assert agree.loc[2, "n_coded"] == len(hits) and agree.loc[2, "accuracy"] == pytest.approx(
-        np.mean(hits)
-    )
-    # the handler answers Q for a question mark, else SR: the expected agreement by hand
-    for row, c in zip(list(agree.itertuples())[:2], (checks[:6], checks[6:])):
-        said = ["Q" if "?" in u["turns"][-1]["text"] else "SR" for u in c]
-        truth = [u["utterances"][0]["reference"] for u in c]
+    hits = [
+        x in miti_check.GOLD_CODES and miti.code_label(miti_check.GOLD_CODES[x]) == t
+        for x, t in zip(rows["Prediction"], truth)
+    ]
+    assert agree.loc[2, "n_coded"] == len(hits) == 5
+    assert agree.loc[2, "accuracy"] == pytest.approx(np.mean(hits))
+    # the handler answers Q for an utterance with a question mark, else SR; an item compares as
+    # the set of its utterances' codes: the expected agreement by hand
+    for row, c, to_label in zip(
+        list(agree.itertuples())[:2],
+        (checks[:6], checks[6:]),
+        (miti_check.coder_label, miti.code_label),
+    ):
+        said = [
+            to_label(
+                ["Q" if "?" in u["turns"][ut["turn"]]["text"] else "SR" for ut in u["utterances"]]
+            )
+            for u in c
+        ]
+        truth = [u["reference"] for u in c]
         assert row.n_sampled == len(c) and row.accuracy == pytest.approx(
             np.mean([a == b for a, b in zip(said, truth)])
         )
+    assert agree.loc[0, "n_clusters"] == len({u["cluster"] for u in checks[:6]})
     conf = pd.read_csv(out / "coder_confusion.csv")
     assert conf.groupby("comparison")["n"].sum().to_dict() == {
         "auto_vs_annomi": 6,
@@ -139,8 +157,17 @@ def test_coder_opens_the_remote_endpoint_itself(generations, tmp_path, monkeypat
         p.llm.provider, p.llm.base_url = "remote", url
         monkeypatch.setenv(p.llm.api_key_env, "test-key")
         res = writer.write_miti(p, same, tmp_path, endpoint=None)
-    assert url.stats.count == 6 and len(recs) == 12
-    s = res["summary"].set_index("variant")
-    assert s.loc["base", "SR"] == s.loc["finetuned", "SR"] and s.loc["base", "n_coded"] == 6
+    units = miti.units_from_generations(same)
+    asked = {
+        (u["turns"][ut["turn"]]["text"], miti.render_turns(ut["context"][-2:]))
+        for u in units
+        for ut in u["utterances"]
+    }  # one request per distinct utterance in its context (context_turns 2 in the smoke recipe)
+    assert url.stats.count == len(asked) and len(recs) == 12
+    s = res["summary"].query("definition == 'pooled'").set_index("variant")
+    assert (
+        s.loc["base", "SR"] == s.loc["finetuned", "SR"]
+        and s.loc["base", "n_coded"] == s.loc["base", "n_utterances"]
+    )
     assert np.isnan(s.loc["base", "technical"])  # globals not rated
     assert res["agreement"].empty

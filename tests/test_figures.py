@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import write_artifacts
@@ -62,40 +63,43 @@ def test_tables_carry_the_artifacts_numbers(made):
     th = figures.table("therapy_metrics", run)
     assert set(th.metric) == set(figures.THERAPY) and set(th.category) == {"婚恋", "家庭", "all"}
     base_q = th[(th.variant == "base") & (th.metric == "question_marks") & (th.category == "all")]
-    assert base_q.value.tolist() == [4]  # the base replies above hold four question marks
-    m = figures.table("miti_summary", run).set_index(["source", "metric"]).value
-    ft, hi = "gemma3-270m · finetuned (n=8)", "annomi · high (n=10)"  # ids, n coded utterances
-    assert m[(ft, "pct_cr")] == 25 and m[(hi, "r_q")] == 2
-    assert math.isnan(m[(ft, "pct_mi_adherent")])  # no MIA nor MINA: 0/0
-    assert figures.table("miti_summary", run).groupby("source").reference.first().to_dict() == {
-        hi: True,
-        ft: False,
-    }
+    assert base_q.value.tolist() == [4 / base_q.n.iloc[0]]  # four question marks, per reply
+    summary = figures.table("miti_summary", run)
+    m = summary[summary.definition == "pooled"].set_index(["source", "metric"])
+    # ids with their n's: dialogues and utterances
+    ft = "gemma3-270m · finetuned (2 dialogues, 8 utterances)"
+    hi = "annomi · high (2 dialogues, 10 utterances)"
+    assert m.value[(ft, "pct_cr")] == 25 and m.value[(hi, "r_q")] == 2
+    assert m.ci_low[(ft, "r_q")] <= m.value[(ft, "r_q")] <= m.ci_high[(ft, "r_q")]
+    assert math.isnan(m.value[(ft, "pct_mi_adherent")])  # no MIA nor MINA: 0/0
+    per = summary[summary.definition == "per_conversation"].set_index(["source", "metric"]).value
+    assert per[(ft, "r_q")] == pytest.approx((3 / 2 + 1 / 2) / 2)  # mean over conversations
+    assert summary.groupby("source").reference.first().to_dict() == {hi: True, ft: False}
     c = figures.table("miti_codes", run)
     by = {s: g.set_index("code")["share"].to_dict() for s, g in c.groupby("source")}
     # base: 3 coded utterances (the null one left out), two questions and one information
     assert by["gemma3-270m · base (n=3)"] == pytest.approx(
         {"Question": 2 / 3, "Giving Information": 1 / 3}
     )
-    # finetuned: 4 utterances, one holding a question and a complex reflection (both count)
-    assert by["gemma3-270m · finetuned (n=4)"] == pytest.approx(
+    # finetuned: 5 utterances, one code each
+    assert by["gemma3-270m · finetuned (n=5)"] == pytest.approx(
         {
-            "Simple Reflection": 1 / 4,
-            "Question": 2 / 4,
-            "Complex Reflection": 1 / 4,
-            "no behaviour": 1 / 4,
+            "Simple Reflection": 1 / 5,
+            "Question": 2 / 5,
+            "Complex Reflection": 1 / 5,
+            "no behaviour": 1 / 5,
         }
     )
-    # real MI: AnnoMI's human codes from the summary, not the coder-check sample
-    assert by["annomi · high (human codes) (n=10)"] == pytest.approx(
-        {
-            "Question": 0.2,
-            "Simple Reflection": 0.2,
-            "Complex Reflection": 0.2,
-            "Giving Information": 0.1,
-        }
+    # real MI: AnnoMI's human codes from the summary, not the coder-check sample; the codes AnnoMI
+    # does not annotate are NaN ("n/a"), never 0
+    human = by["annomi · high (human codes) (n=10)"]
+    annotated = {"Question": 0.2, "Simple Reflection": 0.2, "Complex Reflection": 0.2}
+    assert {k: human[k] for k in annotated} == pytest.approx(annotated)
+    assert human["Giving Information"] == pytest.approx(0.1)
+    assert all(
+        math.isnan(v) for k, v in human.items() if k not in annotated | {"Giving Information": 0}
     )
-    assert c.reference.iloc[-1] and c.reference.sum() == 4
+    assert c.reference.iloc[-1] and c.reference.sum() == len(figures.CODES)
     f = figures.table("forecaster", run)
     assert list(dict.fromkeys(f.metric)) == forecast_eval.FORECASTER_METRICS  # n_* are counts
     assert figures.table("training_loss", run).model.unique().tolist() == ["gemma3-270m", "tiny"]
@@ -167,12 +171,17 @@ def test_miti_summary_colours_the_papers_three_models_by_three_variants(tmp_path
 
     e = tmp_path / "04_evaluation"
     e.mkdir()
+    cis = {f"{s}_{e}": np.nan for s in miti.SCORES for e in ("ci_low", "ci_high")}
     rows = [
         {
             "group": "generated",
             "model": m,
             "variant": v,
+            "definition": "pooled",
             "n_coded": 4,
+            "n_dialogues": 1,
+            "n_utterances": 4,
+            **cis,
             **miti.summary_scores({"Q": 2, "CR": i + 1}),
         }
         for i, (m, v) in enumerate(
@@ -186,7 +195,11 @@ def test_miti_summary_colours_the_papers_three_models_by_three_variants(tmp_path
             "group": "reference",
             "model": "annomi",
             "variant": "high",
+            "definition": "pooled",
             "n_coded": 4,
+            "n_dialogues": 1,
+            "n_utterances": 4,
+            **cis,
             **miti.summary_scores({"Q": 2, "SR": 2}),
         }
     )

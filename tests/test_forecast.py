@@ -136,6 +136,8 @@ def test_baselines_on_a_hand_made_case():
     X, y, _ = forecast.examples([d])
     assert list(y) == ["other", "open_question", "open_question", "complex_reflection"]
     assert forecast.majority_baseline(y) == "open_question"
+    draws = forecast_eval.class_prior_baseline(["a"] * 3 + ["b"], 4000, seed=0)
+    assert abs((draws == "a").mean() - 0.75) < 0.03  # the training shares, by hand
     # first turn: no previous behaviour -> the fallback; then the previous label
     assert list(forecast_eval.previous_baseline(X, "other")) == [
         "other",
@@ -269,7 +271,9 @@ def test_evaluate_writes_table_and_model(tmp_path):
     df = forecast_eval.evaluate(P, tmp_path)
     written = pd.read_csv(tmp_path / "forecaster.csv")
     assert list(written.model) == list(df.model)
-    assert {"majority", "previous_behaviour", "forecaster_universal"} <= set(written.model)
+    assert {"majority", "class_prior", "previous_behaviour", "forecaster_universal"} <= set(
+        written.model
+    )
     cols = [
         "model",
         "role",
@@ -295,15 +299,23 @@ def test_evaluate_writes_table_and_model(tmp_path):
         (written.role == "forecaster") & (written.delta_macro_f1_ci_low > 0)
     )
     # split by recording, the text forecaster's gain over the previous behaviour (0.347 vs 0.340)
-    # has a CI that spans 0: not a win; untagged, it clearly beats the majority class
+    # has a CI that spans 0: not a win
     assert not fc.loc["forecaster_text", "beats_baselines"]
     assert fc.loc["forecaster_text", "macro_f1"] > fc.loc["previous_behaviour", "macro_f1"]
-    assert fc.loc["forecaster_untagged", "beats_baselines"]
+    # untagged it beats the majority class's macro-F1 but not a random draw from the class shares
+    assert not fc.loc["forecaster_untagged", "beats_baselines"]
+    assert fc.loc["forecaster_untagged", "macro_f1"] > fc.loc["majority", "macro_f1"]
     assert written.reference.iloc[0] in ("majority", "previous_behaviour")
-    # scored as used on untagged history: against the majority class (no previous label there)
-    assert fc.loc["forecaster_untagged", "reference"] == "majority"
+    # a random draw from the class shares: near its expected accuracy sum(p_k q_k), below the
+    # previous behaviour's macro-F1 (chance level, not a competitor)
+    assert fc.loc["class_prior", "macro_f1"] < fc.loc["previous_behaviour", "macro_f1"]
+    assert 0.1 < fc.loc["class_prior", "accuracy"] < fc.loc["majority", "accuracy"]
+    # scored as used on untagged history: against the stronger baseline that needs no previous
+    # label (the class-prior draw's macro-F1 is above the majority class's)
+    blind = fc.loc[["majority", "class_prior"], "macro_f1"].idxmax()
+    assert fc.loc["forecaster_untagged", "reference"] == blind == "class_prior"
     assert fc.loc["forecaster_untagged", "delta_macro_f1"] == pytest.approx(
-        fc.loc["forecaster_untagged", "macro_f1"] - fc.loc["majority", "macro_f1"]
+        fc.loc["forecaster_untagged", "macro_f1"] - fc.loc[blind, "macro_f1"]
     )
     forecasters = written[(written.role == "forecaster") & (written.model != "forecaster_untagged")]
     baseline_best = written.loc[written.role == "baseline", "macro_f1"].max()

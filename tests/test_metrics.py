@@ -152,6 +152,7 @@ def test_paired_test_wilcoxon_on_dialogue_means():
     assert res["mean_diff"] == pytest.approx(23 / 12)
     assert res["mean_b"] - res["mean_a"] == pytest.approx(res["mean_diff"])
     assert res["n"] == 12 and res["n_dialogues"] == 6
+    assert res["estimate"].startswith("mean over rounds") and res["test_on"] == "per-dialogue means"
     assert res["wilcoxon_stat"] == 0.0
     assert res["p_value"] == pytest.approx(2 / 2**6)
     assert res["diff_ci_low"] > 0

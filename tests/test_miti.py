@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -91,13 +92,9 @@ def test_division_by_zero_is_nan_not_zero():
         ("persuade with permission", ("PERSUADE_PERM",)),
         ("PERSUADE_PERM", ("PERSUADE_PERM",)),
         ('```json\n{"code": "SEEK"}\n```', ("SEEK",)),
-        # MITI 4.2.1 codes both behaviours of an utterance; the set comes back in CODES order
-        ("CR, Q", ("Q", "CR")),
-        ("Q+SR", ("Q", "SR")),
-        ('{"codes": ["SR", "Q"]}', ("Q", "SR")),
-        ("GI and Q", ("GI", "Q")),
         ("SR.", ("SR",)),
-        ("CR, Q, GI", ("GI", "Q", "CR")),
+        ("Q\n", ("Q",)),
+        ("Q\nThe counselor asks.", ("Q",)),  # a run-on without a code word
     ],
 )
 def test_parse_code_good(answer, codes):
@@ -131,6 +128,17 @@ def test_parse_code_good(answer, codes):
         "SR - but it could be CR",
         "PERSUADE, PERSUADE_PERM",
         "SR 或 CR",
+        # one utterance, one code (MITI 4.2.1): two codes, or a code word on a later line
+        "CR, Q",
+        "Q+SR",
+        '{"codes": ["SR", "Q"]}',
+        '{"code": ["SR"]}',
+        "GI and Q",
+        "CR, Q, GI",
+        "Q\nCR",
+        "Q\n\nSR",
+        "SR\nSimple Reflection",
+        "Q\nThis is a question",
     ],
 )
 def test_parse_code_refuses_to_guess(answer):
@@ -160,15 +168,57 @@ def test_unknown_miti_param_is_an_error():
 
 
 # ----------------------------------------------------------------------------- units
-def test_units_group_generations_in_round_order(generations):
+def test_units_cut_each_reply_into_its_utterances(generations):
+    from mi_llm.eval.segment import segment
+
+    rows = [json.loads(x) for x in generations.read_text(encoding="utf-8").splitlines()]
     units = miti.units_from_generations(generations)
     assert {(u["model"], u["variant"]) for u in units} == {("tiny", "base"), ("tiny", "finetuned")}
-    assert len(units) == 4 and all(len(u["utterances"]) == 3 for u in units)
-    u = units[0]
-    assert [t["speaker"] for t in u["turns"]] == ["client", "counselor"] * 3
-    last = u["utterances"][-1]  # its context is the gold history, ending with the client's turn
-    assert last["context"][-1] == u["turns"][last["turn"] - 1]
-    assert len(miti.units_from_generations(generations, max_utterances=2)[0]["utterances"]) == 2
+    assert len(units) == 4
+    for u in units:
+        recs = sorted(
+            (
+                r
+                for r in rows
+                if (r["variant"], str(r["dialogue_id"])) == (u["variant"], u["dialogue_id"])
+            ),
+            key=lambda r: r["round"],
+        )
+        want = [s for r in recs for s in segment(r["reply"])]
+        assert [u["turns"][ut["turn"]]["text"] for ut in u["utterances"]] == want
+        assert [ut["round"] for ut in u["utterances"]] == [
+            r["round"] for r in recs for _ in segment(r["reply"])
+        ]
+        assert len(miti.reply_codes(u)) == len(recs)  # the per-reply view: one row per round
+    fine = next(u for u in units if u["variant"] == "finetuned")
+    # the fine-tuned replies end with an added question: its own utterance, coded on its own
+    assert all(
+        ut["segment"] > 0
+        for ut in fine["utterances"]
+        if "你愿意多说一些吗" in fine["turns"][ut["turn"]]["text"]
+    )
+    first = units[0]["utterances"][
+        0
+    ]  # its context is the gold history, ending with the client's turn
+    assert first["context"][-1] == units[0]["turns"][first["turn"] - 1]
+    second = next(ut for ut in fine["utterances"] if ut["segment"] == 1)
+    assert second["context"][-1]["speaker"] == "counselor"  # the reply's utterance before it
+    two = miti.units_from_generations(generations, max_utterances=2)[0]["utterances"]
+    assert {ut["round"] for ut in two} == {0, 1}  # the first two replies, all their utterances
+
+
+def test_reply_codes_is_a_view_of_utterance_codes():
+    unit = {"utterances": [
+        {"turn": 1, "round": 0, "segment": 0, "codes": ["CR"]},
+        {"turn": 2, "round": 0, "segment": 1, "codes": ["Q"]},
+        {"turn": 4, "round": 1, "segment": 0, "codes": []},
+        {"turn": 6, "round": 2, "segment": 0, "codes": None},
+    ]}  # fmt: skip
+    assert [(r["round"], r["label"], r["n_utterances"]) for r in miti.reply_codes(unit)] == [
+        (0, "Q+CR", 2),
+        (1, "NONE", 1),
+        (2, None, 1),
+    ]
 
 
 def test_bad_generations_name_line_and_field(tmp_path):
@@ -207,7 +257,9 @@ def test_annomi_reference_counts_every_behaviour_of_an_utterance(annomi):
     th = simple[simple["interlocutor"] == "therapist"].join(
         sub, on=["transcript_id", "utterance_id"]
     )
-    ref = miti_check.annomi_reference(annomi).set_index("variant")
+    ref = miti_check.annomi_reference(annomi, bootstrap=50)
+    per_conv = ref[ref["definition"] == "per_conversation"].set_index("variant")
+    ref = ref[ref["definition"] == "pooled"].set_index("variant")
     for quality, d in th.groupby("mi_quality"):
         q, refl = d["question_exists"] == "True", d["reflection_exists"] == "True"
         inp = d["therapist_input_exists"] == "True"
@@ -228,22 +280,39 @@ def test_annomi_reference_counts_every_behaviour_of_an_utterance(annomi):
         assert row["n_coded"] == len(d) - unknown.sum() and row["n_missing"] == unknown.sum()
         assert math.isnan(row["relational"]) and math.isnan(row["mi_adherent"])  # not annotated
         assert math.isnan(row["pct_mi_adherent"])
+        assert row["r_q_ci_low"] < row["r_q"] < row["r_q_ci_high"]
+        # per conversation: each session's (SR+CR)/Q, then the mean over sessions with a question
+        d = d.assign(q=q, r=refl & ~unknown)
+        per = d.groupby("transcript_id").apply(
+            lambda s: s["r"].sum() / s["q"].sum() if s["q"].sum() else math.nan
+        )
+        assert per_conv.loc[quality, "r_q"] == pytest.approx(per.mean())
     assert ref.loc["high", "r_q"] > ref.loc["low", "r_q"]  # real MI quality shows in R:Q
 
 
 def test_annomi_sample_is_stratified_and_seeded(annomi):
     units = miti_check.annomi_sample(annomi, 12, seed=7, context_turns=3)
-    labels = [u["utterances"][0]["reference"] for u in units]
+    labels = [u["reference"] for u in units]
     th = annomi[(annomi["interlocutor"] == "therapist") & annomi["label"].notna()]
     assert len(set(th["label"])) > 12  # combinations such as Q+SR are labels of their own
     assert len(set(labels)) == 12  # round-robin over labels: 12 draws, 12 different labels
     assert units == miti_check.annomi_sample(annomi, 12, seed=7, context_turns=3)
     u = units[0]
     assert len(u["utterances"][0]["context"]) <= 3 and u["turns"][-1]["speaker"] == "counselor"
+    assert all(u["cluster"] == u["dialogue_id"].split(":")[0] for u in units)  # the session
+    long = next(u for u in units if len(u["utterances"]) > 1)  # cut into utterances to code
+    assert len(long["utterances"]) == len(long["turns"]) - len(long["utterances"][0]["context"])
 
 
 def _check_units(refs, codes):
-    return [{"utterances": [{"reference": r, "codes": c}]} for r, c in zip(refs, codes)]
+    """One check unit per reference; each code list is that unit's utterances' codes."""
+    return [
+        {
+            "reference": r,
+            "utterances": [{"codes": None if c is None else [x]} for x in (c or [None])],
+        }
+        for r, c in zip(refs, codes)
+    ]
 
 
 def test_coder_check_kappa_ci_and_confusion_by_hand():
@@ -278,7 +347,7 @@ def test_gold_sentences_map_to_miti_codes():
     assert by["Advise without Permission"] == "PERSUADE" and by["Other"] == "NONE"
     assert pd.isna(by["Support"])  # a MITI 3 code: not drawn
     units = miti_check.gold_sample(gold, 10, seed=1)
-    labels = [u["utterances"][0]["reference"] for u in units]
+    labels = [u["reference"] for u in units]
     assert len(set(labels)) == 10 and all(u["utterances"][0]["context"] == [] for u in units)
 
 
@@ -296,15 +365,16 @@ def test_miti_prompt_examples_are_valid_codes_and_run_ons_keep_the_leading_code(
     shots = prompts.shots(parts, "code_")
     assert len(shots) == 6 and "{utterance}" in parts["code"] and "code_system" in parts
     assert [miti.parse_code(m["content"]) for m in shots[1::2]] == [("Q",), ("CR",), ("PERSUADE",)]
-    v3 = prompts.parts(MitiParams.prompt_version)
-    shots = prompts.shots(v3, "code_")
+    v4 = prompts.parts(MitiParams.prompt_version)
+    shots = prompts.shots(v4, "code_")
     assert [miti.parse_code(m["content"]) for m in shots[1::2]] == [
         ("Q",),
         ("CR",),
         ("PERSUADE",),
-        ("Q", "CR"),
-    ]  # a reflection followed by a question
-    assert "SEEK, AUTO" not in v3["code_system"]  # no list of codes for a small model to echo
+        ("Q",),
+    ]  # one code each: the question after a reflection, cut from the same reply
+    assert "SEEK, AUTO" not in v4["code_system"]  # no list of codes for a small model to echo
+    assert "exactly one code" in v4["code_system"]
     assert miti.parse_code("CRспекти\n牠们") == ("CR",) and miti.parse_code("Q。你") == ("Q",)
     for bad in ["Questions", "QA", "CRITICAL", "我明白"]:
         with pytest.raises(ValueError):

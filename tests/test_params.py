@@ -228,7 +228,7 @@ def test_miti_and_forecaster_sections_are_typed_with_defaults():
     assert (
         isinstance(p.evaluation.miti, params.MitiParams) and p.evaluation.miti.max_utterances == 2
     )
-    assert p.evaluation.miti.prompt_version == "miti_v3"
+    assert p.evaluation.miti.prompt_version == "miti_v4"
     assert isinstance(p.evaluation.forecaster, params.ForecasterParams)
     assert p.evaluation.forecaster.model == "text"
     assert p.evaluation.condition_on == "forecaster"

@@ -69,6 +69,8 @@ def test_check_names_missing_placeholders(tmp_path):
         ("judge_v2", "quality"),
         ("miti_v1", "miti"),
         ("miti_v2", "miti"),
+        ("miti_v3", "miti"),
+        ("miti_v4", "miti"),
     ],
 )
 def test_shipped_prompts_have_their_placeholders(version, use):

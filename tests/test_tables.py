@@ -25,6 +25,7 @@ CRIT = list(quality.CRITERIA)
 JUDGED = {  # corpus -> rubric scores of its judged dialogues (None: the judge's answer failed)
     "cpsycound": [(2, 3, 3, 1), (1, 2, 3, 1), (2, 3, 2, 1), (2, 2, 3, 1), (1, 3, 3, 1)],
     "smilechat": [(1, 2, 2, 1), (1, 1, 2, 0), None],
+    "soulchatcorpus": [None, None],  # every judgement failed: not judged
 }
 
 
@@ -136,12 +137,15 @@ def test_quality_table_reads_rank_and_write_artifacts(tmp_path):
         "rank",
         "selected",
         "fixture",
+        "judged",
         "metric",
         "value",
         "ci_low",
         "ci_high",
     ]
     assert list(dict.fromkeys(t.corpus)) == list(ranked.corpus)
+    assert set(t.loc[~t.judged, "corpus"]) == {"soulchatcorpus"}  # drawn as "not judged"
+    assert t.loc[~t.judged, "value"].isna().all()
     top = t[(t.corpus == "cpsycound") & (t.metric == "total")].iloc[0]
     real = ranked.set_index("corpus").loc["cpsycound"]
     assert (top.value, top.ci_low, top.ci_high) == (
@@ -232,11 +236,18 @@ def test_text_metrics_table_wants_every_content_score_when_one_is_there(tmp_path
 def test_therapy_metrics_table_reads_therapy_metrics(tmp_path):
     tm = write_therapy(tmp_path)
     t = tables.therapy_metrics_table(tmp_path)
-    assert list(t.columns) == [*therapy.THERAPY_IDS, "metric", "value", "ci_low", "ci_high"]
+    ids = [*therapy.THERAPY_IDS, "n", "n_dialogues"]
+    assert list(t.columns) == [*ids, "metric", "value", "ci_low", "ci_high"]
     assert list(dict.fromkeys(t.metric)) == therapy.COMPARISON == list(tables.THERAPY)
-    assert len(t) == len(tm) * len(therapy.COMPARISON) and t.ci_low.isna().all()
+    assert len(t) == len(tm) * len(therapy.COMPARISON)
     q = t[(t.variant == "base") & (t.metric == "question_marks") & (t.category == "all")]
-    assert q.value.tolist() == [4.0]  # the base replies hold four question marks
+    n = q.n.iloc[0]
+    assert q.value.tolist() == [4.0 / n]  # the base replies hold four question marks: per reply
+    real = tm[(tm.variant == "base") & (tm.category == "all")].iloc[0]
+    assert (q.ci_low.iloc[0], q.ci_high.iloc[0]) == (
+        real.question_marks_ci_low,
+        real.question_marks_ci_high,
+    )
 
 
 @pytest.mark.parametrize("column", ["category", "sentiment_distance", "named_rounds"])
@@ -299,7 +310,7 @@ def test_bad_artifacts_raise_naming_file_and_record(tmp_path):
     (tmp_path / "04_evaluation/miti_summary.csv").write_text(
         "group,model,variant,n_coded,tech\ngenerated,m,base,3,4\n"
     )
-    with pytest.raises(ValueError, match=r"miti_summary\.csv: column 'technical' missing"):
+    with pytest.raises(ValueError, match=r"miti_summary\.csv: column 'definition' missing"):
         tables.miti_summary_table(tmp_path)
 
 

@@ -1,5 +1,6 @@
 """Therapy-pipeline response metrics on hand-made replies."""
 
+import pandas as pd
 import pytest
 
 from mi_llm.data import schema
@@ -108,3 +109,20 @@ def test_therapy_metrics_hand_made():
     assert t.loc[("overall", "reference"), "n"] == 1  # no topic -> "overall"
     assert t.loc[("all", "base"), "n"] == 2  # the pooled row
     assert t.loc[("overall", "finetuned"), "mean_abs_length_diff"] == 4
+
+
+def test_therapy_metrics_are_rates_with_dialogue_cis():
+    ref = "小明，听起来你很焦虑。能多说一些吗？"
+    gens = [
+        _gen("base", "你应该去看医生？你要放松？你要睡觉？", ref),  # 3 question marks, no name
+        _gen("base", "好的。", "我明白。", topic="失眠", did="d2", name=False),
+    ]
+    t = therapy.therapy_metrics(gens, bootstrap=2000, seed=0).set_index(["category", "variant"])
+    pooled = t.loc[("all", "base")]
+    # over the 2 replies of both categories, not the sum of the categories' rows
+    assert pooled["question_replies"] == 0.5 and pooled["question_marks"] == 1.5
+    assert pooled["name_mismatch"] == 1.0 and pooled["named_rounds"] == 1  # per named round
+    assert (pooled["n"], pooled["n_dialogues"]) == (2, 2)
+    # by hand: resampling the two dialogues (3 and 0 question marks) gives 3, 1.5 or 0 per reply
+    assert (pooled["question_marks_ci_low"], pooled["question_marks_ci_high"]) == (0.0, 3.0)
+    assert pd.isna(t.loc[("all", "reference"), "mean_abs_length_diff_ci_low"])

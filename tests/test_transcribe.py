@@ -447,7 +447,7 @@ def test_tags_round_trip_through_transcription(tmp_path, unit, version):
         transcribe.transcribe(
             api.Endpoint("http://127.0.0.1:9/v1", "m", "k", "remote"),
             ds,
-            smoke_params(unit=unit, prompt_version=version),
+            smoke_params(unit=unit, prompt_version=version, tag_behaviour=False),
             tmp_path / "d.sqlite",
         )
 

@@ -11,6 +11,25 @@ import pytest
 
 from mi_llm.data.schema import DataError
 from mi_llm.eval import miti, worksheets
+from mi_llm.eval.segment import segment
+
+
+@pytest.fixture(scope="module")
+def generations(generations, tmp_path_factory):
+    """The shared generations with each reply cut to its first utterance: one worksheet row per
+    reply, so the rows below are fixed (a longer reply takes one row per utterance)."""
+    import json
+
+    out = tmp_path_factory.mktemp("ws_gen") / "generations.jsonl"
+    recs = [json.loads(x) for x in generations.read_text(encoding="utf-8").splitlines()]
+    out.write_text(
+        "".join(
+            json.dumps({**r, "reply": segment(r["reply"])[0]}, ensure_ascii=False) + "\n"
+            for r in recs
+        ),
+        encoding="utf-8",
+    )
+    return out
 
 
 # ----------------------------------------------------------------------------- worksheets
@@ -40,16 +59,11 @@ def test_worksheet_export_fill_import_round_trip(generations, tmp_path):
     assert list(index["n_utterances"]) == [3, 3, 3, 3]
     blank = worksheets.read_worksheet(files[0])
     assert blank == {"codes": [()] * 3, "globals": {g: None for g in miti.GLOBALS}}
-    # row 4 holds a reflection and a question: both ticked, both kept
-    _fill(
-        files[0],
-        {2: "CR", 4: "Q"},
-        {"CCT": 2, "SST": 3, "PARTNER": 4, "EMPATHY": 5},
-        extra={"SR": (4, "x")},
-    )
+    # one code per utterance (MITI 4.2.1); a blank row is an utterance with none
+    _fill(files[0], {2: "CR", 4: "Q"}, {"CCT": 2, "SST": 3, "PARTNER": 4, "EMPATHY": 5})
     got = worksheets.read_worksheet(files[0])
     assert got == {
-        "codes": [("CR",), ("Q", "SR"), ()],
+        "codes": [("CR",), ("Q",), ()],
         "globals": {"CCT": 2, "SST": 3, "PARTNER": 4, "EMPATHY": 5},
     }
     folder = worksheets.read_folder(tmp_path / "ws")
@@ -61,8 +75,9 @@ def test_worksheet_export_fill_import_round_trip(generations, tmp_path):
     [
         (
             {"CR": (2, "x"), "SR": (2, "x")},
-            r"line 3: field 'CR': codes \['SR', 'CR'\] cannot be one",
+            r"line 3: field 'CR': codes \['SR', 'CR'\]: an utterance takes one behaviour code",
         ),
+        ({"CR": (2, "x"), "Q": (2, "x")}, r"line 3: field 'CR': codes \['Q', 'CR'\]"),
         (
             {"CR": (2, "x"), "Q": (2, "x"), "GI": (2, "x"), "AF": (2, "x")},
             r"line 3: field 'AF': codes",

@@ -8,13 +8,18 @@ words and are not coded (they stay in the transcript the globals are rated on). 
 coded change / sustain / neutral (mi_llm.eval.client_talk): English ones by the classifier trained on
 AnnoMI, other languages by the LLM prompt (`client_coder="auto"`). Written to the output folder:
 
-    miti_summary.csv     stage 04's summary columns per (model, variant) of the chat sessions, then
-                         AnnoMI's human references (high / low) and the published MIBot figures,
-                         with change, sustain, neutral, c_s (C:S) and pct_mi_consistent added
+    miti_summary.csv     stage 04's summary columns per (model, variant) and definition of the chat
+                         sessions, then AnnoMI's human references (high / low), both pooled and
+                         per conversation, and the published MIBot figures (per conversation
+                         only: means over its conversations), with change, sustain, neutral,
+                         c_s (C:S) and pct_mi_consistent added
     miti_dialogues.csv   one row per session: MITI counts and scores, client counts and C:S
     miti_codes.jsonl     every coded counselor utterance;  client_codes.jsonl: every client turn
-    client_coder.csv     the client classifier on held-out AnnoMI recordings (kappa and its CI)
-    summary.png          R:Q and C:S of the sessions beside the references
+    client_coder.csv     the client classifier on held-out AnnoMI recordings, one row per split
+                         (kappa and its CI, accuracy beside the majority class's)
+    client_coder_splits.csv  over the five splits: kappa's mean and range, mean accuracies
+    summary.png          R:Q and C:S of the sessions beside the references, per conversation
+                         (the definition MIBot's published figures use)
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import pandas as pd
 
 from mi_llm import stages
 from mi_llm.chat import safety, serving, store
-from mi_llm.eval import client_talk, miti, miti_check, references
+from mi_llm.eval import client_talk, miti, miti_check, miti_summary, references
 from mi_llm.llm import cache
 
 EXTRA_COLUMNS = [
@@ -39,29 +44,31 @@ EXTRA_COLUMNS = [
     "pct_mi_consistent",
     "n_referrals",
     "source",
+    "what",
 ]
 
 
 def units(dialogues) -> list[dict]:
-    """MITI units of chat sessions: every counselor turn but the crisis referrals is coded."""
+    """MITI units of chat sessions: every counselor turn but the crisis referrals is cut into its
+    utterances (mi_llm.eval.segment) and coded; a referral stays in the transcript, uncoded."""
     out = []
     for d in dialogues:
-        turns = [{"speaker": t.speaker, "text": t.text} for t in d.turns]
-        utts = [
-            {"turn": i, "context": turns[:i]}
-            for i, t in enumerate(d.turns)
-            if t.speaker == "counselor" and not t.annotations.get("referral")
-        ]
-        out.append(
-            {
-                "model": d.meta.get("model", "?"),
-                "variant": d.meta.get("variant", "?"),
-                "dialogue_id": d.id,
-                "topic": None,
-                "turns": turns,
-                "utterances": utts,
-            }
-        )
+        unit = {
+            "model": d.meta.get("model", "?"),
+            "variant": d.meta.get("variant", "?"),
+            "dialogue_id": d.id,
+            "topic": None,
+            "turns": [],
+            "utterances": [],
+        }
+        history = []
+        for t in d.turns:
+            if t.speaker == "counselor" and not t.annotations.get("referral"):
+                miti.add_reply(unit, t.text, list(history))
+            else:
+                unit["turns"].append({"speaker": t.speaker, "text": t.text})
+            history.append({"speaker": t.speaker, "text": t.text})
+        out.append(unit)
     return out
 
 
@@ -137,8 +144,11 @@ def pct_mi_consistent(counts) -> float:
     return a / (a + b) if a + b > 0 else math.nan
 
 
-def tables(dialogues, coded_units: list[dict], client_rows: list[dict], annomi_path) -> tuple:
-    """(summary, per_session): the chat rows, then AnnoMI's human references and the published ones."""
+def tables(
+    dialogues, coded_units: list[dict], client_rows: list[dict], annomi_path, bootstrap=1000, seed=0
+) -> tuple:
+    """(summary, per_session): the chat rows, then AnnoMI's human references, each pooled and per
+    conversation (column `definition`), then the published ones (per conversation)."""
     per = miti.dialogue_table(coded_units)
     extra = []
     for d in dialogues:
@@ -154,21 +164,26 @@ def tables(dialogues, coded_units: list[dict], client_rows: list[dict], annomi_p
         )
     per = per.merge(pd.DataFrame(extra), on="dialogue_id", how="left")
     per["pct_mi_consistent"] = per.apply(pct_mi_consistent, axis=1)
-    chat_rows = miti.group_summary(per, "chat")
+    chat_rows = miti_summary.group_summary(per, "chat", bootstrap, seed)
     for i, r in chat_rows.iterrows():
         d = per[(per["model"] == r["model"]) & (per["variant"] == r["variant"])]
         rows = [c for c in client_rows if c["model"] == r["model"] and c["variant"] == r["variant"]]
-        chat_rows.loc[i, ["change", "sustain", "neutral", "c_s"]] = list(
-            _client_counts(rows).values()
-        )
-        chat_rows.loc[i, "pct_mi_consistent"] = pct_mi_consistent(d[list(miti.CODES)].sum())
+        counts = _client_counts(rows)
+        chat_rows.loc[i, ["change", "sustain", "neutral"]] = [counts[k] for k in client_talk.LABELS]
+        if r["definition"] == "pooled":
+            chat_rows.loc[i, "c_s"] = counts["c_s"]
+            chat_rows.loc[i, "pct_mi_consistent"] = pct_mi_consistent(d[list(miti.CODES)].sum())
+        else:  # the mean over the sessions where it is defined
+            chat_rows.loc[i, "c_s"] = d["c_s"].mean()
+            chat_rows.loc[i, "pct_mi_consistent"] = d["pct_mi_consistent"].mean()
         chat_rows.loc[i, "n_referrals"] = d["n_referrals"].sum()
         chat_rows.loc[i, "source"] = "chat sessions (this run)"
     annomi = miti_check.read_annomi(annomi_path)
-    ref = miti_check.annomi_reference(annomi)
-    human = client_talk.reference(client_talk.annomi_client(annomi_path)).set_index("variant")
+    ref = miti_check.annomi_reference(annomi, bootstrap, seed)
+    human = client_talk.reference(client_talk.annomi_client(annomi_path))
+    human = human.set_index(["variant", "definition"])
     for i, r in ref.iterrows():
-        h = human.loc[r["variant"]]
+        h = human.loc[(r["variant"], r["definition"])]
         ref.loc[i, ["change", "sustain", "neutral", "c_s"]] = [
             h["change"],
             h["sustain"],
@@ -177,20 +192,21 @@ def tables(dialogues, coded_units: list[dict], client_rows: list[dict], annomi_p
         ]
         ref.loc[i, "source"] = "AnnoMI human labels (computed from data/AnnoMI)"
     pub = references.table().rename(columns={"n_sessions": "n_dialogues"})
-    summary = pd.concat(
-        [chat_rows, ref, pub[[c for c in pub.columns if c != "what"]]], ignore_index=True
-    )
+    summary = pd.concat([chat_rows, ref, pub], ignore_index=True)
+    summary["what"] = summary["what"].fillna(summary["definition"].map(miti.DEFINITIONS))
     cols = miti.SUMMARY_COLUMNS + [c for c in EXTRA_COLUMNS if c not in miti.SUMMARY_COLUMNS]
     return summary[cols], per
 
 
 def figure(summary: pd.DataFrame, file) -> Path:
-    """R:Q and C:S of the chat sessions beside AnnoMI (high / low) and MIBot."""
+    """R:Q and C:S of the chat sessions beside AnnoMI (high / low) and MIBot, all as means over
+    conversations: MIBot's published figures are, so the others are shown in that definition."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    summary = summary[summary["definition"] == "per_conversation"]
     names = [f"{m}\n{v}" for m, v in zip(summary["model"], summary["variant"])]
     colors = {"chat": "#3a78c2", "reference": "#8c8c8c", "published": "#c27a3a"}
     fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.3 * len(names) * 2), 3.6))
@@ -208,7 +224,8 @@ def figure(summary: pd.DataFrame, file) -> Path:
         ax.set_title(title)
         ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(
-        "Chat sessions (blue) vs AnnoMI human labels (grey) and MIBot, published (orange)",
+        "Means over conversations: chat sessions (blue) vs AnnoMI human labels (grey) and "
+        "MIBot, published (orange)",
         fontsize=9,
     )
     fig.tight_layout()
@@ -243,7 +260,7 @@ def code_sessions(
     with opened as ep:
         usage = miti.code_units(ep, coded, P, cfg, rate_globals=cfg.rate_globals)
         code_clients(clients, ep, P, client_coder, classifier)
-    summary, per = tables(dialogues, coded, clients, annomi_path)
+    summary, per = tables(dialogues, coded, clients, annomi_path, P.evaluation.bootstrap, P.seed)
     version = prompts.name(cfg.prompt_version)
     with open(out / stages.file_name(stages.MITI_CODES), "w", encoding="utf-8") as f:
         f.writelines(
@@ -255,10 +272,11 @@ def code_sessions(
     per.to_csv(out / "miti_dialogues.csv", index=False)
     check = None
     if validate and client_coder != "llm":
-        check = pd.DataFrame(
-            [client_talk.validate(annomi_client, seed=P.seed, bootstrap=P.evaluation.bootstrap)]
-        )
+        check, across = client_talk.validate_splits(
+            annomi_client, n_splits=5, seed=P.seed, bootstrap=P.evaluation.bootstrap
+        )  # kappa moves between splits: five of them, mean and range
         check.to_csv(out / "client_coder.csv", index=False)
+        pd.DataFrame([across]).to_csv(out / "client_coder_splits.csv", index=False)
     fig = figure(summary, out / "summary.png")
     return {
         "summary": summary,
@@ -277,6 +295,7 @@ def main(folder, out=None) -> None:
         "group",
         "model",
         "variant",
+        "definition",
         "r_q",
         "pct_cr",
         "pct_mi_consistent",
@@ -292,11 +311,13 @@ def main(folder, out=None) -> None:
                 res["client_coder"][
                     [
                         "coder",
+                        "split",
                         "test_recordings",
                         "kappa",
                         "kappa_ci_low",
                         "kappa_ci_high",
                         "accuracy",
+                        "majority_accuracy",
                         "macro_f1",
                     ]
                 ].to_string(index=False)

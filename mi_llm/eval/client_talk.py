@@ -8,8 +8,11 @@ Two coders:
 - `code_llm`: an LLM prompt through the study's endpoint (`api.complete`), any language.
 
 `validate` scores the classifier on held-out recordings (split by `video_url`, so no recording is
-both trained and tested on) with Cohen's kappa and a recording-level bootstrap CI. `reference`
-counts AnnoMI's human labels per MI quality (high / low): the C:S the chat sessions are shown beside.
+both trained and tested on) with Cohen's kappa and a recording-level bootstrap CI, and its accuracy
+beside the majority class's on the same test utterances; `validate_splits` repeats it over several
+seeded splits (kappa's mean and range: one split alone moves it by several hundredths).
+`reference` counts AnnoMI's human labels per MI quality (high / low), pooled and per conversation:
+the C:S the chat sessions are shown beside.
 """
 
 from __future__ import annotations
@@ -68,21 +71,32 @@ def annomi_client(path) -> pd.DataFrame:
 
 
 def reference(client: pd.DataFrame) -> pd.DataFrame:
-    """AnnoMI's human labels per MI quality: change, sustain, neutral counts and pooled C:S."""
+    """AnnoMI's human labels per MI quality and definition: change, sustain, neutral counts and C:S
+    pooled (all of a quality's client utterances), and per conversation (each session's C:S, then
+    the mean over the sessions with sustain talk, n_defined of them)."""
     rows = []
     for q, d in client.groupby("mi_quality"):
         n = d["label"].value_counts()
         c, s = int(n.get("change", 0)), int(n.get("sustain", 0))
+        per = d.groupby("transcript_id")["label"].agg(
+            lambda x: cs_ratio((x == "change").sum(), (x == "sustain").sum())
+        )
+        base = {
+            "group": "reference",
+            "model": "annomi",
+            "variant": q,
+            "change": c,
+            "sustain": s,
+            "neutral": int(n.get("neutral", 0)),
+            "n_sessions": d["transcript_id"].nunique(),
+        }
+        rows.append({**base, "definition": "pooled", "c_s": cs_ratio(c, s)})
         rows.append(
             {
-                "group": "reference",
-                "model": "annomi",
-                "variant": q,
-                "change": c,
-                "sustain": s,
-                "neutral": int(n.get("neutral", 0)),
-                "c_s": cs_ratio(c, s),
-                "n_sessions": d["transcript_id"].nunique(),
+                **base,
+                "definition": "per_conversation",
+                "c_s": float(per.mean()),  # NaN sessions (no sustain talk) are skipped
+                "n_defined": int(per.notna().sum()),
             }
         )
     return pd.DataFrame(rows)
@@ -172,10 +186,54 @@ def validate(
         "accuracy": float(np.mean(y == pred)),
         "macro_f1": float(f1_score(y, pred, average="macro")),
         **{f"recall_{lab}": float(r) for lab, r in zip(LABELS, recall)},
+        "majority_class": str(train["label"].mode()[0]),
         "majority_accuracy": float(np.mean(y == train["label"].mode()[0])),
         "c_s_human": cs_ratio((y == "change").sum(), (y == "sustain").sum()),
         "c_s_predicted": cs_ratio(int(n.get("change", 0)), int(n.get("sustain", 0))),
     }
+
+
+def validate_splits(
+    client: pd.DataFrame, n_splits: int = 5, seed: int = 42, bootstrap: int = 1000, **kw
+) -> tuple[pd.DataFrame, dict]:
+    """validate() over n_splits seeded recording splits (seed, seed+1, ...): the rows, and kappa's
+    mean and range beside accuracy's mean and the majority class's mean accuracy."""
+    if n_splits < 1:
+        raise ValueError(f"n_splits must be at least 1, got {n_splits}")
+    rows = pd.DataFrame(
+        [
+            {"split": i, **validate(client, seed=seed + i, bootstrap=bootstrap, **kw)}
+            for i in range(n_splits)
+        ]
+    )
+    summary = {
+        "coder": rows["coder"].iloc[0],
+        "n_splits": n_splits,
+        "kappa_mean": float(rows["kappa"].mean()),
+        "kappa_min": float(rows["kappa"].min()),
+        "kappa_max": float(rows["kappa"].max()),
+        "accuracy_mean": float(rows["accuracy"].mean()),
+        "majority_accuracy_mean": float(rows["majority_accuracy"].mean()),
+        "macro_f1_mean": float(rows["macro_f1"].mean()),
+        "agreement": agreement_words(float(rows["kappa"].mean())),
+    }
+    return rows, summary
+
+
+def agreement_words(kappa: float) -> str:
+    """Landis & Koch's words for a kappa: slight (<= .20), fair, moderate, substantial, almost perfect."""
+    if math.isnan(kappa):
+        return "n/a"
+    for top, word in (
+        (0.0, "poor"),
+        (0.2, "slight"),
+        (0.4, "fair"),
+        (0.6, "moderate"),
+        (0.8, "substantial"),
+    ):
+        if kappa <= top:
+            return word
+    return "almost perfect"
 
 
 # ----------------------------------------------------------------------------- the LLM coder
@@ -190,12 +248,35 @@ Client: {text}
 Code:"""
 
 
+_CLIENT_WORD = re.compile(r"change|sustain|neutral|改变|维持|中性", re.IGNORECASE)
+_NEGATION = re.compile(r"\b(?:not|no|non|never|isn't|is not)\b|不|非|没有|并非", re.IGNORECASE)
+_ZH = {"改变": "change", "维持": "sustain", "中性": "neutral"}
+
+
 def parse(text: str) -> str:
-    """The first client code word of an answer (English or Chinese); ValueError when none."""
-    m = re.search(r"change|sustain|neutral|改变|维持|中性", (text or "").lower())
-    if not m:
+    """The one client code of an answer (English or Chinese): its first line starts with it, and
+    no other code, negation ("not change") or code on a later line follows; ValueError otherwise."""
+    s = (text or "").strip()
+    words = {_ZH.get(w, w.lower()) for w in _CLIENT_WORD.findall(s)}
+    if not words:
         raise ValueError("no client code (change, sustain, neutral) in the answer")
-    return {"改变": "change", "维持": "sustain", "中性": "neutral"}.get(m.group(0), m.group(0))
+    if len(words) > 1:
+        raise ValueError(f"more than one client code in the answer: {s[:60]!r}")
+    if _NEGATION.search(s):
+        raise ValueError(f"a negated or hedged client code: {s[:60]!r}")
+    lines = [ln for ln in s.splitlines() if ln.strip()]
+    first = re.sub(
+        r"^(?:code|answer|label)\s*[:：]\s*",
+        "",
+        lines[0].strip().strip("`*\"'“” "),
+        flags=re.IGNORECASE,
+    )
+    m = _CLIENT_WORD.match(first)
+    if not m or re.match(r"[A-Za-z]", first[m.end() : m.end() + 1]):
+        raise ValueError(f"the answer does not start with a client code: {s[:60]!r}")
+    if any(_CLIENT_WORD.search(ln) for ln in lines[1:]):
+        raise ValueError(f"a client code after the first line: {s[:60]!r}")
+    return _ZH.get(m.group(0), m.group(0).lower())
 
 
 def code_llm(

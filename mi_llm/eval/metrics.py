@@ -166,9 +166,10 @@ def score(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
 def paired_test(base, finetuned, dialogues=None, bootstrap: int = 1000, seed: int = 0) -> dict:
     """Paired comparison, round by round: mean difference (b = finetuned - a = base), CI, Wilcoxon.
 
-    dialogues: the dialogue of each round; the CI then resamples dialogues and the Wilcoxon
-    signed-rank test compares per-dialogue means (rounds of one dialogue are not independent).
-    Without it every round is its own dialogue.
+    Two estimates, each named in the result: `estimate` (mean_a, mean_b, mean_diff and its CI are
+    means over rounds; the CI resamples dialogues) and `test_on` (the Wilcoxon signed-rank test
+    compares per-dialogue means, since rounds of one dialogue are not independent).
+    dialogues: the dialogue of each round; without it every round is its own dialogue.
     """
     from scipy.stats import wilcoxon
 
@@ -190,6 +191,8 @@ def paired_test(base, finetuned, dialogues=None, bootstrap: int = 1000, seed: in
         res = wilcoxon(db, da, zero_method="wilcox")
         stat, p = float(res.statistic), float(res.pvalue)
     return {
+        "estimate": "mean over rounds (b - a); CI resampling dialogues",
+        "test_on": "per-dialogue means",
         "n": int(a.size),
         "n_dialogues": len(per),
         "mean_a": float(a.mean()),  # side a: `base`

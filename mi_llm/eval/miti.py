@@ -1,21 +1,20 @@
 """MITI 4.2.1 coding: vocabulary, summary scores, an LLM coder, and real MI (AnnoMI) as reference.
 
-The automatic coder asks, through the same OpenAI-compatible client as the judge and the
-transcriber (mi_llm.llm.api), one request per counselor utterance (the utterance with a few turns of
-preceding context; the answer is one code word) and one request per dialogue for the four globals
-(a JSON answer). Small models can answer a one-word question; a whole-dialogue JSON of codes they
-cannot. Unparseable answers are asked again, then recorded as missing; raw answers are kept.
+The coding unit is the utterance, as in MITI 4.2.1: each generated reply is cut into utterances
+(one complete thought each; mi_llm.eval.segment's sentence and clause rules) and each utterance is
+coded with exactly one behaviour code, or NONE. The automatic coder asks, through the same
+OpenAI-compatible client as the judge and the transcriber (mi_llm.llm.api), one request per
+utterance (the utterance with a few turns of preceding context and the reply's utterances before
+it; the answer is one code word) and one request per dialogue for the four globals (a JSON answer).
+An answer that is not one code is asked again, then recorded as missing (counted, never coded); raw
+answers are kept. Missing: two codes ("CR, Q"), a code word on a later line ("Q\nCR"), an echoed
+list, alternatives ("SR or CR", "SR/CR", "Q?") or a self-correction ("AF: no, actually SEEK").
 
-As in MITI 4.2.1 an utterance is coded with every behaviour it holds: a question and a reflection
-both count. An answer is one code, or two behaviours that can co-occur; an answer that names more,
-two reflections, offers alternatives ("SR or CR", "SR/CR", "Q?") or corrects itself ("AF: no,
-actually SEEK") is missing: counted, never coded.
-
-Counts are pooled over a group's dialogues before the ratios are taken (%CR, R:Q, %MI-adherent),
-so groups of short dialogues are not dominated by the many dialogues whose own ratio is undefined;
-counts that grow with the number of utterances (MI-adherent, MI-non-adherent) are reported per
-coded utterance; globals are the mean of the dialogues' ratings. Beside every score: n coded and
-n missing. A ratio with a zero denominator is NaN, never 0 or infinity.
+Behaviours are counted over utterances. The reply is a derived view only (reply_codes: the codes
+of a reply's utterances). Summary scores (mi_llm.eval.miti_summary) come in two definitions, each
+labelled: pooled (counts summed over a group's dialogues, then the ratio) and per conversation (the
+ratio per dialogue, then the mean over dialogues where it is defined), each with a 95% CI from
+resampling dialogues. A ratio with a zero denominator is NaN, never 0 or infinity.
 Worksheets for human coders and agreement statistics are in mi_llm.eval.worksheets; stage 04 codes its
 generations and writes the MITI artifacts through mi_llm.eval.writer.
 """
@@ -31,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from mi_llm.data.schema import SPEAKER_OF, jsonl_rows
+from mi_llm.eval.segment import segment
 from mi_llm.llm import cache as answer_cache
 from mi_llm.params import MitiParams
 
@@ -71,12 +71,19 @@ SCORES = [
     "mi_adherent",
     "mi_non_adherent",
 ]
+DEFINITIONS = {  # summary_definition -> what its scores are
+    "pooled": "counts summed over the dialogues, then the ratio",
+    "per_conversation": "the ratio per dialogue, then the mean over dialogues where it is defined",
+}
 SUMMARY_COLUMNS = [
     "group",
     "model",
     "variant",
+    "definition",
     *SCORES,
+    *(f"{s}_{end}" for s in SCORES for end in ("ci_low", "ci_high")),
     "n_dialogues",
+    "n_replies",
     "n_utterances",
     "n_coded",
     "n_missing",
@@ -130,12 +137,12 @@ def summary_scores(counts: dict, globals_: dict | None = None, n_coded: float = 
 
 
 def count_codes(codes) -> dict:
-    """Utterances holding each behaviour, from one code set per utterance (None: missing)."""
+    """Utterances coded with each behaviour, from one code tuple per utterance (None: missing)."""
     return {k: sum(c is not None and k in c for c in codes) for k in CODES}
 
 
 def code_label(codes) -> str | None:
-    """One utterance's code set as one label: 'NONE', 'SR', 'Q+CR' (CODES order); None: missing."""
+    """Codes as one label: 'NONE', 'SR', or a reply's 'Q+CR' (CODES order); None: missing."""
     if codes is None:
         return None
     return "+".join(k for k in CODES if k in codes) or NONE
@@ -145,57 +152,53 @@ def code_label(codes) -> str | None:
 _CODE_WORD = (
     r"(?<![A-Za-z_])(?:PERSUADE_PERM|PERSUADE|CONFRONT|SEEK|AUTO|NONE|GI|SR|CR|AF|Q)(?![A-Za-z_])"
 )
-_LEADING_CODES = re.compile(rf"{_CODE_WORD}(?:\s*(?:[,，+&、]|\band\b)\s*{_CODE_WORD})*")
 # alternatives, doubt or a correction anywhere in the answer: not one coding
 _HEDGE = re.compile(
     r"\bor\b|/|\?|？|\b(?:actually|instead|maybe|perhaps|either|wait|no)\b|"
     r"或|还是|也许|不是|应该是",
     re.IGNORECASE,
 )
-_EXCLUSIVE = [{"SR", "CR"}, {"PERSUADE", "PERSUADE_PERM"}]  # one utterance, one of each pair
-MAX_CODES = 3  # e.g. a reflection, a question and information; more is an echoed list
 
 
 def parse_code(text: str) -> tuple[str, ...]:
-    """The behaviours a coder answered, in CODES order (() for NONE); ValueError when the answer
-    is not one coding: unknown words, more than MAX_CODES codes, two reflections, NONE with a
-    code, alternatives or a self-correction."""
+    """The one behaviour a coder answered for an utterance: (code,), or () for NONE.
+
+    ValueError when the answer is not one code: an unknown word, two codes ("CR, Q"), a code word
+    on any line after the first ("Q\nCR", an echoed list), alternatives or a self-correction.
+    Words after the code on its line that are not codes ("SR - the counselor ...") are allowed.
+    """
     s = (text or "").strip()
     if s.startswith(("{", "```")):
         obj = _json_object(s)
-        if set(obj) not in ({"code"}, {"codes"}):
-            raise ValueError(
-                f"JSON answer must have the one key 'code' or 'codes', got {sorted(obj)}"
-            )
-        v = obj.get("code", obj.get("codes"))
-        s = ", ".join(map(str, v)) if isinstance(v, list) else str(v)
+        if set(obj) != {"code"} or not isinstance(obj["code"], str):
+            raise ValueError(f"JSON answer must be {{'code': '<one code>'}}, got {obj!r}"[:120])
+        s = obj["code"]
     if _HEDGE.search(s):
         raise ValueError(f"not one coding (alternatives or a correction): {s[:60]!r}")
-    line = next((ln for ln in s.splitlines() if ln.strip()), "")
-    line = line.strip().strip("`*\"'“”「」.。 ")
+    lines = [ln for ln in s.splitlines() if ln.strip()]
+    line = (lines[0] if lines else "").strip().strip("`*\"'“”「」.。 ")
+    later = "\n".join(lines[1:])
+    if re.search(_CODE_WORD, later) or any(n in re.sub(r"\W+", "_", later).upper() for n in _NAMES):
+        raise ValueError(f"a code word after the first line: {s[:60]!r}")
     norm = re.sub(r"\W+", "_", line).strip("_").upper()
     if norm in CODES or norm == NONE:
         return code_set([norm], line)
     if norm in _NAMES:
         return (_NAMES[norm],)
-    m = _LEADING_CODES.match(line)
+    m = re.match(_CODE_WORD, line)
     if not m:
         raise ValueError(f"not a MITI code: {line[:60]!r}")
-    rest = line[m.end() :]
-    if re.search(_CODE_WORD, rest):  # "SR - CR", "Q then GI": more codes after the list
-        raise ValueError(f"more codes after the answer's codes: {line[:60]!r}")
-    # "SR - the counselor ..." and "CRспекти…": the codes, then words that are not codes
-    return code_set(re.findall(_CODE_WORD, m.group(0)), line)
+    if re.search(_CODE_WORD, line[m.end() :]):  # "SR, CR", "SR - CR", "Q then GI"
+        raise ValueError(f"more than one code for one utterance: {line[:60]!r}")
+    return code_set([m.group(0)], line)  # "CRспекти…": the code, then words that are not codes
 
 
 def code_set(codes: list[str], line: str = "") -> tuple[str, ...]:
-    """The codes as one utterance's set in CODES order; ValueError when no utterance holds them."""
-    got = set(codes)
-    if len(got) > MAX_CODES or any(pair <= got for pair in _EXCLUSIVE):
-        raise ValueError(f"more codes than one utterance holds: {line[:60]!r}")
-    if NONE in got and len(got) > 1:
-        raise ValueError(f"NONE together with codes: {line[:60]!r}")
-    return tuple(k for k in CODES if k in got)
+    """One utterance's codes as a tuple: (code,) or () for NONE; ValueError for more than one."""
+    got = list(dict.fromkeys(codes))
+    if len(got) > 1:
+        raise ValueError(f"more than one code for one utterance: {line[:60] or got!r}")
+    return tuple(k for k in got if k != NONE)
 
 
 def _json_object(text: str) -> dict:
@@ -235,15 +238,18 @@ def parse_globals(text: str) -> dict:
 
 # ----------------------------------------------------------------------------- coding units
 # A unit is one dialogue to code: {"model", "variant", "dialogue_id", "topic", "turns": [{"speaker",
-# "text"}], "utterances": [{"turn": index into turns, "round", "context": [{"speaker", "text"}]}]}.
+# "text"}], "utterances": [{"turn": index into turns, "round", "segment", "context": [{"speaker",
+# "text"}]}]}. A reply's utterances are consecutive counselor turns, one per utterance.
 _SPEAKER = SPEAKER_OF
 
 
 def units_from_generations(path, max_utterances: int | None = None) -> list[dict]:
     """Group generations.jsonl by (model, variant, dialogue_id) into units, rounds in order.
 
-    A unit's transcript is, per round, the client's last turn and the generated reply; each reply
-    is coded with the gold history it was generated from as its context.
+    A unit's transcript is, per round, the client's last turn and the generated reply cut into its
+    utterances (mi_llm.eval.segment); each utterance is coded with the gold history the reply was
+    generated from, and the reply's utterances before it, as its context. max_utterances: the
+    replies (rounds) coded per dialogue, None for all.
     """
     groups: dict[tuple, list] = {}
     required = ("model", "variant", "dialogue_id", "round", "messages", "reply")
@@ -268,17 +274,55 @@ def units_from_generations(path, max_utterances: int | None = None) -> list[dict
             ]
             if context and context[-1]["speaker"] == "client":
                 unit["turns"].append(context[-1])
-            unit["turns"].append({"speaker": "counselor", "text": r["reply"]})
-            unit["utterances"].append(
-                {"turn": len(unit["turns"]) - 1, "round": r["round"], "context": context}
-            )
+            add_reply(unit, r["reply"], context, round_=r["round"])
         units.append(unit)
     return units
 
 
+def add_reply(unit: dict, reply: str, context: list[dict], **fields) -> None:
+    """Append a counselor reply to a unit as its utterances (one turn and one utterance each);
+    a reply with no utterance at all ("", "……") is one empty utterance, so it is still counted."""
+    segments = segment(reply) or [reply.strip()]
+    for j, text in enumerate(segments):
+        unit["turns"].append({"speaker": "counselor", "text": text})
+        before = [{"speaker": "counselor", "text": " ".join(segments[:j])}] if j else []
+        unit["utterances"].append(
+            {
+                "turn": len(unit["turns"]) - 1,
+                **{k.rstrip("_"): v for k, v in fields.items()},
+                "segment": j,
+                "context": context + before,
+            }
+        )
+
+
+def reply_codes(unit: dict) -> list[dict]:
+    """The derived per-reply view of a coded unit: per round, its utterances' codes in order and
+    their label ('Q+CR'; None when an utterance is missing)."""
+    rounds: dict = {}
+    for ut in unit["utterances"]:
+        rounds.setdefault(ut.get("round"), []).append(ut.get("codes"))
+    return [
+        {
+            "round": r,
+            "n_utterances": len(cs),
+            "codes": cs,
+            "label": None if any(c is None for c in cs) else code_label(sum(map(tuple, cs), ())),
+        }
+        for r, cs in rounds.items()
+    ]
+
+
 def render_turns(turns: list[dict]) -> str:
-    """A transcript, one 'Client: ...' / 'Counselor: ...' line per turn."""
-    return "\n".join(f"{t['speaker'].capitalize()}: {t['text'].strip()}" for t in turns)
+    """A transcript, one 'Client: ...' / 'Counselor: ...' line per turn; a speaker's consecutive
+    turns (a reply's utterances) are one line."""
+    merged: list[list] = []
+    for t in turns:
+        if merged and merged[-1][0] == t["speaker"]:
+            merged[-1][1] += " " + t["text"].strip()
+        else:
+            merged.append([t["speaker"], t["text"].strip()])
+    return "\n".join(f"{who.capitalize()}: {text}" for who, text in merged)
 
 
 def _key(*parts) -> str:
@@ -359,19 +403,21 @@ def code_units(ep, units: list[dict], P, cfg: MitiParams, rate_globals: bool = T
 
 # ----------------------------------------------------------------------------- tables
 def dialogue_table(units: list[dict]) -> pd.DataFrame:
-    """One row per coded unit: utterances holding each code, globals, summary scores."""
+    """One row per coded unit: replies, utterances coded with each code, globals, summary scores."""
     rows = []
     for u in units:
         codes = [ut.get("codes") for ut in u["utterances"]]
         counts = count_codes(codes)
         n_coded = sum(c is not None for c in codes)
         g = u.get("globals") or {}
+        rounds = {(ut.get("round"), ut["turn"] - ut.get("segment", 0)) for ut in u["utterances"]}
         rows.append(
             {
                 "model": u["model"],
                 "variant": u["variant"],
                 "dialogue_id": u["dialogue_id"],
                 "topic": u.get("topic"),
+                "n_replies": len(rounds),
                 "n_utterances": len(codes),
                 "n_coded": n_coded,
                 "n_missing": len(codes) - n_coded,
@@ -381,34 +427,6 @@ def dialogue_table(units: list[dict]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def group_summary(per_dialogue: pd.DataFrame, group: str) -> pd.DataFrame:
-    """Summary per (model, variant): counts pooled over dialogues, globals averaged over rated ones."""
-    rows = []
-    for (model, variant), d in per_dialogue.groupby(["model", "variant"], sort=False):
-        counts = {k: d[k].sum(min_count=1) for k in CODES}  # all-NaN (not annotated) stays NaN
-        glob = {k: d[k].mean() for k in GLOBALS}  # NaN ratings (missing) are skipped
-        n_utt, n_coded = int(d["n_utterances"].sum()), int(d["n_coded"].sum())
-        n_rated = int(d[list(GLOBALS)].notna().all(axis=1).sum())
-        rows.append(
-            {
-                "group": group,
-                "model": model,
-                "variant": variant,
-                **summary_scores(counts, glob, n_coded),
-                "n_dialogues": len(d),
-                "n_utterances": n_utt,
-                "n_coded": n_coded,
-                "n_missing": n_utt - n_coded,
-                "pass_rate": _div(n_coded, n_utt),
-                "n_rated": n_rated,
-                "n_unrated": len(d) - n_rated,
-                **counts,
-                **glob,
-            }
-        )
-    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 # ----------------------------------------------------------------------------- artifacts

@@ -1,5 +1,13 @@
 """The MITI coder checked against human codes: AnnoMI's therapist annotations as MITI behaviours
-(the reference rows and the coder-check sample) and Welivita & Pu's gold sentences (a baseline)."""
+(the reference rows and the coder-check sample) and Welivita & Pu's gold sentences (a baseline).
+
+The coder codes utterances (mi_llm.eval.segment cuts each sampled AnnoMI utterance or gold sentence
+as it cuts a generated reply); the human code is of the whole AnnoMI utterance, so the comparison
+is of the set of codes over its utterances (an AnnoMI utterance that is a question and a reflection
+compares as 'Q+CR'). A coder answer that is missing for any of them leaves the item uncompared.
+Kappa CIs resample AnnoMI sessions (transcripts); the gold sentences carry no session, so each is
+its own cluster there.
+"""
 
 from __future__ import annotations
 
@@ -129,6 +137,7 @@ def annomi_dialogues(annomi: pd.DataFrame) -> pd.DataFrame:
                 "variant": quality,
                 "dialogue_id": str(tid),
                 "topic": None,
+                "n_replies": len(d),
                 "n_utterances": len(d),
                 "n_coded": len(coded),
                 "n_missing": len(d) - len(coded),
@@ -139,9 +148,12 @@ def annomi_dialogues(annomi: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("variant", kind="stable")  # high before low
 
 
-def annomi_reference(annomi: pd.DataFrame) -> pd.DataFrame:
-    """MITI summary scores of AnnoMI's high- and low-quality sessions from the human annotations."""
-    return miti.group_summary(annomi_dialogues(annomi), group="reference")
+def annomi_reference(annomi: pd.DataFrame, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """MITI summary scores of AnnoMI's high- and low-quality sessions from the human annotations,
+    pooled and per conversation, with CIs resampling sessions (mi_llm.eval.miti_summary)."""
+    from mi_llm.eval import miti_summary
+
+    return miti_summary.group_summary(annomi_dialogues(annomi), "reference", bootstrap, seed)
 
 
 def annomi_sample(annomi: pd.DataFrame, n: int, seed: int, context_turns: int) -> list[dict]:
@@ -159,17 +171,19 @@ def annomi_sample(annomi: pd.DataFrame, n: int, seed: int, context_turns: int) -
             {"speaker": "counselor" if w == "therapist" else "client", "text": t}
             for w, t in zip(before["interlocutor"], before["utterance_text"])
         ]
-        units.append(
-            {
-                "model": "annomi",
-                "variant": row["mi_quality"],
-                "check": "annomi",
-                "dialogue_id": f"{row['transcript_id']}:{row['utterance_id']}",
-                "topic": None,
-                "turns": ctx + [{"speaker": "counselor", "text": row["utterance_text"]}],
-                "utterances": [{"turn": len(ctx), "context": ctx, "reference": row["label"]}],
-            }
-        )
+        unit = {
+            "model": "annomi",
+            "variant": row["mi_quality"],
+            "check": "annomi",
+            "dialogue_id": f"{row['transcript_id']}:{row['utterance_id']}",
+            "cluster": str(row["transcript_id"]),
+            "reference": row["label"],
+            "topic": None,
+            "turns": list(ctx),
+            "utterances": [],
+        }
+        miti.add_reply(unit, row["utterance_text"], ctx)
+        units.append(unit)
     return units
 
 
@@ -224,48 +238,54 @@ def gold_sample(gold: pd.DataFrame, n: int, seed: int) -> list[dict]:
     """Units for the gold check: n sentences stratified by MITI label, without context."""
     if n <= 0:
         return []
-    picked = _stratified(gold[gold["label"].notna()], "label", n, seed)
-    return [
-        {
+    units = []
+    for row in _stratified(gold[gold["label"].notna()], "label", n, seed):
+        unit = {
             "model": "welivita_pu",
             "variant": "gold",
             "check": "gold",
             "topic": None,
             "dialogue_id": f"gold:{row.name}",
-            "turns": [{"speaker": "counselor", "text": row["Text"]}],
-            "utterances": [
-                {
-                    "turn": 0,
-                    "context": [],
-                    "reference": row["label"],
-                    "baseline": row.get("Prediction"),
-                }
-            ],
+            "cluster": f"gold:{row.name}",
+            "reference": row["label"],
+            "baseline": row.get("Prediction"),
+            "turns": [],
+            "utterances": [],
         }
-        for row in picked
-    ]
+        miti.add_reply(unit, row["Text"], [])
+        units.append(unit)
+    return units
+
+
+UNMAPPED = "no MITI counterpart"  # a baseline prediction that no MITI code matches: a disagreement
 
 
 def gold_baseline(units: list[dict]) -> list[dict]:
     """The gold units coded by Welivita & Pu's own classifier (its Prediction column): the
-    baseline beside the automatic coder; a prediction without a MITI counterpart is missing."""
+    baseline beside the automatic coder. A prediction without a MITI counterpart (Support, Direct,
+    Warn) is a disagreement, labelled UNMAPPED, never dropped."""
     return [
         {
-            "utterances": [
-                {
-                    "reference": ut["reference"],
-                    "codes": list(GOLD_CODES[ut["baseline"]])
-                    if ut.get("baseline") in GOLD_CODES
-                    else None,
-                }
-            ]
+            "reference": u["reference"],
+            "cluster": u["cluster"],
+            "label": miti.code_label(GOLD_CODES[u.get("baseline")])
+            if u.get("baseline") in GOLD_CODES
+            else UNMAPPED,
         }
         for u in units
-        for ut in u["utterances"]
     ]
 
 
 # ----------------------------------------------------------------------------- coder checks
+def unit_label(unit: dict, to_label=coder_label) -> str | None:
+    """The comparison label of a coded check unit: its given "label", else the set of codes over
+    its utterances (None when any is missing)."""
+    if "label" in unit:
+        return unit["label"]
+    codes = [ut.get("codes") for ut in unit["utterances"]]
+    return None if any(c is None for c in codes) else to_label(sum(map(tuple, codes), ()))
+
+
 def coder_check(
     units: list[dict],
     comparison: str = "auto_vs_annomi",
@@ -276,29 +296,35 @@ def coder_check(
     """Agreement of the automatic coder with reference labels on a coded sample.
 
     Returns the agreement row (accuracy; Cohen's kappa with a 95% bootstrap CI resampling the
-    compared utterances) and the confusion matrix in long form (reference, coder, n), where the
-    coder's missing answers are the column 'missing'.
+    units' clusters: AnnoMI sessions, gold sentences) and the confusion matrix in long form
+    (reference, coder, n), where the coder's missing answers are the column 'missing'.
     """
-    uts = [ut for u in units for ut in u["utterances"]]
-    got = [(ut["reference"], to_label(ut.get("codes"))) for ut in uts]
-    pairs = [(a, b) for a, b in got if b is not None]
-    ref, auto = [a for a, _ in pairs], [b for _, b in pairs]
+    got = [
+        (u["reference"], unit_label(u, to_label), u.get("cluster", i)) for i, u in enumerate(units)
+    ]
+    pairs = [(a, b, c) for a, b, c in got if b is not None]
+    ref, auto = [a for a, _, _ in pairs], [b for _, b, _ in pairs]
     lo = hi = math.nan
     if len(pairs) > 1:
+        clusters = pd.factorize(pd.Series([str(c) for _, _, c in pairs]))[0]
+        members = [np.flatnonzero(clusters == k) for k in range(clusters.max() + 1)]
         rng = np.random.default_rng(seed)
-        draws = rng.integers(0, len(pairs), size=(bootstrap, len(pairs)))
-        kappas = [cohen_kappa([ref[i] for i in d], [auto[i] for i in d]) for d in draws]
+        kappas = []
+        for draw in rng.integers(0, len(members), size=(bootstrap, len(members))):
+            idx = np.concatenate([members[k] for k in draw])
+            kappas.append(cohen_kappa([ref[i] for i in idx], [auto[i] for i in idx]))
         kappas = np.array(kappas)[~np.isnan(kappas)]  # a draw with one label only: undefined
         if kappas.size:
             lo, hi = (float(q) for q in np.quantile(kappas, [0.025, 0.975]))
     row = {
         "comparison": comparison,
-        "n_sampled": len(uts),
+        "n_sampled": len(got),
         "n_coded": len(pairs),
-        "n_missing": len(uts) - len(pairs),
-        "pass_rate": miti._div(len(pairs), len(uts)),
+        "n_missing": len(got) - len(pairs),
+        "pass_rate": miti._div(len(pairs), len(got)),
         "n_compared": len(pairs),
-        "accuracy": float(np.mean([a == b for a, b in pairs])) if pairs else math.nan,
+        "n_clusters": len({str(c) for _, _, c in pairs}),
+        "accuracy": float(np.mean([a == b for a, b in zip(ref, auto)])) if pairs else math.nan,
         "kappa": cohen_kappa(ref, auto),
         "kappa_ci_low": lo,
         "kappa_ci_high": hi,
@@ -306,7 +332,7 @@ def coder_check(
         "n_rated": 0,
     }
     cm = pd.DataFrame(
-        [(a, b if b is not None else "missing") for a, b in got], columns=["reference", "coder"]
+        [(a, b if b is not None else "missing") for a, b, _ in got], columns=["reference", "coder"]
     )
     cm = cm.value_counts().rename("n").reset_index().sort_values(["reference", "coder"])
     return row, cm.assign(comparison=comparison)[["comparison", "reference", "coder", "n"]]

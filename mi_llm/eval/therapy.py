@@ -8,15 +8,18 @@ Per (model, category, variant) with variant in {base, finetuned, reference} (tho
 - sentiment distance |s(reply) - s(reference)| on one 0..1 scale: snownlp's positive probability for
   Chinese, VADER's compound mapped by (c + 1) / 2 for English; a text is Chinese when at least half of
   its CJK + Latin letters are CJK; text with neither scores a neutral 0.5;
-- question-containing replies (at least one ? or full-width ？) and the number of question marks;
-- name-usage mismatch: rounds where exactly one of reply and reference contains the client's name.
+- the share of replies with a question (at least one ? or full-width ？) and question marks per reply;
+- name-usage mismatch per named round: of the rounds where the client's name is known, the share
+  where exactly one of reply and reference contains it.
   The name is what the client calls themself in the gold history ("我叫X" / "我的名字是X" /
   "我名叫X" / "叫我X" with X two or three CJK characters up to punctuation or a space; English "my
   name is X" / "call me X" / "name's X" with X capitalised); a Chinese name of three characters also
   counts as used when its last two characters appear (the usual way to address someone). Rounds
   without a known name cannot mismatch; `named_rounds` says how many had one.
+Every figure is a rate (per reply; name mismatches per named round), beside its n (replies),
+n_dialogues and a 95% CI that resamples dialogues (rounds of one dialogue are not independent).
 The category is the dialogue's topic when the data has one, "overall" otherwise; an "all" row per
-model and variant pools every category.
+model and variant pools the replies of every category (a rate over all of them, never a sum).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mi_llm.data.schema import CJK_CHARS, cjk_share
+from mi_llm.stats import bootstrap_ci
 
 _CJK = CJK_CHARS
 _SENTENCE_END = re.compile(r"(?:[。！？!?\n]|(?<!\d)\.|\.(?!\d))+")
@@ -50,6 +54,7 @@ COMPARISON = [
 THERAPY_COLUMNS = [
     *THERAPY_IDS,
     "n",
+    "n_dialogues",
     "mean_length",
     "mean_sentences",
     "mean_sentiment",
@@ -60,6 +65,7 @@ THERAPY_COLUMNS = [
     "question_marks",
     "named_rounds",
     "name_mismatch",
+    *(f"{m}_{end}" for m in COMPARISON for end in ("ci_low", "ci_high")),
 ]
 
 
@@ -179,27 +185,46 @@ def features(generations) -> pd.DataFrame:
     return df
 
 
-def _summary(g: pd.DataFrame) -> dict:
+_PER_REPLY = {  # COMPARISON column -> the per-reply value whose mean it is
+    "mean_abs_length_diff": "len_diff",
+    "mean_abs_sentence_diff": "sent_diff",
+    "sentiment_distance": "sentiment_distance",
+    "question_replies": "has_question",
+    "question_marks": "question_marks",
+    "name_mismatch": "name_mismatch",
+}
+
+
+def _summary(g: pd.DataFrame, bootstrap: int, seed: int) -> dict:
     is_ref = (g["variant"] == "reference").all()
-    diff = (lambda c: np.nan) if is_ref else (lambda c: float(g[c].mean()))
-    return {
+    g = g.assign(has_question=g["question_marks"] > 0)
+    named = g[g["has_name"]]
+    out = {
         "n": len(g),
+        "n_dialogues": int(g["dialogue_id"].nunique()),
         "mean_length": float(g["length"].mean()),
         "mean_sentences": float(g["sentences"].mean()),
         "mean_sentiment": float(g["sentiment"].mean()),
-        "mean_abs_length_diff": diff("len_diff"),
-        "mean_abs_sentence_diff": diff("sent_diff"),
-        "sentiment_distance": diff("sentiment_distance"),
-        "question_replies": int((g["question_marks"] > 0).sum()),
-        "question_marks": int(g["question_marks"].sum()),
-        "named_rounds": int(g["has_name"].sum()),
-        "name_mismatch": np.nan if is_ref else int(g["name_mismatch"].sum()),
+        "named_rounds": len(named),
     }
+    for m, col in _PER_REPLY.items():
+        rows = named if m == "name_mismatch" else g  # mismatches: per round with a known name
+        undefined = rows.empty or (is_ref and m not in ("question_replies", "question_marks"))
+        x = rows[col].astype(float)
+        out[m] = np.nan if undefined else float(x.mean())
+        lo, hi = (
+            (np.nan, np.nan)
+            if undefined
+            else bootstrap_ci(x, bootstrap, seed, clusters=rows["dialogue_id"])
+        )
+        out[f"{m}_ci_low"], out[f"{m}_ci_high"] = lo, hi
+    return out
 
 
-def therapy_metrics(generations) -> pd.DataFrame:
+def therapy_metrics(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per model, category and variant (base/finetuned/reference): therapy_metrics.csv."""
     f = features(generations)
+    f["dialogue_id"] = f["dialogue_id"].astype(str)
     order = {s: i for i, s in enumerate(["base", "finetuned", "conditioned", "reference"])}
     rows = []
     for model, fm in f.groupby("model", sort=False):
@@ -207,5 +232,6 @@ def therapy_metrics(generations) -> pd.DataFrame:
         for cat in cats + (["all"] if len(cats) > 1 else []):
             fc = fm if cat == "all" else fm[fm["category"] == cat]
             for variant, g in sorted(fc.groupby("variant"), key=lambda kv: order.get(kv[0], 9)):
-                rows.append(dict(zip(THERAPY_IDS, (model, cat, variant)), **_summary(g)))
+                row = dict(zip(THERAPY_IDS, (model, cat, variant)))
+                rows.append({**row, **_summary(g, bootstrap, seed)})
     return pd.DataFrame(rows, columns=THERAPY_COLUMNS)

@@ -28,6 +28,7 @@ AGREEMENT_COLUMNS = [
     "n_missing",
     "pass_rate",
     "n_compared",
+    "n_clusters",
     "accuracy",
     "kappa",
     "kappa_ci_low",
@@ -43,16 +44,16 @@ One CSV file per dialogue (UTF-8 with BOM, so spreadsheet programs show Chinese 
 
 | column | meaning |
 |---|---|
-| row | utterance number 1..n, then one row per global: {", ".join(GLOBALS)} |
+| row | utterance number 1..n (a counselor reply is cut into its utterances, one row each), then one row per global: {", ".join(GLOBALS)} |
 | speaker | client, counselor, or global (for the global rows) |
 | text | the utterance; for a global row, the scale's name |
 | {" / ".join(CODES)} | behaviour codes: {"; ".join(f"{k} = {v}" for k, v in CODES.items())} |
 | rating | global rows only: an integer {GLOBAL_MIN}-{GLOBAL_MAX} (blank: not rated) |
 | note | free text, ignored on import |
 
-How to code: put an `x` in the code column of each behaviour a **counselor** row holds (MITI 4.2.1:
-a question and a reflection in one utterance are both coded; at most three codes, never both SR
-and CR; leave the row blank when none of the behaviours applies); client rows stay blank. Give each global row a rating.
+How to code: put an `x` in the code column of the one behaviour a **counselor** row holds (MITI
+4.2.1 codes each utterance with one behaviour; leave the row blank when none applies); client rows
+stay blank. Give each global row a rating.
 Do not add, remove or reorder rows. Save as CSV and put each coder's files in a folder of their own
 (keep the file names); `evaluation.miti.human_worksheets` maps coder names to those folders.
 Accepted ticks: {", ".join(sorted(TICKS))} (any case); blank or 0 means not ticked.
@@ -156,7 +157,7 @@ def read_worksheet(file) -> dict:
                 file,
                 f"line {line}",
                 ticks[-1],
-                f"codes {ticks} cannot be one utterance's (at most three, one reflection)",
+                f"codes {ticks}: an utterance takes one behaviour code",
             ) from None
         if speaker == "client" and ticks:
             raise DataError(file, f"line {line}", ticks[0], "client utterances are not coded")

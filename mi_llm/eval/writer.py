@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from mi_llm import stages
-from mi_llm.eval import miti, miti_check, worksheets
+from mi_llm.eval import miti, miti_check, miti_summary, worksheets
 from mi_llm.llm import api, prompts
 from mi_llm.params import path
 from mi_llm.runs import atomic_path
@@ -38,8 +38,8 @@ def write_metrics(out_dir, table, paired, paired_conditioned, therapy_metrics) -
 
 
 def write_miti(P, generations_path, out_dir, endpoint=None) -> dict:
-    """Code stage 04's generations and the coder-check samples; write miti_codes.jsonl (the
-    generations), miti_check_codes.jsonl (AnnoMI and gold samples), miti_summary.csv,
+    """Code stage 04's generations (utterance by utterance) and the coder-check samples; write
+    miti_codes.jsonl (the generations), miti_check_codes.jsonl (AnnoMI and gold samples), miti_summary.csv,
     miti_dialogues.csv, coder_agreement.csv, coder_confusion.csv and blank worksheets/.
 
     Opens api.endpoint(P.llm) unless an endpoint is given.
@@ -65,8 +65,12 @@ def write_miti(P, generations_path, out_dir, endpoint=None) -> dict:
     miti.write_codes(units, out_dir / stages.file_name(stages.MITI_CODES), version)
     miti.write_codes(check + gold, out_dir / stages.file_name(stages.MITI_CHECK_CODES), version)
     per_dialogue = miti.dialogue_table(units)
+    boot = P.evaluation.bootstrap
     summary = pd.concat(
-        [miti.group_summary(per_dialogue, "generated"), miti_check.annomi_reference(annomi)],
+        [
+            miti_summary.group_summary(per_dialogue, "generated", boot, P.seed),
+            miti_check.annomi_reference(annomi, boot, P.seed),
+        ],
         ignore_index=True,
     )
     exported = worksheets.export(units, out_dir / "worksheets")
@@ -74,7 +78,7 @@ def write_miti(P, generations_path, out_dir, endpoint=None) -> dict:
     for name, sample, to_label in [
         ("auto_vs_annomi", check, miti_check.coder_label),
         ("auto_vs_welivita_pu_gold", gold, miti.code_label),
-        ("welivita_pu_classifier_vs_gold", miti_check.gold_baseline(gold), miti.code_label),
+        ("welivita_pu_classifier_vs_gold", miti_check.gold_baseline(gold), None),
     ]:
         if sample:
             row, cm = miti_check.coder_check(sample, name, to_label, cfg.check_bootstrap, P.seed)

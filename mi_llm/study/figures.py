@@ -54,16 +54,9 @@ CORPUS_NAMES = {
     "annomi": "AnnoMI",
 }
 CJK_FONTS = (
-    "Noto Sans CJK SC",
-    "Noto Sans SC",
-    "Source Han Sans SC",
-    "WenQuanYi Micro Hei",
-    "WenQuanYi Zen Hei",
-    "SimHei",
-    "Microsoft YaHei",
-    "PingFang SC",
-    "Droid Sans Fallback",
-)
+    "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "Droid Sans Fallback",
+)  # fmt: skip
 _CJK_RE = re.compile(f"[{CJK_CHARS}]+")
 _cjk_font: str | None = None
 
@@ -172,9 +165,10 @@ def _grid(n, width=COL2, height=1.9, ncols=None, **kw):
 # ----------------------------------------------------------------------------- (a) corpus quality
 def quality(run_dir, table=None):
     """(a) Rubric score per criterion and total per corpus, 95% CIs, selected corpora in colour,
-    fixtures (written for this project, not the real corpus) hatched."""
+    fixtures (written for this project, not the real corpus) hatched, unjudged ones "not judged"."""
     t = quality_table(run_dir) if table is None else table
     fixtures = set(t.loc[t["fixture"], "corpus"]) if "fixture" in t else set()
+    unjudged = set(t.loc[~t["judged"], "corpus"]) if "judged" in t else set()
     pal = sns.color_palette("colorblind")
     metrics = [*CRITERIA, "total"]
     fig, axes = _grid(
@@ -189,10 +183,12 @@ def quality(run_dir, table=None):
             horizontal=True,
             colors=[pal[0] if s else "0.7" for s in sub.selected],
         )
-        for bar, corpus in zip(ax.patches, dict.fromkeys(sub.corpus)):  # the bars, in x order
-            if corpus in fixtures:
+        for i, (bar, corpus) in enumerate(zip(ax.patches, dict.fromkeys(sub.corpus))):
+            if corpus in fixtures:  # the bars, in x order
                 bar.set_hatch("////")
                 bar.set_edgecolor("white")
+            if corpus in unjudged:  # no judged dialogue: no score, not a zero bar
+                ax.text(0.02, i, "not judged", transform=ax.get_yaxis_transform(), va="center")
         top = CRITERIA.get(m, sum(CRITERIA.values()))
         ax.set_xlim(0, top)
         ax.set_title(f"{m.capitalize()}\n(0–{top})")
@@ -270,7 +266,8 @@ def text_metrics(run_dir, table=None):
 
 # ----------------------------------------------------------------------------- (e) therapy metrics
 def therapy_metrics(run_dir, table=None):
-    """(e) Therapy response metrics per category: a panel per metric, bars per model · variant."""
+    """(e) Therapy response metrics per category, as rates per reply (name mismatches per named
+    round) with 95% CIs resampling dialogues: a panel per metric, bars per model · variant."""
     t = therapy_metrics_table(run_dir) if table is None else table
     t = t.assign(who=source_labels(t.drop(columns="category")), category=t.category.fillna("all"))
     metrics = list(dict.fromkeys(t.metric))
@@ -289,58 +286,68 @@ def therapy_metrics(run_dir, table=None):
 
 
 # ----------------------------------------------------------------------------- (f) MITI summary
-def miti_summary(run_dir, table=None):
-    """(f) MITI 4.2.1 summary scores vs the fair/good thresholds, beside AnnoMI high/low; each
-    source labelled with its n coded utterances."""
+def miti_summary(run_dir, table=None, definition="pooled"):
+    """(f) MITI 4.2.1 summary scores in one definition (pooled, or per_conversation) with 95% CIs
+    resampling dialogues, vs the fair/good thresholds, beside AnnoMI high/low; each source with
+    its n dialogues and utterances."""
     t = miti_summary_table(run_dir) if table is None else table
+    t = t[t.definition == definition] if "definition" in t else t
     metrics = [m for m in MITI if m in set(t.metric)]
     if not metrics:
         raise ValueError(f"miti_summary.csv has none of {list(MITI)}")
     pal = sns.color_palette("colorblind")
     sources = list(dict.fromkeys(t.source))
     ref = dict(zip(t.source, t.reference))
-    model_colors = itertools.cycle(
-        pal[:2] + pal[4:]
-    )  # 8 colours; more sources (3 models x 3 variants) reuse them
+    model_colors = itertools.cycle(pal[:2] + pal[4:])  # 8 colours; more sources reuse them
     colors = {
         s: ("0.35" if "high" in s.lower() else "0.7") if ref[s] else next(model_colors)
         for s in sources
     }
     fig, axes = _grid(len(metrics), height=0.25 * len(sources) + 1.0, sharey=True)
     for ax, m in zip(axes, metrics):
-        _bars(
-            ax,
-            t[t.metric == m],
-            "source",
-            horizontal=True,
-            colors=[colors[s] for s in t[t.metric == m].source],
-        )
+        sub = t[t.metric == m]
+        _bars(ax, sub, "source", horizontal=True, colors=[colors[s] for s in sub.source])
         name, thresholds = MITI[m]
         if thresholds:  # %MI-adherent has no MITI 4.2.1 threshold
             ax.axvline(thresholds[0], color=pal[3], ls="--", lw=1, label="fair")
             ax.axvline(thresholds[1], color=pal[2], ls="-", lw=1, label="good")
         ax.set_title(name)
+    how = DEFINITION_NAMES.get(definition, definition)
     fig.legend(
-        *axes[0].get_legend_handles_labels(), loc="outside upper center", ncol=2, frameon=False
+        *axes[0].get_legend_handles_labels(),
+        loc="outside upper center",
+        ncol=2,
+        frameon=False,
+        title=f"MITI summary, {how}; 95% CIs resample dialogues",
     )
     return fig
 
 
+DEFINITION_NAMES = {
+    "pooled": "counts pooled over each source's dialogues",
+    "per_conversation": "mean over each source's conversations",
+}
+
+
 # ----------------------------------------------------------------------------- (g) behaviour codes
 def miti_codes(run_dir, table=None):
-    """(g) MITI behaviour codes per source: % of coded utterances holding each (n per source);
-    real MI is AnnoMI's human codes."""
+    """(g) MITI behaviour codes per source: % of coded utterances given each (n per source); real
+    MI is AnnoMI's human codes; a code a source does not annotate is a masked "n/a" cell."""
     t = miti_codes_table(run_dir) if table is None else table
     codes = [c for c in CODES if c in set(t.code)] + sorted(set(t.code) - set(CODES))
     share = (
-        t.pivot_table(index="source", columns="code", values="share", sort=False)
+        t.pivot_table(index="source", columns="code", values="share", sort=False, dropna=False)
         .reindex(columns=codes)
-        .fillna(0)
-        * 100
+        .mul(100)
     )
+    ref = t.groupby("source", sort=False)["reference"].first().reindex(share.index).to_numpy()
+    share[~ref] = share[~ref].fillna(
+        0.0
+    )  # a code the coder never gave: 0 %; a reference's NaN: n/a
     fig, ax = plt.subplots(layout="constrained", figsize=(COL2, 0.35 * len(share) + 1.6))
     sns.heatmap(
         share,
+        mask=share.isna(),
         annot=True,
         fmt=".0f",
         cmap="mako_r",
@@ -350,11 +357,13 @@ def miti_codes(run_dir, table=None):
         ax=ax,
         annot_kws={"fontsize": 7},
     )
-    ax.set_xlabel("")
+    for i, j in zip(*np.nonzero(share.isna().to_numpy())):
+        ax.text(j + 0.5, i + 0.5, "n/a", ha="center", va="center", fontsize=6, color="0.45")
+    ax.set_xlabel("n/a: a code the source does not annotate (AnnoMI: Q, SR, CR and GI only)")
     ax.set_ylabel("")
     ax.set_yticklabels([label(s) for s in share.index], rotation=0)
     ax.set_xticklabels(codes, rotation=30, ha="right")
-    ax.set_title("MITI behaviour codes")
+    ax.set_title("MITI behaviour codes: % of coded utterances, pooled over each source's dialogues")
     return fig
 
 

@@ -49,13 +49,13 @@ ID_COLS = [
     "symptom",
     "split",
 ]
-THERAPY = {  # therapy_metrics.csv column of therapy.COMPARISON -> panel title
-    "mean_abs_length_diff": "|Δ length| to counselor (chars)",
-    "mean_abs_sentence_diff": "|Δ sentences| to counselor",
-    "sentiment_distance": "sentiment distance",
-    "question_replies": "replies with a question",
-    "question_marks": "question marks",
-    "name_mismatch": "name-use mismatches",
+THERAPY = {  # therapy_metrics.csv column of therapy.COMPARISON -> panel title (each a rate)
+    "mean_abs_length_diff": "|Δ length| to counselor (chars per reply)",
+    "mean_abs_sentence_diff": "|Δ sentences| to counselor (per reply)",
+    "sentiment_distance": "sentiment distance (per reply)",
+    "question_replies": "share of replies with a question",
+    "question_marks": "question marks per reply",
+    "name_mismatch": "name-use mismatches per named round",
 }
 
 
@@ -128,7 +128,8 @@ def source_labels(df: pd.DataFrame) -> pd.Series:
 # ----------------------------------------------------------------------------- (a) corpus quality
 def quality_table(run_dir) -> pd.DataFrame:
     """01's quality.csv (quality.QUALITY_COLUMNS and FIXTURE_COLUMN) in long form (corpus, rank,
-    selected, fixture, metric, value, ci_low, ci_high).
+    selected, fixture, judged, metric, value, ci_low, ci_high); judged is False for a corpus
+    without one judged dialogue (n_judged 0, total NaN), drawn as "not judged", never as 0.
 
     The total's CI is quality.csv's total_ci_low/high; each criterion's is bootstrapped from the
     "scores" of judgements.jsonl's records (quality.JUDGEMENT_FIELDS), NaN without that file.
@@ -152,6 +153,7 @@ def quality_table(run_dir) -> pd.DataFrame:
                     "rank": r["rank"],
                     "selected": bool(r["selected"]),
                     "fixture": str(r[quality.FIXTURE_COLUMN]).lower() == "true",
+                    "judged": bool(r.get("n_judged", 1) > 0 and pd.notna(r["total"])),
                     "metric": m,
                     "value": float(r[m]),
                     "ci_low": lo,
@@ -238,54 +240,76 @@ def text_metrics_table(run_dir) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- (e) therapy metrics
 def therapy_metrics_table(run_dir) -> pd.DataFrame:
-    """04's therapy_metrics.csv (therapy.THERAPY_COLUMNS), long form (model, category, variant,
-    metric, value, ci_low, ci_high) of therapy.COMPARISON's columns (no CIs: NaN).
+    """04's therapy_metrics.csv (therapy.THERAPY_COLUMNS), long form (model, category, variant, n,
+    n_dialogues, metric, value, ci_low, ci_high) of therapy.COMPARISON's rates (per reply, name
+    mismatches per named round), each with its 95% CI resampling dialogues.
 
-    variant "reference" is the gold counselor; category "all" pools a model's categories.
+    variant "reference" is the gold counselor; category "all" pools a model's replies (a rate over
+    all of them, not a sum of the categories' bars).
     """
     f = _file(run_dir, stages.THERAPY_METRICS)
     raw = _csv(run_dir, stages.THERAPY_METRICS)
     _require(raw, f, therapy.THERAPY_COLUMNS)
-    return _long(raw, therapy.THERAPY_IDS, therapy.COMPARISON)
+    ids = [*therapy.THERAPY_IDS, "n", "n_dialogues"]
+    return _long(raw, ids, therapy.COMPARISON, with_ci=therapy.COMPARISON)
 
 
 # ----------------------------------------------------------------------------- (f) MITI summary
 def miti_summary_table(run_dir) -> pd.DataFrame:
-    """04's miti_summary.csv (miti.SUMMARY_COLUMNS), long form (source, reference, metric, value,
-    ci_low, ci_high, n).
+    """04's miti_summary.csv (miti.SUMMARY_COLUMNS), long form (source, reference, definition,
+    metric, value, ci_low, ci_high, n_dialogues, n_utterances, n).
 
-    One row per coded source (group, model, variant; group "reference" is AnnoMI's real MI); the
-    scores are miti.SCORES (pct_cr in percent; the figure draws MITI_LABELS's); n is the source's coded utterances (n_coded),
-    also part of its id, "gemma3-270m · finetuned (n=8)".
+    One row per coded source (group, model, variant; group "reference" is AnnoMI's real MI) and
+    definition (pooled | per_conversation, miti.DEFINITIONS); the scores are miti.SCORES (pct_cr in
+    percent; the figure draws MITI_LABELS's) with the 95% CI resampling dialogues; n is the
+    source's coded utterances, and the source id says its n's: "gemma3-270m · finetuned (2
+    dialogues, 8 utterances)".
     """
     f = _file(run_dir, stages.MITI_SUMMARY)
     raw = _csv(run_dir, stages.MITI_SUMMARY)
-    _require(raw, f, ["group", "model", "variant", "n_coded", *SCORES])
-    ids = ["model", "variant", "group"]
-    t = raw[ids].copy()
-    t["source"] = source_labels(raw)
-    t["reference"] = raw["group"].eq("reference")
-    t["n"] = raw["n_coded"]
-    t["source"] = [f"{s} (n={int(k)})" if pd.notna(k) else s for s, k in zip(t.source, t.n)]
-    t = pd.concat(
-        [t.assign(metric=m, value=raw[m].astype(float)) for m in SCORES], ignore_index=True
+    cis = [f"{m}_{e}" for m in SCORES for e in ("ci_low", "ci_high")]
+    _require(
+        raw, f, ["group", "model", "variant", "definition", "n_coded", "n_dialogues", *SCORES, *cis]
     )
-    t["ci_low"] = t["ci_high"] = np.nan
-    cols = ["source", "reference", "metric", "value", "ci_low", "ci_high", "n"]
-    return t[cols].reset_index(drop=True)
+    t = raw[["model", "variant", "group", "definition"]].copy()
+    t["reference"] = raw["group"].eq("reference")
+    t["n_dialogues"], t["n_utterances"], t["n"] = (
+        raw["n_dialogues"],
+        raw["n_utterances"],
+        raw["n_coded"],
+    )
+    t["source"] = [
+        f"{s} ({int(d)} dialogues, {int(k)} utterances)"
+        for s, d, k in zip(source_labels(raw), t.n_dialogues, t.n_utterances)
+    ]
+    t = pd.concat(
+        [
+            t.assign(
+                metric=m,
+                value=raw[m].astype(float),
+                ci_low=raw[f"{m}_ci_low"].astype(float),
+                ci_high=raw[f"{m}_ci_high"].astype(float),
+            )
+            for m in SCORES
+        ],
+        ignore_index=True,
+    )
+    cols = ["source", "reference", "definition", "metric", "value", "ci_low", "ci_high"]
+    return t[[*cols, "n_dialogues", "n_utterances", "n"]].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- (g) behaviour codes
 def miti_codes_table(run_dir) -> pd.DataFrame:
-    """Share of utterances holding each MITI behaviour per source (source, code, count, n, share,
-    reference).
+    """Share of coded utterances given each MITI behaviour per source (source, code, count, n,
+    reference, share, definition: pooled over the source's dialogues); share NaN: the source
+    does not annotate that code ("n/a").
 
     Generated sources come from miti_codes.jsonl (mi_llm.eval.miti): one record per coded unit with its
-    id fields and "utterances": [{"codes": [...]}] (an utterance can hold two behaviours, so a
-    source's shares can add up to more than 1). NONE or an empty list counts as "no behaviour", a
-    null code (not coded) is left out. Real MI is AnnoMI's human codes: the reference rows of
-    miti_summary.csv (counts of Q, SR, CR, GI over n_coded utterances; AnnoMI annotates no other
-    MITI code), when that file is there.
+    id fields and "utterances": [{"codes": [...]}], one code per utterance. NONE or an empty list
+    counts as "no behaviour", a null code (not coded) is left out. Real MI is AnnoMI's human codes:
+    the pooled reference rows of miti_summary.csv (counts of Q, SR, CR, GI over n_coded
+    utterances; an AnnoMI utterance can hold a question and a reflection, so its shares can add up
+    to more than 1); AnnoMI annotates no other MITI code: those cells are NaN.
     """
     names = {**CODES, NONE: "no behaviour"}
     f = _file(run_dir, stages.MITI_CODES)
@@ -312,6 +336,7 @@ def miti_codes_table(run_dir) -> pd.DataFrame:
     t["reference"] = False
     t = pd.concat([t, _annomi_codes(run_dir)], ignore_index=True)
     t["share"] = t["count"] / t["n"]
+    t["definition"] = "pooled"  # utterances counted over all of a source's dialogues
     t["source"] = [f"{s} (n={int(k)})" for s, k in zip(t.source, t.n)]
     return t.sort_values("reference", kind="stable").reset_index(drop=True)
 
@@ -325,14 +350,15 @@ def _annomi_codes(run_dir) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     _require(s, Path(run_dir) / stages.MITI_SUMMARY, ["group", "n_coded", *ANNOMI_CODES])
     s = s[s["group"].eq("reference") & s["n_coded"].notna()]
+    if "definition" in s:
+        s = s[s["definition"].eq("pooled")]  # counts are the same in both definitions
     if s.empty:
         return pd.DataFrame(columns=cols)
     s = s.assign(source=source_labels(s) + " (human codes)")
     rows = [
-        (r.source, CODES[c], r[c], r["n_coded"], True)
+        (r.source, CODES[c], r[c] if c in ANNOMI_CODES else np.nan, r["n_coded"], True)
         for _, r in s.iterrows()
-        for c in ANNOMI_CODES
-        if pd.notna(r[c])
+        for c in CODES
     ]
     return pd.DataFrame(rows, columns=cols)
 
