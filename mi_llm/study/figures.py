@@ -418,8 +418,8 @@ def make(name: str, run_dir, fp: params_mod.FiguresParams):
         print(f"[figures] skipped {name}: {e}")
         return None
     fig = figure_fn(run_dir, table)
-    if note := smoke_note(run_dir):  # a smoke run's figure says so, on the figure itself
-        fig.suptitle(note, fontsize="small", color="0.35")
+    if note := smoke_note(run_dir):  # under the figure (savefig's tight box takes it in)
+        fig.text(0.5, 0.0, note, ha="center", va="top", fontsize="small", color="0.35")
     out = params_mod.path(fp.out_dir)
     (own / "tables").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
