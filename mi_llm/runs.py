@@ -243,6 +243,18 @@ def _write(p: Params, prov: dict) -> None:
     write_atomic(provenance_path(p), json.dumps(prov, indent=2, ensure_ascii=False, default=str))
 
 
+def model_weights(p: Params) -> dict:
+    """{model: {hub_id, commit}} pinned by `models fetch` for the hub models the run uses."""
+    from mi_llm.models import registry
+
+    used = {*p.sft.models, *p.evaluation.models} - set(p.model_paths)
+    return {
+        n: {"hub_id": e["hub_id"], "commit": e["commit"]}
+        for n, e in registry.locked().items()
+        if n in used
+    }
+
+
 def start_stage(p: Params, stage: str, inputs=(), **extra) -> dict:
     """Take the run's lock (unless the runner holds it), seed everything and record the stage's
     start, inputs (sha256: its declared reads in mi_llm.stages, plus `inputs`) and environment."""
@@ -261,6 +273,7 @@ def start_stage(p: Params, stage: str, inputs=(), **extra) -> dict:
         python=sys.version.split()[0],
         platform=platform.platform(),
         packages=package_versions(),
+        model_weights=model_weights(p),
     )
     stage_rec = {"started": _now(), "finished": None, "inputs": hash_inputs(inputs), **extra}
     prov.setdefault("stages", {})[stage] = stage_rec

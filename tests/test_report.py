@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 from conftest import write_artifacts
 
 from mi_llm import params, runs, stages
-from mi_llm.study import figures, report
+from mi_llm.study import figures, report, smoke
 
 MADE = ["corpus_quality", "transcription", "miti_codes"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -163,7 +163,7 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
 def test_a_smoke_run_says_so_at_the_top_and_on_every_figure(built):
     run, index = built
     page = index.read_text()
-    note = figures.smoke_note(run)
+    note = smoke.note(run)
     assert note.startswith("smoke run: 270M model, n = ")
     assert note.endswith("the numbers test the pipeline, not the method")
     assert "n = 3 train / 2 test dialogues" in note
@@ -183,10 +183,10 @@ def test_no_smoke_note_for_a_run_of_the_paper_models(built, tmp_path):
     for section in ("sft", "evaluation"):
         prov["params"][section]["models"] = ["glm-4-9b-chat"]
     (other / "provenance.json").write_text(json.dumps(prov))
-    assert figures.smoke_note(other) is None
+    assert smoke.note(other) is None
     prov["params"]["llm"].update(provider="embedded", model="gemma3-270m")  # the judge alone
     (other / "provenance.json").write_text(json.dumps(prov))
-    assert figures.smoke_note(other).startswith("smoke run: 270M model")
+    assert smoke.note(other).startswith("smoke run: 270M model")
     page = report.build(other).read_text()
     assert 'class="smoke"' in page
 

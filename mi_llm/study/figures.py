@@ -23,6 +23,7 @@ from mi_llm import params as params_mod
 from mi_llm import stages
 from mi_llm.data.schema import CJK_CHARS
 from mi_llm.eval.miti import CODES as MITI_CODES
+from mi_llm.study import smoke
 from mi_llm.study.tables import (  # the readers stay importable from here (figures.quality_table, ...)
     CRITERIA,
     MITI,
@@ -418,7 +419,7 @@ def make(name: str, run_dir, fp: params_mod.FiguresParams):
         print(f"[figures] skipped {name}: {e}")
         return None
     fig = figure_fn(run_dir, table)
-    if note := smoke_note(run_dir):  # under the figure (savefig's tight box takes it in)
+    if note := smoke.note(run_dir):  # under the figure (savefig's tight box takes it in)
         fig.text(0.5, 0.0, note, ha="center", va="top", fontsize="small", color="0.35")
     out = params_mod.path(fp.out_dir)
     (own / "tables").mkdir(parents=True, exist_ok=True)
@@ -436,36 +437,6 @@ def make(name: str, run_dir, fp: params_mod.FiguresParams):
     for f in files:
         shutil.copy2(f, out / f.relative_to(own))
     return fig
-
-
-def smoke_note(run_dir) -> str | None:
-    """ "smoke run: 270M model, n = …; the numbers test the pipeline, not the method" for a run whose
-    fine-tuned models or LLM judge are the embedded default (from provenance.json's params), with
-    the numbers of stage 02's train and test dialogues; None for any other run."""
-    import json
-
-    from mi_llm.models import registry
-
-    prov = Path(run_dir) / "provenance.json"
-    p = json.loads(prov.read_text(encoding="utf-8")).get("params", {}) if prov.exists() else {}
-    if not p:
-        return None
-    small = {n for n, s in registry.REGISTRY.items() if s.embedded}
-    llm = p.get("llm", {})
-    models = {*p.get("sft", {}).get("models", []), *p.get("evaluation", {}).get("models", [])}
-    judge = llm.get("model") if llm.get("provider") in ("embedded", "serve") else None
-    used = sorted((models | {judge}) & small)
-    if not used:
-        return None
-    sizes = sorted({m.group(1).upper() for u in used if (m := re.search(r"-(\d+[mb])$", u))})
-    model = f"{', '.join(sizes)} model" if sizes else f"{', '.join(used)} model"
-    counts = [
-        f"{sum(1 for line in f.open(encoding='utf-8') if line.strip())} {kind}"
-        for kind, rel in (("train", stages.TRAIN), ("test", stages.TEST))
-        if (f := Path(run_dir) / rel).exists()
-    ]
-    n = f"n = {' / '.join(counts)} dialogues" if counts else "n = no dialogues transcribed yet"
-    return f"smoke run: {model}, {n}; the numbers test the pipeline, not the method"
 
 
 KEYS = ".drawn_from"  # in 05_figures/: per figure, the sha256 of what its saved files show

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import pandas as pd
 
 from mi_llm import stages
-from mi_llm.study import figures
+from mi_llm.study import figures, smoke
 
 EXTERNAL = ("http:", "https:", "data:", "mailto:", "javascript:")
 CSS = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem}
@@ -238,7 +238,7 @@ def index_html(run_dir, report_dir, notebooks: list[Path], made: dict[str, list[
         ("input files hashed", len(prov.get("data_sha256", {}))),
     ]
     skipped = [n for n in figures.FIGURES if n not in made]
-    note = figures.smoke_note(run_dir)
+    note = smoke.note(run_dir)
     banner = (
         f'<p class="smoke" id="smoke"><b>{html.escape(note.split(":")[0].capitalize())}:</b>'
         f"{html.escape(note.split(':', 1)[1])}. Scores, rates and tests below check that every "
