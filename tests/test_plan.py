@@ -96,3 +96,12 @@ def test_the_command_prints_estimates_labelled_as_such(capsys, tmp_path):
     assert main(["plan", "params/smoke.yaml"]) == 0
     out = capsys.readouterr().out
     assert "local" in out and "GPU hours: not estimated" in out
+
+
+def test_a_wrong_results_file_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "gpu-x.json"
+    bad.write_text("not json")
+    assert main(["plan", "params/paper.yaml", "--gpu-results", str(bad)]) == 2
+    assert main(["plan", "params/paper.yaml", "--gpu-results", str(tmp_path / "none")]) == 2
+    out = capsys.readouterr().out
+    assert "not a GPU check result" in out and "no such file" in out and "Traceback" not in out

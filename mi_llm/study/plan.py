@@ -95,10 +95,17 @@ def gpu_throughput(results: str | None = None) -> dict:
     files = (
         [Path(results)] if results else sorted(Path(params_mod.ROOT / RESULTS).glob("gpu-*.json"))
     )
+    if results and not files[0].is_file():
+        raise ValueError(f"--gpu-results {results}: no such file")
     files = [f for f in files if f.exists() and not f.stem.endswith("dryrun")]
     if not files:
         return {}
-    data = json.loads(files[-1].read_text(encoding="utf-8"))
+    try:
+        data = json.loads(files[-1].read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(
+            f"{files[-1]}: not a GPU check result (benchmarks/gpu_check.sh): {e}"
+        ) from None
     steps = {s["name"]: s for s in data.get("steps", [])}
     out = {"file": str(files[-1]), "device": data.get("device")}
     sft = steps.get("sft_throughput", {})
@@ -303,7 +310,7 @@ def cli(params_file: str, gpu_results: str | None = None) -> int:
         tpc = _tokens_per_char()
         gpu = gpu_throughput(gpu_results)
         print(text(P, estimate(P, shape, tpc, gpu), shape, tpc, gpu))
-    except params_mod.ParamsError as e:
+    except ValueError as e:  # ParamsError included: one paragraph, no traceback
         print(f"[mi_llm] {e}")
         return 2
     return 0
