@@ -105,3 +105,24 @@ def test_a_wrong_results_file_is_one_line(capsys, tmp_path):
     assert main(["plan", "params/paper.yaml", "--gpu-results", str(tmp_path / "none")]) == 2
     out = capsys.readouterr().out
     assert "not a GPU check result" in out and "no such file" in out and "Traceback" not in out
+
+
+def test_the_dry_run_ends_with_the_gpu_sequence_and_every_step_exists(monkeypatch, capsys):
+    import contextlib
+    import re
+    import shlex
+
+    from mi_llm.study import dryrun, runner
+
+    monkeypatch.setattr(dryrun, "standins", lambda f: contextlib.nullcontext("http://127.0.0.1:1"))
+    monkeypatch.setattr(runner, "run", lambda *a, **k: params.ROOT / "runs/paper-dryrun")
+    dryrun.run("params/paper-dryrun.yaml")
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(dryrun.NEXT_ON_GPU)
+    assert (params.ROOT / "docs/paper-on-gpu.md").exists()
+    assert (params.ROOT / "benchmarks/gpu_check.sh").exists()
+    for line in re.findall(r"python -m mi_llm ([^#\n]+)", dryrun.NEXT_ON_GPU):
+        words = [w for w in shlex.split(line) if not w.startswith("params/")]
+        with pytest.raises(SystemExit) as e:  # every subcommand parses (its --help exits 0)
+            main([*words, "--help"])
+        assert e.value.code == 0, line

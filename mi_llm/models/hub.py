@@ -192,7 +192,11 @@ def cli(a) -> int:
     if a.params:
         from mi_llm import params as params_mod
 
-        names += models_of(params_mod.load(a.params))
+        try:
+            names += models_of(params_mod.load(a.params))
+        except params_mod.ParamsError as e:
+            print(f"[mi_llm] {e}")
+            return 2
     elif not names:
         names = hub_models()
     unknown = [n for n in names if n not in registry.REGISTRY]

@@ -75,7 +75,21 @@ def run(
 
     with standins(params_file) as url:
         print(f"[mi_llm] stand-in model at {url}; tiny checkpoints written", flush=True)
-        return runner.run(params_file, only=only, progress=progress)
+        run_dir = runner.run(params_file, only=only, progress=progress)
+    print(NEXT_ON_GPU, flush=True)
+    return run_dir
+
+
+NEXT_ON_GPU = """[mi_llm] dry run done. Next, on the GPU machine (docs/paper-on-gpu.md):
+  make setup                                      # .venv with the project
+  bash benchmarks/gpu_check.sh                    # CUDA torch + [gpu] extras; GPU tests; throughput
+  python -m mi_llm models fetch --params params/paper.yaml   # weights, pinned in models.lock.json
+  python -m mi_llm data fetch                     # the five corpora, pinned in data/full/LOCK.json
+  export OPENAI_API_KEY=...                       # the judge, transcriber and MITI coder
+  python -m mi_llm check params/paper.yaml
+  python -m mi_llm plan params/paper.yaml         # requests, tokens, API cost, GPU hours (estimates)
+  HF_HUB_OFFLINE=1 python -m mi_llm run params/paper.yaml
+(`make paper` runs the last six steps and asks before the run starts.)"""
 
 
 def tiny_sft_run(
