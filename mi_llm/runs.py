@@ -59,7 +59,7 @@ PACKAGES = [
 def set_seed(seed: int) -> None:
     """Seed python, numpy and, when this process has loaded it, torch (on every device).
 
-    torch is not imported here (4 s of a stage's start on 2 cores, for stages that never use it):
+    torch is not imported here (seconds of a stage's start, for stages that never use it):
     the code that draws with torch seeds it itself (embedded sampling per batch, SFTConfig.seed,
     generate calls this after loading its model), and unseeded torch starts from a fixed seed.
     """

@@ -427,7 +427,7 @@ def make(name: str, run_dir, fp: params_mod.FiguresParams):
     files = [own / f"{name}.{fmt}" for fmt in fp.formats]
     key, key_file = _drawn_from(name, run_dir, table, fp), own / KEYS / name
     if not (all(f.exists() for f in files) and key_file.exists() and key_file.read_text() == key):
-        for f, fmt in zip(files, fp.formats):  # PDFs embed a subset of the CJK font: 2 s each
+        for f, fmt in zip(files, fp.formats):  # PDFs embed a subset of the CJK font: slow
             fig.savefig(f, dpi=fp.dpi, metadata=_metadata(fmt))
         key_file.parent.mkdir(exist_ok=True)
         key_file.write_text(key)
