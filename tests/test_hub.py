@@ -132,3 +132,17 @@ def test_fetch_for_a_params_file(fake_hub, capsys):
     assert main(["models", "fetch", "--params", "params/paper.yaml", "--no-progress"]) == 0
     assert {d[0] for d in fake_hub.downloads} == {registry.get(n).hub_id for n in hub.hub_models()}
     assert main(["models", "fetch", "no-such-model"]) == 2
+
+
+def test_no_network_is_one_paragraph(fake_hub, monkeypatch, capsys):
+    http_error = hub._transport_errors()[0]  # the HTTP client's (httpx2 or httpx)
+    connect_error = type("ConnectError", (http_error,), {})
+
+    def down(*a, **k):
+        raise connect_error("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", down)
+    assert main(["models", "fetch", "glm-4-9b-chat"]) == 1
+    out = capsys.readouterr().out
+    assert "could not fetch THUDM/glm-4-9b-chat-hf: ConnectError" in out
+    assert "Check the network" in out and "Traceback" not in out

@@ -139,7 +139,6 @@ def fetch(name: str, progress: bool = True) -> Path:
     """Download `name`'s files at its pinned commit (pinning it on the first fetch); its folder."""
     import os
 
-    import httpx
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -165,16 +164,34 @@ def fetch(name: str, progress: bool = True) -> Path:
         )
     except FetchError:
         raise
-    except (HfHubHTTPError, httpx.HTTPError, OSError, ValueError) as e:  # network, gated, revision
+    except (
+        HfHubHTTPError,
+        *_transport_errors(),
+        OSError,
+        ValueError,
+    ) as e:  # network, gated, revision
         raise FetchError(
             f"model {name}: could not fetch {spec.hub_id}: {type(e).__name__}: {e}. "
-            "A gated model needs its licence accepted on the hub and HF_TOKEN set; behind a mirror "
-            "set HF_ENDPOINT."
+            "Check the network (or point HF_ENDPOINT at a mirror); a gated model also needs its "
+            "licence accepted on its hub page and HF_TOKEN set."
         ) from None
     _verify(name, Path(folder), files)
     if name not in registry.locked():
         _write_lock(name, commit, files, spec.revision or "main")
     return Path(folder)
+
+
+def _transport_errors() -> tuple:
+    """The HTTP client's connection errors (huggingface_hub 1.x uses httpx, 2.x httpx2)."""
+    import importlib
+
+    found = []
+    for mod in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(mod).HTTPError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
 
 
 def cli(a) -> int:
