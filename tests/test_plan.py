@@ -93,6 +93,7 @@ def test_the_command_prints_estimates_labelled_as_such(capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.startswith("Plan for paper (ESTIMATES, nothing has run")
     assert "estimated total: API ~$" in out and "GPU ~" in out and "NVIDIA H100" in out
+    assert "weights: glm-4-9b-chat not fetched yet (python -m mi_llm models fetch" in out
     assert main(["plan", "params/smoke.yaml"]) == 0
     out = capsys.readouterr().out
     assert "local" in out and "GPU hours: not estimated" in out
@@ -122,7 +123,7 @@ def test_the_dry_run_ends_with_the_gpu_sequence_and_every_step_exists(monkeypatc
     assert (params.ROOT / "docs/paper-on-gpu.md").exists()
     assert (params.ROOT / "benchmarks/gpu_check.sh").exists()
     for line in re.findall(r"python -m mi_llm ([^#\n]+)", dryrun.NEXT_ON_GPU):
-        words = [w for w in shlex.split(line) if not w.startswith("params/")]
+        words = shlex.split(line)
         with pytest.raises(SystemExit) as e:  # every subcommand parses (its --help exits 0)
             main([*words, "--help"])
         assert e.value.code == 0, line

@@ -262,6 +262,7 @@ def text(P, lines: list[Line], shape: dict, tpc: float, gpu: dict) -> str:
         + (f" + requests without a price in llm.prices for {P.llm.model!r}" if unpriced else "")
         + (f", GPU ~{total_h:.1f} h" if total_h else "")
     )
+    out += _weights(P)
     out.append("what the estimates rest on:")
     for c, s in shape.items():
         out.append(
@@ -288,6 +289,19 @@ def text(P, lines: list[Line], shape: dict, tpc: float, gpu: dict) -> str:
             "(run `bash benchmarks/gpu_check.sh` on the GPU machine first)"
         )
     return "\n".join(out)
+
+
+def _weights(P) -> list[str]:
+    """One line per hub model of the recipe: pinned and fetched, or the command that fetches it."""
+    from mi_llm.models import hub, registry
+
+    lock, lines = registry.locked(), []
+    for n in hub.models_of(P):
+        if n in lock and hub.cached_folder(n):
+            lines.append(f"weights: {n} fetched, pinned at {lock[n]['commit'][:12]}")
+        else:
+            lines.append(f"weights: {n} not fetched yet (python -m mi_llm models fetch {n})")
+    return lines
 
 
 def _m(x: float) -> str:
