@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from types import SimpleNamespace
 
 import huggingface_hub
@@ -77,6 +78,9 @@ def test_first_fetch_pins_the_commit_and_later_fetches_keep_it(fake_hub, capsys)
     assert registry.revision("glm-4-9b-chat") == COMMIT
     fake_hub.head = LATER  # the hub's main moves on; the study does not
     assert main(["models", "fetch", "glm-4-9b-chat", "--no-progress"]) == 0
+    assert len(fake_hub.downloads) == 1  # pinned and in the cache: nothing asked of the hub
+    shutil.rmtree(fake_hub.cache)  # a new machine with the lock file
+    assert main(["models", "fetch", "glm-4-9b-chat", "--no-progress"]) == 0
     assert fake_hub.downloads[1][1] == COMMIT
     out = capsys.readouterr().out
     assert f"THUDM/glm-4-9b-chat-hf@{COMMIT}" in out and "HF_HUB_OFFLINE=1" in out
@@ -124,6 +128,7 @@ def test_offline_fetch_and_offline_load_name_the_command(fake_hub, monkeypatch, 
     hub.fetch("glm-4-9b-chat", progress=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     registry.require_fetched("glm-4-9b-chat")  # in the cache at the pinned commit: no error
+    assert main(["models", "fetch", "glm-4-9b-chat"]) == 0  # and a fetch needs no hub
 
 
 def test_fetch_for_a_params_file(fake_hub, capsys):

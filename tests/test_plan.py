@@ -96,7 +96,7 @@ def test_the_command_prints_estimates_labelled_as_such(capsys, tmp_path):
     assert "weights: glm-4-9b-chat not fetched yet (python -m mi_llm models fetch" in out
     assert main(["plan", "params/smoke.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "local" in out and "GPU hours: not estimated" in out
+    assert "local" in out and "GPU hours: none, the recipe runs on the CPU" in out
 
 
 def test_a_wrong_results_file_is_one_line(capsys, tmp_path):

@@ -1,6 +1,7 @@
 """The paper models' weights from the Hugging Face Hub: `python -m mi_llm models list|fetch`.
 
-`fetch` asks the hub which commit the model's revision names (the lock file's commit when there is
+`fetch` of a model already pinned and in the cache checks its files' sizes and needs no hub.
+Otherwise it asks the hub which commit the model's revision names (the lock file's commit when there is
 one, else the registry's revision, else `main`), downloads the weights, configuration and tokenizer
 files of that commit with huggingface_hub's `snapshot_download` (its progress bars; an interrupted
 download resumes) into the Hugging Face cache, checks each file's size and the sha256 the hub
@@ -97,8 +98,9 @@ def _plan(api, name: str) -> tuple[str, dict[str, dict]]:
     return info.sha, chosen
 
 
-def _verify(name: str, folder: Path, files: dict[str, dict]) -> None:
-    """Each downloaded file's size and, for large files, the sha256 the hub publishes."""
+def _verify(name: str, folder: Path, files: dict[str, dict], sha256: bool = True) -> None:
+    """Each downloaded file's size and, for large files, the sha256 the hub publishes (checked when
+    the files are downloaded; a later fetch of files already here checks their sizes)."""
     for rel, want in files.items():
         f = folder / rel
         if not f.exists():
@@ -108,7 +110,7 @@ def _verify(name: str, folder: Path, files: dict[str, dict]) -> None:
                 f"model {name}: {rel} has {f.stat().st_size} bytes, the hub lists {want['size']}; "
                 f"delete {f} and fetch again"
             )
-        if want.get("sha256"):
+        if sha256 and want.get("sha256"):
             h = hashlib.sha256()
             with f.open("rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 24), b""):
@@ -145,6 +147,10 @@ def fetch(name: str, progress: bool = True) -> Path:
     spec = registry.get(name)
     if spec.embedded:
         raise FetchError(f"model {name} is the embedded default: it comes with its PyPI package")
+    entry = registry.locked().get(name)
+    if entry and (folder := cached_folder(name)):  # pinned and here: no hub needed
+        _verify(name, folder, entry["files"], sha256=False)
+        return folder
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
         raise FetchError(
             "HF_HUB_OFFLINE is set, so the hub cannot be asked; run `models fetch` without it "

@@ -283,6 +283,8 @@ def text(P, lines: list[Line], shape: dict, tpc: float, gpu: dict) -> str:
             + " (the check's 8B-shaped trainer and its generation benchmark, not this recipe's "
             "models and lengths; GPU hours for one GPU)"
         )
+    elif P.device == "cpu":
+        out.append("  GPU hours: none, the recipe runs on the CPU (device: cpu)")
     else:
         out.append(
             "  GPU hours: not estimated, no GPU check result in benchmarks/results/ "
