@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 for _ in tqdm(range(3), desc="coding batches"):
     pass
 warnings.warn("an old keyword", FutureWarning)
+from mi_llm.study import progress  # a warning raised in the study's own code
+warnings.warn_explicit("the study's own note", UserWarning, progress.__file__, 1)
 print("the cell's own output")"""
 
 
@@ -52,14 +54,18 @@ def test_bars_reach_the_terminal_and_the_notebook_keeps_only_its_output(tmp_path
     terminal, outputs, run = _run(tmp_path, bars=True)
     assert "without encryption" not in terminal and "IPKernelApp" not in terminal
     assert "coding batches: 100%" in terminal
-    assert [o.get("name") for o in outputs] == ["stdout"]  # no stderr box: no bar, no warning
-    assert outputs[0]["text"] == "the cell's own output\n"
+    text = {o["name"]: o["text"] for o in outputs}
+    assert sorted(text) == ["stderr", "stdout"] and len(outputs) == 2
+    assert "UserWarning: the study's own note" in text["stderr"]  # the study's own warning only:
+    assert "old keyword" not in text["stderr"] and "coding batches" not in text["stderr"]
+    assert text["stdout"] == "the cell's own output\n"
     log = (run / progress.WARNINGS_LOG).read_text()
     assert "FutureWarning: an old keyword" in log and "TqdmWarning" not in log
+    assert "the study's own note" not in log
     assert progress.warnings_summary(run).startswith("1 library warning(s) logged")
 
 
 def test_no_progress_draws_no_bar(tmp_path):
     terminal, outputs, _ = _run(tmp_path, bars=False)
     assert "coding batches" not in terminal
-    assert [o.get("name") for o in outputs] == ["stdout"]
+    assert "coding batches" not in "".join(o.get("text", "") for o in outputs)

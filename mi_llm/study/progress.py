@@ -6,8 +6,9 @@ The runner starts each stage's kernel with kernel_options():
   unencrypted traffic);
 - the kernel's first line (ipykernel's exec_lines) is in_kernel(): the progress bars of stage code
   (tqdm: LLM requests, generation batches, training steps) are drawn on the runner's terminal, not
-  into the executed notebook, and Python warnings from libraries go to the run's warnings log
-  instead of red boxes in the notebook.
+  into the executed notebook, and Python warnings from libraries (deprecations and the like) go
+  to the run's warnings log instead of red boxes in the notebook; the study's own warnings
+  (raised in mi_llm) stay in the notebook, where the reader needs them.
 A notebook run in JupyterLab never calls in_kernel() and keeps tqdm's and Python's own behaviour.
 """
 
@@ -68,10 +69,39 @@ def in_kernel(progress: bool, warnings_log: str) -> None:
     Path(warnings_log).parent.mkdir(parents=True, exist_ok=True)
     log = open(warnings_log, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
+    ours, shown = str(Path(__file__).resolve().parents[1]), warnings.showwarning
+
     def show(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(ours):  # the study's own warnings stay in the notebook
+            return shown(message, category, filename, lineno, file, line)
         log.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return None
 
     warnings.showwarning = show
+    _quiet_shutdown()
+
+
+class _ShutdownInterrupt:
+    """jupyter_client interrupts every kernel it shuts down (SIGINT, then the shutdown request);
+    a kernel still answering the runner's last message then logs "KeyboardInterrupt caught in
+    kernel." on the terminal after its stage finished well. That record, and only it, is dropped."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return "KeyboardInterrupt caught in kernel" not in record.getMessage()
+
+
+def _quiet_shutdown() -> None:
+    import logging
+
+    try:
+        from IPython import get_ipython
+
+        loggers = {get_ipython().kernel.log, logging.getLogger("IPKernelApp")}
+    except AttributeError:  # not in a kernel
+        return
+    for log in loggers:
+        log.addFilter(_ShutdownInterrupt)
 
 
 def warnings_summary(run_dir) -> str | None:
