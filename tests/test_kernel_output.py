@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 for _ in tqdm(range(3), desc="coding batches"):
     pass
 warnings.warn("an old keyword", FutureWarning)
+import jieba
+jieba.lcut("我想少喝点酒")  # jieba logs its dictionary loading on stderr unless told not to
 from mi_llm.study import progress  # a warning raised in the study's own code
 warnings.warn_explicit("the study's own note", UserWarning, progress.__file__, 1)
 print("the cell's own output")"""
@@ -58,6 +60,7 @@ def test_bars_reach_the_terminal_and_the_notebook_keeps_only_its_output(tmp_path
     assert sorted(text) == ["stderr", "stdout"] and len(outputs) == 2
     assert "UserWarning: the study's own note" in text["stderr"]  # the study's own warning only:
     assert "old keyword" not in text["stderr"] and "coding batches" not in text["stderr"]
+    assert "prefix dict" not in text["stderr"]
     assert text["stdout"] == "the cell's own output\n"
     log = (run / progress.WARNINGS_LOG).read_text()
     assert "FutureWarning: an old keyword" in log and "TqdmWarning" not in log

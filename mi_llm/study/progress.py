@@ -102,6 +102,9 @@ def _quiet_shutdown() -> None:
         return
     for log in loggers:
         log.addFilter(_ShutdownInterrupt)
+    import jieba  # it logs its dictionary loading at DEBUG on stderr: a box in stage 04's notebook
+
+    jieba.setLogLevel(logging.WARNING)
 
 
 def warnings_summary(run_dir) -> str | None:
