@@ -22,6 +22,43 @@ EXAMPLES = """examples:
   python -m mi_llm chat smoke --variant base"""
 
 
+def add_models(sub) -> None:
+    """`models list|fetch`: the hub models' weights, pinned to a commit on their first fetch."""
+
+    def run(a) -> int:
+        from mi_llm.models import hub
+
+        return hub.cli(a)
+
+    m = sub.add_parser("models", help="the paper models' weights: list them, fetch and pin them")
+    msub = m.add_subparsers(dest="models_cmd", required=True)
+    msub.add_parser("list", help="each model: hub id, pinned commit, size, fetched or not")
+    mf = msub.add_parser(
+        "fetch", help="download, verify and pin models (all hub models by default)"
+    )
+    mf.add_argument("names", nargs="*", metavar="NAME", help="registry names (see models list)")
+    mf.add_argument("--params", help="fetch the hub models that this params file trains/evaluates")
+    mf.add_argument("--no-progress", action="store_true", help="no download progress bars")
+    m.set_defaults(func=run)
+
+
+def add_plan(sub) -> None:
+    """`plan params/X.yaml`: requests, tokens, API cost and GPU hours, estimated before a run."""
+
+    def run(a) -> int:
+        from mi_llm.study import plan
+
+        return plan.cli(a.params, gpu_results=a.gpu_results)
+
+    p = sub.add_parser("plan", help="estimate a run's requests, tokens, API cost and GPU hours")
+    p.add_argument("params", help="params/<name>.yaml")
+    p.add_argument(
+        "--gpu-results",
+        help="a GPU check's benchmarks/results/gpu-*.json (default: the newest one there)",
+    )
+    p.set_defaults(func=run)
+
+
 class Help(argparse.HelpFormatter):
     """Help text with each option's default (unless it is none, off or already said)."""
 
@@ -80,6 +117,10 @@ def cmd_run(a) -> int:
         overrides=a.overrides,
         dry_run=a.cmd == "dryrun",
     )
+    if a.cmd == "dryrun":
+        from mi_llm.study import dryrun
+
+        print(dryrun.NEXT_ON_GPU, flush=True)
     return 0
 
 
@@ -345,6 +386,8 @@ def _add_chat(sub, fmt) -> None:
         "--token", help="ask every request for this bearer token (or set $MI_LLM_CHAT_TOKEN)"
     )
     ch.set_defaults(func=cmd_chat)
+    add_models(sub)
+    add_plan(sub)
 
 
 def main(argv=None) -> int:

@@ -62,7 +62,7 @@ PACKAGES = [
 def set_seed(seed: int) -> None:
     """Seed python, numpy and, when this process has loaded it, torch (on every device).
 
-    torch is not imported here (4 s of a stage's start on 2 cores, for stages that never use it):
+    torch is not imported here (seconds of a stage's start, for stages that never use it):
     the code that draws with torch seeds it itself (embedded sampling per batch, SFTConfig.seed,
     generate calls this after loading its model), and unseeded torch starts from a fixed seed.
     """
@@ -281,6 +281,18 @@ def record_recipe(p: Params, params_file, overrides=()) -> None:
     _write(p, prov)
 
 
+def model_weights(p: Params) -> dict:
+    """{model: {hub_id, commit}} pinned by `models fetch` for the hub models the run uses."""
+    from mi_llm.models import registry
+
+    used = {*p.sft.models, *p.evaluation.models} - set(p.model_paths)
+    return {
+        n: {"hub_id": e["hub_id"], "commit": e["commit"]}
+        for n, e in registry.locked().items()
+        if n in used
+    }
+
+
 def start_stage(p: Params, stage: str, inputs=(), **extra) -> dict:
     """Take the run's lock (unless the runner holds it), seed everything and record the stage's
     start, inputs (sha256: its declared reads in mi_llm.stages, plus `inputs`) and environment."""
@@ -299,6 +311,7 @@ def start_stage(p: Params, stage: str, inputs=(), **extra) -> dict:
         python=sys.version.split()[0],
         platform=platform.platform(),
         packages=package_versions(),
+        model_weights=model_weights(p),
     )
     stage_rec = {"started": _now(), "finished": None, "inputs": hash_inputs(inputs), **extra}
     prov.setdefault("stages", {})[stage] = stage_rec

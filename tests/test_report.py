@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -9,14 +10,16 @@ import subprocess
 import matplotlib
 import matplotlib.image
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 
 matplotlib.use("Agg")
 
 from conftest import write_artifacts
 
-from mi_llm import params, runs
-from mi_llm.study import figures, report
+from mi_llm import params, runs, stages
+from mi_llm.study import figures, report, smoke
 
 MADE = ["corpus_quality", "transcription", "miti_codes"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -61,6 +64,9 @@ def built(tmp_path_factory):
     run = write_artifacts(root / "run")
     (run / "04_evaluation/forecaster.csv").unlink()  # a stage part not run: listed as not made
     _executed_notebook(run / "notebooks/01_tiny.ipynb")
+    for rel, n in ((stages.TRAIN, 3), (stages.TEST, 2)):  # stage 02's split: the note's n
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text("".join(json.dumps({"id": f"d{i}"}) + "\n" for i in range(n)))
     p = params.Params(name="run")
     mp = pytest.MonkeyPatch()
     mp.setattr(runs, "provenance_path", lambda _: run / "provenance.json")
@@ -152,3 +158,69 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
         profile=tmp_path / "p3",
     ).stdout
     assert "plotted in the kernel" in nb_dom
+
+
+def test_a_smoke_run_says_so_at_the_top_and_on_every_figure(built):
+    run, index = built
+    page = index.read_text()
+    note = smoke.note(run)
+    assert note.startswith("smoke run: 270M model, n = ")
+    assert note.endswith("the numbers test the pipeline, not the method")
+    assert "n = 3 train / 2 test dialogues" in note
+    banner = page.index('class="smoke"')
+    assert banner < page.index("<h2>Provenance</h2>")  # the first screen
+    fig = figures.make("transcription", run, params.FiguresParams(out_dir=str(run / "f"), dpi=72))
+    assert note in [t.get_text() for t in fig.texts]  # and so on every figure: make() adds it
+    assert "(smoke run)</title>" in page and "gemma3-270m (embedded, in process)" in page
+
+
+def test_no_smoke_note_for_a_run_of_the_paper_models(built, tmp_path):
+    run, _ = built
+    other = tmp_path / "run"
+    shutil.copytree(run, other)
+    prov = json.loads((other / "provenance.json").read_text())
+    prov["params"]["llm"].update(provider="remote", model="gpt-4o")
+    for section in ("sft", "evaluation"):
+        prov["params"][section]["models"] = ["glm-4-9b-chat"]
+    (other / "provenance.json").write_text(json.dumps(prov))
+    assert smoke.note(other) is None
+    prov["params"]["llm"].update(provider="embedded", model="gemma3-270m")  # the judge alone
+    (other / "provenance.json").write_text(json.dumps(prov))
+    assert smoke.note(other).startswith("smoke run: 270M model")
+    page = report.build(other).read_text()
+    assert 'class="smoke"' in page
+
+
+def test_the_stages_table_is_complete(built):
+    run, index = built
+    page = index.read_text()
+    for stage in stages.STAGES:
+        assert f">{stage}<" in page, stage
+    assert "not run" in page
+    prov = json.loads((run / "provenance.json").read_text())
+    prov["stages"]["05_figures"] = {"started": "2026-01-01T00:00:00+00:00", "finished": None}
+    html_ = report._stages_html(prov, [], building="05_figures")
+    assert "finishing: this report is its last step" in html_
+    assert "not finished" not in html_
+
+
+def test_captions_claim_cis_only_where_computed():
+    doc = (
+        "(a) Rubric score per criterion and total per corpus, 95% CIs, selected corpora in colour."
+    )
+    none = pd.DataFrame({"ci_low": [np.nan, np.nan], "ci_high": [np.nan, np.nan]})
+    some = pd.DataFrame({"ci_low": [0.1, np.nan], "ci_high": [0.2, np.nan]})
+    every = pd.DataFrame({"ci_low": [0.1, 0.3], "ci_high": [0.2, 0.4]})
+    assert "95%" not in report._caption(doc, none)
+    assert "no confidence interval was computed" in report._caption(doc, none)
+    assert "95% CIs where computed" in report._caption(doc, some)
+    assert report._caption(doc, every) == doc
+
+
+def test_every_notebook_image_has_alternative_text(built, caplog):
+    run, _ = built
+    nb_html = (run / "report/notebooks/01_tiny.html").read_text()
+    imgs = re.findall(r"<img[^>]*>", nb_html)
+    assert imgs and all('alt="' in i for i in imgs)
+    assert "No description has been provided" not in nb_html
+    assert "01_tiny, cell 1: a figure drawn by" in nb_html

@@ -20,8 +20,8 @@ def head_argmax(model, hidden):
     The same argmax as the model's logits (the first index of the maximum). Each chunk contributes
     only its maximum per row (an index per row costs a chunk seven times more); the index is then
     looked up in the one chunk where each row's maximum first occurs. A CPU reduces a chunk fastest
-    along contiguous memory in bf16 and fp16 (vocabulary-major bf16 chunks reduce 30x slower), and
-    multiplies fp32 fastest as weight @ hidden.T (twice the speed of `hidden @ weight.T` at 16
+    along contiguous memory in bf16 and fp16 (vocabulary-major bf16 chunks reduce far slower), and
+    multiplies fp32 fastest as weight @ hidden.T (faster than `hidden @ weight.T` at a few
     rows): fp32 chunks are (chunk, rows) blocks, reduced-precision ones (rows, chunk) blocks.
     """
     import torch
@@ -92,8 +92,8 @@ def head_probs(model, hidden, temperature: float, top_p: float = 1.0):
 def draw(probs):
     """One token per row of probs (rows, vocab), drawn by inverse transform: a uniform number per
     row against the row's cumulative distribution (float64). The distribution `torch.multinomial`
-    draws from, at one random number per row where it takes one per vocabulary entry (5.2M per step
-    for 20 rows of Gemma's 262k vocabulary: 135 ms on 2 cores, against a few here)."""
+    draws from, at one random number per row where it takes one per vocabulary entry (millions per
+    step for a batch over Gemma's 262k vocabulary)."""
     import torch
 
     cdf = probs.double().cumsum(-1)
@@ -112,8 +112,8 @@ FEW_ROWS = 64  # up to this many rows, a CPU computes a linear layer faster as w
 
 
 def _few_row_linear(layer, x):
-    """layer(x) for an nn.Linear, as weight @ x.T when x has at most FEW_ROWS rows: at 32 rows a
-    CPU computes Gemma 3's 640 -> 2048 projection 2.4x as fast as `F.linear` does."""
+    """layer(x) for an nn.Linear, as weight @ x.T when x has at most FEW_ROWS rows, where a CPU
+    computes it faster than `F.linear` does (benchmarks/README.md)."""
     import torch
 
     flat = x.reshape(-1, x.shape[-1])
@@ -129,7 +129,7 @@ def _few_row_linear(layer, x):
 def _few_row_linears(model):
     """While it lasts, the model's fp32 nn.Linear layers on a CPU compute as `_few_row_linear` (a
     decode step has one row per prompt); a GPU keeps its own kernels, and so do bf16 layers (on a
-    CPU with native bf16, weight @ x.T ran at 0.4-1.0x the speed of F.linear for 1-64 rows)."""
+    CPU with native bf16, weight @ x.T was no faster than F.linear for 1-64 rows)."""
     import torch
 
     layers = [m for m in model.modules() if type(m) is torch.nn.Linear]

@@ -239,7 +239,7 @@ def fit(train, s: ForecasterParams, seed: int = 0) -> dict:
 
     X, y, groups = examples(train, s.context_turns)
     X_untagged, _, _ = examples(train, s.context_turns, tagged=False)
-    with threadpool_limits(1):  # small sparse problem: BLAS threads cost 8x on a busy 2-core box
+    with threadpool_limits(1):  # small sparse problem: BLAS threads cost more than they save
         bundle = _fit(X, y, groups, s, seed)
         bundle["untagged"] = build("universal", s.C, seed).fit(X_untagged, y)
     bundle["train_sessions"] = sorted(d.id for d in train)

@@ -111,8 +111,8 @@ def serve(
     """Serve a local model folder with `transformers serve --continuous-batching`; yield its base URL."""
     port = _free_port()
     # the transformers CLI under a watchdog that stops it when this process dies (mi_llm.llm.local);
-    # an explicit KV cache size: by default it claims 90% of free memory (12 GB on CPU: OOM-killed
-    # beside other jobs); 8192 tokens of Gemma 3 270M KV are ~150 MB
+    # an explicit KV cache size: by default it claims 90% of free memory (OOM-killed beside other
+    # jobs on a CPU)
     cmd = [
         sys.executable,
         "-m",

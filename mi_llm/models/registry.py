@@ -88,7 +88,7 @@ LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class ModelSpec:
     name: str  # registry name used in params
     hub_id: str  # Hugging Face repo id of the original weights
-    revision: str | None = None  # hub branch/tag (None: main)
+    revision: str | None = None  # hub branch/tag/commit (None: main); the lock file's commit wins
     chat_template: str | None = None  # training template set on the tokenizer (None: keep its own)
     eot_token: str = "</s>"  # the token that ends an assistant turn (generation stops on it)
     special_tokens: tuple = ()  # tokens the template uses that must never be split
@@ -181,6 +181,62 @@ def get(name: str) -> ModelSpec:
     return REGISTRY[name]
 
 
+# ----------------------------------------------------------------------------- pinned weights
+# `python -m mi_llm models fetch` (mi_llm.models.hub) resolves each model's revision to a commit on
+# its first fetch and writes it here; every later fetch and every load uses that commit.
+LOCK_ENV = "MI_LLM_MODELS_LOCK"  # another lock file (tests; a shared results folder)
+
+
+def lock_file() -> Path:
+    """models.lock.json at the project root, or $MI_LLM_MODELS_LOCK."""
+    import os
+
+    return Path(
+        os.environ.get(LOCK_ENV) or Path(__file__).resolve().parents[2] / "models.lock.json"
+    )
+
+
+def locked() -> dict:
+    """The lock file's entries {name: {hub_id, commit, files, ...}}; {} before the first fetch."""
+    import json
+
+    f = lock_file()
+    if not f.exists():
+        return {}
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))["models"]
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{f}: not a models lock file ({e}); delete it and fetch again") from None
+
+
+def revision(name: str) -> str | None:
+    """The revision `name` loads: the commit its first fetch pinned, else the registry's."""
+    entry = locked().get(name)
+    return entry["commit"] if entry else get(name).revision
+
+
+class WeightsNotFetched(RuntimeError):
+    """A hub model's weights are not in the local cache while the hub is off (HF_HUB_OFFLINE)."""
+
+
+def require_fetched(name: str) -> None:
+    """With HF_HUB_OFFLINE set, raise WeightsNotFetched naming the command that fetches `name`."""
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    spec = get(name)
+    if spec.embedded or os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0", "false", "False"):
+        return
+    rev = revision(name)
+    if not isinstance(try_to_load_from_cache(spec.hub_id, "config.json", revision=rev), str):
+        raise WeightsNotFetched(
+            f"model {name}: the weights of {spec.hub_id} ({rev or 'main'}) are not in the local "
+            f"Hugging Face cache and HF_HUB_OFFLINE is set; fetch them once with "
+            f"`python -m mi_llm models fetch {name}` (or set model_paths.{name} to a local folder)"
+        )
+
+
 def weights_path(name: str) -> str:
     """Local folder or hub id from which `name` loads (converting it first when the entry says so)."""
     spec = get(name)
@@ -191,7 +247,7 @@ def weights_path(name: str) -> str:
     if spec.convert == "baichuan_to_llama":
         from mi_llm.models import convert_baichuan
 
-        return str(convert_baichuan.cached(spec.hub_id, spec.revision))
+        return str(convert_baichuan.cached(spec.hub_id, revision(name)))
     return spec.hub_id
 
 
@@ -200,7 +256,7 @@ def load_tokenizer(name: str, path: str | Path | None = None):
     entry's training chat template; never runs a repository's own code."""
     spec = get(name)
     src = str(path) if path is not None else weights_path(name)
-    rev = spec.revision if path is None and not spec.embedded and not spec.convert else None
+    rev = revision(name) if path is None and not spec.embedded and not spec.convert else None
     return prepare_tokenizer(spec, _raw_tokenizer(spec, src, rev))
 
 
@@ -259,8 +315,10 @@ def load(name: str, device: str = "cpu", dtype: str | None = None, path: str | P
         from mi_llm.models import convert_baichuan
 
         path = convert_baichuan.convert(path, Path(path).with_name(Path(path).name + "-llama"))
+    if path is None:
+        require_fetched(name)
     src = str(path) if path is not None else weights_path(name)
-    rev = spec.revision if path is None and not spec.embedded and not spec.convert else None
+    rev = revision(name) if path is None and not spec.embedded and not spec.convert else None
     tok = load_tokenizer(name, path)
     model = AutoModelForCausalLM.from_pretrained(
         src,

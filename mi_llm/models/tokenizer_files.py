@@ -2,7 +2,7 @@
 
 transformers 5 saves a tokenizer's added tokens in tokenizer.json only, and reads that whole file a
 second time for them when tokenizer_config.json does not list them: for Gemma 3's 33 MB
-tokenizer.json, 3 s more per load on 2 cores. Hub snapshots list them; every folder we write does too.
+tokenizer.json, seconds more per load. Hub snapshots list them; every folder we write does too.
 """
 
 from __future__ import annotations

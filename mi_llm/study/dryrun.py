@@ -67,6 +67,18 @@ def standins(P):
             os.environ[P.llm.api_key_env] = old
 
 
+NEXT_ON_GPU = """[mi_llm] dry run done. Next, on the GPU machine (docs/paper-on-gpu.md):
+  make setup                                      # .venv with the project
+  bash benchmarks/gpu_check.sh                    # CUDA torch + [gpu] extras; GPU tests; throughput
+  python -m mi_llm models fetch --params params/paper.yaml   # weights, pinned in models.lock.json
+  python -m mi_llm data fetch                     # the five corpora, pinned in data/full/LOCK.json
+  export OPENAI_API_KEY=...                       # the judge, transcriber and MITI coder
+  python -m mi_llm check params/paper.yaml
+  python -m mi_llm plan params/paper.yaml         # requests, tokens, API cost, GPU hours (estimates)
+  HF_HUB_OFFLINE=1 python -m mi_llm run params/paper.yaml
+(`make paper` runs the last six steps and asks before the run starts.)"""
+
+
 def tiny_sft_run(
     root: str | Path,
     model: str = "llama3-8b-chinese-chat-v2",

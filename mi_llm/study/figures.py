@@ -23,6 +23,7 @@ from mi_llm import params as params_mod
 from mi_llm import stages
 from mi_llm.data.schema import CJK_CHARS
 from mi_llm.eval.miti import CODES as MITI_CODES
+from mi_llm.study import smoke
 from mi_llm.study.tables import (  # the readers stay importable from here (figures.quality_table, ...)
     CRITERIA,
     MITI,
@@ -427,13 +428,15 @@ def make(name: str, run_dir, fp: params_mod.FiguresParams):
         print(f"[figures] skipped {name}: {e}")
         return None
     fig = figure_fn(run_dir, table)
+    if note := smoke.note(run_dir):  # under the figure (savefig's tight box takes it in)
+        fig.text(0.5, 0.0, note, ha="center", va="top", fontsize="small", color="0.35")
     out = params_mod.path(fp.out_dir)
     (own / "tables").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     files = [own / f"{name}.{fmt}" for fmt in fp.formats]
     key, key_file = _drawn_from(name, run_dir, table, fp), own / KEYS / name
     if not (all(f.exists() for f in files) and key_file.exists() and key_file.read_text() == key):
-        for f, fmt in zip(files, fp.formats):  # PDFs embed a subset of the CJK font: 2 s each
+        for f, fmt in zip(files, fp.formats):  # PDFs embed a subset of the CJK font: slow
             fig.savefig(f, dpi=fp.dpi, metadata=_metadata(fmt))
         key_file.parent.mkdir(exist_ok=True)
         key_file.write_text(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -18,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import pandas as pd
 
 from mi_llm import stages
-from mi_llm.study import figures
+from mi_llm.study import figures, smoke
 
 EXTERNAL = ("http:", "https:", "data:", "mailto:", "javascript:")
 CSS = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem}
@@ -26,7 +27,8 @@ table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
 td,th{border:1px solid #ccc;padding:.2rem .5rem}th{background:#f3f3f3}
 figure{margin:1.5rem 0;border-top:1px solid #ddd;padding-top:1rem}
 figure img{max-width:100%;height:auto}figcaption{font-size:.9rem;margin:.4rem 0}
-.muted{color:#666}#image-check{font-size:.85rem}"""
+.muted{color:#666}#image-check{font-size:.85rem}
+.smoke{background:#fff4d6;border:2px solid #d9a400;padding:.6rem 1rem;font-size:1.05rem}"""
 IMAGE_CHECK = """<script>
 window.addEventListener('load', () => {
   const imgs = [...document.images];
@@ -51,11 +53,31 @@ def render_notebooks(run_dir, out_dir) -> list[Path]:
     written = []
     for nb_file in sorted((Path(run_dir) / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(nb_file, as_version=4)
+        _describe_images(nb, nb_file.stem)
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": nb_file.stem}})
         out = dest / f"{nb_file.stem}.html"
         out.write_text(body, encoding="utf-8")
         written.append(out)
     return written
+
+
+def _describe_images(nb, stem: str) -> None:
+    """Give every PNG output of a notebook alternative text naming its stage, cell and the code that
+    drew it (nbconvert's template writes <img> without alt): the PNG becomes an HTML <img>."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        lines = [ln.strip() for ln in cell.source.splitlines() if ln.strip()]
+        code = next((ln for ln in reversed(lines) if not ln.startswith("#")), "")
+        for out in cell.get("outputs", []):
+            png = out.get("data", {}).get("image/png")
+            if png is None:
+                continue
+            alt = f"{stem}, cell {cell.get('execution_count') or '?'}: a figure drawn by {code}"
+            src = "".join(png.split()) if isinstance(png, str) else png
+            out["data"] = {
+                "text/html": f'<img src="data:image/png;base64,{src}" alt="{html.escape(alt)}">'
+            }
 
 
 def copy_figures(run_dir, out_dir) -> dict[str, list[Path]]:
@@ -79,16 +101,27 @@ def _table(rows, head) -> str:
     return f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{cells}</table>"
 
 
-def _stages_html(prov: dict, notebooks: list[Path]) -> str:
-    stages = dict.fromkeys([*prov.get("stages", {}), *(nb.stem for nb in notebooks)])
+def _stages_html(prov: dict, notebooks: list[Path], building: str | None = None) -> str:
+    """Every stage of the study and every executed notebook: started, finished, wall time; a stage
+    not run says so, and `building` (the stage that builds this report) says it is finishing."""
+    recs = prov.get("stages", {})
+    names = dict.fromkeys([*stages.STAGES, *recs, *(nb.stem for nb in notebooks)])
     pages = {nb.stem: f"notebooks/{nb.name}" for nb in notebooks}
     rows = []
-    for s in sorted(stages):
-        rec = prov.get("stages", {}).get(s, {})
+    for s in sorted(names):
+        rec = recs.get(s)
         link = f'<a href="{pages[s]}">{html.escape(s)}</a>' if s in pages else html.escape(s)
+        if rec is None:
+            done = "not run"
+        elif rec.get("finished"):
+            done = rec["finished"]
+        elif s == building:
+            done = "finishing: this report is its last step"
+        else:
+            done = "not finished (stopped or still running)"
         rows.append(
-            f"<tr><td>{link}</td><td>{rec.get('started') or ''}</td>"
-            f"<td>{rec.get('finished') or 'not finished'}</td><td>{rec.get('wall_s', '')}</td></tr>"
+            f"<tr><td>{link}</td><td>{(rec or {}).get('started') or ''}</td>"
+            f"<td>{done}</td><td>{(rec or {}).get('wall_s', '')}</td></tr>"
         )
     head = "".join(
         f"<th>{h}</th>"
@@ -98,6 +131,19 @@ def _stages_html(prov: dict, notebooks: list[Path]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _caption(doc: str, table: pd.DataFrame | None) -> str:
+    """The figure's caption, claiming confidence intervals only where its table has them."""
+    if table is None or "ci_low" not in table or not re.search(r"\bCIs?\b", doc):
+        return doc
+    have = table["ci_low"].notna()
+    if have.all():
+        return doc
+    if have.any():
+        return re.sub(r"95% CIs?", "95% CIs where computed (see the table)", doc)
+    doc = re.sub(r",?\s*(with\s+)?95% CIs?,?", ",", doc).strip(" ,")
+    return f"{doc}; no confidence interval was computed (too few judged units; see the table)."
+
+
 def _figure_html(name: str, files: list[Path], report_dir: Path) -> str:
     rel = {
         f.suffix.lstrip(".") + ("_table" if f.parent.name == "tables" else ""): f.relative_to(
@@ -105,7 +151,9 @@ def _figure_html(name: str, files: list[Path], report_dir: Path) -> str:
         ).as_posix()
         for f in files
     }
-    doc = (figures.FIGURES[name][1].__doc__ or name).strip().splitlines()[0]
+    doc = " ".join((figures.FIGURES[name][1].__doc__ or name).split("\n\n")[0].split())
+    df = pd.read_csv(report_dir / rel["csv_table"]) if "csv_table" in rel else None
+    doc = _caption(doc, df)
     links = " · ".join(
         f'<a href="{rel[k]}">{t}</a>'
         for k, t in [
@@ -118,8 +166,7 @@ def _figure_html(name: str, files: list[Path], report_dir: Path) -> str:
     )
     img = f'<img src="{rel["png"]}" alt="{html.escape(doc)}">' if "png" in rel else ""
     table = ""
-    if "csv_table" in rel:
-        df = pd.read_csv(report_dir / rel["csv_table"])
+    if df is not None:
         more = f'<p class="muted">first 20 of {len(df)} rows</p>' if len(df) > 20 else ""
         rows = df.head(20).to_html(index=False, float_format="{:.3g}".format, border=0)
         table = f"<details><summary>table ({len(df)} rows)</summary>{rows}{more}</details>"
@@ -148,6 +195,29 @@ def _fixtures_html(run_dir: Path) -> str:
     )
 
 
+def _model_facts(p: dict, run_dir: Path) -> list[tuple[str, str]]:
+    """Provenance rows: the models fine-tuned and evaluated, the LLM endpoint, the sample sizes."""
+    if not p:
+        return []
+    llm = p.get("llm", {})
+    where = llm.get("base_url") or "" if llm.get("provider") == "remote" else "in process"
+    sizes = []
+    for label, rel in (("train dialogues", stages.TRAIN), ("test dialogues", stages.TEST)):
+        f = run_dir / rel
+        if f.exists():
+            sizes.append((label, sum(1 for line in f.open(encoding="utf-8") if line.strip())))
+    return [
+        ("models fine-tuned", ", ".join(p.get("sft", {}).get("models", []))),
+        ("models evaluated", ", ".join(p.get("evaluation", {}).get("models", []))),
+        (
+            "judge, transcriber, MITI coder",
+            f"{llm.get('model', '')} ({llm.get('provider', '')}"
+            + (f", {where})" if where else ")"),
+        ),
+        *sizes,
+    ]
+
+
 def index_html(run_dir, report_dir, notebooks: list[Path], made: dict[str, list[Path]]) -> str:
     """The index page: key facts, stages with wall times, every figure with its table, packages."""
     run_dir, report_dir = Path(run_dir), Path(report_dir)
@@ -164,20 +234,30 @@ def index_html(run_dir, report_dir, notebooks: list[Path], made: dict[str, list[
         ("python", prov.get("python", "")),
         ("platform", prov.get("platform", "")),
         ("seed", prov.get("seeds", {}).get("seed", "")),
+        *_model_facts(prov.get("params", {}), run_dir),
         ("input files hashed", len(prov.get("data_sha256", {}))),
     ]
     skipped = [n for n in figures.FIGURES if n not in made]
+    note = smoke.note(run_dir)
+    banner = (
+        f'<p class="smoke" id="smoke"><b>{html.escape(note.split(":")[0].capitalize())}:</b>'
+        f"{html.escape(note.split(':', 1)[1])}. Scores, rates and tests below check that every "
+        "stage runs end to end; they are not findings about MI fine-tuning.</p>"
+        if note
+        else ""
+    )
     packages = sorted(prov.get("packages", {}).items())
     prov_link = '<a href="provenance.json">provenance.json</a>' if prov else "no provenance.json"
     built = datetime.now(UTC).isoformat(timespec="seconds")
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>MI-LLM study: run {html.escape(run_dir.name)}</title><style>{CSS}</style></head><body>
+<title>MI-LLM study: run {html.escape(run_dir.name)}{" (smoke run)" if note else ""}</title><style>{CSS}</style></head><body>
 <h1>MI-LLM study: run <code>{html.escape(run_dir.name)}</code></h1>
+{banner}
 <p class="muted">Report built {built} from runs/{html.escape(run_dir.name)}/ · {prov_link}</p>
 <p id="image-check" class="muted">images not checked (JavaScript off)</p>
 <h2>Provenance</h2>{_table(facts, ["fact", "value"])}
 {_fixtures_html(run_dir)}
-<h2>Stages</h2>{_stages_html(prov, notebooks)}
+<h2>Stages</h2>{_stages_html(prov, notebooks, building=figures.STAGE)}
 <h2>Figures</h2>
 {"".join(_figure_html(n, made[n], report_dir) for n in figures.FIGURES if n in made)}
 {f"<p>Not made in this run (artifact missing): {', '.join(skipped)}</p>" if skipped else ""}

@@ -11,6 +11,7 @@ import nbformat
 from mi_llm import params as params_mod
 from mi_llm import stages as stages_mod
 from mi_llm.params import ROOT
+from mi_llm.study import progress as progress_mod
 
 NOTEBOOKS = ROOT / "notebooks"
 
@@ -114,6 +115,7 @@ def _run(P, todo: list[Path], progress: bool) -> Path:
     values = P.to_dict()
     out_dir = P.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    kernel = progress_mod.kernel_options(P.run_dir, progress)  # IPC; bars to this terminal
     bar = tqdm(todo, desc=f"study {P.name}", unit="stage", disable=not progress, file=sys.stdout)
     for nb in bar:
         bar.set_postfix_str(nb.stem)
@@ -129,6 +131,7 @@ def _run(P, todo: list[Path], progress: bool) -> Path:
                 progress_bar=False,
                 log_output=False,
                 request_save_on_cell_execute=True,
+                **kernel,
             )
         except pm.PapermillExecutionError as e:
             bar.close()
@@ -146,6 +149,8 @@ def _run(P, todo: list[Path], progress: bool) -> Path:
                 sys.stderr.write(f"\n[mi_llm] {e}\n[mi_llm] the executed notebook is {_rel(out)}\n")
                 raise SystemExit(1) from None
         tqdm.write(f"[mi_llm] {nb.stem} done in {time.perf_counter() - t0:.0f} s -> {_rel(out)}")
+    if logged := progress_mod.warnings_summary(P.run_dir):
+        tqdm.write(f"[mi_llm] {logged}")
     index = P.run_dir / "report" / "index.html"  # built once, by the last notebook (05)
     if P.figures.report and todo[-1] == stages()[-1] and index.exists():
         tqdm.write(f"[mi_llm] report -> {_rel(index)}")

@@ -116,7 +116,7 @@ def sft_config(P: Params, spec: registry.ModelSpec, output_dir: Path, **override
     if kw.get("gradient_checkpointing") is False:  # TRL's default is on
         kw.pop("gradient_checkpointing_kwargs", None)
     if _on_cpu(P) and kw.get("bf16", True) and not devices.cpu_bf16():
-        # bf16 autocast on a CPU without native bf16 emulates every matmul (4x+ slower than fp32);
+        # bf16 autocast on a CPU without native bf16 emulates every matmul (slower than fp32);
         # registry.load gives fp32 weights there, so training runs in fp32
         kw["bf16"] = False
     return SFTConfig(output_dir=str(output_dir), seed=P.seed, use_cpu=P.device == "cpu", **kw)
@@ -135,7 +135,7 @@ def light_fingerprint(tok) -> None:
     TRL tokenizes the training set with `Dataset.map(..., fn_kwargs={"processing_class": tok})`, and
     datasets fingerprints a map by pickling its arguments in Python. Transformers' tokenizers keep
     their vocabulary and merges as Python objects beside the backend tokenizer (Gemma 3: 262k
-    entries and 515k merge pairs), which took about 10 s to pickle. The backend tokenizer pickles as
+    entries and 515k merge pairs), which are slow to pickle. The backend tokenizer pickles as
     its JSON, which holds the same vocabulary and merges, so the fingerprint still changes with them.
     """
     try:
@@ -295,8 +295,8 @@ def peak_memory_mb() -> tuple[float, str]:
 def last_checkpoint(output_dir: Path) -> str | None:
     """The checkpoint-N folder under output_dir with the largest N (None when there is none).
 
-    transformers.trainer_utils.get_last_checkpoint's rule, without importing the trainer (10 s on
-    2 cores, for a re-run that finds the training finished).
+    transformers.trainer_utils.get_last_checkpoint's rule, without importing the trainer (slow to
+    import, for a re-run that finds the training finished).
     """
     found = [
         (int(m.group(1)), str(d))
@@ -346,7 +346,7 @@ def train(P: Params, model_name: str, progress: bool = True, model_path=None, ca
         ):
             return report
     # a finished run with these very params (above) passed this check, which imports TRL and PEFT
-    # (8 s on 2 cores); it comes before anything is cleared
+    # (slow); it comes before anything is cleared
     _require_valid(P)
     if stale:  # checkpoints of other data or params: never resumed, never returned as this run
         print(f"[mi_llm] {out}: retraining from step 0: {stale}", file=sys.stderr, flush=True)
