@@ -109,15 +109,13 @@ def test_a_wrong_results_file_is_one_line(capsys, tmp_path):
 
 
 def test_the_dry_run_ends_with_the_gpu_sequence_and_every_step_exists(monkeypatch, capsys):
-    import contextlib
     import re
     import shlex
 
     from mi_llm.study import dryrun, runner
 
-    monkeypatch.setattr(dryrun, "standins", lambda f: contextlib.nullcontext("http://127.0.0.1:1"))
     monkeypatch.setattr(runner, "run", lambda *a, **k: params.ROOT / "runs/paper-dryrun")
-    dryrun.run("params/paper-dryrun.yaml")
+    assert main(["dryrun", "params/paper-dryrun.yaml"]) == 0
     out = capsys.readouterr().out
     assert out.rstrip().endswith(dryrun.NEXT_ON_GPU)
     assert (params.ROOT / "docs/paper-on-gpu.md").exists()
