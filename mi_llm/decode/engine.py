@@ -172,6 +172,10 @@ def new_tokens(model, tokenizer, ids, texts, loop: str | None, eos: set[int], **
         tokenizer.padding_side = "left"  # decoder-only: the new tokens must follow every prompt
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(next(model.parameters()).device)
+        if "generation_config" in generate_kw:  # it holds max_new_tokens and pad_token_id
+            generate_kw = {
+                k: v for k, v in generate_kw.items() if k not in ("max_new_tokens", "pad_token_id")
+            }
         return model.generate(**enc, **generate_kw)[:, enc["input_ids"].shape[1] :].tolist()
 
 
