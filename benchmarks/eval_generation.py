@@ -1,17 +1,21 @@
-"""Replies/s of stage 04's generation: batched (shared starts encoded once) vs one prompt at a time.
+"""Replies/s of stage 04's generation: the project's cpu engine batched (shared starts encoded
+once) against transformers' `model.generate` batched at the same batch size (left padding, the
+hf engine: what a user would otherwise run) and against the engine one prompt at a time.
 
 Same prompts, same model (the embedded Gemma 3 270M in the registry's dtype as registry.load gives it:
 fp32 on a CPU without native bf16, unless --dtype), same greedy settings. The prompts are stage 04's
 round-based prompts of the shipped CPsyCounE sample, by default in the shape `--params` gives them
 (params/paper.yaml: every round of a dialogue, each with the whole gold history, batches of 32;
 `--params params/smoke.yaml` gives the smoke study's). Both sides are warmed up at their own batch
-size first, then measured interleaved (batched, one at a time, batched, ...) for --reps rounds so
-that a busy machine slows both alike. Prints both rates, their ratio, how many replies are
-identical, the prompt tokens each side encodes, what one greedy step costs per row alone and in a
+size first, then measured interleaved (batched, generate batched, one at a time, batched, ...) for
+--reps rounds so that a busy machine slows all alike. Prints the rates, the line
+`vs model.generate batched: ... <ratio>x` with how many replies are identical, the ratio to one
+prompt at a time, the prompt tokens each side encodes, what one greedy step costs per row alone and in a
 batch (the most batching can give the decode), and peak RSS.
 
     .venv/bin/python benchmarks/eval_generation.py [--params params/paper.yaml] [--n BATCH]
         [--batch-size B] [--max-new-tokens 64] [--context-turns N|all] [--max-rounds N|all] [--reps 1]
+        [--engine cpu] [--no-single]
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ def main() -> None:
     ap.add_argument("--max-rounds", type=count, default="params", help="N or all")
     ap.add_argument("--dtype", default=None, help="torch dtype (default: the registry's)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--reps", type=int, default=1, help="interleaved rounds of both sides")
+    ap.add_argument("--reps", type=int, default=1, help="interleaved rounds of all sides")
+    ap.add_argument("--engine", default="cpu", choices=["cpu", "hf"], help="the engine measured")
+    ap.add_argument("--no-single", action="store_true", help="skip one prompt at a time")
     args = ap.parse_args()
     E = params.load(
         ROOT / args.params if not os.path.isabs(args.params) else args.params
@@ -108,37 +114,56 @@ def main() -> None:
         f"(shared starts encoded once, batches of {args.batch_size})",
         flush=True,
     )
-    kw = {"max_new_tokens": args.max_new_tokens}
+    kw = {"max_new_tokens": args.max_new_tokens, "engine": args.engine}
+    hf = {"max_new_tokens": args.max_new_tokens, "engine": "hf", "batch_size": args.batch_size}
     # warm-up of each side at its own batch size (allocations, kernels, caches), not timed
-    engine.generate(model, tok, ps[: args.batch_size], batch_size=args.batch_size, max_new_tokens=4)
-    engine.generate(model, tok, ps[:1], batch_size=1, max_new_tokens=4)
+    engine.generate(model, tok, ps[: args.batch_size], batch_size=args.batch_size, **kw)
+    engine.generate(model, tok, ps[: args.batch_size], **{**hf, "max_new_tokens": 4})
+    if not args.no_single:
+        engine.generate(model, tok, ps[:1], batch_size=1, **{**kw, "max_new_tokens": 4})
 
-    t_b = t_s = 0.0
-    for _ in range(args.reps):  # interleaved: a load change on the machine hits both sides
+    t_b = t_g = t_s = 0.0
+    single = None
+    for _ in range(args.reps):  # interleaved: a load change on the machine hits every side
         batched, t = timed(
             lambda: engine.generate(model, tok, ps, batch_size=args.batch_size, **kw)
         )
         t_b += t
-        single, t = timed(
-            lambda: [engine.generate(model, tok, [p], batch_size=1, **kw)[0] for p in ps]
-        )
-        t_s += t
+        generated, t = timed(lambda: engine.generate(model, tok, ps, **hf))
+        t_g += t
+        if not args.no_single:
+            single, t = timed(
+                lambda: [engine.generate(model, tok, [p], batch_size=1, **kw)[0] for p in ps]
+            )
+            t_s += t
     n = len(ps) * args.reps
 
     def ntok(replies):  # new tokens, re-tokenized from the decoded replies (eos not counted)
         return sum(len(tok(r, add_special_tokens=False)["input_ids"]) for r in replies) * args.reps
 
-    for name, replies, t in [("batched", batched, t_b), ("one at a time", single, t_s)]:
+    sides = [
+        (f"{args.engine} batched", batched, t_b),
+        ("generate batched", generated, t_g),
+        *([("one at a time", single, t_s)] if single is not None else []),
+    ]
+    for name, replies, t in sides:
         print(
-            f"{name:>14}: {n / t:6.2f} replies/s  {ntok(replies) / t:7.1f} new tok/s  "
+            f"{name:>16}: {n / t:6.2f} replies/s  {ntok(replies) / t:7.1f} new tok/s  "
             f"({t:.1f} s for {n} replies)",
             flush=True,
         )
-    same = sum(a == b for a, b in zip(batched, single))
+    same = sum(a == b for a, b in zip(batched, generated))
     print(
-        f"speed-up batched / one at a time: {t_s / t_b:.1f}x (interleaved, {args.reps} reps); "
-        f"identical replies: {same}/{len(ps)} (greedy; bf16 padding may change a few, fp32 none)"
+        f"vs model.generate batched: {t_g:.1f} s against {t_b:.1f} s ({args.engine} engine), "
+        f"batches of {args.batch_size}, {model.dtype}, identical replies {same}/{len(ps)} "
+        f"(greedy; reduced precision may flip a near-tie): {t_g / t_b:.1f}x"
     )
+    if single is not None:
+        same = sum(a == b for a, b in zip(batched, single))
+        print(
+            f"vs one prompt at a time: {t_s / t_b:.1f}x (interleaved, {args.reps} reps); "
+            f"identical replies: {same}/{len(ps)}"
+        )
     # the decode's own ceiling: what one greedy step costs per row, the batch against one prompt
     batch = ids[: args.batch_size]
     one = sorted(batch, key=len)[len(batch) // 2]  # the batch's median prompt

@@ -4,9 +4,11 @@
 #   bash benchmarks/gpu_check.sh             # installs the CUDA build of torch, the [gpu] extras
 #                                            # (DeepSpeed, Liger) and flash-attn where it installs
 #   bash benchmarks/gpu_check.sh --dry-run   # CPU, tiny shapes, installs nothing: tests the wiring (CI)
-# Steps: the `-m gpu` tests; benchmarks/sft_throughput.py --gpu (8B Llama-3-shaped, TRL defaults vs
-# the project: tokens/s, MFU, peak memory); one ZeRO-2 step through `accelerate launch -m mi_llm.train.sft`
-# and one FSDP step on the tiny Llama 3 checkpoint; benchmarks/eval_generation.py (replies/s batched vs one at a time).
+# Steps: the `-m gpu` tests (the hf decoding engine on CUDA among them); benchmarks/sft_throughput.py
+# --gpu (8B Llama-3-shaped, TRL defaults and TRL packing vs the project: tokens/s, MFU, peak memory);
+# one ZeRO-2 step through `accelerate launch -m mi_llm.train.sft` and one FSDP step on the tiny Llama 3
+# checkpoint; benchmarks/eval_generation.py (replies/s of the cpu engine against model.generate
+# batched, the hf engine, and one prompt at a time).
 # Writes benchmarks/results/gpu-<UTC time>.json (dry run: gpu-<UTC time>-dryrun.json): for every step
 # its command, exit status, seconds and the tail of its output (the benchmarks' printed tables).
 # Exits non-zero when a required step failed; optional steps (flash-attn) are recorded either way.

@@ -10,7 +10,10 @@ the loss is on the reply) with the same rows per step and max_length:
   defaults: TRL as a user runs it: SFTTrainer + SFTConfig(max_steps, per_device_train_batch_size,
             max_length) and nothing else (rows padded to the longest in the batch, no packing; TRL's
             fused LM head, which on CPU scores every position of the vocabulary)
-  defaults-fp32: the same, with the model in fp32; run only where the project computes in fp32
+  trl-packing: TRL as a user who knows it runs it: the defaults plus packing=True (TRL's
+            best-fit-decreasing, padding-free) and assistant_only_loss=True, in the project's
+            compute dtype, so that the ratio to the project is what its own trainer adds
+  defaults-fp32: the same as defaults, with the model in fp32; run only where the project computes in fp32
             (a CPU without native bf16), so the table separates the dtype's share of the speed-up
             from the loss-position and packing share
   project : mi_llm.train.sft's configuration (sft.sft_config) and trainer (mi_llm.train.loss): the output
@@ -191,7 +194,8 @@ def has(package: str) -> bool:
 
 
 def run_one(args, which: str) -> dict:
-    """Train `which` ('defaults' | 'project') for warmup + measured steps; return its figures."""
+    """Train `which` ('defaults' | 'defaults-fp32' | 'trl-packing' | 'project') for warmup +
+    measured steps; return its figures."""
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -260,6 +264,7 @@ def run_one(args, which: str) -> dict:
         cfg = sft.sft_config(P, spec, out_dir)
         trainer_cls = LossPositionsSFTTrainer
     else:  # the user's few lines; gradient checkpointing only where the model would not fit without it
+        packed = {"packing": True, "packing_strategy": "bfd", "assistant_only_loss": True}
         cfg = SFTConfig(
             output_dir=out_dir,
             seed=0,
@@ -267,6 +272,7 @@ def run_one(args, which: str) -> dict:
             learning_rate=1e-4,
             gradient_checkpointing=args.grad_ckpt,
             **common,
+            **(packed if which == "trl-packing" else {}),
         )
         trainer_cls = SFTTrainer
     P = params.from_dict(
@@ -357,7 +363,9 @@ def main() -> int:
         "--grad-ckpt", type=int, help="gradient checkpointing 0/1 (default: 1 on GPU, 0 on CPU)"
     )
     ap.add_argument(
-        "--one", choices=["defaults", "defaults-fp32", "project", "peak"], help=argparse.SUPPRESS
+        "--one",
+        choices=["defaults", "defaults-fp32", "trl-packing", "project", "peak"],
+        help=argparse.SUPPRESS,
     )
     ap.add_argument("--peak-flops", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -410,7 +418,7 @@ def main() -> int:
     # where the project computes in fp32 (a CPU without native bf16), TRL's defaults are also run
     # in fp32, so the table separates the dtype's share from the loss-position and packing share
     fp32 = devices.compute_dtype("bfloat16", "cuda" if a.gpu else "cpu") != "bfloat16"
-    sides = ["defaults", *(["defaults-fp32"] * fp32), "project"]
+    sides = ["defaults", *(["defaults-fp32"] * fp32), "trl-packing", "project"]
     results = [sub(which, "--peak-flops", str(peak)) for which in sides]
     for r in results:
         r.update(peak_flops=peak, peak_src=peak_src)
@@ -443,6 +451,11 @@ def print_table(a, results) -> None:
         )
     tps = {r["config"]: r["tokens_per_s"] for r in results}
     print(f"project / defaults tokens/s: {tps['project'] / tps['defaults']:.2f}x")
+    print(
+        f"vs TRL packing: project {tps['project']:.1f} tok/s against TRL packing + assistant-only "
+        f"loss {tps['trl-packing']:.1f} tok/s (both {results[-1]['dtype']}): "
+        f"{tps['project'] / tps['trl-packing']:.2f}x"
+    )
     if "defaults-fp32" in tps:
         print(
             f"  of which the dtype (defaults-fp32 / defaults): "

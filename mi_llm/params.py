@@ -173,6 +173,7 @@ class ForecasterParams:  # evaluation.forecaster: the next-behaviour forecaster 
 
 
 VARIANTS = ("base", "finetuned", "conditioned")  # evaluation.variants; generation order
+ENGINES = ("auto", "hf", "cpu", "server")  # evaluation.engine (mi_llm.decode.engine)
 
 
 @dataclass
@@ -187,6 +188,11 @@ class EvaluationParams:
     max_rounds: int | None = None  # counselor turns per dialogue (the first ones); None: all
     context_turns: int | None = None  # messages of gold history kept before each reply; None: all
     batch_size: int = 16  # prompts per generate() call (left-padded, sorted by length)
+    # decoding (docs/decoding.md): hf (transformers' generate, left-padded batches) | cpu (the
+    # project's CPU loop) | server (an OpenAI-compatible /v1/completions endpoint at server_url,
+    # e.g. vLLM) | auto: cpu when the device is a CPU, hf on CUDA
+    engine: str = "auto"
+    server_url: str | None = None  # engine server: base URL, e.g. http://127.0.0.1:8000/v1
     max_new_tokens: int = 256  # tokens per reply at most
     generation: dict = field(
         default_factory=dict
@@ -296,6 +302,7 @@ CHOICES = [  # keys whose value is one name of a fixed list
     ("corpora.on_error", ("raise", "skip")),
     ("transcription.unit", ("dialogue", "turn")),
     ("evaluation.forecaster.model", FORECASTER_KINDS),
+    ("evaluation.engine", ENGINES),
 ]
 LISTS = [  # keys whose value is a list of distinct names of a fixed list
     ("evaluation.variants", VARIANTS),
@@ -351,6 +358,11 @@ def _check_evaluation(p: Params, where: str) -> None:
         raise ParamsError(
             f"{where}.evaluation.condition_on: {e.condition_on!r} is not 'forecaster' or one of "
             f"{list(TAGS)}{did_you_mean(e.condition_on, ('forecaster', *TAGS))}"
+        )
+    if e.engine == "server" and not (e.server_url or "").startswith(("http://", "https://")):
+        raise ParamsError(
+            f"{where}.evaluation.server_url: {e.server_url!r}; engine 'server' needs the http(s) base "
+            "URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (docs/decoding.md)"
         )
     if "conditioned" in e.variants and not p.transcription.tag_behaviour:
         raise ParamsError(

@@ -191,19 +191,31 @@ def http_backend(backend_url: str, backend_model: str, max_tokens: int = 256, ti
     return ask
 
 
-def conditioned_backend(served: Served, device: str = "cpu", max_tokens: int = 256):
-    """ask(messages, body) for the conditioned variant, in this process: stage 04's generation
+def conditioned_backend(
+    served: Served,
+    device: str = "cpu",
+    max_tokens: int = 256,
+    engine: str | None = None,
+    server_url: str | None = None,
+):
+    """ask(messages, body) for the conditioned variant: stage 04's generation
     (engine.generate_batches) with the behaviour's tag `<mi:label>` as the reply's prefix.
 
+    engine (default: the run's evaluation.engine, and its server_url): hf or cpu generate in this
+    process with the merged weights; server sends the rendered prompt, tag included, to the
+    completions server's `<model>-sft` (the adapter, mi_llm.decode.server).
     The behaviour is the request's `mi_behaviour`, else the run's `evaluation.condition_on`: a
     fixed label, or the forecaster stage 04 trained (forecaster.joblib) on the conversation so far.
     """
     import torch
 
-    from mi_llm.decode import engine
+    from mi_llm.decode import engine as decode
+    from mi_llm.decode import server
     from mi_llm.eval import forecast, generation
     from mi_llm.models import registry
 
+    E = run_params(served.run_dir).evaluation
+    engine = decode.resolve(engine or E.engine, generation.resolve_device(device))
     fc = served.run_dir / stages.FORECASTER_MODEL
     bundle = None
     if served.condition_on == "forecaster":
@@ -218,10 +230,23 @@ def conditioned_backend(served: Served, device: str = "cpu", max_tokens: int = 2
             f"evaluation.condition_on: {served.condition_on!r} is not 'forecaster' or one of "
             f"{list(forecast.TAGS)}"
         )
-    model, tok = registry.load(served.model, generation.resolve_device(device), path=served.folder)
-    if served.folder == served.base_folder:  # not merged on disk (merge=False): merge in memory
-        model, tok = generation._with_adapter(model, tok, served.model, served.adapter)
-    model.eval()
+    if engine == "server":
+        url = server_url or E.server_url
+        if not url:
+            raise ValueError("engine server: no server_url (evaluation.server_url of the run)")
+        model = server.Endpoint(url, server.model_name(served.model, adapted=True))
+        server.check_models(url, [model.model])
+        has_tok = (served.adapter / "tokenizer_config.json").exists()
+        tok = registry.load_tokenizer(
+            served.model, served.adapter if has_tok else served.base_folder
+        )
+    else:
+        model, tok = registry.load(
+            served.model, generation.resolve_device(device), path=served.folder
+        )
+        if served.folder == served.base_folder:  # not merged on disk (merge=False): in memory
+            model, tok = generation._with_adapter(model, tok, served.model, served.adapter)
+        model.eval()
     stops = registry.get(served.model).special_tokens
     lock = threading.Lock()  # one generation at a time on the one model
 
@@ -240,10 +265,12 @@ def conditioned_backend(served: Served, device: str = "cpu", max_tokens: int = 2
             if body.get("seed") is not None:
                 torch.manual_seed(int(body["seed"]))
             t0 = time.perf_counter()
-            [reply] = engine.generate(
+            [reply] = decode.generate(
                 model,
                 tok,
                 [messages],
+                engine=engine,
+                seed=body.get("seed"),
                 batch_size=1,
                 max_new_tokens=body.get("max_tokens") or max_tokens,
                 overrides=overrides,

@@ -1,10 +1,32 @@
-"""The decoding interface: a model's generation config, chat prompts as text, and
-replies in batches (our CPU loop for plain greedy or sampled decoding, else transformers'
-`generate` on left-padded batches)."""
+"""The decoding interface: a model's generation config, chat prompts as text, and replies in
+batches from one of three engines (evaluation.engine, docs/decoding.md):
+
+  hf      transformers' `generate` on left-padded batches (the reference; the default on CUDA)
+  cpu     the project's CPU loop (mi_llm.decode.cpu) for plain greedy decoding, shared prompt
+          starts encoded once; anything else (sampling, penalties) goes to `generate` as in hf
+          (the default on a CPU)
+  server  an OpenAI-compatible /v1/completions endpoint (mi_llm.decode.server): `model` is then a
+          server.Endpoint, the tokenizer renders the prompts
+"""
 
 from __future__ import annotations
 
-from mi_llm.decode import cpu
+from mi_llm.decode import cpu, server
+
+ENGINES = ("hf", "cpu", "server")
+
+
+def resolve(engine: str, device) -> str:
+    """The engine that runs: `auto` is cpu on a CPU device and hf on CUDA (or any other)."""
+    if engine == "auto":
+        return "cpu" if str(device).split(":")[0] == "cpu" else "hf"
+    if engine not in ENGINES:
+        raise ValueError(f"evaluation.engine: {engine!r} is not one of {['auto', *ENGINES]}")
+    return engine
+
+
+def _device(model) -> str:
+    return next(model.parameters()).device.type
 
 
 # ----------------------------------------------------------------------------- generation
@@ -34,6 +56,13 @@ def generation_config(
     return cfg
 
 
+def stop_ids(tokenizer, stop_tokens=()) -> list[int]:
+    """The token ids that end a reply without a model at hand (engine server): the tokenizer's
+    eos and the chat template's turn markers."""
+    ids = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t) for t in stop_tokens}
+    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
+
+
 def _eos_ids(cfg) -> set[int]:
     eos = cfg.eos_token_id
     return set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
@@ -59,29 +88,49 @@ def generate_batches(
     tokenizer,
     prompts: list[list[dict]],
     *,
+    engine: str = "auto",
     batch_size: int = 16,
     max_new_tokens: int = 256,
     overrides: dict | None = None,
     stop_tokens=(),
     prefixes: list[str] | None = None,
+    seed: int | None = None,
 ):
-    """Yield (indices into prompts, replies) per batch, longest prompts first.
+    """Yield (indices into prompts, replies) per batch.
 
-    Greedy decoding (the default) runs `greedy_rows`: the rounds of a dialogue, whose prompts extend
-    one another, go into the same batch, and what they share is encoded once. Anything else
-    (sampling, beams, processors from `overrides`) goes to transformers' `generate` on left-padded
-    batches.
+    engine cpu, greedy decoding (the default): `greedy_rows`; the rounds of a dialogue, whose
+    prompts extend one another, go into the same batch, and what they share is encoded once.
+    engine hf, and cpu with sampling, beams or processors from `overrides`: transformers'
+    `generate` on left-padded batches, longest prompts first. engine server: `model` is a
+    server.Endpoint; batches in prompt order, `seed` sent when sampling.
     prefixes: text put after each prompt's generation prompt (the reply starts with it; the
     returned reply is what the model wrote after it).
     """
+    if isinstance(model, server.Endpoint) != (engine == "server") and engine != "auto":
+        raise TypeError(
+            f"engine {engine!r} with a {type(model).__name__}: engine server takes a "
+            "server.Endpoint, hf and cpu a loaded model"
+        )
+    engine = "server" if isinstance(model, server.Endpoint) else resolve(engine, _device(model))
+    texts = prompt_texts(tokenizer, prompts, prefixes)
+    if engine == "server":
+        yield from server.generate_batches(
+            model,
+            texts,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            overrides=overrides,
+            stop_ids=stop_ids(tokenizer, stop_tokens),
+            seed=seed,
+        )
+        return
     cfg = generation_config(model, tokenizer, max_new_tokens, overrides, stop_tokens)
     eos = _eos_ids(cfg)
-    texts = prompt_texts(tokenizer, prompts, prefixes)
     # the template already writes <bos> etc., so no special tokens are added again
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    # plain greedy decoding (no sampling, penalties or other processors): our loop; anything else
-    # goes to transformers' generate
-    greedy_loop = not overrides and cpu.plain_greedy(cfg)
+    # engine cpu, plain greedy decoding (no sampling, penalties or other processors): our loop;
+    # anything else goes to transformers' generate
+    greedy_loop = engine == "cpu" and not overrides and cpu.plain_greedy(cfg)
     if greedy_loop:  # a dialogue's rounds together: their history is encoded once
         batches = cpu.batches_by_prefix(ids, batch_size)
     else:  # longest first (an out-of-memory shows early), similar lengths padded together
@@ -123,6 +172,10 @@ def new_tokens(model, tokenizer, ids, texts, loop: str | None, eos: set[int], **
         tokenizer.padding_side = "left"  # decoder-only: the new tokens must follow every prompt
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(next(model.parameters()).device)
+        if "generation_config" in generate_kw:  # it holds max_new_tokens and pad_token_id
+            generate_kw = {
+                k: v for k, v in generate_kw.items() if k not in ("max_new_tokens", "pad_token_id")
+            }
         return model.generate(**enc, **generate_kw)[:, enc["input_ids"].shape[1] :].tolist()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mi_llm import stages
 from mi_llm.data.schema import TAGS, DataError, read_split, strip_tag, tag_text
-from mi_llm.decode import engine
+from mi_llm.decode import engine, server
 from mi_llm.eval import forecast
 from mi_llm.params import VARIANTS  # generation order: the adapter is merged in once
 
@@ -162,6 +162,11 @@ def _with_adapter(model, tokenizer, name: str, adapter: Path):
     return merged.eval(), tokenizer
 
 
+def decoder(P) -> str:
+    """The engine that decodes this run's replies: evaluation.engine, `auto` resolved by device."""
+    return engine.resolve(P.evaluation.engine, resolve_device(P.device))
+
+
 def fingerprint(P, name: str, variant: str, weights, adapter: Path | None) -> str:
     """Short hash of what determines a variant's replies (a re-run must match it to resume).
 
@@ -182,6 +187,7 @@ def fingerprint(P, name: str, variant: str, weights, adapter: Path | None) -> st
         "max_new_tokens": E.max_new_tokens,
         "generation": E.generation,
         "context_turns": E.context_turns,
+        "engine": decoder(P),  # bf16 rounding and a server's kernels may change a greedy token
         "adapter": sha256_file(adapter / "adapter_model.safetensors")
         if variant in ADAPTED and adapter and (adapter / "adapter_model.safetensors").exists()
         else None,
@@ -264,6 +270,8 @@ def _generate_variant(P, model, tok, name, variant, pending, out_path, progress,
         model,
         tok,
         [r["messages"] for r in pending],
+        engine=decoder(P),
+        seed=P.seed,
         batch_size=E.batch_size,
         max_new_tokens=E.max_new_tokens,
         overrides=E.generation,
@@ -299,6 +307,15 @@ def _run_model(P, name, variants, todo, existing, out_path, weights, ad, progres
         _check_behaviours(out_path, existing, name, todo)
     if not any(pending.values()):
         return
+    if decoder(P) == "server":  # the server holds the weights: only the tokenizer is loaded here
+        for v in variants:
+            tok = registry.load_tokenizer(
+                name, ad if v in ADAPTED and (ad / "tokenizer_config.json").exists() else weights
+            )
+            url = server.Endpoint(P.evaluation.server_url, server.model_name(name, v in ADAPTED))
+            if pending[v]:
+                _generate_variant(P, url, tok, name, v, pending[v], out_path, progress, fps[v])
+        return
     model, tok = registry.load(name, resolve_device(P.device), path=weights)
     model.eval()
     merged = False
@@ -308,6 +325,15 @@ def _run_model(P, name, variants, todo, existing, out_path, weights, ad, progres
             merged = True
         if pending[v]:
             _generate_variant(P, model, tok, name, v, pending[v], out_path, progress, fps[v])
+
+
+def _check_server(P, variants: list[str]) -> None:
+    """Engine server: the generation settings translate and every model the run asks is served,
+    before a model loads or a request costs."""
+    E = P.evaluation
+    server.request_settings(E.generation, E.max_new_tokens, [])
+    names = [server.model_name(m, v in ADAPTED) for m in E.models for v in variants]
+    server.check_models(E.server_url, list(dict.fromkeys(names)))
 
 
 def run(
@@ -355,6 +381,14 @@ def run(
             r["behaviour"] = label
     existing = read_generations(out_path)
     variants = sorted(E.variants, key=VARIANTS.index)  # the adapter is merged in once, after base
+    done = {_key(r) for r in existing}
+    if decoder(P) == "server" and any(
+        _key({"model": m, "variant": v, **r}) not in done
+        for m in E.models
+        for v in variants
+        for r in todo
+    ):
+        _check_server(P, variants)
     for name in E.models:
         ad = Path((adapter_dirs or {}).get(name) or adapter_dir(P, name))
         _run_model(P, name, variants, todo, existing, out_path, model_paths.get(name), ad, progress)

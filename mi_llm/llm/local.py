@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from mi_llm.decode import engine
 from mi_llm.models.devices import compute_dtype
 
 
@@ -23,16 +24,30 @@ class Generator:
 
     The model loads on the first request that the answer cache does not hold, so a re-run whose
     answers are all cached loads nothing. Prompts that share their start (the instructions and
-    few-shot examples of a stage's requests) are batched together and that start is encoded once;
-    a batch is decoded by stage 04's loop, greedily at temperature 0 (`cpu.greedy_rows`), else
-    sampled at the request's temperature and top_p (`cpu.sampled_rows`) with a seed per batch;
-    a reply stops at the model's end-of-turn token. A checkpoint whose generation config adds
-    logits processors (penalties, ...) goes to transformers' `generate` instead.
+    few-shot examples of a stage's requests) are batched together; a reply stops at the model's
+    end-of-turn token, and sampling (temperature > 0) draws with a seed per batch. The decoding
+    engine (mi_llm.decode.engine; `auto`: cpu on a CPU, hf on CUDA): cpu decodes with stage 04's
+    loop, the shared start encoded once, greedily at temperature 0 (`cpu.greedy_rows`), else
+    sampled at the request's temperature and top_p (`cpu.sampled_rows`); hf, and a checkpoint
+    whose generation config adds logits processors (penalties, ...), decode with transformers'
+    `generate` on left-padded batches.
     """
 
-    def __init__(self, folder, batch_size: int = 8, device: str | None = None, seed: int = 0):
+    def __init__(
+        self,
+        folder,
+        batch_size: int = 8,
+        device: str | None = None,
+        seed: int = 0,
+        engine: str = "auto",
+    ):
+        if engine not in ("auto", "hf", "cpu"):
+            raise ValueError(
+                f"in-process embedded model: engine {engine!r} is not auto, hf or cpu (a server "
+                "is llm.provider serve)"
+            )
         self.folder, self.batch_size, self.seed = Path(folder), batch_size, seed
-        self.device = device
+        self.device, self.engine = device, engine
         self.model = self.tok = None
 
     def load(self):
@@ -51,6 +66,7 @@ class Generator:
                 str(self.folder), dtype=dtype, attn_implementation="sdpa"
             )
             self.model.to(self.device).eval()
+            self.engine = engine.resolve(self.engine, self.device)
         return self.model, self.tok
 
     def batches(self, prompts: list[list[dict]], settings: dict):
@@ -62,7 +78,7 @@ class Generator:
 
         import torch
 
-        from mi_llm.decode import cpu, engine
+        from mi_llm.decode import cpu
 
         unknown = set(settings) - {"max_tokens", "temperature", "top_p"}
         if unknown:
@@ -90,6 +106,7 @@ class Generator:
         plain = copy.deepcopy(model.generation_config)
         plain.do_sample = False  # the request's temperature and top_p replace the checkpoint's
         loop = ("sample" if temp > 0 else "greedy") if cpu.plain_greedy(plain) else None
+        loop = loop if self.engine == "cpu" else None  # hf: transformers' generate
         for n, idx in enumerate(cpu.batches_by_prefix(ids, self.batch_size)):
             torch.manual_seed(self.seed + n)  # sampling only: greedy draws nothing
             rows = engine.new_tokens(

@@ -14,6 +14,9 @@ Actions: "429" / {"status": 429, "retry_after": seconds}, "500", "slow" / {"slow
 with a body that is not JSON), "truncated" (half the answer, finish_reason "length"), and HTTP 200
 bodies that are no completion: "empty_choices", "error_body" ({"error": {...}}), "html" (a proxy's
 page). {"status": 429, "retry_after": "<HTTP date>"} sends the date as it is.
+`complete(prompt, request_json) -> str | (str, finish_reason)` answers POST /v1/completions (a
+prompt or a list of them, one choice each, as vLLM's completions endpoint: the `server` decoding
+engine, mi_llm.decode.server); GET /v1/models lists `models`.
 The Batch API subset (POST /v1/files, GET /v1/files/{id}/content, POST /v1/batches,
 GET /v1/batches/{id}) runs a batch's lines through the same handler when the batch is created and
 reports it "in_progress" for `batch_polls` polls, then "completed".
@@ -38,6 +41,7 @@ class Stats:
     requests: list = field(default_factory=list)  # every chat request's JSON, in arrival order
     answered: int = 0  # chat requests answered with a completion (HTTP 200, parseable)
     batches_created: int = 0
+    completions: list = field(default_factory=list)  # every /v1/completions request's JSON
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def duplicates(self) -> int:
@@ -81,6 +85,27 @@ def _completion(req: dict, text: str, finish_reason: str = "stop") -> dict:
     }
 
 
+def _text_completion(req: dict, answers: list[tuple[str, str]]) -> dict:
+    prompts = req["prompt"] if isinstance(req["prompt"], list) else [req["prompt"]]
+    n_prompt = sum(_tokens(p) for p in prompts)
+    n_out = sum(_tokens(t) for t, _ in answers)
+    return {
+        "id": "cmpl-" + hashlib.sha1(json.dumps(req).encode()).hexdigest()[:12],
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": req.get("model", "test-model"),
+        "choices": [
+            {"index": i, "text": t, "finish_reason": f, "logprobs": None}
+            for i, (t, f) in enumerate(answers)
+        ],
+        "usage": {
+            "prompt_tokens": n_prompt,
+            "completion_tokens": n_out,
+            "total_tokens": n_prompt + n_out,
+        },
+    }
+
+
 def _normalise(action):
     if action is None or isinstance(action, dict):
         return action or {}
@@ -95,7 +120,7 @@ def _normalise(action):
     raise ValueError(f"unknown script action {action!r}")
 
 
-def _make_handler(handler, latency_s, script, stats, store, batch_polls):
+def _make_handler(handler, latency_s, script, stats, store, batch_polls, complete, models):
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -124,6 +149,8 @@ def _make_handler(handler, latency_s, script, stats, store, batch_polls):
             raw = self._body()
             if self.path.endswith("/chat/completions"):
                 return self._chat(raw)
+            if self.path.endswith("/completions") and complete is not None:
+                return self._complete(json.loads(raw))
             if self.path.endswith("/files"):
                 return self._upload(raw)
             if self.path.endswith("/batches"):
@@ -141,9 +168,8 @@ def _make_handler(handler, latency_s, script, stats, store, batch_polls):
                     b.update(status="completed", output_file_id=b["_output"])
                 return self._json(200, {k: v for k, v in b.items() if not k.startswith("_")})
             if parts[-1] == "models":
-                return self._json(
-                    200, {"object": "list", "data": [{"id": "test-model", "object": "model"}]}
-                )
+                data = [{"id": m, "object": "model"} for m in models]
+                return self._json(200, {"object": "list", "data": data})
             self._json(404, {"error": {"message": f"no route {self.path}"}})
 
         def _chat(self, raw: bytes):
@@ -186,6 +212,21 @@ def _make_handler(handler, latency_s, script, stats, store, batch_polls):
             if act.get("truncated"):
                 return self._json(200, _completion(req, text[: len(text) // 2], "length"))
             self._json(200, _completion(req, text))
+
+        def _complete(self, req: dict):
+            with stats.lock:
+                stats.completions.append(req)
+            prompts = req.get("prompt")
+            if not isinstance(prompts, (str, list)) or not prompts:
+                return self._json(400, {"error": {"message": "prompt: a string or a list"}})
+            try:
+                out = [
+                    complete(p, req) for p in ([prompts] if isinstance(prompts, str) else prompts)
+                ]
+            except ValueError as e:
+                return self._json(404 if "model" in str(e) else 400, {"error": {"message": str(e)}})
+            answers = [o if isinstance(o, tuple) else (o, "stop") for o in out]
+            self._json(200, _text_completion(req, answers))
 
         def _upload(self, raw: bytes):
             msg = email.message_from_bytes(
@@ -252,13 +293,20 @@ def _make_handler(handler, latency_s, script, stats, store, batch_polls):
 
 
 @contextmanager
-def serve(handler, latency_s: float = 0.0, script=None, batch_polls: int = 1, port: int = 0):
+def serve(
+    handler,
+    latency_s: float = 0.0,
+    script=None,
+    batch_polls: int = 1,
+    port: int = 0,
+    complete=None,
+    models=("test-model",),
+):
     """Run the server on 127.0.0.1 (`port`, 0: a free one); yield its base URL (with `.stats`)."""
     stats = Stats()
     store = {"files": {}, "batches": {}}
-    httpd = _Server(
-        ("127.0.0.1", port), _make_handler(handler, latency_s, script, stats, store, batch_polls)
-    )
+    make = _make_handler(handler, latency_s, script, stats, store, batch_polls, complete, models)
+    httpd = _Server(("127.0.0.1", port), make)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
