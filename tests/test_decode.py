@@ -227,7 +227,10 @@ def _params(**evaluation):
         "max_new_tokens": 8,
         **evaluation,
     }
-    return params.from_dict({"name": "t", "device": "cpu", "evaluation": ev})
+    tagged = {"tag_behaviour": True, "prompt_version": "mi_turn_tagged_v1", "unit": "turn"}
+    return params.from_dict(
+        {"name": "t", "device": "cpu", "transcription": tagged, "evaluation": ev}
+    )
 
 
 def test_server_engine_writes_what_hf_writes_in_process(
