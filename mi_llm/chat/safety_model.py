@@ -60,7 +60,19 @@ def _encoder():
 
 
 def features(texts: list[str], layers: tuple[int, ...], batch_size: int = 16) -> np.ndarray:
-    """Hidden states of the prompt's last token: an array (n, len(layers), hidden size)."""
+    """Hidden states of the prompt's last token: an array (n, len(layers), hidden size).
+    A message seen before in this process is not encoded again."""
+    cache = _STATE.setdefault("features", {})
+    todo = sorted({t for t in texts if (layers, t) not in cache}, key=len)
+    if todo:
+        for t, f in zip(todo, _encode(todo, layers, batch_size)):
+            cache[(layers, t)] = f
+    if not texts:
+        return np.zeros((0, len(layers), 0), dtype=np.float32)
+    return np.stack([cache[(layers, t)] for t in texts])
+
+
+def _encode(texts: list[str], layers: tuple[int, ...], batch_size: int) -> np.ndarray:
     import torch
 
     tok, body = _encoder()
@@ -73,7 +85,7 @@ def features(texts: list[str], layers: tuple[int, ...], batch_size: int = 16) ->
         last = enc["attention_mask"].sum(1) - 1
         rows = torch.arange(len(batch))
         out.append(np.stack([hs[k][rows, last].float().numpy() for k in layers], 1))
-    return np.concatenate(out) if out else np.zeros((0, len(layers), 0), dtype=np.float32)
+    return np.concatenate(out)
 
 
 def load(path=None) -> dict:

@@ -58,6 +58,25 @@ def read_set(path) -> list[dict]:
     return rows
 
 
+def _cached_features(train, texts: list[str]) -> np.ndarray:
+    """The training set's features, kept in the user cache by the set's and the prompt's hash (a
+    retrain with other settings does not encode the messages again)."""
+    import hashlib
+
+    from mi_llm.models import embedded
+
+    key = hashlib.sha256(
+        (safety_model.sha256(train) + safety_model.PROMPT + repr(LAYERS)).encode()
+    ).hexdigest()[:16]
+    f = embedded.cache_root() / "crisis" / f"features-{key}.npy"
+    if f.exists():
+        return np.load(f)
+    feats = safety_model.features(texts, LAYERS)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    np.save(f, feats)
+    return feats
+
+
 def _classes(rows) -> list[str]:
     return ["none" if r["label"] == "none" else r["construct"] for r in rows]
 
@@ -126,7 +145,7 @@ def main(argv=None) -> int:
     print(f"[safety_train] {len(rows)} messages ({crisis.sum()} crisis) from {a.train}")
     print(f"  rules alone (no fitting): {rates(rules, crisis)}")
     print(f"  features of layers {LAYERS} (embedded Gemma 3 270M) ...", flush=True)
-    feats = safety_model.features([r["text"] for r in rows], LAYERS)
+    feats = _cached_features(a.train, [r["text"] for r in rows])
     best = None
     for li, layer in enumerate(LAYERS):
         for C in C_GRID:
