@@ -5,8 +5,10 @@
 
 `screen` is what the chat uses: the rules first (mi_llm.chat.safety_rules: a construct, its
 evidence and span); when they do not flag, the learned layer (mi_llm.chat.safety_model) flags a
-message whose P(crisis) reaches the threshold chosen by cross-validation on the training set,
-with the construct the model finds most likely. `screen_many` does the same for many messages
+message whose P(crisis) reaches the threshold chosen by cross-validation on the training set and
+that uses a word of the risk vocabulary (safety_context.RISK_CUE: the model was trained on messages
+near crisis only, and without this gate it flags bland talk such as "今天天气不错"), with the
+construct the model finds most likely. `screen_many` does the same for many messages
 (the learned layer in batches); `rules_screen` and `model_screens` are the layers alone.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from mi_llm.chat import safety_model
+from mi_llm.chat.safety_context import risk_cue
 from mi_llm.chat.safety_rules import CONSTRUCTS, HARM, SUICIDE, matches
 from mi_llm.chat.safety_text import normalise, span
 
@@ -55,15 +58,16 @@ def rules_screen(text: str) -> Screen:
 
 
 def model_screens(texts: list[str], path=None) -> list[Screen]:
-    """The learned layer alone: flagged where P(crisis) reaches the shipped threshold."""
+    """The learned layer alone: flagged where P(crisis) reaches the shipped threshold and the
+    message uses a word of the risk vocabulary."""
     texts = [_check(t) for t in texts]
     if not texts:
         return []
     m = safety_model.load(path)
     probs, constructs = safety_model.predict(texts, path)
     out = []
-    for p, construct in zip(probs, constructs):
-        flagged = bool(p >= float(m["threshold"]))
+    for t, p, construct in zip(texts, probs, constructs):
+        flagged = bool(p >= float(m["threshold"])) and risk_cue(normalise(t)[0])
         out.append(
             Screen(
                 flagged,
