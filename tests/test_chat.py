@@ -106,7 +106,7 @@ def test_flagged_message_gets_the_referral_and_the_event_is_logged(
     )
     assert ev["evidence"] in "I've been saving up my pills." and ev["action"] == on_crisis
     assert ev["construct"] in safety.CONSTRUCTS and ev["text"] == "I've been saving up my pills."
-    logged = (run / "chat" / "crisis_events.jsonl").read_text(encoding="utf-8").splitlines()
+    logged = (run / "chat" / "events" / "crisis.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(logged) == 2 and json.loads(logged[1])["construct"] == ev["construct"]
     assert d.turns[0].annotations["screen"]["flagged"] and d.turns[1].annotations["referral"]
     assert not d.turns[2].annotations["screen"]["flagged"]
@@ -291,7 +291,7 @@ def test_referral_is_sent_and_logged_when_the_model_fails(tiny_model_dir, tiny_a
     assert out["choices"][0]["message"]["content"] == texts[(safety.HARM, "zh-Hant")]
     (event,) = [
         json.loads(x)
-        for x in (run / "chat" / "crisis_events.jsonl").read_text(encoding="utf-8").splitlines()
+        for x in (run / "chat" / "events" / "crisis.jsonl").read_text(encoding="utf-8").splitlines()
     ]
     assert event["construct"] == "harm_others" and event["session"] == "s-harm"
     d = Dialogue.from_dict(json.loads((run / "chat" / "s-harm.jsonl").read_text(encoding="utf-8")))

@@ -191,10 +191,10 @@ def pick(texts: dict, category: str | None, message: str) -> tuple[str, str]:
 
 
 def log_event(folder, event: dict) -> Path:
-    """Append a crisis event to <folder>/crisis_events.jsonl (flushed to disk) and return the file."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    f = folder / "crisis_events.jsonl"
+    """Append a crisis event to <folder>/events/crisis.jsonl (flushed to disk; a subfolder, apart
+    from the sessions' <id>.jsonl files) and return the file."""
+    f = Path(folder) / "events" / "crisis.jsonl"
+    f.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"time": datetime.now(UTC).isoformat(), **event}, ensure_ascii=False)
     with open(f, "a", encoding="utf-8") as fh:
         fh.write(line + "\n")

@@ -19,7 +19,7 @@ cut from the reply and saved as the turn's behaviour. In front of either, a smal
   for its category (self-harm or harm to others) in the conversation's language with the configured
   crisis line, instead of the model's reply (`on_crisis="refer"`) or before it
   (`"refer_then_reply"`). The referral is unconditional: every referral text is rendered at
-  start-up, and the event is logged (`chat/crisis_events.jsonl`, with its construct) and the
+  start-up, and the event is logged (`chat/events/crisis.jsonl`, with its construct) and the
   referral chosen before any model is asked; a failing model under `refer_then_reply` still
   sends the referral;
 - refuses a request naming a model it does not serve (400, listing the served ones);
