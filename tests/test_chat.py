@@ -5,14 +5,15 @@ tiny model with a merged LoRA adapter through `transformers serve` (tests/test_c
 from __future__ import annotations
 
 import json
+import re
 
 import openai
 import pytest
 from conftest import CHAT_MODEL, counselor, make_run
 from openai_server import serve as fake_model
 
-from mi_llm.chat import safety, serving, store, web
-from mi_llm.data.schema import Dialogue, validate
+from mi_llm.chat import referral, safety, safety_model, serving, store, web
+from mi_llm.data.schema import DataError, Dialogue, validate
 
 
 def test_openai_client_talks_and_sessions_are_saved_in_the_dialogue_schema(
@@ -86,6 +87,7 @@ def test_flagged_message_gets_the_referral_and_the_event_is_logged(
         en["choices"][0]["message"]["content"],
     )
     assert zh_text.startswith(safety.referral("zh", "UK")) and "116 123" in zh_text
+    assert zh["mi_llm"]["screen"]["construct"] in safety.CONSTRUCTS
     assert en_text.startswith(safety.referral("en", "UK")) and "Samaritans" in en_text
     assert zh["mi_llm"]["referral"] and not calm["mi_llm"]["referral"]
     assert asked == (
@@ -103,6 +105,9 @@ def test_flagged_message_gets_the_referral_and_the_event_is_logged(
         "en",
     )
     assert ev["evidence"] in "I've been saving up my pills." and ev["action"] == on_crisis
+    assert ev["construct"] in safety.CONSTRUCTS and ev["text"] == "I've been saving up my pills."
+    logged = (run / "chat" / "events" / "crisis.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(logged) == 2 and json.loads(logged[1])["construct"] == ev["construct"]
     assert d.turns[0].annotations["screen"]["flagged"] and d.turns[1].annotations["referral"]
     assert not d.turns[2].annotations["screen"]["flagged"]
 
@@ -123,18 +128,22 @@ def test_bad_requests_and_runs_are_refused_with_a_reason(tiny_model_dir, tiny_ad
         web.serve(run, variant="base", backend_url=backend) as c,
     ):
         client = openai.OpenAI(base_url=c.url + "/v1", api_key="none", max_retries=0)
+        m = c.model_id
         with pytest.raises(openai.BadRequestError, match="last message must be the client"):
             client.chat.completions.create(
-                model="x", messages=[{"role": "assistant", "content": "hi"}]
+                model=m, messages=[{"role": "assistant", "content": "hi"}]
             )
         with pytest.raises(openai.BadRequestError, match="session id"):
             client.chat.completions.create(
-                model="x", messages=[{"role": "user", "content": "hi"}], user="../../etc"
+                model=m, messages=[{"role": "user", "content": "hi"}], user="../../etc"
             )
         with pytest.raises(openai.BadRequestError, match="stream"):
             client.chat.completions.create(
-                model="x", messages=[{"role": "user", "content": "hi"}], stream=True
+                model=m, messages=[{"role": "user", "content": "hi"}], stream=True
             )
+        served = re.escape(f"served: ['{m}']")
+        with pytest.raises(openai.BadRequestError, match=f"model 'x' is not served here; {served}"):
+            client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
     zz = web.serve(run, variant="base", backend_url="http://127.0.0.1:9/v1", country="ZZ")
     with pytest.raises(ValueError, match="no crisis hotline configured for country 'ZZ'"), zz:
         pass
@@ -255,3 +264,62 @@ def test_chat_command_serves_until_sigterm(tiny_model_dir, tiny_adapter, tmp_pat
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and f"page:     http://127.0.0.1:{port}/" in out
+
+
+def test_referral_is_sent_and_logged_when_the_model_fails(tiny_model_dir, tiny_adapter, tmp_path):
+    """refer_then_reply with a backend that answers 500: the referral still arrives (HTTP 200) in
+    the message's category and script, and the event is in the log before the model was asked."""
+
+    train = safety.read_set(safety_model.packaged(safety_model.TRAIN_FILE))
+    harm = next(
+        r["text"]
+        for r in train
+        if r["construct"] == "harm_others"
+        and r["lang"] == "zh-Hant"
+        and safety.rules_screen(r["text"]).flagged
+    )
+    run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
+    with (
+        fake_model(counselor, script=lambda n, req: "500") as backend,
+        web.serve(run, backend_url=backend, on_crisis="refer_then_reply") as c,
+    ):
+        out = c.say(harm, session="s-harm")
+        with pytest.raises(Exception, match="502"):
+            c.say("今天天气不错。", session="s-calm")  # no crisis: the model's failure shows
+    texts = referral.render_all()
+    assert out["mi_llm"]["referral"] and out["mi_llm"]["screen"]["category"] == safety.HARM
+    assert out["choices"][0]["message"]["content"] == texts[(safety.HARM, "zh-Hant")]
+    (event,) = [
+        json.loads(x)
+        for x in (run / "chat" / "events" / "crisis.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert event["construct"] == "harm_others" and event["session"] == "s-harm"
+    d = Dialogue.from_dict(json.loads((run / "chat" / "s-harm.jsonl").read_text(encoding="utf-8")))
+    assert "model_error" in d.turns[1].annotations
+
+
+def test_a_bad_referral_file_fails_at_start_up(tiny_model_dir, tiny_adapter, tmp_path):
+    run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
+    bad = tmp_path / "ref.yaml"
+    bad.write_text(
+        "replies:\n  harm_others:\n    zh: 请拨打 {hotline}，{country}\n", encoding="utf-8"
+    )
+    starting = web.serve(run, backend_url="http://127.0.0.1:9/v1", referral_file=bad)
+    with pytest.raises(DataError, match="replies.harm_others.zh"), starting:
+        pass
+
+
+def test_page_says_what_it_is_and_shows_the_crisis_line(tiny_model_dir, tiny_adapter, tmp_path):
+    import httpx
+
+    run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
+    with (
+        fake_model(counselor) as backend,
+        web.serve(run, backend_url=backend, country="UK") as c,
+    ):
+        page = httpx.get(c.url + "/").text
+    assert "研究原型，不是心理咨询师" in page and "research prototype, not a counsellor" in page
+    assert "Samaritans 116 123" in page and "Samaritans on 116 123" in page
+    assert f"Run <b>{run.name}</b>, model <b>{CHAT_MODEL}</b>, variant <b>finetuned</b>" in page
+    assert '<body class="smoke">' in page and "replies mean nothing" in page  # the embedded 270M
+    assert page.index("research prototype") < page.index('id="log"')  # before the first message

@@ -16,8 +16,13 @@ cut from the reply and saved as the turn's behaviour. In front of either, a smal
 - answers `POST /v1/chat/completions` and `GET /v1/models` like any OpenAI endpoint (curl, the
   `openai` package), non-streaming;
 - screens every client message (mi_llm.chat.safety.screen); a flagged one gets the fixed referral reply
-  in the conversation's language with the configured crisis line, instead of the model's reply
-  (`on_crisis="refer"`) or before it (`"refer_then_reply"`), and the event is logged;
+  for its category (self-harm or harm to others) in the conversation's language with the configured
+  crisis line, instead of the model's reply (`on_crisis="refer"`) or before it
+  (`"refer_then_reply"`). The referral is unconditional: every referral text is rendered at
+  start-up, and the event is logged (`chat/events/crisis.jsonl`, with its construct) and the
+  referral chosen before any model is asked; a failing model under `refer_then_reply` still
+  sends the referral;
+- refuses a request naming a model it does not serve (400, listing the served ones);
 - saves every session as one `schema.Dialogue` line in `runs/<name>/chat/<session>.jsonl`
   (rewritten after each turn) with the model, variant, adapter hash, timestamps and crisis events;
 - serves the chat page (`templates/chat.html`) at `/`.
@@ -42,7 +47,8 @@ from pathlib import Path
 
 from fastapi import Request  # at module level: FastAPI resolves the handler's annotation here
 
-from mi_llm.chat import guard, safety, serving, store
+from mi_llm.chat import guard, safety, safety_llm, serving, store
+from mi_llm.chat import referral as referrals
 from mi_llm.data.schema import SPEAKER_OF
 
 ON_CRISIS = ("refer", "refer_then_reply")
@@ -81,8 +87,12 @@ def make_app(
     country: str | None = None,
     referral: dict | None = None,
     token: str | None = None,
+    second_opinion=None,
 ):
     """The FastAPI app: /v1/chat/completions, /v1/models, /sessions/{id} and the page at /.
+
+    second_opinion(text) -> safety.Screen: the run's remote LLM asked about a message the screen
+    does not flag (mi_llm.chat.safety_llm), or None.
 
     ask(messages, body) -> (reply, finish_reason, usage, meta) answers a client message
     (http_backend or conditioned_backend); meta is saved with the counselor's turn. token: the
@@ -95,10 +105,9 @@ def make_app(
 
     if on_crisis not in ON_CRISIS:
         raise ValueError(f"on_crisis {on_crisis!r}: one of {ON_CRISIS}")
-    referral = referral or safety.referral_config()
+    texts = referrals.render_all(referral or referrals.referral_config(), country)
     model_id = f"{served.model}:{served.variant}"
-    page = files("mi_llm").joinpath("templates/chat.html").read_text(encoding="utf-8")
-    page = page.replace("{{model_id}}", model_id)
+    page = _page(served, model_id, texts)
     app = FastAPI(title="mi-llm chat")
 
     @app.middleware("http")
@@ -139,6 +148,10 @@ def make_app(
             guard.check_body(body)
         except guard.Refused as e:
             raise HTTPException(e.status, str(e)) from None
+        if body.get("model") not in (None, model_id):
+            raise HTTPException(
+                400, f"model {body.get('model')!r} is not served here; served: [{model_id!r}]"
+            )
         if body.get("stream"):
             raise HTTPException(400, "stream: true is not supported; ask without streaming")
         label = body.get("mi_behaviour")
@@ -159,26 +172,38 @@ def make_app(
 
     def _answer(s: store.Session, history, client_text: str, body: dict):
         with s.lock:
-            scr = safety.screen(client_text)
-            lang = safety.language(client_text)
-            meta, event, usage, finish = {"screen": scr.to_dict()}, None, {}, "stop"
+            scr, meta = safety.screen(client_text), {}
+            if not scr.flagged and second_opinion is not None:
+                try:
+                    scr = safety.combine(scr, second_opinion(client_text))
+                except Exception as e:  # noqa: BLE001  the default screen's answer stands
+                    meta["second_opinion_error"] = f"{type(e).__name__}: {e}"[:500]
+            meta, event, usage, finish = {**meta, "screen": scr.to_dict()}, None, {}, "stop"
             if scr.flagged:
-                text = safety.referral(lang, country, referral)
+                # the referral and its log come first, whatever the model does after
+                text, lang = referrals.pick(texts, scr.category, client_text)
                 event = {
                     "type": "crisis_referral",
                     "category": scr.category,
+                    "construct": scr.construct,
                     "evidence": scr.evidence,
                     "rule": scr.rule,
+                    "source": scr.source,
                     "language": lang,
                     "action": on_crisis,
+                    "text": client_text,
                 }
+                referrals.log_event(sessions.folder, {**event, "session": s.id, "model": model_id})
                 meta.update(referral=True, language=lang)
                 if on_crisis == "refer_then_reply":
-                    reply, finish, usage, extra = ask(
-                        serving.with_system(served, body["messages"]), body
-                    )
-                    text = text + "\n\n" + reply
-                    meta.update(extra, model_reply=reply)
+                    try:
+                        reply, finish, usage, extra = ask(
+                            serving.with_system(served, body["messages"]), body
+                        )
+                        text = text + "\n\n" + reply
+                        meta.update(extra, model_reply=reply)
+                    except Exception as e:  # noqa: BLE001  the referral stands without the model's reply
+                        meta.update(model_error=f"{type(e).__name__}: {e}"[:500])
             else:
                 t0 = time.perf_counter()
                 text, finish, usage, extra = ask(
@@ -209,6 +234,29 @@ def make_app(
         }
 
     return app
+
+
+def _page(served: serving.Served, model_id: str, texts: dict) -> str:
+    """The chat page: the run, model and variant it serves, the disclaimer and crisis line in
+    Chinese and English (the page shows the conversation's language), a smoke model said so."""
+    import html
+
+    from mi_llm.models import embedded
+
+    page = files("mi_llm").joinpath("templates/chat.html").read_text(encoding="utf-8")
+    smoke = served.model == embedded.NAME
+    values = {
+        "model_id": model_id,
+        "run": Path(served.run_dir).name,
+        "model": served.model,
+        "variant": served.variant,
+        "line_zh": texts[("hotline", "zh")],
+        "line_en": texts[("hotline", "en")],
+        "smoke": "smoke" if smoke else "",
+    }
+    for key, value in values.items():
+        page = page.replace("{{" + key + "}}", html.escape(value))
+    return page
 
 
 # ----------------------------------------------------------------------------- serving it
@@ -268,10 +316,14 @@ def serve(
     max_tokens: int = 256,
     device: str | None = None,
     token: str | None = None,
+    second_opinion: bool = True,
 ):
     """Serve a run's model with the chat in front, on 127.0.0.1 (a background thread); yield a Chat.
 
     token: the bearer token every request must carry (default: $MI_LLM_CHAT_TOKEN; none if unset).
+    second_opinion: when the run's LLM is a remote model, it classifies every message the default
+    screen leaves unflagged (cached in the run's answer cache); without its API key the chat says
+    so and screens without it.
 
     backend_url: an already running OpenAI-compatible server for the model (tests; vLLM on a GPU),
     instead of starting `transformers serve`; backend_model: the model name its requests carry
@@ -289,13 +341,17 @@ def serve(
         )
     token = guard.token_from_env(token)  # a short token fails now, before any model loads
     served = serving.resolve(run_dir, model, variant, merge=backend_url is None)
-    referral = safety.referral_config(referral_file)
-    if country:
-        safety.referral(
-            "en", country, referral
-        )  # an unknown country fails now, not at the first crisis
+    referral = referrals.referral_config(referral_file)
+    referrals.render_all(referral, country)  # a bad reply or unknown country fails now
     sessions = store.Sessions(Path(run_dir) / "chat", served.meta())
     with contextlib.ExitStack() as stack:
+        opinion = None
+        if second_opinion:
+            try:
+                opinion, close = safety_llm.second_opinion(serving.run_params(run_dir))
+                stack.callback(close)
+            except RuntimeError as e:  # no API key: the default screen alone
+                print(f"[mi_llm] crisis screen without the LLM second opinion: {e}", flush=True)
         if variant == "conditioned":
             ask = serving.conditioned_backend(
                 served, device or serving.run_params(run_dir).device, max_tokens
@@ -318,6 +374,7 @@ def serve(
             country=country,
             referral=referral,
             token=token,
+            second_opinion=opinion,
         )
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port or api._free_port(), log_level="warning"
