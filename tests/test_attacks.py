@@ -22,7 +22,7 @@ import pytest
 from openai_server import serve as fake_llm
 
 from mi_llm import params
-from mi_llm.chat import serving, store, web
+from mi_llm.chat import safety, serving, store, web
 from mi_llm.data import download, fetch, transcript
 from mi_llm.data.schema import Dialogue, Turn
 from mi_llm.data.sources import File, Source
@@ -212,6 +212,9 @@ def test_a_refused_archive_is_deleted_and_fetched_anew(tmp_path, hostile):
 
 
 # ----------------------------------------------------------------------------- the chat
+MODEL_ID = "gemma3-270m:base"  # what the chat below serves (an unknown model name is refused)
+
+
 def _app_server(tmp_path, token=None, delay=0.0):
     import uvicorn
 
@@ -222,6 +225,7 @@ def _app_server(tmp_path, token=None, delay=0.0):
         time.sleep(delay)
         return f"听起来你很在意这件事。[{len(messages)}]", "stop", {}, {}
 
+    safety.screen("")  # the screen's encoder loaded before the server answers (as serve does)
     app = web.make_app(served, ask, sessions, token=token)
     port = api._free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
@@ -242,7 +246,7 @@ def chat(tmp_path):
 
 def _say(text, history=(), **kw):
     msgs = [*history, {"role": "user", "content": text}]
-    return {"model": "m", "messages": msgs, **kw}
+    return {"model": MODEL_ID, "messages": msgs, **kw}
 
 
 def _saved(sessions) -> list[Dialogue]:
@@ -279,7 +283,7 @@ def test_requests_are_bounded_and_bad_fields_are_400_naming_them(chat):
     big = _say("我" * 400_000)  # about 1.2 MB of UTF-8
     r = post(big)
     assert r.status_code == 413 and "at most" in r.json()["detail"]
-    many = {"model": "m", "messages": [{"role": "user", "content": "嗯"}] * 10_001}
+    many = {"model": MODEL_ID, "messages": [{"role": "user", "content": "嗯"}] * 10_001}
     r = post(many)
     assert r.status_code == 400 and "messages: 10,001" in r.json()["detail"]
     for body, field in [
@@ -532,3 +536,15 @@ def test_the_test_server_takes_a_burst_of_connections():
             for s in socks:
                 s.close()
     assert openai_server._Server.request_queue_size >= 256
+
+
+def test_a_quoted_client_sentence_is_a_reflection_and_passes():
+    """The counselor quoting the client in quotation marks is a reflection, not words put in the
+    counselor's mouth; the same sentence unquoted fails."""
+    quoted = "听起来“我也想戒，可是身边的朋友都在喝”对你很难，你怎么看？"
+    turns = transcript.validate_dialogue(_dialogue(co3="咨询师：" + quoted), SRC, TP)
+    assert turns[-1].text == quoted
+    with pytest.raises(ValueError, match="client_sentence"):
+        transcript.validate_dialogue(
+            _dialogue(co3="咨询师：" + quoted.replace("“", "").replace("”", "")), SRC, TP
+        )

@@ -343,6 +343,7 @@ def serve(
     served = serving.resolve(run_dir, model, variant, merge=backend_url is None)
     referral = referrals.referral_config(referral_file)
     referrals.render_all(referral, country)  # a bad reply or unknown country fails now
+    safety.screen("")  # the learned layer's encoder loads now, not at the first client's message
     sessions = store.Sessions(Path(run_dir) / "chat", served.meta())
     with contextlib.ExitStack() as stack:
         opinion = None

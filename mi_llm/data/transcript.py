@@ -124,6 +124,9 @@ def meaning_edits(new: str, source: str) -> str | None:
     return None
 
 
+QUOTED = re.compile(r"“[^”]*”|「[^」]*」|『[^』]*』|\"[^\"]*\"")  # a quotation in a counselor's turn
+
+
 def client_sentences(turns: list[Turn]) -> list[str]:
     """The normalised sentences of the client turns (those of CLIENT_SENTENCE_MIN characters or more)."""
     out = []
@@ -136,13 +139,15 @@ def client_sentences(turns: list[Turn]) -> list[str]:
     return out
 
 
-def check_counselor(text: str, clients: list[str], where: str) -> None:
-    """A counselor turn must not carry a speaker label or a whole client sentence."""
+def check_counselor(text: str, clients: list[str], where: str, source: str = "") -> None:
+    """A counselor turn must not carry a speaker label or a whole client sentence that its source
+    turn did not already hold (a sentence the rewrite put into the counselor's mouth). A client
+    sentence in quotation marks is the counselor quoting the client (a reflection), and passes."""
     inside = SPEAKER_INSIDE.search(text)
     if inside:
         raise ValueError(f"speaker_label: {where} contains a speaker label {inside.group(0)!r}")
-    key = normalise(text)
-    hit = next((c for c in clients if c in key), None)
+    key, had = normalise(QUOTED.sub("", text)), normalise(source)
+    hit = next((c for c in clients if c in key and c not in had), None)
     if hit:
         raise ValueError(f"client_sentence: {where} repeats the client's sentence {hit[:30]!r}")
 
@@ -196,9 +201,9 @@ def validate_dialogue(text: str, source: Dialogue, tp) -> list[Turn]:
     check_text("".join(t.text for t in turns), "".join(t.text for t in source.turns), tp)
     check_structure(turns, source, tp)
     clients = client_sentences(source.turns)
-    for i, t in enumerate(turns):
+    for i, (t, s) in enumerate(zip(turns, source.turns)):
         if t.speaker == "counselor":
-            check_counselor(t.text, clients, f"turn {i}")
+            check_counselor(t.text, clients, f"turn {i}", s.text)
     # the stored client turns are the source's own words, not the model's copy of them
     return [
         Turn(t.speaker, s.text) if t.speaker == "client" else t
@@ -244,6 +249,6 @@ def validate_turn(text: str, source: str, context: list[Turn], tp, after: list[T
     key = normalise(line)
     if key == normalise(source) or any(key == normalise(t.text) for t in context):
         raise ValueError("copied: the reply repeats the source or the context")
-    check_counselor(line, client_sentences([*context, *after]), "the reply")
+    check_counselor(line, client_sentences([*context, *after]), "the reply", source)
     check_text(line, source, tp)
     return schema.tag_text(line, label) if label else line
