@@ -124,7 +124,8 @@ def meaning_edits(new: str, source: str) -> str | None:
     return None
 
 
-QUOTED = re.compile(r"“[^”]*”|「[^」]*」|『[^』]*』|\"[^\"]*\"")  # a quotation in a counselor's turn
+# a quotation in a counselor's turn: the counselor quoting the client
+QUOTED = re.compile(r"“[^”]*”|「[^」]*」|『[^』]*』|\"[^\"]*\"")
 
 
 def client_sentences(turns: list[Turn]) -> list[str]:
