@@ -27,6 +27,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mi_llm.data.schema import SPEAKER_OF, jsonl_rows
@@ -104,6 +105,28 @@ def _div(a: float, b: float) -> float:
     return a / b if b and not math.isnan(b) else math.nan  # 0/0 and x/0 are undefined: NaN
 
 
+def _divide(a, b):
+    """a / b elementwise for floats or arrays; NaN where b is 0 or NaN (0/0 and x/0 are undefined)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    with np.errstate(all="ignore"):
+        return np.where((b == 0) | np.isnan(b), np.nan, a / np.where(b == 0, 1, b))
+
+
+def formulas(c: dict, g: dict, n) -> dict:
+    """MITI 4.2.1's summary scores from behaviour counts `c`, globals `g` and coded utterances `n`,
+    each a float or an array (one entry per row): see summary_scores for the formulas."""
+    mia, mina = c["SEEK"] + c["AF"] + c["AUTO"], c["PERSUADE"] + c["CONFRONT"]
+    return {
+        "technical": (g["CCT"] + g["SST"]) / 2,
+        "relational": (g["PARTNER"] + g["EMPATHY"]) / 2,
+        "pct_cr": 100 * _divide(c["CR"], c["SR"] + c["CR"]),
+        "r_q": _divide(c["SR"] + c["CR"], c["Q"]),
+        "pct_mi_adherent": 100 * _divide(mia, mia + mina),
+        "mi_adherent": _divide(mia, n),
+        "mi_non_adherent": _divide(mina, n),
+    }
+
+
 def label(score: str, value: float) -> str:
     """'below fair' | 'fair' | 'good' against the MITI 4.2.1 thresholds; 'n/a' for NaN."""
     fair, good = THRESHOLDS[score]
@@ -122,16 +145,7 @@ def summary_scores(counts: dict, globals_: dict | None = None, n_coded: float = 
     """
     c = {k: float(counts.get(k, 0)) for k in CODES}
     g = {k: float((globals_ or {}).get(k, math.nan)) for k in GLOBALS}
-    mia, mina = c["SEEK"] + c["AF"] + c["AUTO"], c["PERSUADE"] + c["CONFRONT"]
-    out = {
-        "technical": (g["CCT"] + g["SST"]) / 2,
-        "relational": (g["PARTNER"] + g["EMPATHY"]) / 2,
-        "pct_cr": 100 * _div(c["CR"], c["SR"] + c["CR"]),
-        "r_q": _div(c["SR"] + c["CR"], c["Q"]),
-        "pct_mi_adherent": 100 * _div(mia, mia + mina),
-        "mi_adherent": _div(mia, n_coded),
-        "mi_non_adherent": _div(mina, n_coded),
-    }
+    out = {k: float(v) for k, v in formulas(c, g, n_coded).items()}
     out.update({f"{s}_label": label(s, out[s]) for s in THRESHOLDS})
     return out
 

@@ -25,26 +25,12 @@ _K = {k: i for i, k in enumerate(CODES)}
 _G = {k: i for i, k in enumerate(GLOBALS)}
 
 
-def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    with np.errstate(all="ignore"):
-        return np.where((b == 0) | np.isnan(b), np.nan, a / np.where(b == 0, 1, b))
-
-
 def _score_matrix(c: np.ndarray, g: np.ndarray, n: np.ndarray) -> np.ndarray:
     """miti.summary_scores over rows at once: counts (r x codes), globals (r x 4), n_coded (r)
     -> (r x SCORES); the same formulas, NaN where a denominator is 0 or a count not annotated."""
     col = {k: c[:, i] for k, i in _K.items()}
     glob = {k: g[:, i] for k, i in _G.items()}
-    mia, mina = col["SEEK"] + col["AF"] + col["AUTO"], col["PERSUADE"] + col["CONFRONT"]
-    out = {
-        "technical": (glob["CCT"] + glob["SST"]) / 2,
-        "relational": (glob["PARTNER"] + glob["EMPATHY"]) / 2,
-        "pct_cr": 100 * _div(col["CR"], col["SR"] + col["CR"]),
-        "r_q": _div(col["SR"] + col["CR"], col["Q"]),
-        "pct_mi_adherent": 100 * _div(mia, mia + mina),
-        "mi_adherent": _div(mia, n),
-        "mi_non_adherent": _div(mina, n),
-    }
+    out = miti.formulas(col, glob, n)
     return np.stack([out[s] for s in SCORES], axis=1)
 
 
