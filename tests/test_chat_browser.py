@@ -144,5 +144,5 @@ def test_type_in_the_page_see_the_reply_and_the_saved_session(
     ]
     assert (
         d.meta["served_folder"] == str(merged)
-        and d.meta["events"][0]["evidence"] == "消失了对谁都好"
+        and "消失了对谁都好" in d.meta["events"][0]["evidence"]
     )

@@ -340,7 +340,7 @@ def test_embedded_server_stops_within_seconds_of_its_parents_kill_9(
     import sys
 
     script = (
-        "import sys, time\nfrom pathlib import Path\nfrom mi_llm import llm\n"
+        "import sys, time\nfrom pathlib import Path\nfrom mi_llm.llm import api\n"
         + ("" if pdeathsig else "api._die_with_parent = lambda: None\n")
         + f"with api.serve(Path({str(tiny_model_dir)!r}), log_dir=Path({str(tmp_path)!r})) as base:\n"
         "    print(base, flush=True)\n    time.sleep(300)\n"
