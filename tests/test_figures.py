@@ -267,3 +267,31 @@ def test_empty_panels_say_what_is_missing_and_small_cis_are_marked(tmp_path):
         ["not rated: no round has a known client name"],
         [],
     ]
+
+
+def test_quality_figure_says_a_selection_among_equal_totals_is_a_tie(tmp_path):
+    from mi_llm.data.quality import CRITERIA
+
+    rows = [
+        {
+            "corpus": c,
+            "rank": i + 1,
+            "selected": i < 2,
+            "fixture": False,
+            "judged": True,
+            "metric": m,
+            "value": 5.0 if m == "total" else 1.0,
+            "ci_low": np.nan,
+            "ci_high": np.nan,
+        }
+        for i, c in enumerate(["a", "b", "c"])
+        for m in [*CRITERIA, "total"]
+    ]
+    t = pd.DataFrame(rows)
+    note = figures.quality(tmp_path, table=t).get_supxlabel()
+    assert note.replace("\n", " ") == (
+        "a, b, c tie at total 5: a, b selected by the tie-break (higher total_ci_low, then more "
+        "dialogues, then the name), not by a better score."
+    )
+    t.loc[(t.corpus == "c") & (t.metric == "total"), "value"] = 4.0
+    assert figures.quality(tmp_path, table=t).get_supxlabel() == ""

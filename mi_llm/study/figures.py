@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 import shutil
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,6 +22,7 @@ import seaborn as sns
 
 from mi_llm import params as params_mod
 from mi_llm import stages
+from mi_llm.data import quality_ties
 from mi_llm.data.schema import CJK_CHARS
 from mi_llm.eval.miti import CODES as MITI_CODES
 from mi_llm.study import figure_notes as notes
@@ -201,7 +203,10 @@ def quality(run_dir, table=None):
             plt.Rectangle((0, 0), 1, 1, facecolor="0.7", edgecolor="white", hatch="////")
         )
         names.append("fixture (not the real corpus)")
+    ties = quality_ties.tie_note(t[t.metric == "total"].rename(columns={"value": "total"}))
     fig.legend(handles, names, loc="outside upper center", ncol=len(names), frameon=False)
+    if ties:  # equal totals: the selection among them is the tie-break's, not a better score
+        fig.supxlabel(textwrap.fill(ties, 110), fontsize=7)
     return fig
 
 
