@@ -204,7 +204,7 @@ def test_rank_means_ci_missing_and_selection():
     # the tie at 6 decides the selection, and quality.csv says it is a tie, not a better score
     assert list(df["tied_with"]) == ["", "tie_small", "tie_big", "", ""]
     assert by.loc["tie_big", "selection_note"] == (
-        "tie: total 6 equals tie_small's; ranked among them by the tie-break (higher "
+        "tie at total 6 with tie_small: ranked among them by the tie-break (higher "
         "total_ci_low, then more dialogues, then the name), not by a better score"
     )
     assert by.loc["high", "selection_note"] == "" and by.loc["none", "selection_note"] == ""

@@ -27,7 +27,7 @@ def mark(ranked: pd.DataFrame) -> pd.DataFrame:
             others = [corpora[o] for o in rows if o != r]
             tied[r] = ";".join(others)
             notes[r] = (
-                f"tie: total {ranked['total'].iloc[r]:g} equals {', '.join(others)}'s; ranked "
+                f"tie at total {ranked['total'].iloc[r]:g} with {', '.join(others)}: ranked "
                 f"among them by the tie-break ({TIE_BREAK}), not by a better score"
             )
     return ranked.assign(tied_with=tied, selection_note=notes)
