@@ -240,6 +240,7 @@ def cmd_chat(a) -> int:
             backend_url=a.backend,
             backend_model=a.backend_model,
             token=token,
+            no_repeat_ngram=a.no_repeat_ngram,
         )
     except (DataError, FileNotFoundError) as e:  # e.g. no adapter yet: stage 03 has not run
         raise UserError(str(e)) from None
@@ -347,7 +348,15 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return int(text)
+
+
 def _add_chat(sub, fmt) -> None:
+    from mi_llm.chat.serving import NO_REPEAT_NGRAM
+
     ch = sub.add_parser(
         "chat",
         help="serve a run's model (OpenAI endpoint + chat page, crisis-screened)",
@@ -384,6 +393,14 @@ def _add_chat(sub, fmt) -> None:
     )
     ch.add_argument(
         "--token", help="ask every request for this bearer token (or set $MI_LLM_CHAT_TOKEN)"
+    )
+    ch.add_argument(
+        "--no-repeat-ngram",
+        type=_non_negative,
+        default=NO_REPEAT_NGRAM,
+        metavar="N",
+        help="stop repetition loops: no span of N tokens appears twice in the conversation "
+        "(transformers' no_repeat_ngram_size, applied as the reply is generated; 0: off)",
     )
     ch.set_defaults(func=cmd_chat)
     add_models(sub)

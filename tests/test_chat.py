@@ -189,6 +189,7 @@ def test_conditioned_variant_prefills_the_behaviour_tag_in_process(
             tok,
             [system + msgs],
             max_new_tokens=8,
+            overrides=serving.anti_loop(serving.NO_REPEAT_NGRAM),  # the chat's default
             stop_tokens=registry.get(CHAT_MODEL).special_tokens,
             prefixes=[generation.tag_prefix(label)],
         )
@@ -197,6 +198,58 @@ def test_conditioned_variant_prefills_the_behaviour_tag_in_process(
     labels = sorted(d.turns[1].annotations["behaviour"] for d in sessions)
     assert labels == ["complex_reflection", "open_question"]
     assert {d.meta["variant"] for d in sessions} == {"conditioned"}
+
+
+def _repeated_ngrams(ids: list[int], n: int, start: int) -> list[tuple]:
+    """The n-grams of ids that end at or after `start` and occurred earlier in ids."""
+    seen, repeated = set(), []
+    for i in range(len(ids) - n + 1):
+        g = tuple(ids[i : i + n])
+        if i + n > start and g in seen:
+            repeated.append(g)
+        seen.add(g)
+    return repeated
+
+
+def test_the_repetition_guard_reaches_the_model_server_and_stops_a_greedy_loop(
+    tiny_model_dir, tiny_adapter, tmp_path
+):
+    """no_repeat_ngram is sent as transformers serve's `generation_config` field (0: not sent; a
+    negative size is refused before anything starts); in process, the greedy decode that loops
+    without it repeats no n-gram of the conversation with it."""
+    import torch
+
+    from mi_llm.decode import engine
+    from mi_llm.models import registry
+
+    run = make_run(tmp_path, tiny_model_dir, tiny_adapter)
+    msgs = [{"role": "user", "content": "I want to drink less, but it is hard."}]
+    for n, want in ((serving.NO_REPEAT_NGRAM, {"no_repeat_ngram_size": 10}), (0, None)):
+        with (
+            fake_model(counselor) as backend,
+            web.serve(run, backend_url=backend, backend_model="ft", no_repeat_ngram=n) as c,
+        ):
+            client = openai.OpenAI(base_url=c.url + "/v1", api_key="none", max_retries=0)
+            client.chat.completions.create(model=c.model_id, messages=msgs)
+        [req] = backend.stats.requests
+        sent = req.get("generation_config")
+        assert (json.loads(sent) if sent is not None else None) == want
+    refused = web.serve(run, backend_url="http://127.0.0.1:9/v1", no_repeat_ngram=-1)
+    with pytest.raises(ValueError, match="negative"), refused:
+        pass
+    model, tok = registry.load(CHAT_MODEL, "cpu", path=tiny_model_dir)
+    [text] = engine.prompt_texts(tok, [msgs])
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    start = enc["input_ids"].shape[1]
+    out = {}
+    for n in (0, 3):
+        cfg = engine.generation_config(model, tok, 60, serving.anti_loop(n))
+        cfg.eos_token_id = None  # the random model's whole 60 tokens, however it would stop
+        with torch.inference_mode():
+            out[n] = model.generate(**enc, generation_config=cfg)[0].tolist()
+        assert len(out[n]) == start + 60
+    assert _repeated_ngrams(out[0], 3, start)  # the tiny model loops when greedy
+    assert _repeated_ngrams(out[3], 3, start) == []
 
 
 def test_start_and_talk_keep_one_session_for_notebooks(tiny_model_dir, tiny_adapter, tmp_path):

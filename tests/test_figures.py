@@ -207,3 +207,91 @@ def test_miti_summary_colours_the_papers_three_models_by_three_variants(tmp_path
     fig = figures.miti_summary(tmp_path)
     assert len(figures.miti_summary_table(tmp_path).source.unique()) == 10
     assert len(fig.axes[0].get_yticklabels()) == 10  # every source drawn
+
+
+def _texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def test_empty_panels_say_what_is_missing_and_small_cis_are_marked(tmp_path):
+    """MITI panels without globals or MI-adherence codes say so instead of empty axes, a source
+    over fewer than 5 dialogues is marked too small to read, the name-use panel without a known
+    name says "not rated"; a source over enough dialogues is not marked."""
+    from mi_llm.eval import metrics, miti
+
+    e = tmp_path / "04_evaluation"
+    e.mkdir()
+    cis = {f"{s}_{e}": 1.0 for s in miti.SCORES for e in ("ci_low", "ci_high")}
+    row = {"definition": "pooled", "n_coded": 4, "n_utterances": 4, **cis}
+    scores = miti.summary_scores({"Q": 2, "CR": 2})
+    assert math.isnan(scores["technical"]) and math.isnan(scores["pct_mi_adherent"])
+    rows = [
+        {**row, **scores, "group": "generated", "model": "m", "variant": "base", "n_dialogues": n}
+        for n in (2, 6)
+    ]
+    rows[1]["variant"] = "finetuned"
+    pd.DataFrame(rows).to_csv(e / "miti_summary.csv", index=False)
+    t = figures.miti_summary_table(tmp_path)
+    assert t.groupby("source").too_small.first().tolist() == [True, False]
+    fig = figures.miti_summary(tmp_path)
+    panels = {ax.get_title(): _texts(ax) for ax in fig.axes}
+    assert panels["Technical global"] == ["not rated: no MITI global ratings"]
+    assert panels["Relational global"] == ["not rated: no MITI global ratings"]
+    assert panels["% MI-adherent"] == ["not annotated: no MI-adherent / non-adherent codes"]
+    assert (
+        panels["% complex reflections"]
+        == [metrics.TOO_SMALL]
+        == ["n < 5 dialogues: too small to read"]
+    )
+    rows[0]["n_dialogues"] = 5
+    pd.DataFrame(rows).to_csv(e / "miti_summary.csv", index=False)
+    fig = figures.miti_summary(tmp_path)
+    assert {ax.get_title(): _texts(ax) for ax in fig.axes}["% complex reflections"] == []
+
+    therapy = pd.DataFrame(
+        {
+            "model": "m",
+            "variant": ["base", "finetuned"] * 2,
+            "category": "all",
+            "n": 8,
+            "n_dialogues": 8,
+            "too_small": False,
+            "metric": ["name_mismatch"] * 2 + ["question_replies"] * 2,
+            "value": [np.nan, np.nan, 0.5, 0.25],
+            "ci_low": [np.nan, np.nan, 0.4, 0.1],
+            "ci_high": [np.nan, np.nan, 0.6, 0.4],
+        }
+    )
+    fig = figures.therapy_metrics(tmp_path, table=therapy)
+    assert [_texts(ax) for ax in fig.axes] == [
+        ["not rated: no round has a known client name"],
+        [],
+    ]
+
+
+def test_quality_figure_says_a_selection_among_equal_totals_is_a_tie(tmp_path):
+    from mi_llm.data.quality import CRITERIA
+
+    rows = [
+        {
+            "corpus": c,
+            "rank": i + 1,
+            "selected": i < 2,
+            "fixture": False,
+            "judged": True,
+            "metric": m,
+            "value": 5.0 if m == "total" else 1.0,
+            "ci_low": np.nan,
+            "ci_high": np.nan,
+        }
+        for i, c in enumerate(["a", "b", "c"])
+        for m in [*CRITERIA, "total"]
+    ]
+    t = pd.DataFrame(rows)
+    note = figures.quality(tmp_path, table=t).get_supxlabel()
+    assert note.replace("\n", " ") == (
+        "a, b, c tie at total 5: a, b selected by the tie-break (higher total_ci_low, then more "
+        "dialogues, then the name), not by a better score."
+    )
+    t.loc[(t.corpus == "c") & (t.metric == "total"), "value"] = 4.0
+    assert figures.quality(tmp_path, table=t).get_supxlabel() == ""

@@ -121,6 +121,9 @@ def test_score_means_and_dialogue_bootstrap_ci():
     per = [metrics.bleu4(g["reply"], g["reference"]) for g in gens if g["variant"] == "finetuned"]
     assert ft["bleu4"] == pytest.approx(np.mean(per))
     assert ft["n"] == 4 and ft["n_dialogues"] == 2
+    assert list(table.columns[-3:]) == ["n", "n_dialogues", "too_small"]
+    assert ft["too_small"]  # 2 dialogues: the CI is not to be read
+    assert metrics.too_small(4) and not metrics.too_small(5)
     # two dialogues: a resample is (d0, d0), (d0, d1) or (d1, d1), so the CI ends are the two
     # dialogues' own means (each drawn twice with probability 1/4 > 2.5%)
     d0, d1 = np.mean(per[:2]), np.mean(per[2:])
@@ -151,7 +154,8 @@ def test_paired_test_wilcoxon_on_dialogue_means():
     res = metrics.paired_test(base, ft, dialogues, bootstrap=500)
     assert res["mean_diff"] == pytest.approx(23 / 12)
     assert res["mean_b"] - res["mean_a"] == pytest.approx(res["mean_diff"])
-    assert res["n"] == 12 and res["n_dialogues"] == 6
+    assert res["n"] == 12 and res["n_dialogues"] == 6 and res["too_small"] is False
+    assert metrics.paired_test(base[:8], ft[:8], dialogues[:8])["too_small"] is True  # 4 dialogues
     assert res["estimate"].startswith("mean over rounds") and res["test_on"] == "per-dialogue means"
     assert res["wilcoxon_stat"] == 0.0
     assert res["p_value"] == pytest.approx(2 / 2**6)
@@ -177,6 +181,7 @@ def test_paired_tests_match_rounds_when_reordered_and_dropped():
             g["reply"], g["reference"]
         ) - metrics.bleu4(b["reply"], b["reference"])
     assert table.loc["bleu4", "n"] == 3 and table.loc["bleu4", "n_dialogues"] == 2
+    assert table["too_small"].all()  # paired_tests.csv: 2 dialogues, too small to read
     assert set(table.variant_a) == {"base"} and set(table.variant_b) == {"finetuned"}
     assert table.loc["bleu4", "mean_diff"] == pytest.approx(np.mean(list(diffs.values())))
     assert list(table.index) == metrics.METRICS

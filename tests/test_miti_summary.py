@@ -44,6 +44,7 @@ def test_two_dialogues_by_hand():
     for definition in ("pooled", "per_conversation"):
         assert (s.loc[definition, "r_q_ci_low"], s.loc[definition, "r_q_ci_high"]) == (0.0, 2.0)
         assert s.loc[definition, "n_dialogues"] == 2 and s.loc[definition, "n_utterances"] == 6
+        assert s.loc[definition, "too_small"]  # 2 dialogues: CIs too small to read
     # %CR: no complex reflection anywhere, so 0 in every resample
     assert (s.loc["pooled", "pct_cr_ci_low"], s.loc["pooled", "pct_cr_ci_high"]) == (0.0, 0.0)
     # no globals were rated: the technical score and its CI are undefined, never 0

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mi_llm import params
-from mi_llm.data import quality
+from mi_llm.data import quality, quality_ties
 from mi_llm.data.schema import Dialogue, Turn
 
 
@@ -201,6 +201,31 @@ def test_rank_means_ci_missing_and_selection():
     assert list(df["corpus"]) == ["high", "tie_big", "tie_small", "low", "none"]
     assert list(df["rank"]) == [1, 2, 3, 4, 5]
     assert list(df["selected"]) == [True, True, False, False, False]
+    # the tie at 6 decides the selection, and quality.csv says it is a tie, not a better score
+    assert list(df["tied_with"]) == ["", "tie_small", "tie_big", "", ""]
+    assert by.loc["tie_big", "selection_note"] == (
+        "tie at total 6 with tie_small: ranked among them by the tie-break (higher "
+        "total_ci_low, then more dialogues, then the name), not by a better score"
+    )
+    assert by.loc["high", "selection_note"] == "" and by.loc["none", "selection_note"] == ""
+    assert quality_ties.tie_note(df) == (
+        "tie_big, tie_small tie at total 6: tie_big selected by the tie-break (higher "
+        "total_ci_low, then more dialogues, then the name), not by a better score."
+    )
+
+
+def test_five_corpora_at_one_total_are_a_tie_in_the_table_and_the_figure():
+    """All five smoke corpora scored 5.0: two selected, and both the csv and the plot say tie."""
+    sizes = {"a": 3, "b": 3, "c": 4, "d": 2, "e": 2}
+    stats = stats_frame(sizes)
+    records = [rec(c, sc(1, 2, 2, 0)) for c in sizes]
+    df = quality.rank(stats, records, top_k=2, bootstrap=100, seed=0)
+    assert list(df["corpus"][:2]) == ["c", "a"] and df["selection_note"].str.startswith("tie").all()
+    assert quality_ties.tie_note(df).startswith("c, a, b, d, e tie at total 5: c, a selected")
+    title = quality.plot_totals(df).get_title()
+    assert "selected by the tie-break" in title and "not by a better score" in title
+    # no tie across the selection line: nothing to say in the caption
+    assert quality_ties.tie_note(quality.rank(stats, records, top_k=5, bootstrap=10, seed=0)) == ""
 
 
 def test_rank_ci_needs_five_judged_dialogues():

@@ -206,7 +206,9 @@ def test_transcription_table_names_file_and_missing_key(tmp_path, key):
 def test_text_metrics_table_reads_metrics_score(tmp_path, content):
     table = write_metrics(tmp_path, content)
     t = tables.text_metrics_table(tmp_path)
-    assert list(t.columns) == ["model", "variant", "metric", "value", "ci_low", "ci_high"]
+    assert list(t.columns) == [
+        *["model", "variant", "n_dialogues", "metric", "value", "ci_low", "ci_high", "too_small"]
+    ]
     labels = list(tables.TEXT_METRICS.values())
     labels += [f"{v} (content only)" for v in labels] if content else []
     assert list(dict.fromkeys(t.metric)) == labels
@@ -237,7 +239,8 @@ def test_therapy_metrics_table_reads_therapy_metrics(tmp_path):
     tm = write_therapy(tmp_path)
     t = tables.therapy_metrics_table(tmp_path)
     ids = [*therapy.THERAPY_IDS, "n", "n_dialogues"]
-    assert list(t.columns) == [*ids, "metric", "value", "ci_low", "ci_high"]
+    assert list(t.columns) == [*ids, "metric", "value", "ci_low", "ci_high", "too_small"]
+    assert t.too_small.tolist() == (t.n_dialogues < 5).tolist()
     assert list(dict.fromkeys(t.metric)) == therapy.COMPARISON == list(tables.THERAPY)
     assert len(t) == len(tm) * len(therapy.COMPARISON)
     q = t[(t.variant == "base") & (t.metric == "question_marks") & (t.category == "all")]

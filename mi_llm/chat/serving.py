@@ -19,6 +19,18 @@ from mi_llm.data.schema import DataError
 
 VARIANTS = ("base", "finetuned", "conditioned")
 ADAPTED = ("finetuned", "conditioned")  # variants that answer with the 03 adapter
+# The chat's guard against a repetition loop: no span of this many tokens appears twice in the
+# conversation (prompt and reply), transformers' GenerationConfig.no_repeat_ngram_size. A loop of
+# any period is stopped before its copy reaches this length; a reply may still reuse a stem
+# ("It sounds like you ...") shorter than it. 0 turns it off.
+NO_REPEAT_NGRAM = 10
+
+
+def anti_loop(no_repeat_ngram: int) -> dict:
+    """The generation settings (GenerationConfig fields) that stop a repetition loop."""
+    if no_repeat_ngram < 0:
+        raise ValueError(f"no_repeat_ngram: {no_repeat_ngram} is negative (0 turns it off)")
+    return {"no_repeat_ngram_size": int(no_repeat_ngram)} if no_repeat_ngram else {}
 
 
 # ----------------------------------------------------------------------------- the run's model
@@ -163,12 +175,24 @@ def with_system(served: Served, messages: list[dict]) -> list[dict]:
     return messages
 
 
-def http_backend(backend_url: str, backend_model: str, max_tokens: int = 256, timeout=600.0):
-    """ask(messages, body) -> (reply, finish_reason, usage, meta) from an OpenAI-compatible server."""
+def http_backend(
+    backend_url: str,
+    backend_model: str,
+    max_tokens: int = 256,
+    timeout=600.0,
+    no_repeat_ngram: int = NO_REPEAT_NGRAM,
+):
+    """ask(messages, body) -> (reply, finish_reason, usage, meta) from an OpenAI-compatible server.
+
+    no_repeat_ngram goes in the request's `generation_config` field (a JSON string of
+    GenerationConfig fields), which `transformers serve` applies on top of the model's own when it
+    generates sequentially (not with --continuous-batching, whose per-request settings are only
+    temperature, top_k and top_p); a server without that field (vLLM) ignores it."""
     import httpx
     from fastapi import HTTPException
 
     client = httpx.Client(timeout=timeout)
+    settings = anti_loop(no_repeat_ngram)
 
     def ask(messages: list[dict], body: dict):
         req = {
@@ -180,6 +204,8 @@ def http_backend(backend_url: str, backend_model: str, max_tokens: int = 256, ti
         for k in ("temperature", "top_p", "seed", "stop"):
             if body.get(k) is not None:
                 req[k] = body[k]
+        if settings:
+            req["generation_config"] = json.dumps(settings)
         r = client.post(backend_url.rstrip("/") + "/chat/completions", json=req)
         if r.status_code != 200:
             raise HTTPException(502, f"model server answered {r.status_code}: {r.text[:500]}")
@@ -197,6 +223,7 @@ def conditioned_backend(
     max_tokens: int = 256,
     engine: str | None = None,
     server_url: str | None = None,
+    no_repeat_ngram: int = NO_REPEAT_NGRAM,
 ):
     """ask(messages, body) for the conditioned variant: stage 04's generation
     (engine.generate_batches) with the behaviour's tag `<mi:label>` as the reply's prefix.
@@ -206,6 +233,8 @@ def conditioned_backend(
     completions server's `<model>-sft` (the adapter, mi_llm.decode.server).
     The behaviour is the request's `mi_behaviour`, else the run's `evaluation.condition_on`: a
     fixed label, or the forecaster stage 04 trained (forecaster.joblib) on the conversation so far.
+    no_repeat_ngram: engines hf and cpu generate with GenerationConfig.no_repeat_ngram_size; a
+    completions server (engine server) has no such field, so it is not sent there.
     """
     import torch
 
@@ -248,6 +277,7 @@ def conditioned_backend(
             model, tok = generation._with_adapter(model, tok, served.model, served.adapter)
         model.eval()
     stops = registry.get(served.model).special_tokens
+    settings = anti_loop(no_repeat_ngram) if engine != "server" else {}
     lock = threading.Lock()  # one generation at a time on the one model
 
     def ask(messages: list[dict], body: dict):
@@ -256,9 +286,9 @@ def conditioned_backend(
             if bundle is None
             else forecast.predict_next(bundle, generation._window(messages, None))
         )
-        overrides = {}
+        overrides = dict(settings)
         if body.get("temperature"):
-            overrides = {"do_sample": True, "temperature": float(body["temperature"])}
+            overrides.update(do_sample=True, temperature=float(body["temperature"]))
             if body.get("top_p") is not None:
                 overrides["top_p"] = float(body["top_p"])
         with lock:

@@ -317,6 +317,7 @@ def serve(
     device: str | None = None,
     token: str | None = None,
     second_opinion: bool = True,
+    no_repeat_ngram: int = serving.NO_REPEAT_NGRAM,
 ):
     """Serve a run's model with the chat in front, on 127.0.0.1 (a background thread); yield a Chat.
 
@@ -329,6 +330,9 @@ def serve(
     instead of starting `transformers serve`; backend_model: the model name its requests carry
     (e.g. vLLM's LoRA module name; default: the served folder's path). The conditioned variant
     needs neither: it is generated in this process on `device` (default: the run's device).
+    no_repeat_ngram: no span of this many tokens appears twice in the conversation
+    (GenerationConfig.no_repeat_ngram_size, the guard against a repetition loop; 0: off). The
+    `transformers serve` the chat starts then generates sequentially, which applies it.
     """
     import uvicorn
 
@@ -340,6 +344,7 @@ def serve(
             "behaviour tag, which an OpenAI endpoint cannot prefill); drop backend_url"
         )
     token = guard.token_from_env(token)  # a short token fails now, before any model loads
+    serving.anti_loop(no_repeat_ngram)  # a negative size fails now
     served = serving.resolve(run_dir, model, variant, merge=backend_url is None)
     referral = referrals.referral_config(referral_file)
     referrals.render_all(referral, country)  # a bad reply or unknown country fails now
@@ -355,7 +360,10 @@ def serve(
                 print(f"[mi_llm] crisis screen without the LLM second opinion: {e}", flush=True)
         if variant == "conditioned":
             ask = serving.conditioned_backend(
-                served, device or serving.run_params(run_dir).device, max_tokens
+                served,
+                device or serving.run_params(run_dir).device,
+                max_tokens,
+                no_repeat_ngram=no_repeat_ngram,
             )
         else:
             if backend_url is None:
@@ -364,9 +372,15 @@ def serve(
                         served.folder,
                         timeout=serve_timeout,
                         log_dir=log_dir or Path(run_dir) / "chat" / "logs",
+                        continuous_batching=not no_repeat_ngram,
                     )
                 )
-            ask = serving.http_backend(backend_url, backend_model or str(served.folder), max_tokens)
+            ask = serving.http_backend(
+                backend_url,
+                backend_model or str(served.folder),
+                max_tokens,
+                no_repeat_ngram=no_repeat_ngram,
+            )
         app = make_app(
             served,
             ask,

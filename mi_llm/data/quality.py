@@ -15,6 +15,7 @@ import math
 import random
 import re
 import statistics
+import textwrap
 import unicodedata
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mi_llm import stages
+from mi_llm.data import quality_ties
 from mi_llm.data.schema import Dialogue
 from mi_llm.llm import cache
 from mi_llm.stats import bootstrap_ci
@@ -390,7 +392,8 @@ def rank(
     larger corpus (n_dialogues: more to transcribe), then the name. A corpus with no usable
     judgement has total NaN and ranks after every judged corpus. `selected` marks the first top_k
     ranks, filled by rank even when that reaches unjudged corpora (n_judged says so), so the next
-    stage always gets k corpora. Each corpus's CI uses seed + its position in `stats`.
+    stage always gets k corpora. Each corpus's CI uses seed + its position in `stats`. Equal
+    totals are a tie, said in tied_with and selection_note (quality_ties.mark).
     """
     missing = [c for c in QUALITY_COLUMNS[:7] if c not in stats.columns]
     if missing:
@@ -444,6 +447,7 @@ def rank(
     df = df.loc[order].reset_index(drop=True)
     df["rank"] = np.arange(1, len(df) + 1)
     df["selected"] = df["rank"] <= top_k
+    df = quality_ties.mark(df)
     extras = [c for c in df.columns if c not in QUALITY_COLUMNS]
     return df[QUALITY_COLUMNS + extras]
 
@@ -485,6 +489,8 @@ def plot_totals(ranked: pd.DataFrame, ax=None):
     ax.set_ylim(0, MAX_TOTAL)
     ax.set_ylabel(f"mean rubric total (0-{MAX_TOTAL})")
     title = "Corpus quality: LLM judge, 95% bootstrap CI (blue = selected)"
+    if note := quality_ties.tie_note(ranked):
+        title += "\n" + textwrap.fill(note, 90)
     if fixture.any():
         title += "\nhatched: fixture written for this project, not the real corpus"
         ax.legend([bars[int(np.flatnonzero(fixture.to_numpy())[0])]], ["fixture"], fontsize=8)

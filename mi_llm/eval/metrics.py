@@ -12,7 +12,9 @@ whole for BLEU, jieba words with content for ROUGE (rouge-score with that tokeni
 
 Rounds of one dialogue share its history and reference style, so the 95% CIs resample dialogues
 (a cluster bootstrap), and the paired test of fine-tuned against base compares per-dialogue means
-(Wilcoxon signed-rank) on the rounds both variants answered.
+(Wilcoxon signed-rank) on the rounds both variants answered. A CI or test over fewer than
+MIN_DIALOGUES dialogues carries `too_small: true` (a handful of dialogues gives a CI that can
+exclude 0 by chance, and a signed-rank test that cannot reach significance).
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ SCORE_IDS = ["model", "variant"]  # metrics.csv's id columns (score_columns: all
 _CJK = CJK_CHARS
 _BLEU_TOKEN = re.compile(rf"[{_CJK}]|[a-z0-9]+(?:['’.][a-z0-9]+)*")
 _CONTENT = re.compile(rf"[{_CJK}a-z0-9]")
+MIN_DIALOGUES = 5  # fewer independent dialogues than this: a CI or test too small to read
+TOO_SMALL = f"n < {MIN_DIALOGUES} dialogues: too small to read"
+
+
+def too_small(n_dialogues) -> bool:
+    """Whether a CI or test over n_dialogues dialogues is too small to read (< MIN_DIALOGUES)."""
+    return bool(n_dialogues < MIN_DIALOGUES)
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -151,7 +160,8 @@ def score_columns(metrics) -> list[str]:
 
 
 def score(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Mean metrics per model/variant with 95% CIs resampling dialogues: metrics.csv."""
+    """Mean metrics per model/variant with 95% CIs resampling dialogues: metrics.csv (its
+    score_columns, then too_small: n_dialogues < MIN_DIALOGUES)."""
     scores = _scores(generations)
     rows = []
     for (model, variant), g in scores.groupby(["model", "variant"], sort=False):
@@ -159,8 +169,11 @@ def score(generations, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
         for m in _metrics(scores):
             lo, hi = bootstrap_ci(g[m], bootstrap, seed, clusters=g["dialogue_id"])
             row.update({m: float(g[m].mean()), f"{m}_ci_low": lo, f"{m}_ci_high": hi})
-        rows.append({**row, "n": len(g), "n_dialogues": int(g["dialogue_id"].nunique())})
-    return pd.DataFrame(rows, columns=score_columns(_metrics(scores)))
+        n_dialogues = int(g["dialogue_id"].nunique())
+        rows.append(
+            {**row, "n": len(g), "n_dialogues": n_dialogues, "too_small": too_small(n_dialogues)}
+        )
+    return pd.DataFrame(rows, columns=[*score_columns(_metrics(scores)), "too_small"])
 
 
 def paired_test(base, finetuned, dialogues=None, bootstrap: int = 1000, seed: int = 0) -> dict:
@@ -195,6 +208,7 @@ def paired_test(base, finetuned, dialogues=None, bootstrap: int = 1000, seed: in
         "test_on": "per-dialogue means",
         "n": int(a.size),
         "n_dialogues": len(per),
+        "too_small": too_small(len(per)),  # fewer than MIN_DIALOGUES: too small to read
         "mean_a": float(a.mean()),  # side a: `base`
         "mean_b": float(b.mean()),  # side b: `finetuned`; mean_diff = mean_b - mean_a
         "mean_diff": float(d.mean()),

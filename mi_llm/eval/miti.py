@@ -84,6 +84,7 @@ SUMMARY_COLUMNS = [
     *SCORES,
     *(f"{s}_{end}" for s in SCORES for end in ("ci_low", "ci_high")),
     "n_dialogues",
+    "too_small",  # n_dialogues < metrics.MIN_DIALOGUES: CIs too small to read
     "n_replies",
     "n_utterances",
     "n_coded",

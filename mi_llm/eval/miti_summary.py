@@ -7,7 +7,8 @@
 
 The 95% CI of every score (miti.SCORES) is a percentile bootstrap that resamples whole dialogues
 with replacement and recomputes the score in the same definition: the utterances of one dialogue
-are not independent. Beside each row: n_dialogues, n_replies, n_utterances, n_coded, n_missing.
+are not independent. Beside each row: n_dialogues, too_small (fewer than metrics.MIN_DIALOGUES
+dialogues: the CIs are too small to read), n_replies, n_utterances, n_coded, n_missing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mi_llm.eval import miti
+from mi_llm.eval.metrics import too_small
 from mi_llm.eval.miti import CODES, GLOBALS, SCORES, SUMMARY_COLUMNS
 
 LEVEL = 0.95
@@ -115,6 +117,7 @@ def group_summary(
                     "variant": variant,
                     **scores_with_ci(d, definition, bootstrap, seed),
                     "n_dialogues": len(d),
+                    "too_small": too_small(len(d)),  # CIs over < 5 dialogues: not to be read
                     "n_replies": n_replies,
                     "n_utterances": n_utt,
                     "n_coded": n_coded,

@@ -107,8 +107,11 @@ def serve(
     log_dir: Path | None = None,
     kv_tokens: int = 8192,
     batch_tokens: int = 2048,
+    continuous_batching: bool = True,
 ):
-    """Serve a local model folder with `transformers serve --continuous-batching`; yield its base URL."""
+    """Serve a local model folder with `transformers serve --continuous-batching`; yield its base URL.
+    continuous_batching=False: sequential `generate` calls, which apply a request's
+    `generation_config` (e.g. no_repeat_ngram_size; continuous batching takes only sampling)."""
     port = _free_port()
     # the transformers CLI under a watchdog that stops it when this process dies (mi_llm.llm.local);
     # an explicit KV cache size: by default it claims 90% of free memory (OOM-killed beside other
@@ -125,14 +128,12 @@ def serve(
         "127.0.0.1",
         "--port",
         str(port),
-        "--continuous-batching",
         "--device",
         "cpu" if not _has_cuda() else "auto",
-        "--cb-num-blocks",
-        str(-(-kv_tokens // PAGE_TOKENS)),
-        "--cb-max-batch-tokens",
-        str(batch_tokens),
     ]
+    if continuous_batching:
+        cmd += ["--continuous-batching", "--cb-num-blocks", str(-(-kv_tokens // PAGE_TOKENS))]
+        cmd += ["--cb-max-batch-tokens", str(batch_tokens)]
     log = Path(log_dir or "/tmp") / f"transformers-serve-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

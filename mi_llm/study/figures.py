@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 import shutil
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,8 +22,10 @@ import seaborn as sns
 
 from mi_llm import params as params_mod
 from mi_llm import stages
+from mi_llm.data import quality_ties
 from mi_llm.data.schema import CJK_CHARS
 from mi_llm.eval.miti import CODES as MITI_CODES
+from mi_llm.study import figure_notes as notes
 from mi_llm.study import smoke
 from mi_llm.study.tables import (  # the readers stay importable from here (figures.quality_table, ...)
     CRITERIA,
@@ -200,7 +203,10 @@ def quality(run_dir, table=None):
             plt.Rectangle((0, 0), 1, 1, facecolor="0.7", edgecolor="white", hatch="////")
         )
         names.append("fixture (not the real corpus)")
+    ties = quality_ties.tie_note(t[t.metric == "total"].rename(columns={"value": "total"}))
     fig.legend(handles, names, loc="outside upper center", ncol=len(names), frameon=False)
+    if ties:  # equal totals: the selection among them is the tie-break's, not a better score
+        fig.supxlabel(textwrap.fill(ties, 110), fontsize=7)
     return fig
 
 
@@ -253,6 +259,7 @@ def text_metrics(run_dir, table=None):
     for ax, m in zip(axes, metrics):
         sub = t[t.metric == m].assign(_v=lambda d: d.variant.map(order.index)).sort_values("_v")
         _bars(ax, sub, "model", hue="variant")
+        notes.empty(ax, sub.value) or notes.too_small(ax, sub)
         ax.set_title(m)
         ax.tick_params(axis="x", rotation=20)
     axes[0].set_ylabel("score (×100)")
@@ -275,6 +282,7 @@ def therapy_metrics(run_dir, table=None):
     fig, axes = _grid(len(metrics), ncols=min(len(metrics), 3), height=2.1)
     for ax, m in zip(axes, metrics):
         _bars(ax, t[t.metric == m], "category", hue="who")
+        notes.empty(ax, t[t.metric == m].value, m) or notes.too_small(ax, t[t.metric == m])
         ax.set_title(THERAPY.get(m, label(m.replace("_", " "))))
         ax.tick_params(axis="x", rotation=30)
     fig.legend(
@@ -308,6 +316,7 @@ def miti_summary(run_dir, table=None, definition="pooled"):
     for ax, m in zip(axes, metrics):
         sub = t[t.metric == m]
         _bars(ax, sub, "source", horizontal=True, colors=[colors[s] for s in sub.source])
+        notes.empty(ax, sub.value, m) or notes.too_small(ax, sub)
         name, thresholds = MITI[m]
         if thresholds:  # %MI-adherent has no MITI 4.2.1 threshold
             ax.axvline(thresholds[0], color=pal[3], ls="--", lw=1, label="fair")

@@ -114,6 +114,12 @@ def _long(df: pd.DataFrame, ids: list[str], names, with_ci=()) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _flag_small(t: pd.DataFrame) -> pd.DataFrame:
+    """t with too_small: its CI resamples fewer than metrics.MIN_DIALOGUES dialogues
+    (metrics.TOO_SMALL: a figure says so beside the bar)."""
+    return t.assign(too_small=t["n_dialogues"].astype(float) < metrics.MIN_DIALOGUES)
+
+
 def source_labels(df: pd.DataFrame) -> pd.Series:
     """One source id per row from its id columns, e.g. 'gemma3-270m · finetuned': the ids as the
     artifacts hold them, never fitted to a font (mi_llm.study.figures.label does that when drawing)."""
@@ -218,8 +224,8 @@ def training_loss_table(run_dir) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- (d) BLEU / ROUGE
 def text_metrics_table(run_dir) -> pd.DataFrame:
-    """04's metrics.csv (metrics.score_columns), long form (model, variant, metric, value, ci_low,
-    ci_high), ×100 scale.
+    """04's metrics.csv (metrics.score_columns), long form (model, variant, n_dialogues, metric,
+    value, ci_low, ci_high, too_small), ×100 scale.
 
     The metrics are metrics.METRICS, named as TEXT_METRICS says, and, where the run scored them
     (`evaluation.content_metrics`), metrics.CONTENT: "BLEU-4 (content only)", ...
@@ -233,15 +239,15 @@ def text_metrics_table(run_dir) -> pd.DataFrame:
         **TEXT_METRICS,
         **{f"{k}_content": f"{v} (content only)" for k, v in TEXT_METRICS.items()},
     }
-    t = _long(raw, metrics.SCORE_IDS, names, with_ci=names)
+    t = _long(raw, [*metrics.SCORE_IDS, "n_dialogues"], names, with_ci=names)
     t["metric"] = t.metric.map(labels)
-    return t
+    return _flag_small(t)
 
 
 # ----------------------------------------------------------------------------- (e) therapy metrics
 def therapy_metrics_table(run_dir) -> pd.DataFrame:
     """04's therapy_metrics.csv (therapy.THERAPY_COLUMNS), long form (model, category, variant, n,
-    n_dialogues, metric, value, ci_low, ci_high) of therapy.COMPARISON's rates (per reply, name
+    n_dialogues, metric, value, ci_low, ci_high, too_small) of therapy.COMPARISON's rates (per reply, name
     mismatches per named round), each with its 95% CI resampling dialogues.
 
     variant "reference" is the gold counselor; category "all" pools a model's replies (a rate over
@@ -251,13 +257,13 @@ def therapy_metrics_table(run_dir) -> pd.DataFrame:
     raw = _csv(run_dir, stages.THERAPY_METRICS)
     _require(raw, f, therapy.THERAPY_COLUMNS)
     ids = [*therapy.THERAPY_IDS, "n", "n_dialogues"]
-    return _long(raw, ids, therapy.COMPARISON, with_ci=therapy.COMPARISON)
+    return _flag_small(_long(raw, ids, therapy.COMPARISON, with_ci=therapy.COMPARISON))
 
 
 # ----------------------------------------------------------------------------- (f) MITI summary
 def miti_summary_table(run_dir) -> pd.DataFrame:
     """04's miti_summary.csv (miti.SUMMARY_COLUMNS), long form (source, reference, definition,
-    metric, value, ci_low, ci_high, n_dialogues, n_utterances, n).
+    metric, value, ci_low, ci_high, n_dialogues, n_utterances, n, too_small).
 
     One row per coded source (group, model, variant; group "reference" is AnnoMI's real MI) and
     definition (pooled | per_conversation, miti.DEFINITIONS); the scores are miti.SCORES (pct_cr in
@@ -295,7 +301,7 @@ def miti_summary_table(run_dir) -> pd.DataFrame:
         ignore_index=True,
     )
     cols = ["source", "reference", "definition", "metric", "value", "ci_low", "ci_high"]
-    return t[[*cols, "n_dialogues", "n_utterances", "n"]].reset_index(drop=True)
+    return _flag_small(t[[*cols, "n_dialogues", "n_utterances", "n"]].reset_index(drop=True))
 
 
 # ----------------------------------------------------------------------------- (g) behaviour codes
