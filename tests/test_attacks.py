@@ -548,3 +548,20 @@ def test_a_quoted_client_sentence_is_a_reflection_and_passes():
         transcript.validate_dialogue(
             _dialogue(co3="咨询师：" + quoted.replace("“", "").replace("”", "")), SRC, TP
         )
+
+
+def test_weights_under_a_user_cache_folder_are_identified(tmp_path, monkeypatch):
+    """The embedded model's weights live under ~/.cache/...: the folder's own path may hold a
+    `.cache` part; only a `.cache/` inside the folder (a hub download's metadata) is skipped."""
+    from mi_llm.train import identity
+
+    monkeypatch.setenv("MI_LLM_CACHE", str(tmp_path / "user-cache"))
+    folder = tmp_path / ".cache" / "models" / "m"
+    (folder / ".cache").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / ".cache" / "download.lock").write_bytes(b"metadata")
+    one = identity.weights_sha256(folder)
+    (folder / ".cache" / "download.lock").write_bytes(b"other metadata")
+    assert identity.weights_sha256(folder) == one
+    (folder / "model.safetensors").write_bytes(b"other weights")
+    assert identity.weights_sha256(folder) != one

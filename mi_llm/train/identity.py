@@ -38,7 +38,10 @@ def weights_sha256(folder) -> str:
     except (OSError, ValueError):
         cache = {}
     lines, changed = [], False
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts):
+    files = (p for p in folder.rglob("*") if p.is_file())
+    # a hub download's own .cache/ inside the folder is no weight; the folder itself may well sit
+    # under a user cache (~/.cache/...), so only the path inside the folder is looked at
+    for f in sorted(p for p in files if ".cache" not in p.relative_to(folder).parts):
         st = f.stat()
         key = f"{f}|{st.st_size}|{st.st_mtime_ns}"
         if key not in cache:
