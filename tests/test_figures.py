@@ -210,7 +210,8 @@ def test_miti_summary_colours_the_papers_three_models_by_three_variants(tmp_path
 
 
 def _texts(ax) -> list[str]:
-    return [t.get_text() for t in ax.texts]
+    """The panel's notes as one line each (they are drawn on two lines to fit a narrow panel)."""
+    return [t.get_text().replace(":\n", ": ") for t in ax.texts]
 
 
 def test_empty_panels_say_what_is_missing_and_small_cis_are_marked(tmp_path):

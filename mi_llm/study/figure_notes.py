@@ -27,13 +27,12 @@ def empty(ax, values, metric: str | None = None) -> bool:
     ax.text(
         0.5,
         0.5,
-        MISSING.get(metric, "not rated"),
+        MISSING.get(metric, "not rated").replace(": ", ":\n"),  # two lines fit a narrow panel
         transform=ax.transAxes,
         ha="center",
         va="center",
         fontsize=7,
         color="0.25",
-        wrap=True,
         bbox={"facecolor": "white", "edgecolor": "0.6", "boxstyle": "round,pad=0.3"},
     )
     return True
@@ -52,7 +51,7 @@ def too_small(ax, table: pd.DataFrame) -> bool:
     ax.text(
         0.99,
         0.01,
-        TOO_SMALL,
+        TOO_SMALL.replace(": ", ":\n"),
         transform=ax.transAxes,
         ha="right",
         va="bottom",
