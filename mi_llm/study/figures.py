@@ -462,8 +462,9 @@ KEYS = ".drawn_from"  # in 05_figures/: per figure, the sha256 of what its saved
 
 def _drawn_from(name: str, run_dir, table: pd.DataFrame, fp) -> str:
     """sha256 of what a figure's files are drawn from: its table, every artifact stage 05 reads,
-    the code that builds and draws it (this module and tables.py), the format settings, the CJK
-    font and matplotlib. A figure whose files exist with this key is not saved again."""
+    the code that builds and draws it (this module, tables, its notes and the smoke line), the
+    format settings, the CJK font and matplotlib. A figure whose files exist with this key is not
+    saved again."""
     import hashlib
 
     import matplotlib
@@ -472,7 +473,8 @@ def _drawn_from(name: str, run_dir, table: pd.DataFrame, fp) -> str:
     from mi_llm.study import tables
 
     parts = [name, table.to_csv(index=False), repr((fp.formats, fp.dpi)), _cjk_font or ""]
-    parts += [matplotlib.__version__, Path(__file__).read_text(), Path(tables.__file__).read_text()]
+    code = [Path(m.__file__).read_text() for m in (tables, notes, smoke, quality_ties)]
+    parts += [matplotlib.__version__, Path(__file__).read_text(), *code]
     parts += [f"{f.name} {sha256_file(f)}" for f in sorted(inputs(run_dir)) if f.is_file()]
     return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
