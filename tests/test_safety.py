@@ -12,6 +12,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import zhconv
@@ -22,38 +23,39 @@ from mi_llm.data.schema import DataError
 from mi_llm.llm import api
 from mi_llm.params import LLMParams
 
-FROZEN = Path(__file__).parent / "data" / "crisis_heldout.jsonl"
-# The default screen on the frozen set (docs/safety.md): recall 91/120 = 0.758, false alarms
-# 13/120 = 0.108, every crisis construct at least 6/12 flagged, no negative context more than 4/12.
-# The floors leave about a message's room per figure for arithmetic differences between CPUs; a
-# change that loses more fails here. (The target, recall >= 0.90 and false alarms <= 0.10, is not
-# met; these are what was measured.)
-RECALL_FLOOR, FALSE_ALARM_CEILING = 89 / 120, 15 / 120
-CONSTRUCT_FLOOR, CONTEXT_CEILING = 5, 5
-FLAGGED_ORDINARY = 3  # measured: 1 of 100 (13 of 100 before the risk-vocabulary gate)
+FROZEN = Path(__file__).parent / "data" / "crisis_test.jsonl"
+# The default screen on the frozen set (docs/safety.md), scored once: FIGURES_MEASURED.
+# The floors leave about two messages' room per figure for arithmetic differences between CPUs; a
+# change that loses more fails here.
+RECALL_FLOOR, FALSE_ALARM_CEILING = 0.0, 1.0  # TBD
+CONSTRUCT_FLOOR, CONTEXT_CEILING = 0, 24  # TBD
+FLAGGED_ORDINARY = 3  # TBD
 TRAIN = safety_model.packaged(safety_model.TRAIN_FILE)
 
 
 @pytest.fixture(scope="module")
 def frozen():
-    rows = safety.read_set(FROZEN)
+    """The frozen set's messages that are not also in the training set, and their screens."""
+    rows = safety.unseen(safety.read_set(FROZEN), safety.read_set(TRAIN))
     return rows, safety.screen_many([r["text"] for r in rows])
 
 
 def test_frozen_set_is_as_documented():
     rows = safety.read_set(FROZEN)
-    assert len(rows) == 240 and sum(r["label"] == "crisis" for r in rows) == 120
+    assert len(rows) == 480 and sum(r["label"] == "crisis" for r in rows) == 240
     langs = {lang: sum(r["lang"] == lang for r in rows) for lang in ("zh-Hans", "zh-Hant", "en")}
-    assert langs == {"zh-Hans": 100, "zh-Hant": 40, "en": 100}
+    assert langs == {"zh-Hans": 200, "zh-Hant": 80, "en": 200}
     constructs = {r["construct"] for r in rows}
     assert constructs == set(safety.CONSTRUCTS) | set(safety.NEGATIVE_CONTEXTS)
-    assert all(sum(r["construct"] == c for r in rows) == 12 for c in constructs)
+    assert all(sum(r["construct"] == c for r in rows) == 24 for c in constructs)
+    # 9 messages of the frozen set were also written, word for word, by a training writer
+    assert len(safety.unseen(rows, safety.read_set(TRAIN))) == 471
 
 
 def test_frozen_set_figures_of_the_default_screen(frozen):
     rows, screens = frozen
     e = safety.evaluate(rows, screens)
-    assert (e["n_positive"], e["n_negative"]) == (120, 120)
+    assert e["n"] == 471
     assert e["recall"] >= RECALL_FLOOR, e["recall"]
     assert e["false_alarm"] <= FALSE_ALARM_CEILING, e["false_alarm"]
     assert e["category_accuracy"] >= 0.9
@@ -62,21 +64,21 @@ def test_frozen_set_figures_of_the_default_screen(frozen):
 def test_every_construct_is_covered_on_the_frozen_set(frozen):
     rows, screens = frozen
     per = safety.evaluate(rows, screens)["per_construct"]
-    for construct in safety.CONSTRUCTS:  # each crisis construct: most of its 12 messages flagged
+    for construct in safety.CONSTRUCTS:  # each crisis construct: most of its 24 messages flagged
         assert per[construct]["flagged"] >= CONSTRUCT_FLOOR, (construct, per[construct])
-    for context in safety.NEGATIVE_CONTEXTS:  # no negative context mostly flagged
+    for context in safety.NEGATIVE_CONTEXTS:  # no negative context often flagged
         assert per[context]["flagged"] <= CONTEXT_CEILING, (context, per[context])
 
 
-def test_each_layer_adds_something_on_the_frozen_set():
-    rows = safety.read_set(FROZEN)
+def test_each_layer_adds_something_on_the_frozen_set(frozen):
+    rows, combined = frozen
     texts = [r["text"] for r in rows]
     rules = [safety.rules_screen(t) for t in texts]
     model = safety.model_screens(texts)
     crisis = [r["label"] == "crisis" for r in rows]
-    only_rules = sum(c and r.flagged and not m.flagged for c, r, m in zip(crisis, rules, model))
-    only_model = sum(c and m.flagged and not r.flagged for c, r, m in zip(crisis, rules, model))
-    assert only_rules > 0 and only_model > 0
+    by_rules = sum(c and b.flagged and not m.flagged for c, b, m in zip(crisis, combined, model))
+    by_model = sum(c and b.flagged and not r.flagged for c, b, r in zip(crisis, combined, rules))
+    assert by_rules > 0 and by_model > 0
 
 
 def _crisis_train(n=40, seed=1):
@@ -126,22 +128,24 @@ def test_evidence_span_points_into_the_original_message():
 def test_the_shipped_learned_layer_matches_the_shipped_training_set():
     m = safety_model.load()
     assert str(m["train_sha256"]) == safety_model.sha256(TRAIN)
-    assert set(map(str, m["classes"])) == {"none", *safety.CONSTRUCTS}
-    assert 0 < float(m["threshold"]) < 1
+    assert set(map(str, m["k_classes"])) == set(safety.CONSTRUCTS)
+    assert 0 <= float(m["rule_threshold"]) <= float(m["threshold"]) < 1
+    assert len(m["h_coef"]) == len(m["layers"]) * 640 and len(m["g_coef"]) == len(m["g_vocab"])
     assert safety_model.packaged(safety_model.MODEL_FILE).stat().st_size < 2_000_000
     cv = json.loads(str(m["cv"]))
-    assert cv["n"] == 720 and cv["folds"] >= 5
+    train = safety.read_set(TRAIN)
+    assert cv["scheme"] == "leave-one-writer-out" and cv["n"] == len(train)
+    assert cv["writers"] == {w: sum(r["writer"] == w for r in train) for w in cv["writers"]}
+    assert sum(not w.startswith("corpus:") for w in cv["writers"]) == 9 and len(cv["writers"]) == 11
 
 
 def test_learned_layer_does_not_flag_ordinary_talk():
-    """Client turns of real MI sessions (AnnoMI; about smoking, drinking, exercise): the learned
-    layer, trained on messages near crisis only, is gated by the risk vocabulary."""
-    import pandas as pd
-
+    """Client turns of real MI sessions (AnnoMI; about smoking, drinking, exercise) from the
+    odd-numbered transcripts (the training set takes ordinary turns from the even ones only)."""
     root = Path(__file__).resolve().parents[1]
     df = pd.read_csv(root / "data" / "AnnoMI" / "AnnoMI-simple.csv")
-    turns = df[df.interlocutor == "client"].utterance_text.dropna().tolist()
-    turns = random.Random(0).sample([t for t in turns if 4 <= len(t) <= 300], 100)
+    df = df[(df.interlocutor == "client") & (df.transcript_id % 2 == 1)]
+    turns = random.Random(0).sample([t for t in df.utterance_text.dropna() if 2 <= len(t)], 100)
     flagged = sum(s.flagged for s in safety.screen_many(turns))
     assert flagged <= FLAGGED_ORDINARY, flagged
 
@@ -151,9 +155,14 @@ def test_screen_is_the_default_of_both_layers_and_reports_its_source():
     both = safety.screen_many(texts)
     rules = [safety.rules_screen(t) for t in texts]
     model = safety.model_screens(texts)
+    t, bar = safety_model.threshold(), float(safety_model.load()["rule_threshold"])
     for b, r, m in zip(both, rules, model):
-        assert b.flagged == (r.flagged or m.flagged)
-        assert b.source == ("rules" if r.flagged else "model") and b.score == m.score
+        assert m.flagged == (m.score >= t) and b.score == m.score
+        assert b.flagged == (m.score >= t or (r.flagged and m.score >= bar))
+        if b.flagged:
+            assert b.source == ("rules" if r.flagged else "model")
+            assert b.construct in safety.CONSTRUCTS and b.category == safety.CONSTRUCTS[b.construct]
+    assert any(b.flagged for b in both) and not all(b.flagged for b in both)
     assert safety.screen(texts[0]) == both[0]
     with pytest.raises(TypeError, match="expected a str"):
         safety.screen(None)
@@ -168,9 +177,9 @@ def test_bad_rows_name_file_record_and_field(tmp_path):
     f.write_text(json.dumps({**good, "construct": "everyday", "label": 1}) + "\n")
     with pytest.raises(DataError, match="field 'label'"):
         safety.read_set(f)
-    f.write_text(json.dumps({"text": "x", "label": 1, "category": "sad"}) + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad.jsonl: record line 1: field 'category'"):
-        safety.read_labelled(f)
+    f.write_text(json.dumps({**good, "construct": "everyday", "writer": 3}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl: record line 1 \(x1\): field 'writer'"):
+        safety.read_set(f)
 
 
 def test_wilson_interval_matches_the_closed_form():
@@ -281,3 +290,61 @@ def test_reply_report_counts_flagged_turns_and_acknowledging_replies(tmp_path):
     assert flagged["construct"].notna().all()
     written = safety.write_reply_report(path, tmp_path)
     assert written.equals(summary) and len(pd.read_csv(tmp_path / "crisis_flagged.csv")) == 3
+
+
+def test_thresholds_are_the_best_pair_within_the_false_alarm_budget():
+    from mi_llm.chat.safety_train import choose_thresholds
+
+    p = np.array([0.95, 0.7, 0.35, 0.2, 0.5, 0.3, 0.1, 0.05])
+    rules = np.array([False, False, True, True, False, True, False, False])
+    crisis = np.array([True, True, True, True, False, False, False, False])
+    # one false alarm allowed (1/4): spend it on the rule-matched 0.3, so that a rule threshold of
+    # 0.2 catches every crisis message; the highest such pair keeps 0.5 below the threshold
+    t, bar, flags = choose_thresholds(p, rules, crisis, max_fa=0.25)
+    assert flags.tolist() == [True, True, True, True, False, True, False, False]
+    assert (t, bar) == (0.7, 0.2)
+    t, bar, flags = choose_thresholds(p, rules, crisis, max_fa=0.0)  # no false alarm: 3 of 4
+    assert flags.tolist() == [True, True, True, False, False, False, False, False]
+    assert (t, bar) == (0.7, 0.34)
+
+
+def test_retraining_writes_a_model_the_screen_loads(tmp_path, capsys):
+    from mi_llm.chat import safety_train
+
+    rows = safety.read_set(TRAIN)
+    rng = random.Random(0)
+    small = []
+    for w in ("w1", "w4", "w6"):
+        for label in ("crisis", "none"):
+            small += rng.sample([r for r in rows if r["writer"] == w and r["label"] == label], 20)
+    small += rng.sample([r for r in rows if r["writer"] == "corpus:annomi"], 20)
+    f = tmp_path / "train.jsonl"
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in small), "utf-8")
+    out = tmp_path / "model.npz"
+    assert safety_train.main(["--train", str(f), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "140 messages (60 crisis) by 3 writers and from 1 corpus" in report
+    assert "writer w6" in report and "ordinary turns flagged" in report
+    m = safety_model.load(out)
+    assert str(m["train_sha256"]) == safety_model.sha256(f)
+    writers = {"w1": 40, "w4": 40, "w6": 40, "corpus:annomi": 20}
+    assert json.loads(str(m["cv"]))["writers"] == writers
+    screens = safety.screen_many([r["text"] for r in small[:4]], path=out)
+    assert all(0 <= s.score <= 1 for s in screens)
+    f.write_text(json.dumps({k: v for k, v in small[0].items() if k != "writer"}) + "\n")
+    assert safety_train.main(["--train", str(f), "--out", str(out)]) == 2
+    assert "field 'writer'" in capsys.readouterr().err
+
+
+def test_ordinary_turns_join_writer_folds_by_dialogue():
+    from mi_llm.chat.safety_train import folds_of
+
+    rows = [r for r in safety.read_set(TRAIN) if r["writer"].startswith("corpus:")]
+    written = {r["writer"] for r in safety.read_set(TRAIN)} - {r["writer"] for r in rows}
+    folds = folds_of([{"id": "x", "writer": w} for w in sorted(written)] + rows)
+    assert folds[: len(written)] == sorted(written)
+    by_dialogue = {}
+    for r, f in zip(rows, folds[len(written) :]):
+        by_dialogue.setdefault(r["id"].rsplit("-", 1)[0], set()).add(f)
+    assert all(len(fs) == 1 for fs in by_dialogue.values()) and len(by_dialogue) > 50
+    assert set().union(*by_dialogue.values()) == written  # every fold gets some ordinary talk

@@ -10,12 +10,14 @@ Three layers (docs/safety.md):
    text (mi_llm.chat.safety_text: NFKC, zero-width characters, spaced characters, traditional to
    simplified, euphemisms and pinyin), cancelled by denial, another person as the subject,
    clinical/teaching/research/fiction contexts, past-and-resolved risk, hyperbole and jokes.
-2. A learned layer (mi_llm.chat.safety_model): a classifier over the embedded Gemma 3 270M's
-   hidden states, trained on mi_llm/chat/data/crisis_train.jsonl, shipped in the package.
+2. A learned layer (mi_llm.chat.safety_model): two regressions averaged, one over the embedded
+   Gemma 3 270M's hidden states and one over character n-grams, trained on
+   mi_llm/chat/data/crisis_train.jsonl (eight writers), shipped in the package.
 3. The run's LLM as a second opinion (mi_llm.chat.safety_llm), when it is a remote model.
 
-`screen(text)` (the chat's default) is layers 1 and 2: flagged when either flags. The frozen test
-set tests/data/crisis_heldout.jsonl measures it (`evaluate`, benchmarks/crisis_screen.py).
+`screen(text)` (the chat's default) is layers 1 and 2: flagged when the learned layer's P(crisis)
+reaches its threshold, or a lower one when a rule matches. The frozen test set
+tests/data/crisis_test.jsonl measures it (`evaluate`, benchmarks/crisis_screen.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from mi_llm.chat.referral import (  # noqa: F401  the referral, where the chat h
     referral,
     referral_config,
 )
-from mi_llm.chat.safety_eval import evaluate, read_labelled, wilson  # noqa: F401
+from mi_llm.chat.safety_eval import evaluate, unseen, wilson  # noqa: F401
 from mi_llm.chat.safety_llm import LLM_PROMPT, parse_llm, screen_llm  # noqa: F401
 from mi_llm.chat.safety_replies import (  # noqa: F401
     acknowledges,
@@ -39,6 +41,7 @@ from mi_llm.chat.safety_screen import (  # noqa: F401
     LAYERS,
     Screen,
     combine,
+    combine_layers,
     model_screens,
     rules_screen,
     screen,

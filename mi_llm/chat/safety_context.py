@@ -133,29 +133,3 @@ def someone_else(sentence: str, start: int, end: int, category: str) -> bool:
 def speaker_absent(text: str) -> bool:
     """No first-person subject in the text (a request such as 请帮我 / "help me" does not count)."""
     return not _SUBJECT.search(_REQUEST.sub(" ", text))
-
-
-# Risk vocabulary: the learned layer counts only in a message with one of these words (death,
-# killing, hurting, means, endings, burden, survival), so that it cannot flag ordinary talk that
-# is unlike anything it was trained on ("今天天气不错", "Come on, you know.").
-RISK_CUE = re.compile(
-    r"(死|杀|伤|血|疤|药|刀|绳|枪|毒|跳|楼|桥|轨|河|海|割|划|烫|烧|炭|吊|勒|掐|捅|砍|撞|揍|打|结束|了结|离开|消失|再见|告别|"
-    r"遗|后事|负担|拖累|累赘|活|醒|走了|解脱|一了百了|傻事|想不开|轻生|自残|自伤|痛|疼|命|医院|急诊|洗胃|抢救|世界|"
-    r"\bdie|\bdied|\bdead|\bdeath|\bdying|\bkill|\bsuicid|\bmurder|\bhurt|\bharm|\bcut|\bburn|\bbleed|"
-    r"\bblood|\bscar|\bpills?\b|\boverdos|\brope|\bnoose|\bhang|\bgun|\bknife|\bblade|\brazor|\bjump|"
-    r"\bbridge|\broof|\btrain\b|\bdrown|\bend (it|my|things|this|myself)|\bgone\b|\bgoodbye|"
-    r"\bdisappear|\bburden|\bbetter off|\balive|\blive\b|\bliving|\bwake up|\bexist|\bpain|\bpay\b|"
-    r"\bshoot|\bstab|\bpoison|\bbeat|\bweapon|\bhospital|\ber\b|\bicu\b|\battempt|\bnote\b|\bletter|"
-    r"\bunalive|\bself-harm|\bsafe\b|\bsleep forever|\bnot (be )?(here|around)|\bgive (away|my)|\bgiving|"
-    r"自己|最后|不在|动手|了断|用不|送给|送了|托付|照顾|密码|绝症|没出生|去世|永远|睡|沉|原地|地铁|月台|阳台|天台|浴缸|"
-    r"决定|计划|准备|一定|想清楚|那件事|瘀|捏|扎|搥|捶|sha\b|tiao\b|\bmyself\b|\blast\b|\bsleep|\bforever|"
-    r"\brelieved|\bwithout me|\bfreer\b|\bneed them|\bdate\b|\bbalcony|\bskin\b|\bwrists?\b|\barms?\b|"
-    r"\bhead against|\bhit (myself|me)|\bscratch|\bslit|\bbottle|\bsea\b|\blake\b|\bmade up my mind|"
-    r"\bdo it\b|\bending\b|\bend (him|her|them)|\btake (me|my)|\bsui\b|\bsh\b|\bplan\b|\bnew home|"
-    r"\bgave away|\bwon'?t need|\bcar into|\bwalking into|\bhow many|\btaking my|\bwoke|没有我|拖油瓶|救)"
-)
-
-
-def risk_cue(norm: str) -> bool:
-    """Does the normalised message use any word of the risk vocabulary?"""
-    return bool(RISK_CUE.search(norm))

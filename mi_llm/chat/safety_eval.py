@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mi_llm.chat.safety_screen import CATEGORIES, Screen, screen_many
+from mi_llm.chat.safety_screen import Screen, screen_many
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -51,16 +51,12 @@ def evaluate(rows: list[dict], screens: list[Screen] | None = None) -> dict:
     }
 
 
-def read_labelled(path) -> list[dict]:
-    """The old labelled set (tests/data/crisis_screen.jsonl: text, label 0/1, category, lang,
-    split): extra development data; errors name the file, record and field."""
-    from mi_llm.data.schema import DataError, jsonl_rows
+def same_text(text: str) -> str:
+    """A message as compared between sets: lower case, runs of spaces as one."""
+    return " ".join(text.lower().split())
 
-    rows = []
-    for i, r in jsonl_rows(path, ("text", "label", "category")):
-        if r["label"] not in (0, 1):
-            raise DataError(path, f"line {i}", "label", f"must be 0 or 1, got {r['label']!r}")
-        if r["label"] and r["category"] not in CATEGORIES:
-            raise DataError(path, f"line {i}", "category", f"must be one of {CATEGORIES}")
-        rows.append(r)
-    return rows
+
+def unseen(rows: list[dict], train: list[dict]) -> list[dict]:
+    """The rows whose message is not also in the training set (compared by same_text)."""
+    known = {same_text(r["text"]) for r in train}
+    return [r for r in rows if same_text(r["text"]) not in known]

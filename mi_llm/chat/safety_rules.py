@@ -411,9 +411,11 @@ _CLAUSE = re.compile(r"[^。！？!?；;\n，,]+")
 _SENTENCE = re.compile(r"[^。！？!?；;\n]+")
 
 
-def matches(norm: str) -> list[dict]:
+def matches(norm: str, cancelled: bool = False) -> list[dict]:
     """Every rule match in a normalised message that no context cancels, in text order:
-    dicts with construct, category, start, end (offsets in `norm`), explicit."""
+    dicts with construct, category, start, end (offsets in `norm`), explicit. With
+    cancelled=True, the matches that a context cancels instead (with the context's name in
+    `cancelled_by`)."""
     masked = blank(norm)
     joking = bool(JOKE.search(norm)) and not NOT_JOKE.search(norm)
     context = bool(CONTEXT.search(norm))
@@ -427,28 +429,33 @@ def matches(norm: str) -> list[dict]:
             clause, c0 = cm.group(0), cm.start()
             for construct, rx, explicit in _COMPILED:
                 for m in rx.finditer(clause):
-                    if denied(clause, m.start()):
-                        continue
                     category = CONSTRUCTS[construct]
                     a = c0 + m.start()
-                    if someone_else(sentence, a, a + len(m.group(0)), category):
-                        continue
-                    if context and (quoted(clause, m.start()) or speaker_absent(clause[: m.end()])):
-                        continue
-                    if joking and (
+                    if denied(clause, m.start()):
+                        by = "negation"
+                    elif someone_else(sentence, a, a + len(m.group(0)), category):
+                        by = "someone_else"
+                    elif context and (
+                        quoted(clause, m.start()) or speaker_absent(clause[: m.end()])
+                    ):
+                        by = "context"
+                    elif joking and (
                         category == HARM or construct in ("wish_dead", "active_thoughts")
                     ):
-                        continue
-                    if resolved:
+                        by = "joke"
+                    elif resolved:
+                        by = "past_resolved"
+                    else:
+                        by = None
+                    if (by is not None) != cancelled:
                         continue
                     a += s0
-                    out.append(
-                        {
-                            "construct": construct,
-                            "category": category,
-                            "start": a,
-                            "end": a + len(m.group(0)),
-                            "explicit": explicit,
-                        }
-                    )
+                    hit = {
+                        "construct": construct,
+                        "category": category,
+                        "start": a,
+                        "end": a + len(m.group(0)),
+                        "explicit": explicit,
+                    }
+                    out.append({**hit, "cancelled_by": by} if cancelled else hit)
     return sorted(out, key=lambda d: d["start"])

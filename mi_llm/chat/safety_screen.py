@@ -3,13 +3,14 @@
     s = screen("我 想 紫 砂")
     s.flagged, s.category, s.construct, s.source   # True, "suicide_self_harm", "active_thoughts", "rules"
 
-`screen` is what the chat uses: the rules first (mi_llm.chat.safety_rules: a construct, its
-evidence and span); when they do not flag, the learned layer (mi_llm.chat.safety_model) flags a
-message whose P(crisis) reaches the threshold chosen by cross-validation on the training set and
-that uses a word of the risk vocabulary (safety_context.RISK_CUE: the model was trained on messages
-near crisis only, and without this gate it flags bland talk such as "今天天气不错"), with the
-construct the model finds most likely. `screen_many` does the same for many messages
-(the learned layer in batches); `rules_screen` and `model_screens` are the layers alone.
+`screen` is what the chat uses. The learned layer (mi_llm.chat.safety_model) gives P(crisis); the
+rules (mi_llm.chat.safety_rules) give a construct, its evidence and span. A message is flagged
+when P(crisis) reaches the shipped `threshold`, or when a rule matches and P(crisis) reaches the
+lower `rule_threshold`: a rule match is evidence that lowers the bar, and a message the model
+finds clearly harmless (a rule word in a context the rules do not know) is not flagged on the
+rule alone. Both thresholds were chosen by leave-one-writer-out cross-validation on the training
+set (mi_llm.chat.safety_train). `screen_many` does the same for many messages (the learned layer
+in batches); `rules_screen` and `model_screens` are the layers alone.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from mi_llm.chat import safety_model
-from mi_llm.chat.safety_context import risk_cue
 from mi_llm.chat.safety_rules import CONSTRUCTS, HARM, SUICIDE, matches
 from mi_llm.chat.safety_text import normalise, span
 
@@ -58,16 +58,15 @@ def rules_screen(text: str) -> Screen:
 
 
 def model_screens(texts: list[str], path=None) -> list[Screen]:
-    """The learned layer alone: flagged where P(crisis) reaches the shipped threshold and the
-    message uses a word of the risk vocabulary."""
+    """The learned layer alone: flagged where P(crisis) reaches the shipped threshold."""
     texts = [_check(t) for t in texts]
     if not texts:
         return []
     m = safety_model.load(path)
     probs, constructs = safety_model.predict(texts, path)
     out = []
-    for t, p, construct in zip(texts, probs, constructs):
-        flagged = bool(p >= float(m["threshold"])) and risk_cue(normalise(t)[0])
+    for p, construct in zip(probs, constructs):
+        flagged = bool(p >= float(m["threshold"]))
         out.append(
             Screen(
                 flagged,
@@ -83,9 +82,20 @@ def model_screens(texts: list[str], path=None) -> list[Screen]:
     return out
 
 
+def combine_layers(rules: Screen, model: Screen, rule_threshold: float) -> Screen:
+    """The default screen from the two layers: the model's result when it flags on its own (with
+    the rule's construct and evidence when a rule matched too), else the rule's when a rule
+    matched and the model's score reaches rule_threshold, else not flagged."""
+    if rules.flagged and model.score is not None and model.score >= rule_threshold:
+        return Screen(**{**rules.to_dict(), "score": model.score})
+    if model.flagged:
+        return model
+    return Screen(False, score=model.score)
+
+
 def combine(first: Screen, second: Screen | None) -> Screen:
-    """Two layers: flagged when either flags; the first's result when it flags (with the second's
-    score, if the first has none), else the second's."""
+    """A second opinion (the run's LLM) on a screen: flagged when either flags; the first's result
+    when it flags (with the second's score, if the first has none), else the second's."""
     if second is None:
         return first
     if not first.flagged:
@@ -96,12 +106,13 @@ def combine(first: Screen, second: Screen | None) -> Screen:
 
 
 def screen_many(texts: list[str], path=None) -> list[Screen]:
-    """The default screen (rules, then the learned layer) of many messages."""
+    """The default screen (rules and the learned layer) of many messages."""
     rules = [rules_screen(t) for t in texts]
     model = model_screens(list(texts), path)
-    return [combine(r, m) for r, m in zip(rules, model)]
+    bar = float(safety_model.load(path)["rule_threshold"])
+    return [combine_layers(r, m, bar) for r, m in zip(rules, model)]
 
 
 def screen(text: str) -> Screen:
-    """The default screen of one client message: the rules, then the learned layer."""
+    """The default screen of one client message: the rules and the learned layer."""
     return screen_many([_check(text)])[0]
