@@ -24,12 +24,14 @@ from mi_llm.llm import api
 from mi_llm.params import LLMParams
 
 FROZEN = Path(__file__).parent / "data" / "crisis_test.jsonl"
-# The default screen on the frozen set (docs/safety.md), scored once: FIGURES_MEASURED.
-# The floors leave about two messages' room per figure for arithmetic differences between CPUs; a
-# change that loses more fails here.
-RECALL_FLOOR, FALSE_ALARM_CEILING = 0.0, 1.0  # TBD
-CONSTRUCT_FLOOR, CONTEXT_CEILING = 0, 24  # TBD
-FLAGGED_ORDINARY = 3  # TBD
+# The default screen on the frozen set's 471 messages not also in the training set (docs/safety.md),
+# scored once: recall 230/235 = 0.979, false alarms 4/236 = 0.017; every crisis construct at least
+# 20 of its 21-24 messages flagged, no negative context more than 3 of 24. The floors leave about
+# two messages' room per figure for arithmetic differences between CPUs; a change that loses more
+# fails here.
+RECALL_FLOOR, FALSE_ALARM_CEILING = 228 / 235, 6 / 236
+CONSTRUCT_FLOOR, CONTEXT_CEILING = 19, 5
+FLAGGED_ORDINARY = 3  # measured: 1 of 100
 TRAIN = safety_model.packaged(safety_model.TRAIN_FILE)
 
 
@@ -348,3 +350,10 @@ def test_ordinary_turns_join_writer_folds_by_dialogue():
         by_dialogue.setdefault(r["id"].rsplit("-", 1)[0], set()).add(f)
     assert all(len(fs) == 1 for fs in by_dialogue.values()) and len(by_dialogue) > 50
     assert set().union(*by_dialogue.values()) == written  # every fold gets some ordinary talk
+
+
+def test_the_screen_answers_under_its_short_name():
+    from mi_llm import safety as short
+
+    assert short.screen is safety.screen and short.Screen is safety.Screen
+    assert short.screen("今天天气不错。").flagged is False
