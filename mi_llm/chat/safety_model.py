@@ -74,24 +74,29 @@ def _encoder():
         return _STATE["encoder"]
 
 
-def features(texts: list[str], layers: tuple[int, ...] = LAYERS, batch_size: int = 16):
+def features(
+    texts: list[str], layers: tuple[int, ...] = LAYERS, batch_size: int = 16, progress=False
+):
     """The message's mean hidden state at each layer, concatenated: an array (n, len(layers) *
-    hidden size). A message seen before in this process is not encoded again."""
+    hidden size). A message seen before in this process is not encoded again; progress=True
+    shows a progress bar over the messages."""
     cache = _STATE.setdefault("features", {})
     todo = sorted({t for t in texts if (layers, t) not in cache}, key=len)
     if todo:
-        for t, f in zip(todo, _encode(todo, layers, batch_size)):
+        for t, f in zip(todo, _encode(todo, layers, batch_size, progress)):
             cache[(layers, t)] = f
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
     return np.stack([cache[(layers, t)] for t in texts])
 
 
-def _encode(texts: list[str], layers: tuple[int, ...], batch_size: int) -> np.ndarray:
+def _encode(texts: list[str], layers: tuple[int, ...], batch_size: int, progress) -> np.ndarray:
     import torch
+    from tqdm.auto import tqdm
 
     tok, body, pre, post = _encoder()
     out = []
+    bar = tqdm(total=len(texts), desc="crisis features", unit="msg", disable=not progress)
     for i in range(0, len(texts), batch_size):
         batch = [PROMPT.format(text=plain(t)) for t in texts[i : i + batch_size]]
         enc = tok(batch, return_tensors="pt", padding=True, truncation=True, max_length=1024)
@@ -104,6 +109,8 @@ def _encode(texts: list[str], layers: tuple[int, ...], batch_size: int) -> np.nd
         w = (keep & enc["attention_mask"].bool()).float()
         w = w / w.sum(1, keepdim=True).clamp(min=1)
         out.append(torch.cat([(hs[k] * w[..., None]).sum(1) for k in layers], 1).numpy())
+        bar.update(len(batch))
+    bar.close()
     return np.concatenate(out)
 
 

@@ -82,7 +82,7 @@ def cached_features(texts: list[str]) -> np.ndarray:
             known = dict(zip(z["ids"].tolist(), z["x"]))
     todo = {t: i for t, i in zip(texts, ids) if i not in known}
     if todo:
-        for i, row in zip(todo.values(), safety_model.features(list(todo))):
+        for i, row in zip(todo.values(), safety_model.features(list(todo), progress=True)):
             known[i] = row
         f.parent.mkdir(parents=True, exist_ok=True)
         tmp = f.with_suffix(".tmp.npz")
